@@ -1,0 +1,5 @@
+import sys
+
+from fergi.cli import main
+
+sys.exit(main())

@@ -1,0 +1,219 @@
+"""Recompute the paper's findings from a FERGI release (``fergi reproduce``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from fergi import __version__
+from fergi.datasets import (
+    AU_NAMES,
+    EMOTIONS,
+    fetch_fergi,
+    load_frames,
+    load_images,
+    load_invalid_images,
+)
+from fergi.features import compute_activation_values, image_table, screen_participants
+from fergi.stats import reaction_statistics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Reproduction:
+    """Everything ``fergi reproduce`` computes.
+
+    Attributes
+    ----------
+    results : dict
+        The content of ``results.json``.
+    table : pandas.DataFrame
+        The per-image table (all participants, valid reaction clips).
+    clips : pandas.DataFrame
+        Activation values of every clip.
+    statistics : pandas.DataFrame
+        Output of :func:`fergi.stats.reaction_statistics`.
+    timings : dict
+        Seconds spent per stage.
+    """
+
+    results: dict
+    table: pd.DataFrame
+    clips: pd.DataFrame
+    statistics: pd.DataFrame
+    timings: dict = field(default_factory=dict)
+
+
+def _clean(value):
+    """JSON-safe value: NaN becomes null, numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _statistics_dict(stats: pd.DataFrame) -> dict:
+    out: dict = {
+        "threshold": stats.attrs.get("threshold"),
+        "n_tests": stats.attrs.get("n_tests"),
+        "rating": {},
+        "extremity": {},
+        "emotions": {},
+    }
+    for row in stats.itertuples(index=False):
+        entry = {row.statistic_name: row.statistic, "p": row.p, "n": row.n, "significant": bool(row.significant)}
+        if row.test in ("rating", "extremity"):
+            out[row.test][row.au] = entry
+        else:
+            out["emotions"].setdefault(row.au, {})[row.test] = entry
+    return out
+
+
+def reproduce(
+    data: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = "fergi-results",
+    *,
+    preference: bool = True,
+    figures: bool = True,
+    download: bool = True,
+) -> Reproduction:
+    """Recompute the paper's findings (Sec. 6.1 and, with ``preference``, Sec. 6.2).
+
+    Parameters
+    ----------
+    data : path-like, optional
+        A FERGI release (or a study exported by ``fergi export``); by default
+        :func:`fergi.datasets.fetch_fergi` finds or downloads the public one.
+    out : path-like or None, default "fergi-results"
+        Folder for ``results.json`` and the figures; None writes nothing.
+    preference : bool, default True
+        Also compute Tables 1 and 2 and FAU-Net (Sec. 6.2).
+    figures : bool, default True
+        Write the figures.
+    download : bool, default True
+        Allow downloading the release when it is not found.
+
+    Returns
+    -------
+    Reproduction
+    """
+    timings = {}
+    t0 = time.perf_counter()
+    root = fetch_fergi(data, download=download)
+    frames = load_frames(root)
+    images = load_images(root)
+    invalid = load_invalid_images(root)
+    timings["load"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    clips = compute_activation_values(frames)
+    excluded = screen_participants(clips)
+    table = image_table(images, clips, invalid)
+    timings["features"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    stats = reaction_statistics(table)
+    timings["statistics"] = time.perf_counter() - t
+
+    participants = sorted(str(p) for p in images["participant"].unique())
+    results: dict = {
+        "fergi_version": __version__,
+        "data": str(root),
+        "participants": {
+            "all": len(participants),
+            "screened_out": excluded,
+            "included": len(participants) - len(excluded),
+        },
+        "n_images": len(set(zip(images["participant"], images["session"], images["image"])) - invalid),
+        "n_reaction_clips_valid": len(table),
+        "statistics": _statistics_dict(stats),
+    }
+
+    if preference:
+        from fergi.preference import reproduce_paper_tables
+
+        t = time.perf_counter()
+        results.update(reproduce_paper_tables(table, excluded=excluded))
+        timings["preference"] = time.perf_counter() - t
+
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        if figures:
+            t = time.perf_counter()
+            from fergi.plots import plot_activation_by_emotion, plot_activation_by_rating
+
+            written = plot_activation_by_rating(table, stats, out / "fig3_activation_by_rating")
+            written += plot_activation_by_emotion(table, out / "fig4_activation_by_emotion", statistics=stats)
+            if preference and "coverage" in results:
+                from fergi.plots import plot_accuracy_coverage
+
+                written += plot_accuracy_coverage(results["coverage"], out / "accuracy_coverage")
+            results["figures"] = [p.name for p in written]
+            timings["figures"] = time.perf_counter() - t
+        results["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+        tmp = out / "results.json.tmp"
+        tmp.write_text(json.dumps(_clean(results), indent=2) + "\n")
+        tmp.replace(out / "results.json")
+    return Reproduction(results=results, table=table, clips=clips, statistics=stats, timings=timings)
+
+
+def _p(p: float) -> str:
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.4f}"
+
+
+def format_statistics(results: dict) -> str:
+    """Sec. 6.1 as terminal text: correlations with ratings and emotion tests."""
+    s = results["statistics"]
+    lines = [
+        f"Sec. 6.1  AU activation vs survey answers ({results['n_reaction_clips_valid']} valid reaction clips; "
+        f"Bonferroni: p < {s['threshold']:.2e} = 0.05 / {s['n_tests']}; * = significant)",
+        "",
+        f"{'AU':<6}{'rating rho':>12}{'p':>10}{'':2}{'|rating-4| rho':>16}{'p':>10}",
+    ]
+    for au in AU_NAMES:
+        r, e = s["rating"][au], s["extremity"][au]
+        lines.append(
+            f"{au:<6}{r['rho']:>12.3f}{_p(r['p']):>10}{'*' if r['significant'] else ' ':2}"
+            f"{e['rho']:>16.3f}{_p(e['p']):>10}{'*' if e['significant'] else ''}"
+        )
+    lines += ["", "Wilcoxon rank-sum z (emotion ticked vs not)", f"{'AU':<6}" + "".join(f"{e:>14}" for e in EMOTIONS)]
+    for au in AU_NAMES:
+        cells = []
+        for emotion in EMOTIONS:
+            entry = s["emotions"][au][emotion]
+            cells.append(f"{entry['z']:>13.2f}{'*' if entry['significant'] else ' '}")
+        lines.append(f"{au:<6}" + "".join(cells))
+    lines += ["", "Significant:"]
+    for test in ("rating", "extremity"):
+        names = [au for au in AU_NAMES if s[test][au]["significant"]]
+        label = "overall rating" if test == "rating" else "rating extremity"
+        lines.append(f"  {label:<17} {', '.join(names) or '-'}")
+    for emotion in EMOTIONS:
+        names = [au for au in AU_NAMES if s["emotions"][au][emotion]["significant"]]
+        lines.append(f"  {emotion:<17} {', '.join(names) or '-'}")
+    return "\n".join(lines)
+
+
+def format_summary(results: dict) -> str:
+    """Data summary lines."""
+    p = results["participants"]
+    return (
+        f"Data: {results['data']}\n"
+        f"  participants: {p['all']} (screened out for unreliable baseline AU4: "
+        f"{', '.join(p['screened_out']) or 'none'})\n"
+        f"  images: {results['n_images']} valid, {results['n_reaction_clips_valid']} with a valid reaction clip"
+    )

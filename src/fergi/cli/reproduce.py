@@ -1,0 +1,61 @@
+"""``fergi reproduce``: recompute the paper's findings from a FERGI release."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+Recompute the FERGI paper's results from a release of reaction features:
+frame and clip filtering, AU activation values, participant screening, the
+statistics of Sec. 6.1 (Figs. 3 and 4) and the preference tables of Sec. 6.2
+(Tables 1 and 2, FAU-Net, accuracy vs coverage).
+
+Without --data, the public release is looked up in $FERGI_DATA, then in the
+user cache, and downloaded from GitHub when missing (about 100 MB).
+--data also accepts a study exported by `fergi export`.
+
+Writes OUT/results.json and the figures (PNG and PDF), and prints the tables.
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "reproduce",
+        help="recompute the paper's statistics, tables and figures",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--data", metavar="PATH", help="release folder (holding data/ and preparation/)")
+    parser.add_argument(
+        "--out", metavar="DIR", default="fergi-results", help="output folder (default: %(default)s)"
+    )
+    parser.add_argument("--no-figures", action="store_true", help="skip the figures")
+    parser.add_argument(
+        "--no-preference", action="store_true", help="skip Sec. 6.2 (Tables 1 and 2, FAU-Net)"
+    )
+    parser.add_argument("--no-download", action="store_true", help="never download the release")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from fergi._reproduce import format_statistics, format_summary, reproduce
+
+    result = reproduce(
+        args.data,
+        args.out,
+        preference=not args.no_preference,
+        figures=not args.no_figures,
+        download=not args.no_download,
+    )
+    print(format_summary(result.results))
+    print()
+    print(format_statistics(result.results))
+    if not args.no_preference:
+        from fergi.preference import format_paper_tables
+
+        print()
+        print(format_paper_tables(result.results))
+    total = sum(result.timings.values())
+    print()
+    print(f"Wrote {args.out}/results.json" + (" and figures" if not args.no_figures else "") + f" in {total:.1f} s")
+    return 0

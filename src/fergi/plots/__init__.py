@@ -1,0 +1,5 @@
+"""Figures (matplotlib, written as PNG and PDF)."""
+
+from fergi.plots._reaction import plot_activation_by_emotion, plot_activation_by_rating
+
+__all__ = ["plot_activation_by_emotion", "plot_activation_by_rating"]

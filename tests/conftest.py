@@ -1,0 +1,78 @@
+"""Shared fixtures. Tests are offline: the public release is read from ../shared."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PUBLIC_RELEASE = REPO_ROOT.parent / "shared" / "fergi-public"
+
+
+@pytest.fixture(scope="session")
+def fergi_public() -> Path:
+    """Path of the authors' public release (a local copy, never downloaded in tests).
+
+    Missing copy: skipped locally, but an error under CI, where it must exist.
+    """
+    path = Path(os.environ.get("FERGI_TEST_DATA", PUBLIC_RELEASE))
+    if not (path / "data").is_dir():
+        message = f"public FERGI release not found at {path}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + " (required under CI=true)")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def release_frames(fergi_public):
+    """Every per-frame row of the public release (loaded once per test session)."""
+    from fergi.datasets import load_frames
+
+    return load_frames(fergi_public)
+
+
+@pytest.fixture(scope="session")
+def release_clips(release_frames):
+    """Activation values of every clip of the public release."""
+    from fergi.features import compute_activation_values
+
+    return compute_activation_values(release_frames)
+
+
+@pytest.fixture(scope="session")
+def release_table(fergi_public, release_clips):
+    """The per-image table of the public release (2,217 valid reaction clips)."""
+    from fergi.datasets import load_images, load_invalid_images
+    from fergi.features import image_table
+
+    return image_table(load_images(fergi_public), release_clips, load_invalid_images(fergi_public))
+
+
+def make_release(root: Path, clips: dict, images: dict | None = None) -> Path:
+    """Write a small release-layout folder for tests.
+
+    ``clips`` maps (participant, session, image, kind) to a per-frame DataFrame;
+    ``images`` maps participant to an image-table DataFrame (release columns).
+    """
+    import json
+
+    sessions: dict = {}
+    for (participant, session, image, kind), frames in clips.items():
+        folder = root / "data" / participant / f"session_{session}"
+        folder.mkdir(parents=True, exist_ok=True)
+        frames.to_csv(folder / f"{kind}_clip_{image}_features.csv", index=False)
+        sessions.setdefault(participant, set()).add(session)
+    prep = root / "preparation"
+    (prep / "preprocessed_image_data").mkdir(parents=True, exist_ok=True)
+    (prep / "valid_sessions.json").write_text(
+        json.dumps({p: sorted(s) for p, s in sessions.items()})
+    )
+    (prep / "invalid_images.json").write_text(
+        json.dumps({p: {str(s): [] for s in ss} for p, ss in sessions.items()})
+    )
+    for participant, table in (images or {}).items():
+        table.to_csv(prep / "preprocessed_image_data" / f"{participant}.csv", index=False)
+    return root
