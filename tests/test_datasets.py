@@ -183,7 +183,7 @@ def test_image_table_validation(tiny_release):
     with pytest.raises(FergiError, match=r"'maybe' in column 'satisfied' is not True/False"):
         load_images(tiny_release)
     table.astype({"PickScore": object}).assign(PickScore="x").to_csv(path, index=False)
-    with pytest.raises(FergiError, match=r"non-numeric value 'x' in column 'PickScore'"):
+    with pytest.raises(FergiError, match=r"value 'x' in column 'PickScore' is not a number"):
         load_images(tiny_release)
 
 

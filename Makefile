@@ -1,0 +1,44 @@
+# fergi: two entry points for a fresh machine with Python 3.11.
+#   make demo   creates .venv, installs fergi, runs `fergi reproduce` on the public release
+#   make test   creates .venv, installs fergi with its test tools and Chromium, runs the tests
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The public release: a local copy beside the checkout when there is one, else
+# $FERGI_DATA, the user cache, or a download (see fergi.datasets.fetch_fergi).
+DATA ?= $(firstword $(wildcard ../shared/fergi-public))
+OUT ?= fergi-results
+
+.PHONY: demo test venv browser lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "fergi needs Python >= 3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first and pinned: pip then takes the CPU wheel instead of a multi-GB CUDA build.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: venv
+	$(BIN)/fergi reproduce $(if $(DATA),--data $(DATA)) --out $(OUT)
+
+# Debian's Chromium for the end-to-end browser test (never `playwright install`).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; \
+	  else echo "note: chromium missing and not root; the browser test will be skipped (install Debian's chromium)"; fi; }
+
+test: venv browser
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+
+bench: venv
+	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f $(if $(DATA),--data $(DATA)) || exit 1; done
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache
