@@ -137,7 +137,7 @@ def reproduce(
             "screened_out": excluded,
             "included": len(participants) - len(excluded),
         },
-        "n_images": len(set(zip(images["participant"], images["session"], images["image"])) - invalid),
+        "n_images": len(set(zip(images["participant"], images["session"], images["image"], strict=True)) - invalid),
         "n_reaction_clips_valid": len(table),
         "statistics": _statistics_dict(stats),
     }
