@@ -1,0 +1,100 @@
+"""``fergi fit`` and ``fergi annotate`` on small copies of the public release."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from fergi.cli import main
+
+PARTICIPANTS = ("001", "005", "006", "007")
+
+
+def make_release(src, dst, participants=PARTICIPANTS, *, rankings=True):
+    """A release-layout folder with a few participants (feature files linked, not copied)."""
+    (dst / "data").mkdir(parents=True)
+    prep = dst / "preparation"
+    (prep / "preprocessed_image_data").mkdir(parents=True)
+    for p in participants:
+        (dst / "data" / p).symlink_to(src / "data" / p, target_is_directory=True)
+        images = pd.read_csv(src / "preparation" / "preprocessed_image_data" / f"{p}.csv", dtype=str)
+        if not rankings:
+            images["rank_score"] = ""
+        images.to_csv(prep / "preprocessed_image_data" / f"{p}.csv", index=False)
+    for name in ("valid_sessions.json", "invalid_images.json"):
+        full = json.loads((src / "preparation" / name).read_text())
+        (prep / name).write_text(json.dumps({p: full[p] for p in participants if p in full}))
+    return dst
+
+
+def test_fit_prints_lopo_accuracy_and_writes_model(fergi_public, tmp_path, capsys):
+    data = make_release(fergi_public, tmp_path / "rel")
+    out = tmp_path / "aucomb.json"
+    assert main(["fit", "--data", str(data), "--model", "aucomb", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "LOPO accuracy" in text and "4 participants" in text
+    model = json.loads(out.read_text())
+    assert model["kind"] == "AUcombValence" and model["metadata"]["lopo"]["n_pairs"] > 0
+
+
+def test_annotate_without_rankings_equals_with_rankings(fergi_public, tmp_path, capsys):
+    ranked = make_release(fergi_public, tmp_path / "ranked")
+    unranked = make_release(fergi_public, tmp_path / "unranked", rankings=False)
+    assert main(["annotate", "--data", str(ranked), "--out", str(tmp_path / "a.jsonl")]) == 0
+    assert main(["annotate", "--data", str(unranked), "--out", str(tmp_path / "b.jsonl")]) == 0
+    a = (tmp_path / "a.jsonl").read_text()
+    assert a == (tmp_path / "b.jsonl").read_text()
+    rows = [json.loads(line) for line in a.splitlines()]
+    assert {r["participant"] for r in rows} == set(PARTICIPANTS)
+    assert any(r["above_threshold"] for r in rows) and not all(r["above_threshold"] for r in rows)
+    for r in rows:
+        assert r["preferred"] == (r["image_a"] if r["score_difference"] > 0 else r["image_b"])
+        assert r["above_threshold"] == (abs(r["score_difference"]) >= 0.26)
+    # Fitting needs the rankings that annotation does not.
+    assert main(["fit", "--data", str(unranked), "--out", str(tmp_path / "m.json")]) == 2
+    assert "no rankings" in capsys.readouterr().err
+
+
+def test_annotate_with_fitted_faunet(fergi_public, tmp_path):
+    data = make_release(fergi_public, tmp_path / "rel", participants=("001", "005"))
+    model_dir = tmp_path / "faunet"
+    assert main(["fit", "--data", str(data), "--model", "faunet", "--out", str(model_dir), "--no-lopo"]) == 0
+    assert main(["annotate", "--data", str(data), "--model", str(model_dir),
+                 "--out", str(tmp_path / "l.jsonl"), "--confident-only"]) == 0
+    assert len((tmp_path / "l.jsonl").read_text().splitlines()) > 0
+
+
+def test_annotate_errors_are_one_line(fergi_public, tmp_path, capsys):
+    data = make_release(fergi_public, tmp_path / "rel", participants=("001", "005"))
+    wrong = tmp_path / "results.json"
+    wrong.write_text(json.dumps({"table1": {}}))
+    assert main(["annotate", "--data", str(data), "--model", str(wrong), "--out", str(tmp_path / "x.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "results.json: not a fergi preference model file" in err
+    assert len(err.strip().splitlines()) == 1
+    # A participant with a single reaction clip cannot form a pair.
+    lonely = tmp_path / "lonely"
+    make_release(fergi_public, lonely, participants=("001",))
+    src = fergi_public / "data" / "005"
+    session = sorted(p.name for p in src.iterdir())[0]
+    target = lonely / "data" / "005" / session
+    target.mkdir(parents=True)
+    shutil.copy(src / session / "reaction_clip_1_features.csv", target)
+    sessions = json.loads((lonely / "preparation" / "valid_sessions.json").read_text())
+    sessions["005"] = [int(session.split("_")[1])]
+    (lonely / "preparation" / "valid_sessions.json").write_text(json.dumps(sessions))
+    shutil.rmtree(lonely / "preparation" / "preprocessed_image_data")
+    code = main(["annotate", "--data", str(lonely), "--out", str(tmp_path / "y.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2 and "005" in err and "only one valid image" in err
+    assert not (tmp_path / "y.jsonl").exists()
+
+
+def test_help_mentions_the_activation_scale(capsys):
+    with pytest.raises(SystemExit):
+        main(["annotate", "--help"])
+    text = capsys.readouterr().out
+    assert "scale of the release's AU model" in text
