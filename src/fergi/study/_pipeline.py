@@ -151,7 +151,8 @@ def _features_stage(clips, out_dir: Path, *, estimator, checkpoint, fps, resume)
                 table = extract_features(video, estimator=estimator, baseline=baseline, fps=fps)
             except FergiError as exc:
                 raise FergiError(f"{clip} clip of image {image}: {exc}") from exc
-            write_features(table, target)
+            # the release writes baseline clips with 2 decimals and reaction clips with 3
+            write_features(table, target, decimals=2 if clip == "baseline" else 3)
             # continue from the file as saved (release rounding), so that activations
             # are the same on a resumed run and when recomputed from an export
             frames[(image, clip)], files[(image, clip)] = pd.read_csv(target), target

@@ -1,0 +1,309 @@
+"""From a video to the release's per-frame feature table, and writing it exactly."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fergi._errors import FergiError
+from fergi.datasets._schema import AU_NAMES, FRAME_COLUMNS
+
+logger = logging.getLogger(__name__)
+
+#: Timed stages: decoding, the MediaPipe face graph (detection + landmarks), AUs.
+STAGES = ("decode", "face", "au")
+
+# One analyser per process: MediaPipe graph start-up is slow compared with a frame.
+_ANALYZERS: dict[str, object] = {}
+
+
+def _default_analyzer():
+    from fergi.face import FaceAnalyzer
+
+    return _ANALYZERS.setdefault("video", FaceAnalyzer())
+
+
+def _timed(frames: Iterator, timings: dict) -> Iterator:
+    it = iter(frames)
+    while True:
+        t = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        finally:
+            timings["decode"] += time.perf_counter() - t
+        yield item
+
+
+def _frames_of(video, fps, start=None, end=None) -> tuple[Iterator, str]:
+    from fergi.video import VideoFrames, iter_frames
+
+    if isinstance(video, VideoFrames):
+        pairs = zip(video.timestamps, video.frames, strict=True)
+        if start is not None or end is not None:
+            lo, hi = start or 0.0, np.inf if end is None else end
+            pairs = ((t - lo, f) for t, f in pairs if lo - 1e-9 <= t < hi)
+        return pairs, video.source
+    return iter_frames(video, fps=fps, start=start, end=end), str(video)
+
+
+class _Clip:
+    """Per-frame results of one pass over a video."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self.scores: list[float] = []
+        self.landmarks: list[np.ndarray | None] = []
+        self.aus: dict[int, np.ndarray] = {}
+
+    def landmark_array(self) -> np.ndarray:
+        out = np.full((len(self.landmarks), 478, 3), np.nan)
+        for i, lm in enumerate(self.landmarks):
+            if lm is not None:
+                out[i] = lm
+        return out
+
+
+def _analyse(frames, analyzer, estimator, timings, progress) -> _Clip:
+    from fergi.face import preprocess_face
+
+    clip = _Clip()
+    wants_faces = getattr(estimator, "input_kind", "landmarks") == "face"
+    batch, batch_idx = [], []
+    batch_size = getattr(estimator, "batch_size", 64)
+
+    def flush():
+        t = time.perf_counter()
+        values = estimator.predict(np.stack(batch))
+        for i, v in zip(batch_idx, values, strict=True):
+            clip.aus[i] = v
+        batch.clear()
+        batch_idx.clear()
+        timings["au"] += time.perf_counter() - t
+
+    analyzer.reset()
+    face0 = analyzer.timings["face"]
+    for t, img in _timed(frames, timings):
+        obs = analyzer.process(img)
+        i = len(clip.times)
+        clip.times.append(float(t))
+        clip.scores.append(obs.score)
+        clip.landmarks.append(None if obs.landmarks is None else obs.landmarks.astype(np.float32))
+        if wants_faces and obs.box is not None:
+            tp = time.perf_counter()
+            batch.append(preprocess_face(img, obs.box, obs.landmarks))
+            batch_idx.append(i)
+            timings["au"] += time.perf_counter() - tp
+            if len(batch) >= batch_size:
+                flush()
+        if progress is not None:
+            progress(1)
+    if batch:
+        flush()
+    timings["face"] += analyzer.timings["face"] - face0
+    return clip
+
+
+def extract_features(
+    video,
+    *,
+    estimator="geometry",
+    baseline=None,
+    checkpoint=None,
+    fps: float | None = 30.0,
+    baseline_seconds: float | None = None,
+    analyzer=None,
+    progress: Callable[[int], None] | None = None,
+) -> pd.DataFrame:
+    """Per-frame face and AU features of one video, in the public release's schema.
+
+    Parameters
+    ----------
+    video : str, path-like or fergi.video.VideoFrames
+        The face video (any format PyAV reads) or already decoded frames.
+    estimator : str or estimator, default "geometry"
+        A name for :func:`create_au_estimator` or an estimator it returned.
+    baseline : str, path-like or VideoFrames, optional
+        A clip of the same person's neutral face (the study's 5 s baseline) used as
+        the ``geometry`` estimator's neutral reference.
+    checkpoint : str or path-like, optional
+        Weights for the ``ir50`` estimator.
+    fps : float or None, default 30.0
+        Standardise the video to this frame rate first (None: native frames).
+    baseline_seconds : float, optional
+        Use the first seconds of ``video`` itself as the neutral reference.
+    analyzer : fergi.face.FaceAnalyzer, optional
+        Reuse a face analyser (one per process is created otherwise).
+    progress : callable, optional
+        Called with 1 after every analysed frame.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns exactly ``FRAME_COLUMNS``: ``frame`` (1-based), ``timestamp`` (s,
+        3 decimals), ``face_detection_confidence_score`` (0 without a face),
+        pitch/yaw indicative ratios and the 12 AUs (-1 without a face, or where
+        landmarks failed). ``attrs`` holds ``source``, ``timings`` (seconds per stage),
+        ``n_frames`` and ``face_share``.
+
+    Raises
+    ------
+    fergi.FergiError
+        The video (or baseline) cannot be read, or a bad estimator option.
+    """
+    from fergi.au._registry import create_au_estimator
+    from fergi.face import pose_ratios
+
+    timings = dict.fromkeys(STAGES, 0.0)
+    if isinstance(estimator, str):
+        options = {} if checkpoint is None else {"checkpoint": checkpoint}
+        estimator = create_au_estimator(estimator, **options)
+    analyzer = analyzer or _default_analyzer()
+    frames, source = _frames_of(video, fps)
+    clip = _analyse(frames, analyzer, estimator, timings, progress)
+    n = len(clip.times)
+    if n == 0:
+        raise FergiError(f"{source}: no video frames")
+
+    t0 = time.perf_counter()
+    lms = clip.landmark_array()
+    pir, yir = pose_ratios(lms)
+    aus = np.full((n, len(AU_NAMES)), np.nan)
+    if getattr(estimator, "input_kind", "landmarks") == "landmarks":
+        reference = None
+        if baseline is not None:
+            base_frames, base_source = _frames_of(baseline, fps)
+            ref_timings = dict.fromkeys(STAGES, 0.0)
+            reference = _analyse(
+                base_frames, analyzer, estimator, ref_timings, None
+            ).landmark_array()
+            for k, v in ref_timings.items():
+                timings[k] += v
+        elif baseline_seconds is not None:
+            reference = lms[np.asarray(clip.times) < baseline_seconds]
+        est = estimator
+        if reference is not None:
+            if np.isfinite(reference).all(axis=(1, 2)).any():
+                est = copy.deepcopy(estimator).fit(reference)
+            else:
+                logger.warning(
+                    "%s: no face in the neutral reference; using the clip itself", source
+                )
+        aus = est.predict(lms)
+    else:
+        if baseline is not None or baseline_seconds is not None:
+            logger.info(
+                "%s: the %s estimator is absolute; baseline ignored",
+                source,
+                type(estimator).__name__,
+            )
+        for i, v in clip.aus.items():
+            aus[i] = v
+    timings["au"] += time.perf_counter() - t0
+
+    scores = np.asarray(clip.scores, dtype=float)
+    has_face = scores > 0
+    has_lm = np.isfinite(lms).all(axis=(1, 2))
+    values = np.column_stack([pir, yir, aus])
+    values[~has_lm, :2] = -1.0
+    values[~np.isfinite(values)] = -1.0
+    values[~has_face] = -1.0
+    table = pd.DataFrame(values, columns=list(FRAME_COLUMNS[3:]))
+    table.insert(0, "face_detection_confidence_score", np.where(has_face, scores, 0.0))
+    table.insert(0, "timestamp", np.round(np.asarray(clip.times), 3))
+    table.insert(0, "frame", np.arange(1, n + 1, dtype=np.int64))
+    table.attrs.update(
+        source=source, timings=timings, n_frames=n, face_share=float(has_face.mean())
+    )
+    return table
+
+
+def _check_table(table: pd.DataFrame, path: Path) -> None:
+    if tuple(table.columns) != FRAME_COLUMNS:
+        raise FergiError(
+            f"{path}: table columns must be exactly {', '.join(FRAME_COLUMNS)}; got {', '.join(map(str, table.columns))}"
+        )
+
+
+def format_features_csv(table: pd.DataFrame, *, decimals: int = 2) -> str:
+    """The CSV text of a per-frame table, formatted exactly like the release.
+
+    ``frame`` is an integer, ``timestamp`` has 3 decimals, the other values
+    ``decimals`` (2 in the release's baseline clips, 3 in its reaction clips);
+    a row without a face is written ``frame,timestamp,0,-1,-1,...`` and a missing
+    value in a row with a face as ``-1``.
+    """
+    n = len(table)
+    header = ",".join(FRAME_COLUMNS)
+    if n == 0:
+        return header + "\n"
+    frame = table["frame"].to_numpy().astype(np.int64).astype(str)
+    ts = np.char.mod("%.3f", table["timestamp"].to_numpy(dtype=float))
+    vals = table[list(FRAME_COLUMNS[2:])].to_numpy(dtype=float)
+    text = np.char.mod(f"%.{decimals}f", vals).astype(object)
+    text[vals == -1.0] = "-1"
+    no_face = vals[:, 0] == 0
+    text[no_face, 0] = "0"
+    cols = [frame, ts] + [text[:, j].astype(str) for j in range(text.shape[1])]
+    rows = cols[0].astype(object)
+    for c in cols[1:]:
+        rows = rows + "," + c.astype(object)
+    return header + "\n" + "\n".join(rows) + "\n"
+
+
+def write_features(table: pd.DataFrame, path: str | os.PathLike, *, decimals: int = 2) -> Path:
+    """Write a per-frame table atomically, as CSV (release formatting) or Parquet.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Columns exactly ``FRAME_COLUMNS`` (as from :func:`extract_features`).
+    path : str or path-like
+        ``.csv`` or ``.parquet``. Written to a temporary file in the same folder and
+        renamed, so a crash never leaves a half-written file under ``path``.
+    decimals : int, default 2
+        Decimals of the values after ``timestamp`` in CSV (Parquet stores them
+        rounded to the same decimals).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    fergi.FergiError
+        Wrong columns or unknown suffix.
+    """
+    path = Path(path)
+    _check_table(table, path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise FergiError(f"{path}: unknown feature file suffix {suffix!r} (use .csv or .parquet)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if suffix == ".csv":
+            tmp.write_text(format_features_csv(table, decimals=decimals), encoding="utf-8")
+        else:
+            out = pd.DataFrame(
+                {
+                    "frame": table["frame"].astype(np.int64),
+                    "timestamp": table["timestamp"].astype(float).round(3),
+                    **{c: table[c].astype(float).round(decimals) for c in FRAME_COLUMNS[2:]},
+                }
+            )
+            out.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

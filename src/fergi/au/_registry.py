@@ -1,0 +1,144 @@
+"""One registry of AU estimators, with each one's input preprocessing and output scale."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fergi._errors import FergiError
+
+
+@dataclass(frozen=True)
+class AUEstimatorSpec:
+    """What fergi knows about an AU estimator.
+
+    Attributes
+    ----------
+    name : str
+    factory : callable
+        ``factory(**options)`` returns the estimator.
+    input_kind : str
+        ``"landmarks"``: ``(N, 478, 3)`` FaceMesh landmarks in pixels;
+        ``"face"``: ``(N, 112, 112, 3)`` float faces from ``fergi.face.preprocess_face``.
+    preprocessing : str
+        The input preparation, in words.
+    output_scale : str
+        What the numbers mean.
+    needs_reference : bool
+        Whether a neutral reference (baseline) changes the output.
+    """
+
+    name: str
+    factory: Callable
+    input_kind: str
+    preprocessing: str
+    output_scale: str
+    needs_reference: bool
+
+
+_REGISTRY: dict[str, AUEstimatorSpec] = {}
+
+
+def register_au_estimator(spec: AUEstimatorSpec) -> None:
+    """Add (or replace) an estimator in the registry."""
+    _REGISTRY[spec.name] = spec
+
+
+def list_au_estimators() -> list[str]:
+    """Names accepted by :func:`create_au_estimator`."""
+    return sorted(_REGISTRY)
+
+
+def get_au_estimator_spec(name: str) -> AUEstimatorSpec:
+    """The registry entry of ``name``.
+
+    Raises
+    ------
+    fergi.FergiError
+        Unknown name.
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise FergiError(
+            f"--estimator {name!r}: unknown AU estimator (choose from {', '.join(list_au_estimators())})"
+        ) from None
+
+
+def create_au_estimator(name: str = "geometry", **options):
+    """Create an AU estimator by name (open_clip-style factory).
+
+    Parameters
+    ----------
+    name : {"geometry", "ir50"}
+        ``geometry``: landmark geometry relative to a neutral reference (offline,
+        fast). ``ir50``: the FERGI paper's IResNet-50 appearance model; needs
+        ``checkpoint=PATH``.
+    **options
+        Passed to the estimator: ``geometry`` takes ``reference_quantile``; ``ir50``
+        takes ``checkpoint``, ``backbone``, ``device``, ``batch_size``. ``checkpoint``
+        is ignored by ``geometry``.
+
+    Returns
+    -------
+    estimator
+        With ``input_kind``, ``fit(reference_inputs)`` and ``predict(inputs) ->
+        (N, 12)`` in ``AU_NAMES`` order; its registry entry is ``estimator.spec``.
+
+    Raises
+    ------
+    fergi.FergiError
+        Unknown name, or ``ir50`` without a checkpoint or backbone.
+    """
+    spec = get_au_estimator_spec(name)
+    estimator = spec.factory(**options)
+    estimator.spec = spec
+    return estimator
+
+
+def _make_geometry(checkpoint=None, **options):
+    from fergi.au._geometry import GeometryAUEstimator
+
+    if checkpoint is not None:
+        raise FergiError(
+            "--checkpoint: the geometry estimator has no weights (use --estimator ir50)"
+        )
+    return GeometryAUEstimator(**options)
+
+
+def _make_ir50(checkpoint=None, **options):
+    from fergi.au._ir50 import IR50AUEstimator
+
+    if checkpoint is None and options.get("backbone") is None:
+        raise FergiError(
+            "--checkpoint: the ir50 estimator needs weights (a state_dict of IResNet-50 "
+            "with a Linear(512*7*7, 64*6) last layer); none can be downloaded"
+        )
+    return IR50AUEstimator(checkpoint, **options)
+
+
+register_au_estimator(
+    AUEstimatorSpec(
+        name="geometry",
+        factory=_make_geometry,
+        input_kind="landmarks",
+        preprocessing="FaceMesh (refine_landmarks) 478 landmarks in pixels; 3-D similarity "
+        "alignment on forehead, nose bridge and eye corners; inter-ocular units; per-person "
+        "neutral reference (baseline clip or the clip's median)",
+        output_scale="0-5, DISFA-like intensity of the change from the neutral face "
+        "(documented gains, not calibrated on annotations)",
+        needs_reference=True,
+    )
+)
+register_au_estimator(
+    AUEstimatorSpec(
+        name="ir50",
+        factory=_make_ir50,
+        input_kind="face",
+        preprocessing="BlazeFace box with margins top -0.2, bottom +0.05, sides 0.125 (zero "
+        "padding), rotated so the eyes are level, 112x112, histogram equalisation + linear "
+        "mapping, RGB float in [0, 1]",
+        output_scale="DISFA 0-5 regression output (index AU - 1 of the first 64 outputs)",
+        needs_reference=False,
+    )
+)

@@ -1,0 +1,40 @@
+"""Faces in frames: detection, landmarks, head-pose ratios, IR-50 input, synthetic expressions.
+
+* :class:`FaceAnalyzer` finds the largest face with MediaPipe BlazeFace short range
+  (the FERGI paper's detector) and its 478 FaceMesh landmarks (refined iris points).
+* :func:`pose_ratios` computes the pitch and yaw indicative ratios of Supp. C of the
+  paper on FaceMesh points (the mapping is documented in ``fergi.face._pose``).
+* :func:`align_face`, :func:`enhance_contrast` and :func:`preprocess_face` prepare the
+  112x112 input of the IR-50 AU model (Supp. B.2).
+* :func:`synthesize_expression` and :func:`write_reaction_video` make believable test
+  faces and reaction videos from a photograph with a landmark-driven thin-plate spline.
+"""
+
+from fergi.face._align import (
+    CROP_MARGINS,
+    FACE_SIZE,
+    align_face,
+    crop_box,
+    enhance_contrast,
+    preprocess_face,
+)
+from fergi.face._landmarks import N_LANDMARKS, FaceAnalyzer, FaceObservation, detect_landmarks
+from fergi.face._pose import pose_ratios
+from fergi.face._synthetic import reaction_frames, synthesize_expression, write_reaction_video
+
+__all__ = [
+    "CROP_MARGINS",
+    "FACE_SIZE",
+    "N_LANDMARKS",
+    "FaceAnalyzer",
+    "FaceObservation",
+    "align_face",
+    "crop_box",
+    "detect_landmarks",
+    "enhance_contrast",
+    "pose_ratios",
+    "preprocess_face",
+    "reaction_frames",
+    "synthesize_expression",
+    "write_reaction_video",
+]
