@@ -37,8 +37,9 @@ test: venv browser
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
 
+# Each benchmark prints its figures; the release ones read $(DATA) via FERGI_DATA.
 bench: venv
-	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f $(if $(DATA),--data $(DATA)) || exit 1; done
+	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(if $(DATA),FERGI_DATA=$(DATA)) $(BIN)/python $$f || exit 1; done
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

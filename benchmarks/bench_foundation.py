@@ -41,7 +41,7 @@ def timed(fn, *args, **kwargs):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(DEFAULT) if DEFAULT.exists() else None)
+    parser.add_argument("--data", default=os.environ.get("FERGI_DATA") or (str(DEFAULT) if DEFAULT.exists() else None))
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     root = fetch_fergi(args.data)
