@@ -142,6 +142,14 @@ def reproduce(
         "statistics": _statistics_dict(stats),
     }
 
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+    # Figs. 3 and 4 need only the statistics: draw them in another process while the
+    # preference tables are computed (matplotlib is single-threaded and takes seconds).
+    t = time.perf_counter()
+    pending = _start_reaction_figures(table, stats, out) if out is not None and figures else None
+
     if preference:
         from fergi.preference import reproduce_paper_tables
 
@@ -150,25 +158,53 @@ def reproduce(
         timings["preference"] = time.perf_counter() - t
 
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
         if figures:
             t = time.perf_counter()
-            from fergi.plots import plot_activation_by_emotion, plot_activation_by_rating
-
-            written = plot_activation_by_rating(table, stats, out / "fig3_activation_by_rating")
-            written += plot_activation_by_emotion(table, out / "fig4_activation_by_emotion", statistics=stats)
+            written = []
             if preference and "coverage" in results:
                 from fergi.plots import plot_accuracy_coverage
 
                 written += plot_accuracy_coverage(results["coverage"], out / "accuracy_coverage")
+            written = _finish_reaction_figures(pending, table, stats, out) + written
             results["figures"] = [p.name for p in written]
-            timings["figures"] = time.perf_counter() - t
+            timings["figures (after the tables)"] = time.perf_counter() - t
         results["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
         tmp = out / "results.json.tmp"
         tmp.write_text(json.dumps(_clean(results), indent=2) + "\n")
         tmp.replace(out / "results.json")
     return Reproduction(results=results, table=table, clips=clips, statistics=stats, timings=timings)
+
+
+def _reaction_figures(table: pd.DataFrame, stats: pd.DataFrame, out: Path) -> list[Path]:
+    from fergi.plots import plot_activation_by_emotion, plot_activation_by_rating
+
+    written = plot_activation_by_rating(table, stats, out / "fig3_activation_by_rating")
+    written += plot_activation_by_emotion(table, out / "fig4_activation_by_emotion", statistics=stats)
+    return written
+
+
+def _start_reaction_figures(table, stats, out):
+    import concurrent.futures
+    import multiprocessing
+
+    try:
+        pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        return pool, pool.submit(_reaction_figures, table, stats, out)
+    except (OSError, RuntimeError) as exc:  # no process support: draw them in this one
+        logger.debug("drawing figures in-process (%s)", exc)
+        return None
+
+
+def _finish_reaction_figures(pending, table, stats, out) -> list[Path]:
+    if pending is not None:
+        pool, future = pending
+        try:
+            return future.result()
+        except Exception as exc:  # a broken worker must not lose the figures
+            logger.debug("figure worker failed (%s); drawing in-process", exc)
+        finally:
+            pool.shutdown()
+    return _reaction_figures(table, stats, out)
 
 
 def _p(p: float) -> str:

@@ -1,0 +1,176 @@
+"""``fergi serve``: run the web study."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+DESCRIPTION = """\
+Run the FERGI web study: participants write a prompt, watch generated images while
+their webcam records, rate each image and rank them. The server cuts the baseline and
+reaction clips, extracts per-frame AU features and writes preference labels.
+
+With no options it starts on http://127.0.0.1:8000 with an SQLite database and a
+media folder in ./fergi-study, the placeholder image generator and template prompts,
+and prints the admin URL (its token is kept in <data-dir>/admin_token unless
+FERGI_ADMIN_TOKEN is set).
+Every option also has an environment variable FERGI_<NAME> (e.g. FERGI_N_IMAGES=5,
+FERGI_BASELINE_S=5, FERGI_PRESENT_S=5, FERGI_RETENTION=delete_after_features).
+
+Examples:
+  fergi serve
+  fergi serve --host 0.0.0.0 --port 8080 --db postgresql+psycopg://fergi@db/fergi
+  fergi serve --generator diffusers --generator-option model=CompVis/stable-diffusion-v1-4
+  fergi serve --prompt-llm openai --llm-base-url http://127.0.0.1:8001/v1 --llm-model gpt-3.5-turbo
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the web study (record reactions, collect ratings and rankings)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--data-dir", help="folder for the default database and media (default ./fergi-study)")
+    parser.add_argument("--db", help="database URL (default sqlite:///<data-dir>/study.sqlite3)")
+    parser.add_argument("--media", help="media folder for recordings, clips and images (default <data-dir>/media)")
+    parser.add_argument(
+        "--generator", help="image generator: placeholder (default), diffusers or folder"
+    )
+    parser.add_argument(
+        "--generator-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="generator option, repeatable (e.g. model=PATH, device=cuda, steps=50, path=FOLDER)",
+    )
+    parser.add_argument("--prompt-llm", choices=("template", "openai"), help="prompt composer for structured sessions (default template)")
+    parser.add_argument("--llm-base-url", help="OpenAI-compatible endpoint, e.g. https://api.openai.com/v1")
+    parser.add_argument("--llm-model", help="model name for --prompt-llm openai (default gpt-3.5-turbo)")
+    parser.add_argument("--n-images", type=int, help="images per session (default 5)")
+    parser.add_argument("--baseline-s", type=float, help="baseline duration in seconds (default 5)")
+    parser.add_argument("--present-s", type=float, help="presentation duration in seconds (default 5)")
+    parser.add_argument("--no-worker", action="store_true", help="do not process in this process")
+    return parser
+
+
+def _option_value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def settings_from_args(args):
+    """StudySettings from CLI options over environment variables."""
+    from pydantic import ValidationError
+
+    from fergi import FergiError
+    from fergi.study import StudySettings
+
+    overrides = {}
+    for name, key in (
+        ("data_dir", "data_dir"),
+        ("db", "db_url"),
+        ("media", "media_dir"),
+        ("generator", "generator"),
+        ("prompt_llm", "prompt_llm"),
+        ("llm_base_url", "llm_base_url"),
+        ("llm_model", "llm_model"),
+        ("n_images", "n_images"),
+        ("baseline_s", "baseline_s"),
+        ("present_s", "present_s"),
+    ):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[key] = value
+    if args.generator_option:
+        options = {}
+        for item in args.generator_option:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise FergiError(f"--generator-option {item!r}: expected KEY=VALUE")
+            options[key.strip()] = _option_value(value)
+        overrides["generator_options"] = options
+    if getattr(args, "no_worker", False):
+        overrides["worker"] = False
+    try:
+        settings = StudySettings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise FergiError(f"setting {where}: {err['msg']}") from None
+    if "FERGI_ADMIN_TOKEN" not in os.environ:
+        settings.admin_token = _stored_admin_token(settings.data_dir, settings.admin_token)
+    return settings
+
+
+def _stored_admin_token(data_dir: Path, fresh: str) -> str:
+    """The admin token kept in <data-dir>/admin_token (created on first start, mode 600),
+    so the admin URL survives restarts."""
+    from fergi import FergiError
+
+    path = Path(data_dir) / "admin_token"
+    try:
+        if path.is_file():
+            token = path.read_text().strip()
+            if token:
+                return token
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(fresh + "\n")
+    except OSError as exc:
+        raise FergiError(f"{path}: cannot keep the admin token ({exc.strerror})") from None
+    return fresh
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse a busy port with one line before anything is started."""
+    import socket
+
+    from fergi import FergiError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise FergiError(f"--port {port}: cannot listen on {host} ({exc.strerror})") from None
+
+
+def run(args) -> int:
+    import logging
+
+    import uvicorn
+
+    from fergi import FergiError
+    from fergi.study import create_app, create_generator
+    from fergi.study._app import redacted_url
+
+    settings = settings_from_args(args)
+    _check_port(args.host, args.port)
+    # Fail now with one line, not in the worker later, if the generator cannot be built.
+    if settings.generator != "diffusers":
+        create_generator(settings.generator, **dict(settings.generator_options))
+    app = create_app(settings)
+    host = args.host
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    base = settings.public_url or f"http://{shown}:{args.port}"
+    log = logging.getLogger("fergi.serve")
+    print(f"fergi study: database {redacted_url(settings.resolved_db_url)}", flush=True)
+    print(f"fergi study: media folder {settings.resolved_media_dir}", flush=True)
+    print(f"fergi study: participants open {base}/", flush=True)
+    print(f"fergi study: admin page {base}/admin?token={settings.admin_token}", flush=True)
+    log.info("serving on %s:%d", host, args.port)
+    try:
+        uvicorn.run(app, host=host, port=args.port, log_level="info", access_log=False)
+    except OSError as exc:
+        raise FergiError(f"--port {args.port}: cannot listen on {host} ({exc.strerror})") from None
+    return 0

@@ -1,0 +1,199 @@
+"""The FastAPI application of the study: ``create_app(settings)``."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy.engine import make_url
+
+from fergi._errors import FergiError
+from fergi.study._db import make_engine, make_sessionmaker
+from fergi.study._deps import ADMIN_COOKIE, RateLimiter, is_admin
+from fergi.study._settings import StudySettings
+from fergi.study._storage import MediaStore
+from fergi.study._worker import Worker
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).with_name("static")
+MAX_JSON_BYTES = 256 * 1024
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Permissions-Policy": "camera=(self), microphone=()",
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
+        "script-src 'self'; style-src 'self'; connect-src 'self'; frame-ancestors 'none'"
+    ),
+}
+
+
+def redacted_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def create_app(settings: StudySettings | None = None) -> FastAPI:
+    """Build the study app.
+
+    Parameters
+    ----------
+    settings : StudySettings, optional
+        Defaults to ``StudySettings()`` (environment variables ``FERGI_*``).
+
+    Returns
+    -------
+    fastapi.FastAPI
+        With ``app.state.settings``, ``engine``, ``sessionmaker``, ``store``,
+        ``composer`` and ``worker`` (the worker's threads run while the app is
+        served, when ``settings.worker`` is true).
+
+    Examples
+    --------
+    Embedded in another application under a prefix (pages and API use relative
+    URLs); the parent runs the study's lifespan so its worker starts:
+
+    >>> from fastapi import FastAPI
+    >>> study = create_app(StudySettings(data_dir="study-data"))  # doctest: +SKIP
+    >>> app = FastAPI(lifespan=study.router.lifespan_context)  # doctest: +SKIP
+    >>> app.mount("/study", study)  # doctest: +SKIP
+    """
+    from fergi.study._prompting import create_prompt_composer
+
+    settings = settings or StudySettings()
+    media = settings.resolved_media_dir
+    try:
+        media.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FergiError(f"--media {media}: cannot create the media folder ({exc.strerror})") from None
+    engine = make_engine(settings.resolved_db_url)
+    factory = make_sessionmaker(engine)
+    store = MediaStore(media)
+    worker = Worker(factory, settings, store)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        logger.info("study database: %s", redacted_url(settings.resolved_db_url))
+        logger.info("study media folder: %s", media)
+        if settings.worker:
+            worker.start()
+        try:
+            yield
+        finally:
+            worker.stop()
+            engine.dispose()
+
+    app = FastAPI(
+        title="fergi study",
+        summary="Facial reactions to generated images, rated and ranked (FERGI study app).",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = factory
+    app.state.store = store
+    app.state.worker = worker
+    app.state.rate_limiter = RateLimiter()
+    app.state.composer = create_prompt_composer(
+        settings.prompt_llm,
+        base_url=settings.llm_base_url,
+        model=settings.llm_model,
+        api_key=settings.llm_api_key,
+        timeout=settings.llm_timeout,
+    )
+
+    from fergi.study import (
+        _routes_admin,
+        _routes_answers,
+        _routes_prompts,
+        _routes_recording,
+        _routes_sessions,
+    )
+
+    for module in (_routes_sessions, _routes_prompts, _routes_recording, _routes_answers, _routes_admin):
+        app.include_router(module.router)
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        for key, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(key, value)
+        if request.url.path.startswith("/api/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.middleware("http")
+    async def limit_json_bodies(request: Request, call_next):
+        # Forms and answers are small; a huge JSON body is an attack, refused before parsing.
+        if request.headers.get("content-type", "").startswith("application/json"):
+            length = request.headers.get("content-length", "")
+            if length.isdigit() and int(length) > MAX_JSON_BYTES:
+                return JSONResponse(
+                    {"detail": f"request body is {length} bytes; JSON requests are limited to {MAX_JSON_BYTES}"},
+                    status_code=413,
+                )
+        return await call_next(request)
+
+    @app.middleware("http")
+    async def wake_worker(request: Request, call_next):
+        response = await call_next(request)
+        # Jobs are queued by prompt and ranking requests: start them without waiting a poll.
+        if request.method in ("PUT", "POST") and response.status_code < 300:
+            path = request.url.path
+            if path.endswith("/prompt"):
+                worker.wake("generate")
+            elif path.endswith("/ranking"):
+                worker.wake("process")
+        return response
+
+    @app.exception_handler(FergiError)
+    async def fergi_error(_request: Request, exc: FergiError):
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError):
+        # One readable line per problem instead of pydantic's nested structure.
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "path", "query"))
+            parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+        return JSONResponse({"detail": "; ".join(parts), "errors": exc.errors()}, status_code=422)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/admin", include_in_schema=False)
+    def admin(request: Request, token: str | None = None, denied: int | None = None):
+        if token is not None:
+            here = str(request.url_for("admin"))
+            if not secrets.compare_digest(token.encode(), settings.admin_token.encode()):
+                return RedirectResponse(here + "?denied=1", status_code=303)
+            # Trade the URL token for an HttpOnly cookie so it leaves the address bar.
+            response = RedirectResponse(here, status_code=303)
+            response.set_cookie(ADMIN_COOKIE, token, httponly=True, samesite="strict", max_age=12 * 3600)
+            return response
+        if is_admin(request, settings):
+            return FileResponse(STATIC_DIR / "admin.html", headers={"Cache-Control": "no-store"})
+        html = (STATIC_DIR / "admin_login.html").read_text()
+        if denied:
+            html = html.replace("<!--denied-->", '<p class="form-error">Wrong admin token.</p>')
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,293 @@
+"""Database of the study app: SQLAlchemy 2 models and engine set-up.
+
+SQLite (the default, one file in WAL mode so the worker and requests do not block
+each other) and PostgreSQL URLs both work: only portable column types are used.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
+
+from fergi._errors import FergiError
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def hash_token(token: str) -> str:
+    """Tokens are stored hashed, so a leaked database does not open sessions."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Participant(Base):
+    __tablename__ = "participants"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    invite_token: Mapped[str | None] = mapped_column(String(64), unique=True, index=True)
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    sessions: Mapped[list[StudySession]] = relationship(
+        back_populates="participant", order_by="StudySession.index"
+    )
+
+
+class StudySession(Base):
+    __tablename__ = "sessions"
+    __table_args__ = (UniqueConstraint("participant_id", "index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    participant_id: Mapped[str] = mapped_column(ForeignKey("participants.id"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    session_type: Mapped[str] = mapped_column(String(16))  # "structured" | "free"
+    n_images: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    user_agent: Mapped[str] = mapped_column(Text, default="")
+
+    consent_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    consent_version: Mapped[str | None] = mapped_column(String(32))
+    share_video: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    structured_input: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    prompt_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    generated_prompts: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    prompt: Mapped[str | None] = mapped_column(Text)
+    prompt_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    generator: Mapped[str | None] = mapped_column(String(64))
+
+    webcam_ok_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    face_confidence: Mapped[float | None] = mapped_column(Float)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+    participant: Mapped[Participant] = relationship(back_populates="sessions")
+    images: Mapped[list[Image]] = relationship(order_by="Image.index", cascade="all")
+    answers: Mapped[list[Answer]] = relationship(order_by="Answer.image_index", cascade="all")
+    ranking: Mapped[Ranking | None] = relationship(cascade="all")
+    events: Mapped[list[Event]] = relationship(order_by="Event.id", cascade="all")
+    segments: Mapped[list[Segment]] = relationship(order_by="Segment.index", cascade="all")
+    jobs: Mapped[list[Job]] = relationship(order_by="Job.id", cascade="all")
+    clips: Mapped[list[Clip]] = relationship(cascade="all")
+    labels: Mapped[list[Label]] = relationship(cascade="all")
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("session_id", "index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), index=True)
+    index: Mapped[int] = mapped_column(Integer)  # 1-based, the release's image_index
+    seed: Mapped[int] = mapped_column(Integer)
+    invalid: Mapped[bool] = mapped_column(Boolean, default=False)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Answer(Base):
+    __tablename__ = "answers"
+    __table_args__ = (UniqueConstraint("session_id", "image_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), index=True)
+    image_index: Mapped[int] = mapped_column(Integer)
+    missing_elements: Mapped[str] = mapped_column(Text, default="")
+    overall_rating: Mapped[int] = mapped_column(Integer)
+    alignment_rating: Mapped[int] = mapped_column(Integer)
+    fidelity_rating: Mapped[int] = mapped_column(Integer)
+    issues: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    emotions: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    answered_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Ranking(Base):
+    __tablename__ = "rankings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), unique=True)
+    order: Mapped[list[Any]] = mapped_column(JSON)  # image indices, best first
+    method: Mapped[str] = mapped_column(String(16), default="drag")
+    ranked_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Segment(Base):
+    """One MediaRecorder stream; a reload starts a new one (its own webm header)."""
+
+    __tablename__ = "segments"
+    __table_args__ = (UniqueConstraint("session_id", "index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    mime_type: Mapped[str] = mapped_column(String(64))
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    n_chunks: Mapped[int] = mapped_column(Integer, default=0)
+    n_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    complete: Mapped[bool] = mapped_column(Boolean, default=False)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    chunks: Mapped[list[Chunk]] = relationship(order_by="Chunk.seq", cascade="all")
+
+
+class Chunk(Base):
+    __tablename__ = "chunks"
+    __table_args__ = (UniqueConstraint("segment_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    segment_id: Mapped[int] = mapped_column(ForeignKey("segments.id"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Event(Base):
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), index=True)
+    segment: Mapped[int] = mapped_column(Integer)
+    image_index: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))
+    video_time: Mapped[float] = mapped_column(Float)
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Job(Base):
+    """A unit of background work; the table is the queue, so it survives restarts."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "generate" | "process"
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    stages: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class Clip(Base):
+    __tablename__ = "clips"
+    __table_args__ = (UniqueConstraint("session_id", "image_index", "clip"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), index=True)
+    image_index: Mapped[int] = mapped_column(Integer)
+    clip: Mapped[str] = mapped_column(String(16))  # "baseline" | "reaction"
+    n_frames: Mapped[int] = mapped_column(Integer, default=0)
+    valid_frame_share: Mapped[float | None] = mapped_column(Float)
+    clip_valid: Mapped[bool | None] = mapped_column(Boolean)
+    activations: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    video_file: Mapped[str | None] = mapped_column(String(255))  # relative to media dir
+    features_file: Mapped[str | None] = mapped_column(String(255))
+
+
+class Label(Base):
+    __tablename__ = "labels"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), index=True)
+    image_a: Mapped[int] = mapped_column(Integer)
+    image_b: Mapped[int] = mapped_column(Integer)
+    preferred: Mapped[int | None] = mapped_column(Integer)
+    score_difference: Mapped[float] = mapped_column(Float)
+    confident: Mapped[bool] = mapped_column(Boolean)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the worker write while requests read; busy_timeout rides out short locks.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """Create the engine for ``url`` and the tables if they are missing.
+
+    Parameters
+    ----------
+    url : str
+        SQLAlchemy URL, e.g. ``sqlite:///study.sqlite3`` or
+        ``postgresql+psycopg://user:pw@host/db``.
+
+    Returns
+    -------
+    sqlalchemy.engine.Engine
+    """
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # sqlalchemy raises ArgumentError with a long message
+        raise FergiError(f"--db {url!r}: not a database URL ({exc})") from None
+    kwargs: dict[str, Any] = {"future": True}
+    if parsed.get_backend_name() == "sqlite":
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        database = parsed.database
+        if database and database != ":memory:":
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    else:
+        kwargs["pool_pre_ping"] = True
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except ModuleNotFoundError as exc:
+        raise FergiError(
+            f"--db {parsed.render_as_string(hide_password=True)}: driver {exc.name!r} is not "
+            "installed (pip install 'fergi[postgres]' for PostgreSQL)"
+        ) from None
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    try:
+        Base.metadata.create_all(engine)
+    except Exception as exc:
+        raise FergiError(
+            f"--db {parsed.render_as_string(hide_password=True)}: cannot open the database ({exc.__class__.__name__}: {str(exc).splitlines()[0]})"
+        ) from None
+    return engine
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def iter_db(factory: sessionmaker[Session]) -> Iterator[Session]:
+    with factory() as db:
+        yield db

@@ -1,0 +1,126 @@
+"""FastAPI dependencies shared by the routers: database, auth, rate limits."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Path, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fergi.study._db import StudySession, hash_token
+from fergi.study._settings import StudySettings, get_settings
+from fergi.study._storage import MediaStore
+
+SESSION_HEADER = "X-Session-Token"
+ADMIN_COOKIE = "fergi_admin"
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    """One database session per request."""
+    with request.app.state.sessionmaker() as db:
+        yield db
+
+
+def get_store(request: Request) -> MediaStore:
+    return request.app.state.store
+
+
+Settings = Annotated[StudySettings, Depends(get_settings)]
+DB = Annotated[Session, Depends(get_db)]
+Store = Annotated[MediaStore, Depends(get_store)]
+
+
+class RateLimiter:
+    """Sliding one-minute window of requests per key (a session token or a client address)."""
+
+    def __init__(self) -> None:
+        self._hits: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def hit(self, key: str, limit: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            window = self._hits.setdefault(key, deque())
+            while window and now - window[0] > 60.0:
+                window.popleft()
+            if len(window) >= limit:
+                retry = max(1, int(60.0 - (now - window[0])) + 1)
+                raise HTTPException(
+                    429,
+                    f"too many requests: the limit is {limit} per minute; retry in {retry} s",
+                    headers={"Retry-After": str(retry)},
+                )
+            window.append(now)
+            if len(self._hits) > 50_000:  # forget idle keys so memory stays bounded
+                for stale in [k for k, v in self._hits.items() if not v or now - v[-1] > 60.0]:
+                    del self._hits[stale]
+
+
+def rate_limit(request: Request, settings: Settings) -> None:
+    """Per-client limit, keyed by the session token when there is one."""
+    key = request.headers.get(SESSION_HEADER) or (request.client.host if request.client else "?")
+    request.app.state.rate_limiter.hit(key, settings.rate_limit_per_minute)
+
+
+def get_study_session(
+    request: Request,
+    db: DB,
+    settings: Settings,
+    session_id: Annotated[int, Path(ge=1)],
+) -> StudySession:
+    """The participant session named in the path, opened by its token (header X-Session-Token)."""
+    token = request.headers.get(SESSION_HEADER)
+    if not token:
+        raise HTTPException(401, f"missing {SESSION_HEADER} header: every session request needs its token")
+    request.app.state.rate_limiter.hit(token, settings.rate_limit_per_minute)
+    sess = db.scalar(select(StudySession).where(StudySession.token_hash == hash_token(token)))
+    # Same answer for an unknown session and a wrong token: ids are not secrets, tokens are.
+    if sess is None or sess.id != session_id:
+        raise HTTPException(403, f"this token does not open session {session_id}")
+    return sess
+
+
+CurrentSession = Annotated[StudySession, Depends(get_study_session)]
+
+
+def admin_token_from(request: Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.headers.get("X-Admin-Token") or request.cookies.get(ADMIN_COOKIE)
+
+
+def is_admin(request: Request, settings: StudySettings) -> bool:
+    token = admin_token_from(request)
+    return bool(token) and secrets.compare_digest(token.encode(), settings.admin_token.encode())
+
+
+def require_admin(request: Request, settings: Settings) -> None:
+    """Admin API guard: Bearer token, X-Admin-Token header or the admin cookie."""
+    if admin_token_from(request) is None:
+        raise HTTPException(401, "admin token required (Authorization: Bearer <token>)")
+    if not is_admin(request, settings):
+        raise HTTPException(403, "wrong admin token")
+
+
+async def read_body_limited(request: Request, limit: int, what: str) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise HTTPException(413, f"{what} is {int(declared)} bytes; the limit is {limit}")
+        except ValueError:
+            raise HTTPException(400, "invalid Content-Length header") from None
+    data = bytearray()
+    async for part in request.stream():
+        data.extend(part)
+        if len(data) > limit:
+            raise HTTPException(413, f"{what} is larger than the limit of {limit} bytes")
+    return bytes(data)

@@ -1,0 +1,233 @@
+"""Write a collected study in the layout of the public FERGI release.
+
+The output runs through ``fergi.datasets.load_frames`` / ``load_images`` and so through
+``fergi reproduce``, ``fergi fit`` and ``fergi annotate`` unchanged::
+
+    data/<participant>/session_<s>/{baseline,reaction}_clip_<i>_features.csv
+    preparation/valid_sessions.json
+    preparation/invalid_images.json
+    preparation/preprocessed_image_data/<participant>.csv
+    study/{sessions,prompts,images,answers,labels}.csv     what the release does not hold
+    images/<participant>/session_<s>/image_<i>.png           the generated images
+    raw/<participant>/session_<s>/{baseline,reaction}_clip_<i>.<ext>
+                                                             face videos, only of sessions
+                                                             whose participant allowed sharing
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
+
+from fergi._errors import FergiError
+from fergi.datasets._schema import EMOTIONS, IMAGE_COLUMNS, ISSUES, SCORE_COLUMNS
+from fergi.study._db import StudySession, make_engine, make_sessionmaker
+from fergi.study._storage import MediaStore
+
+logger = logging.getLogger(__name__)
+
+
+def _open_db(db_url: str):
+    url = make_url(db_url) if "://" in db_url else None
+    if url is None:
+        # A bare path is taken as an SQLite file, the default of `fergi serve`.
+        path = Path(db_url).expanduser()
+        if not path.is_file():
+            raise FergiError(f"--db {db_url}: no such database file")
+        return make_engine(f"sqlite:///{path.resolve()}")
+    if url.get_backend_name() == "sqlite":
+        database = url.database or ""
+        if database not in ("", ":memory:") and not Path(database).expanduser().is_file():
+            raise FergiError(f"--db {db_url}: no such database file")
+    return make_engine(db_url)
+
+
+def _session_is_valid(sess: StudySession) -> tuple[bool, str]:
+    if sess.ranking is None:
+        return False, "not finished (no ranking)"
+    if len(sess.answers) < sess.n_images:
+        return False, f"{len(sess.answers)} of {sess.n_images} images annotated"
+    have = {(c.image_index, c.clip) for c in sess.clips if c.features_file}
+    need = {(i, k) for i in range(1, sess.n_images + 1) for k in ("baseline", "reaction")}
+    if not need <= have:
+        return False, "not processed (features missing)"
+    return True, ""
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def image_rows(sess: StudySession) -> list[list[Any]]:
+    """Rows of ``preprocessed_image_data`` for one session, in the release's columns."""
+    order = list(sess.ranking.order) if sess.ranking is not None else []
+    n = len(order)
+    rows = []
+    for answer in sess.answers:
+        # rank_score = n_images - position (0-based): the best image gets n_images.
+        rank = n - order.index(answer.image_index) if answer.image_index in order else ""
+        row = {
+            "session_index": sess.index,
+            "image_index": answer.image_index,
+            "overall_rating": answer.overall_rating,
+            "alignment_rating": answer.alignment_rating,
+            "fidelity_rating": answer.fidelity_rating,
+            **{k: k in answer.issues for k in ISSUES},
+            **{k: k in answer.emotions for k in EMOTIONS},
+            "rank_score": rank,
+            **dict.fromkeys(SCORE_COLUMNS, ""),
+        }
+        rows.append([row[c] for c in IMAGE_COLUMNS])
+    return rows
+
+
+def export_study(
+    db_url: str,
+    media_dir: str | Path,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    include_raw: bool = True,
+) -> dict[str, Any]:
+    """Export the finished, processed sessions of a study in the public release's layout.
+
+    Parameters
+    ----------
+    db_url : str
+        The study database (SQLAlchemy URL, or the path of the SQLite file).
+    media_dir : str or Path
+        The study's media folder (``fergi serve --media``).
+    out : str or Path
+        Output folder; it must not exist or be empty unless ``overwrite``.
+    overwrite : bool
+        Replace an existing non-empty output folder.
+    include_raw : bool
+        Copy the face-video clips of sessions whose participant allowed sharing.
+
+    Returns
+    -------
+    dict
+        Summary: ``participants``, ``sessions``, ``images``, ``skipped`` (session ->
+        reason), ``raw_clips``, ``out``.
+
+    Raises
+    ------
+    fergi.FergiError
+        Missing database or media folder, non-empty output folder.
+    """
+    engine = _open_db(db_url)
+    media = Path(media_dir).expanduser()
+    if not media.is_dir():
+        engine.dispose()
+        raise FergiError(f"--media {media}: no such folder")
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise FergiError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            engine.dispose()
+            raise FergiError(f"--out {out}: folder is not empty (use --overwrite to replace it)")
+        shutil.rmtree(out)
+    store = MediaStore(media)
+    factory = make_sessionmaker(engine)
+    summary: dict[str, Any] = {"participants": 0, "sessions": 0, "images": 0, "raw_clips": 0, "skipped": {}}
+    valid_sessions: dict[str, list[int]] = {}
+    invalid_images: dict[str, dict[str, list[int]]] = {}
+    tables: dict[str, list[list[Any]]] = {k: [] for k in ("sessions", "prompts", "images", "answers", "labels")}
+    try:
+        with factory() as db:
+            sessions = db.scalars(
+                select(StudySession).order_by(StudySession.participant_id, StudySession.index)
+            ).all()
+            image_data: dict[str, list[list[Any]]] = {}
+            for sess in sessions:
+                pid, s = sess.participant_id, sess.index
+                ok, reason = _session_is_valid(sess)
+                tables["sessions"].append(
+                    [pid, s, sess.session_type, sess.consent_version, sess.consent_at, sess.share_video,
+                     sess.created_at, sess.finished_at, ok, reason]
+                )
+                if not ok:
+                    summary["skipped"][f"{pid}/session_{s}"] = reason
+                    continue
+                session_dir = out / "data" / pid / f"session_{s}"
+                session_dir.mkdir(parents=True, exist_ok=True)
+                for clip in sess.clips:
+                    source = store.resolve(clip.features_file)
+                    if not source.is_file():
+                        raise FergiError(f"--media {media}: missing feature file {clip.features_file}")
+                    shutil.copyfile(source, session_dir / f"{clip.clip}_clip_{clip.image_index}_features.csv")
+                    if include_raw and sess.share_video and clip.video_file:
+                        video = store.resolve(clip.video_file)
+                        if video.is_file():
+                            target = out / "raw" / pid / f"session_{s}" / f"{clip.clip}_clip_{clip.image_index}{video.suffix}"
+                            target.parent.mkdir(parents=True, exist_ok=True)
+                            shutil.copyfile(video, target)
+                            summary["raw_clips"] += 1
+                valid_sessions.setdefault(pid, []).append(s)
+                invalid_images.setdefault(pid, {})[str(s)] = sorted(i.index for i in sess.images if i.invalid)
+                image_data.setdefault(pid, []).extend(image_rows(sess))
+                summary["sessions"] += 1
+                summary["images"] += sess.n_images
+                tables["prompts"].append(
+                    [pid, s, sess.session_type, sess.prompt, sess.generator,
+                     json.dumps(sess.structured_input) if sess.structured_input else "",
+                     json.dumps(sess.generated_prompts or [])]
+                )
+                for img in sess.images:
+                    source = store.image_path(sess.id, img.index)
+                    if source.is_file():
+                        target = out / "images" / pid / f"session_{s}" / f"image_{img.index}.png"
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(source, target)
+                    tables["images"].append([pid, s, img.index, img.seed, img.invalid, json.dumps(img.meta)])
+                for a in sess.answers:
+                    tables["answers"].append(
+                        [pid, s, a.image_index, a.missing_elements, a.overall_rating, a.alignment_rating,
+                         a.fidelity_rating, ";".join(a.issues), ";".join(a.emotions)]
+                    )
+                for lab in sorted(sess.labels, key=lambda x: (x.image_a, x.image_b)):
+                    tables["labels"].append(
+                        [pid, s, lab.image_a, lab.image_b, "" if lab.preferred is None else lab.preferred,
+                         lab.score_difference, lab.confident]
+                    )
+    finally:
+        engine.dispose()
+
+    prep = out / "preparation"
+    (prep / "preprocessed_image_data").mkdir(parents=True, exist_ok=True)
+    (prep / "valid_sessions.json").write_text(json.dumps(valid_sessions, indent=4))
+    (prep / "invalid_images.json").write_text(json.dumps(invalid_images, indent=4))
+    for pid, rows in image_data.items():
+        _write_csv(prep / "preprocessed_image_data" / f"{pid}.csv", list(IMAGE_COLUMNS), rows)
+    headers = {
+        "sessions": ["participant", "session", "session_type", "consent_version", "consent_at",
+                     "share_video", "created_at", "finished_at", "exported", "reason"],
+        "prompts": ["participant", "session", "session_type", "prompt", "generator",
+                    "structured_input", "generated_prompts"],
+        "images": ["participant", "session", "image", "seed", "invalid", "meta"],
+        "answers": ["participant", "session", "image", "missing_elements", "overall_rating",
+                    "alignment_rating", "fidelity_rating", "issues", "emotions"],
+        "labels": ["participant", "session", "image_a", "image_b", "preferred",
+                   "score_difference", "confident"],
+    }
+    for name, rows in tables.items():
+        _write_csv(out / "study" / f"{name}.csv", headers[name], rows)
+    summary["participants"] = len(valid_sessions)
+    summary["out"] = str(out)
+    logger.info(
+        "exported %d session(s) of %d participant(s) to %s (%d skipped)",
+        summary["sessions"], summary["participants"], out, len(summary["skipped"]),
+    )
+    return summary

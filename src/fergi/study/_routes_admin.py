@@ -1,0 +1,229 @@
+"""Admin API (token protected): participants, invitation links, sessions, processing, media."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from fergi.study._db import Job, Participant, StudySession
+from fergi.study._deps import DB, Settings, Store, require_admin
+from fergi.study._routes_sessions import PARTICIPANT_ID, session_state
+from fergi.study._worker import enqueue, retry_job
+
+router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+
+
+def base_url(request: Request, settings) -> str:
+    # url_for keeps a mount prefix (the app embedded under /study) that base_url loses.
+    return (settings.public_url or str(request.url_for("index"))).rstrip("/")
+
+
+def job_info(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "status": job.status,
+        "stages": dict(job.stages or {}),
+        "error": job.error,
+        "attempts": job.attempts,
+        "created_at": job.created_at.isoformat() + "Z",
+        "finished_at": None if job.finished_at is None else job.finished_at.isoformat() + "Z",
+    }
+
+
+def session_summary(sess: StudySession, settings) -> dict[str, Any]:
+    state = session_state(sess, settings)
+    return {
+        "id": sess.id,
+        "participant_id": sess.participant_id,
+        "session_index": sess.index,
+        "session_type": sess.session_type,
+        "step": state["step"],
+        "created_at": sess.created_at.isoformat() + "Z",
+        "finished_at": None if sess.finished_at is None else sess.finished_at.isoformat() + "Z",
+        "consent_at": None if sess.consent_at is None else sess.consent_at.isoformat() + "Z",
+        "consent_version": sess.consent_version,
+        "share_video": sess.share_video,
+        "prompt": sess.prompt,
+        "n_answers": len(sess.answers),
+        "n_segments": len(sess.segments),
+        "n_chunks": sum(s.n_chunks for s in sess.segments),
+        "n_bytes": sum(s.n_bytes for s in sess.segments),
+        "n_clips": len(sess.clips),
+        "n_labels": len(sess.labels),
+        "jobs": [job_info(j) for j in sess.jobs],
+    }
+
+
+class ParticipantRequest(BaseModel):
+    participant_id: str | None = Field(default=None, max_length=32)
+    note: str = Field(default="", max_length=500)
+
+
+@router.get("/participants")
+def list_participants(request: Request, db: DB, settings: Settings) -> list[dict[str, Any]]:
+    out = []
+    for p in db.scalars(select(Participant).order_by(Participant.id)).all():
+        types = [s.session_type for s in p.sessions]
+        out.append(
+            {
+                "participant_id": p.id,
+                "note": p.note,
+                "created_at": p.created_at.isoformat() + "Z",
+                "n_sessions": len(p.sessions),
+                "n_finished": sum(s.finished_at is not None for s in p.sessions),
+                "n_structured": types.count("structured"),
+                "n_free": types.count("free"),
+                "link": None if p.invite_token is None else f"{base_url(request, settings)}/?invite={p.invite_token}",
+            }
+        )
+    return out
+
+
+@router.post("/participants", status_code=201)
+def create_participant(body: ParticipantRequest, request: Request, db: DB, settings: Settings) -> dict[str, Any]:
+    """Register a participant (next free 3-digit ID when none is given) with an invitation link."""
+    pid = (body.participant_id or "").strip()
+    if not pid:
+        taken = set(db.scalars(select(Participant.id)).all())
+        pid = next(f"{n:03d}" for n in range(1, 10**6) if f"{n:03d}" not in taken)
+    if not PARTICIPANT_ID.match(pid):
+        raise HTTPException(422, "participant_id: use 1-32 letters, digits, '-' or '_'")
+    participant = db.get(Participant, pid)
+    if participant is None:
+        participant = Participant(id=pid, note=body.note)
+        db.add(participant)
+    if participant.invite_token is None:
+        participant.invite_token = secrets.token_urlsafe(24)
+    db.commit()
+    return {
+        "participant_id": pid,
+        "link": f"{base_url(request, settings)}/?invite={participant.invite_token}",
+    }
+
+
+@router.get("/sessions")
+def list_sessions(db: DB, settings: Settings, participant_id: str | None = None) -> list[dict[str, Any]]:
+    query = select(StudySession).order_by(StudySession.id.desc())
+    if participant_id:
+        query = query.where(StudySession.participant_id == participant_id)
+    return [session_summary(s, settings) for s in db.scalars(query).all()]
+
+
+def _session(db, session_id: int) -> StudySession:
+    sess = db.get(StudySession, session_id)
+    if sess is None:
+        raise HTTPException(404, f"no session {session_id}")
+    return sess
+
+
+@router.get("/sessions/{session_id}")
+def session_detail(session_id: int, db: DB, settings: Settings) -> dict[str, Any]:
+    sess = _session(db, session_id)
+    return {
+        **session_summary(sess, settings),
+        "structured_input": sess.structured_input,
+        "generated_prompts": list(sess.generated_prompts or []),
+        "images": [
+            {"index": i.index, "seed": i.seed, "invalid": i.invalid, "meta": i.meta} for i in sess.images
+        ],
+        "answers": [
+            {
+                "image_index": a.image_index,
+                "missing_elements": a.missing_elements,
+                "overall_rating": a.overall_rating,
+                "alignment_rating": a.alignment_rating,
+                "fidelity_rating": a.fidelity_rating,
+                "issues": a.issues,
+                "emotions": a.emotions,
+            }
+            for a in sess.answers
+        ],
+        "ranking": None if sess.ranking is None else {"order": sess.ranking.order, "method": sess.ranking.method},
+        "events": [
+            {"segment": e.segment, "image_index": e.image_index, "kind": e.kind, "video_time": e.video_time}
+            for e in sess.events
+        ],
+        "segments": [
+            {"segment": s.index, "mime_type": s.mime_type, "n_chunks": s.n_chunks, "n_bytes": s.n_bytes, "complete": s.complete}
+            for s in sess.segments
+        ],
+        "clips": [
+            {
+                "image_index": c.image_index,
+                "clip": c.clip,
+                "n_frames": c.n_frames,
+                "valid_frame_share": c.valid_frame_share,
+                "clip_valid": c.clip_valid,
+                "activations": c.activations,
+                "has_video": c.video_file is not None,
+            }
+            for c in sorted(sess.clips, key=lambda c: (c.image_index, c.clip))
+        ],
+        "labels": [
+            {
+                "image_a": lab.image_a,
+                "image_b": lab.image_b,
+                "preferred": lab.preferred,
+                "score_difference": lab.score_difference,
+                "confident": lab.confident,
+            }
+            for lab in sess.labels
+        ],
+    }
+
+
+@router.post("/jobs/{job_id}/retry")
+def retry(job_id: int, request: Request, db: DB) -> dict[str, Any]:
+    job = db.get(Job, job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id}")
+    if job.status in ("queued", "running"):
+        raise HTTPException(409, f"job {job_id} is {job.status}")
+    retry_job(db, job)
+    db.commit()
+    worker = getattr(request.app.state, "worker", None)
+    if worker is not None:
+        worker.wake(job.kind)
+    return job_info(job)
+
+
+@router.post("/sessions/{session_id}/process", status_code=202)
+def process(session_id: int, request: Request, db: DB) -> dict[str, Any]:
+    """Queue (again) the processing of a finished session."""
+    sess = _session(db, session_id)
+    if not sess.segments:
+        raise HTTPException(409, f"session {session_id} has no recording")
+    job = enqueue(db, sess.id, "process")
+    db.commit()
+    worker = getattr(request.app.state, "worker", None)
+    if worker is not None:
+        worker.wake("process")
+    return job_info(job)
+
+
+@router.get("/sessions/{session_id}/images/{index}")
+def admin_image(session_id: int, index: int, db: DB, store: Store) -> FileResponse:
+    sess = _session(db, session_id)
+    if not any(i.index == index for i in sess.images):
+        raise HTTPException(404, f"session {session_id} has no image {index}")
+    return FileResponse(store.image_path(sess.id, index), media_type="image/png")
+
+
+@router.get("/sessions/{session_id}/clips/{index}/{clip}")
+def admin_clip(
+    session_id: int, index: int, clip: Literal["baseline", "reaction"], db: DB, store: Store
+) -> FileResponse:
+    """A cut face-video clip (biometric data: admin only, never cached)."""
+    sess = _session(db, session_id)
+    row = next((c for c in sess.clips if c.image_index == index and c.clip == clip), None)
+    if row is None or row.video_file is None:
+        raise HTTPException(404, f"session {session_id} has no stored {clip} clip of image {index}")
+    path = store.resolve(row.video_file)
+    media = {".mp4": "video/mp4", ".webm": "video/webm"}.get(path.suffix, "application/octet-stream")
+    return FileResponse(path, media_type=media, headers={"Cache-Control": "private, no-store"})

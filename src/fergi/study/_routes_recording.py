@@ -1,0 +1,206 @@
+"""Webcam recording: segments, sequence-numbered chunks and event timestamps.
+
+A segment is one MediaRecorder stream. Chunks are uploaded in order while recording;
+a chunk sent twice (a retry after a dropped response) is accepted once and answered
+200 again, anything else out of order is refused, so the stored chunks of a segment
+always concatenate to a playable prefix of the stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi import Path as PathParam
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from fergi.study._db import Chunk, Event, Segment, StudySession
+from fergi.study._deps import DB, CurrentSession, Settings, Store, read_body_limited
+from fergi.study._storage import write_atomic
+
+router = APIRouter(prefix="/api/sessions/{session_id}", tags=["recording"])
+
+WEBM_MAGIC = b"\x1a\x45\xdf\xa3"
+EVENT_KINDS = ("baseline_start", "image_shown", "image_hidden")
+
+
+def _mime(value: str) -> str:
+    return value.split(";")[0].strip().lower()
+
+
+class SegmentRequest(BaseModel):
+    mime_type: str = Field(max_length=100)
+    width: int | None = Field(default=None, ge=1, le=8192)
+    height: int | None = Field(default=None, ge=1, le=8192)
+
+
+def _segment(db, sess: StudySession, segment: int) -> Segment:
+    seg = db.scalar(select(Segment).where(Segment.session_id == sess.id, Segment.index == segment))
+    if seg is None:
+        raise HTTPException(404, f"recording segment {segment} was not started for this session")
+    return seg
+
+
+def segment_info(seg: Segment) -> dict[str, Any]:
+    return {
+        "segment": seg.index,
+        "mime_type": seg.mime_type,
+        "n_chunks": seg.n_chunks,
+        "n_bytes": seg.n_bytes,
+        "next_seq": seg.n_chunks,
+        "complete": seg.complete,
+    }
+
+
+@router.post("/recording/segments", status_code=201)
+def start_segment(body: SegmentRequest, sess: CurrentSession, db: DB) -> dict[str, Any]:
+    """Announce a new MediaRecorder stream (the first one, or after a reload)."""
+    if sess.consent_at is None:
+        raise HTTPException(409, "recording is refused before consent")
+    if sess.webcam_ok_at is None:
+        raise HTTPException(409, "the webcam check has not passed yet")
+    if sess.finished_at is not None:
+        raise HTTPException(409, "this session is finished")
+    if _mime(body.mime_type) != "video/webm":
+        raise HTTPException(415, f"recording must be video/webm (VP9), not {body.mime_type!r}")
+    seg = Segment(
+        session_id=sess.id,
+        index=len(sess.segments),
+        mime_type=body.mime_type,
+        width=body.width,
+        height=body.height,
+    )
+    db.add(seg)
+    try:
+        db.commit()
+    except IntegrityError:  # two tabs raced for the same index
+        db.rollback()
+        raise HTTPException(409, "another recording segment was started at the same moment; retry") from None
+    return segment_info(seg)
+
+
+@router.get("/recording/{segment}")
+def get_segment(segment: int, sess: CurrentSession, db: DB) -> dict[str, Any]:
+    """What the server has of a segment: resume uploading at ``next_seq``."""
+    return segment_info(_segment(db, sess, segment))
+
+
+@router.put("/recording/{segment}/chunks/{seq}")
+async def put_chunk(
+    request: Request,
+    sess: CurrentSession,
+    db: DB,
+    settings: Settings,
+    store: Store,
+    segment: int = PathParam(ge=0),
+    seq: int = PathParam(ge=0, le=1_000_000),
+) -> dict[str, Any]:
+    """Store chunk ``seq`` of a segment (body: the raw webm bytes, Content-Type video/webm)."""
+    import hashlib
+
+    ctype = request.headers.get("content-type", "")
+    if _mime(ctype) != "video/webm":
+        raise HTTPException(415, f"chunk {seq}: Content-Type must be video/webm, not {ctype or 'missing'!r}")
+    seg = _segment(db, sess, segment)
+    data = await read_body_limited(request, settings.max_chunk_bytes, f"chunk {seq}")
+    if not data:
+        raise HTTPException(422, f"chunk {seq} is empty")
+    digest = hashlib.sha256(data).hexdigest()
+    existing = db.scalar(select(Chunk).where(Chunk.segment_id == seg.id, Chunk.seq == seq))
+    if existing is not None:
+        if existing.sha256 == digest:
+            return {"seq": seq, "duplicate": True, **segment_info(seg)}
+        raise HTTPException(409, f"chunk {seq} was already received with different content")
+    if seg.complete:
+        raise HTTPException(409, f"segment {segment} is complete; no more chunks are accepted")
+    if seq != seg.n_chunks:
+        raise HTTPException(
+            409, f"chunk {seq} is out of order: the server expects chunk {seg.n_chunks} next"
+        )
+    if seq == 0 and not data.startswith(WEBM_MAGIC):
+        raise HTTPException(415, "chunk 0 is not a WebM stream (no EBML header)")
+    if seg.n_bytes + len(data) > settings.max_recording_bytes:
+        raise HTTPException(
+            413, f"recording exceeds the limit of {settings.max_recording_bytes} bytes per segment"
+        )
+    # The file is durable before the database says it exists: an accepted chunk is never lost.
+    write_atomic(store.chunk_path(sess.id, segment, seq), data)
+    db.add(Chunk(segment_id=seg.id, seq=seq, size=len(data), sha256=digest))
+    seg.n_chunks = seq + 1
+    seg.n_bytes += len(data)
+    try:
+        db.commit()
+    except IntegrityError:  # the same chunk raced in twice; the first one won
+        db.rollback()
+        db.refresh(seg)
+        return {"seq": seq, "duplicate": True, **segment_info(seg)}
+    return {"seq": seq, "duplicate": False, **segment_info(seg)}
+
+
+class CompleteRequest(BaseModel):
+    n_chunks: int = Field(ge=0)
+
+
+@router.post("/recording/{segment}/complete")
+def complete_segment(segment: int, body: CompleteRequest, sess: CurrentSession, db: DB) -> dict[str, Any]:
+    """Mark a segment as fully uploaded (the recorder stopped and every chunk arrived)."""
+    seg = _segment(db, sess, segment)
+    if body.n_chunks != seg.n_chunks:
+        raise HTTPException(
+            409,
+            f"segment {segment}: the server has {seg.n_chunks} of {body.n_chunks} chunks; "
+            f"upload chunk {seg.n_chunks} next",
+        )
+    if seg.n_chunks == 0:
+        raise HTTPException(409, f"segment {segment} has no chunks")
+    seg.complete = True
+    db.commit()
+    return segment_info(seg)
+
+
+class EventRequest(BaseModel):
+    segment: int = Field(ge=0)
+    image_index: int = Field(ge=1)
+    kind: Literal["baseline_start", "image_shown", "image_hidden"]
+    video_time: float = Field(ge=0, le=24 * 3600)
+
+
+@router.post("/events")
+def post_event(body: EventRequest, sess: CurrentSession, db: DB) -> dict[str, Any]:
+    """Record when the baseline started / the image appeared / disappeared, in seconds of
+    video time (zero = capture time of the segment's first recorded frame)."""
+    if body.image_index > sess.n_images:
+        raise HTTPException(422, f"image_index {body.image_index}: this session has {sess.n_images} images")
+    _segment(db, sess, body.segment)
+    same = [
+        e
+        for e in sess.events
+        if (e.segment, e.image_index, e.kind) == (body.segment, body.image_index, body.kind)
+    ]
+    if same:  # retried request: keep the first measurement
+        return {"id": same[0].id, "duplicate": True}
+    if body.kind != "baseline_start":
+        earlier = EVENT_KINDS[EVENT_KINDS.index(body.kind) - 1]
+        prior = [
+            e
+            for e in sess.events
+            if (e.segment, e.image_index, e.kind) == (body.segment, body.image_index, earlier)
+        ]
+        if not prior:
+            raise HTTPException(409, f"event {body.kind} of image {body.image_index} before {earlier}")
+        if body.video_time < prior[-1].video_time:
+            raise HTTPException(
+                422, f"event {body.kind} at {body.video_time:.3f} s is earlier than {earlier}"
+            )
+    ev = Event(
+        session_id=sess.id,
+        segment=body.segment,
+        image_index=body.image_index,
+        kind=body.kind,
+        video_time=body.video_time,
+    )
+    db.add(ev)
+    db.commit()
+    return {"id": ev.id, "duplicate": False}

@@ -1,0 +1,230 @@
+"""Participants' sessions: start, state (for resuming), consent, webcam check."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
+
+from fergi.study._db import (
+    Participant,
+    StudySession,
+    hash_token,
+    utcnow,
+)
+from fergi.study._deps import DB, CurrentSession, Settings, rate_limit, read_body_limited
+from fergi.study._settings import StudySettings
+
+router = APIRouter(prefix="/api", tags=["sessions"])
+
+PARTICIPANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+
+
+def public_config(settings: StudySettings) -> dict[str, Any]:
+    return {
+        "n_images": settings.n_images,
+        "baseline_s": settings.baseline_s,
+        "present_s": settings.present_s,
+        "issues": [{"key": k, "label": v} for k, v in settings.issues.items()],
+        "emotions": list(settings.emotions),
+        "consent_text": settings.consent_text,
+        "consent_version": settings.consent_version,
+        "example_prompt": settings.example_prompt,
+        "prompt_attempts": settings.prompt_attempts,
+        "chunk_ms": settings.chunk_ms,
+        "max_chunk_bytes": settings.max_chunk_bytes,
+        "require_face_check": settings.require_face_check,
+        "allow_new_participants": settings.allow_new_participants,
+    }
+
+
+def session_state(sess: StudySession, settings: StudySettings) -> dict[str, Any]:
+    """Where the participant is in the flow; the client resumes from this after a reload."""
+    answered = {a.image_index for a in sess.answers}
+    current = next((i for i in range(1, sess.n_images + 1) if i not in answered), None)
+    phase = None
+    if sess.consent_at is None:
+        step = "consent"
+    elif sess.prompt is None:
+        step = "prompt"
+    elif sess.webcam_ok_at is None:
+        step = "webcam"
+    elif current is not None:
+        step = "images"
+        hidden = any(e.kind == "image_hidden" and e.image_index == current for e in sess.events)
+        phase = "survey" if hidden else "present"
+    elif sess.ranking is None:
+        step = "ranking"
+    else:
+        step = "done"
+    ready = sorted(img.index for img in sess.images)
+    jobs = {job.kind: job for job in sess.jobs}
+    gen = jobs.get("generate")
+    return {
+        "session_id": sess.id,
+        "participant_id": sess.participant_id,
+        "session_index": sess.index,
+        "session_type": sess.session_type,
+        "n_images": sess.n_images,
+        "step": step,
+        "current_image": current,
+        "image_phase": phase,
+        "share_video": sess.share_video,
+        "prompt": sess.prompt,
+        "generated_prompts": list(sess.generated_prompts or []),
+        "attempts_left": max(0, settings.prompt_attempts - sess.prompt_attempts),
+        "images_ready": ready,
+        "images_invalid": sorted(img.index for img in sess.images if img.invalid),
+        "generation": None if gen is None else {"status": gen.status, "error": gen.error},
+        "next_segment": len(sess.segments),
+        "answered": sorted(answered),
+        "ranking": None if sess.ranking is None else list(sess.ranking.order),
+    }
+
+
+def choose_session_type(db, participant: Participant) -> str:
+    """Alternate structured and free-form sessions so both counts stay balanced (Supp. A.2)."""
+    types = [s.session_type for s in participant.sessions]
+    if types:
+        n_structured, n_free = types.count("structured"), types.count("free")
+        if n_structured != n_free:
+            return "structured" if n_structured < n_free else "free"
+        return "free" if types[-1] == "structured" else "structured"
+    # A participant's first session: balance the first sessions across participants too.
+    first = (
+        select(StudySession.session_type, func.count())
+        .where(StudySession.index == 1)
+        .group_by(StudySession.session_type)
+    )
+    counts = dict(db.execute(first).all())
+    return "free" if counts.get("structured", 0) > counts.get("free", 0) else "structured"
+
+
+class StartRequest(BaseModel):
+    participant_id: str | None = Field(default=None, max_length=64)
+    invite: str | None = Field(default=None, max_length=128)
+
+
+@router.get("/config")
+def get_config(settings: Settings) -> dict[str, Any]:
+    """Durations, option lists and texts the participant pages need."""
+    return public_config(settings)
+
+
+@router.post("/sessions", status_code=201, dependencies=[Depends(rate_limit)])
+def start_session(body: StartRequest, request: Request, db: DB, settings: Settings) -> dict[str, Any]:
+    """Start a session for a participant (typed ID or an admin's invitation link)."""
+    if body.invite:
+        participant = db.scalar(select(Participant).where(Participant.invite_token == body.invite))
+        if participant is None:
+            raise HTTPException(404, "unknown invitation link: ask the study team for a new one")
+    else:
+        pid = (body.participant_id or "").strip()
+        if not PARTICIPANT_ID.match(pid):
+            raise HTTPException(
+                422, "participant ID: use 1-32 letters, digits, '-' or '_' (e.g. 001)"
+            )
+        participant = db.get(Participant, pid)
+        if participant is None:
+            if not settings.allow_new_participants:
+                raise HTTPException(403, f"participant ID {pid!r} is not registered for this study")
+            participant = Participant(id=pid)
+            db.add(participant)
+            db.flush()
+    token = secrets.token_urlsafe(32)
+    index = 1 + (
+        db.scalar(select(func.max(StudySession.index)).where(StudySession.participant_id == participant.id))
+        or 0
+    )
+    sess = StudySession(
+        participant_id=participant.id,
+        index=index,
+        token_hash=hash_token(token),
+        session_type=choose_session_type(db, participant),
+        n_images=settings.n_images,
+        user_agent=request.headers.get("user-agent", "")[:500],
+        generated_prompts=[],
+    )
+    db.add(sess)
+    db.commit()
+    db.refresh(sess)
+    return {"session_id": sess.id, "token": token, "state": session_state(sess, settings)}
+
+
+@router.get("/sessions/{session_id}")
+def get_session(sess: CurrentSession, settings: Settings) -> dict[str, Any]:
+    """The session's state: the page to show after a reload."""
+    return session_state(sess, settings)
+
+
+class ConsentRequest(BaseModel):
+    agree: bool
+    consent_version: str = Field(max_length=32)
+    share_video: bool = False
+
+
+@router.post("/sessions/{session_id}/consent")
+def give_consent(body: ConsentRequest, sess: CurrentSession, db: DB, settings: Settings) -> dict[str, Any]:
+    """Store consent with its time and text version; recording is refused before it."""
+    if not body.agree:
+        raise HTTPException(422, "consent: the study can only start after you agree")
+    if body.consent_version != settings.consent_version:
+        raise HTTPException(
+            409,
+            f"consent text version {body.consent_version!r} is outdated; "
+            f"reload the page to read version {settings.consent_version!r}",
+        )
+    if sess.consent_at is None:
+        sess.consent_at = utcnow()
+        sess.consent_version = body.consent_version
+    # The sharing choice may be changed until the session ends.
+    sess.share_video = body.share_video
+    db.commit()
+    return session_state(sess, settings)
+
+
+@router.post("/sessions/{session_id}/webcam-check")
+async def webcam_check(request: Request, sess: CurrentSession, db: DB, settings: Settings) -> dict[str, Any]:
+    """Check one webcam snapshot (JPEG/PNG body) for a visible face; nothing is stored."""
+    from starlette.concurrency import run_in_threadpool
+
+    from fergi.study._facecheck import decode_snapshot, face_confidence
+
+    if sess.consent_at is None:
+        raise HTTPException(409, "consent is needed before the webcam is used")
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in {"image/jpeg", "image/png", "image/webp"}:
+        raise HTTPException(415, f"webcam snapshot must be image/jpeg, image/png or image/webp, not {ctype or 'missing'}")
+    data = await read_body_limited(request, settings.max_snapshot_bytes, "webcam snapshot")
+    try:
+        image = decode_snapshot(data)
+    except ValueError as exc:
+        raise HTTPException(422, f"webcam snapshot: {exc}") from None
+    confidence = await run_in_threadpool(face_confidence, image)
+    face = confidence >= 0.7
+    if face:
+        sess.webcam_ok_at = sess.webcam_ok_at or utcnow()
+        sess.face_confidence = confidence
+        db.commit()
+    elif not settings.require_face_check:
+        sess.webcam_ok_at = sess.webcam_ok_at or utcnow()
+        db.commit()
+    message = (
+        "Your face is clearly visible."
+        if face
+        else "No face found: sit in front of the camera, face it, and make sure your face is well lit."
+    )
+    return {
+        "face": face,
+        "confidence": round(confidence, 3),
+        "width": int(image.shape[1]),
+        "height": int(image.shape[0]),
+        "message": message,
+        "state": session_state(sess, settings),
+    }
+
+

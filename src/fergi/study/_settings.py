@@ -1,0 +1,117 @@
+"""Settings of the study app (pydantic-settings, environment prefix ``FERGI_``)."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from fastapi import Request
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Issue options of the annotation survey (Fig. S6), keyed by the release's column names.
+DEFAULT_ISSUES: dict[str, str] = {
+    "unmentioned_content": "Output contains unwanted content that was not mentioned in the text prompt",
+    "repeated_generation": 'Obvious "repeated generation" resulting in unreality',
+    "existence_of_body": "Existence of body problem",
+    "blurry": "Too blurry to see objects",
+    "psychological_discomfort": "Causes psychological discomfort",
+    "sexual_content": "Output contains sexual content",
+    "violent_content": "Output contains violent content",
+    "defamatory_content": "Output contains content that defames certain groups",
+}
+DEFAULT_EMOTIONS: tuple[str, ...] = (
+    "disappointed",
+    "satisfied",
+    "surprised",
+    "disgusted",
+    "amused",
+    "scared",
+)
+DEFAULT_CONSENT_TEXT = (
+    "In this study you write a text prompt, look at images generated from it and rate them. "
+    "Your webcam records your face while the images are shown; the video is used to measure "
+    "facial expressions (action units) and is stored on the study server only. You can stop "
+    "at any time by closing the page. Recording starts only after you agree below."
+)
+EXAMPLE_PROMPT = "A painting of a dog in the style of Van Gogh. highly detailed, night, dreamy"
+
+
+class StudySettings(BaseSettings):
+    """Everything a lab configures for a study (environment variables ``FERGI_<NAME>``).
+
+    Paths left empty are derived from ``data_dir``: the database is
+    ``<data_dir>/study.sqlite3`` and media go to ``<data_dir>/media``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FERGI_", extra="ignore")
+
+    data_dir: Path = Path("fergi-study")
+    db_url: str | None = None
+    media_dir: Path | None = None
+    admin_token: str = Field(default_factory=lambda: secrets.token_urlsafe(24))
+    public_url: str | None = None
+
+    # Image generation and prompt composition.
+    generator: str = "placeholder"
+    generator_options: dict = Field(default_factory=dict)
+    seed: int | None = None
+    prompt_llm: Literal["template", "openai"] = "template"
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: str | None = None
+    llm_timeout: float = 10.0
+    prompt_attempts: int = Field(default=3, ge=1, le=20)
+    example_prompt: str = EXAMPLE_PROMPT
+
+    # Session design.
+    n_images: int = Field(default=5, ge=2, le=20)
+    baseline_s: float = Field(default=5.0, gt=0, le=60)
+    present_s: float = Field(default=5.0, gt=0, le=60)
+    issues: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ISSUES))
+    emotions: list[str] = Field(default_factory=lambda: list(DEFAULT_EMOTIONS))
+    consent_version: str = "1"
+    consent_text: str = DEFAULT_CONSENT_TEXT
+    allow_new_participants: bool = True
+    require_face_check: bool = True
+
+    # Processing.
+    estimator: str = "geometry"
+    annotation_model: Path | None = None
+    fps: float = 30.0
+    worker: bool = True
+    worker_poll_s: float = Field(default=1.0, gt=0)
+    max_job_attempts: int = 3
+    retention: Literal["keep", "delete_after_features"] = "keep"
+
+    # Upload limits.
+    max_chunk_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    max_recording_bytes: int = Field(default=1024 * 1024 * 1024, gt=0)
+    max_snapshot_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
+    chunk_ms: int = Field(default=1000, ge=100, le=10000)
+    rate_limit_per_minute: int = Field(default=600, ge=1)
+
+    @field_validator("emotions")
+    @classmethod
+    def _emotions_nonempty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one emotion option is needed")
+        return value
+
+    @property
+    def resolved_db_url(self) -> str:
+        """The SQLAlchemy URL of the study database."""
+        if self.db_url:
+            return self.db_url
+        return f"sqlite:///{(self.data_dir / 'study.sqlite3').resolve()}"
+
+    @property
+    def resolved_media_dir(self) -> Path:
+        """The folder that holds recordings, clips, features and generated images."""
+        return (self.media_dir or self.data_dir / "media").resolve()
+
+
+def get_settings(request: Request) -> StudySettings:
+    """FastAPI dependency: the settings the app was created with (override in tests)."""
+    return request.app.state.settings

@@ -1,0 +1,469 @@
+"""Background work of the study app: image generation and session processing.
+
+The ``jobs`` table is the queue. Background threads poll it, claim a job with an
+atomic ``UPDATE ... WHERE status = 'queued'`` and record every stage's status in it,
+so the admin sees progress, a crash leaves a visible trace, and a restart picks up
+what was queued or interrupted. Processing only reads the uploaded chunks; its
+outputs go to separate files, so a failed or retried job never loses a raw upload.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import threading
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from fergi.study._db import Clip, Image, Job, Label, Segment, StudySession, utcnow
+from fergi.study._settings import StudySettings
+from fergi.study._storage import MediaStore, write_atomic
+
+logger = logging.getLogger(__name__)
+
+JOB_KINDS = ("generate", "process")
+EVENT_KINDS = ("baseline_start", "image_shown", "image_hidden")
+
+
+def enqueue(db: Session, session_id: int, kind: str) -> Job:
+    """Queue a job (the caller commits); an already queued/running job of the kind is reused."""
+    if kind not in JOB_KINDS:
+        raise ValueError(f"unknown job kind {kind!r}")
+    job = db.scalar(
+        select(Job).where(
+            Job.session_id == session_id, Job.kind == kind, Job.status.in_(("queued", "running"))
+        )
+    )
+    if job is None:
+        job = Job(session_id=session_id, kind=kind, status="queued", stages={})
+        db.add(job)
+    return job
+
+
+def retry_job(db: Session, job: Job) -> Job:
+    """Put a failed (or finished) job back in the queue (the caller commits)."""
+    job.status = "queued"
+    job.error = None
+    job.stages = {}
+    job.finished_at = None
+    return job
+
+
+def select_image_events(events: list[Any], n_images: int) -> dict[int, tuple[int, list[dict]]]:
+    """For each image, the segment and events of its last complete presentation.
+
+    A reload during a presentation starts a new recording segment and presents the
+    image again, so the latest segment with all three events wins.
+    """
+    chosen: dict[int, tuple[int, list[dict]]] = {}
+    for image in range(1, n_images + 1):
+        by_segment: dict[int, dict[str, float]] = {}
+        for ev in events:
+            if ev.image_index == image:
+                by_segment.setdefault(ev.segment, {}).setdefault(ev.kind, ev.video_time)
+        complete = [s for s, kinds in by_segment.items() if all(k in kinds for k in EVENT_KINDS)]
+        if complete:
+            seg = max(complete)
+            chosen[image] = (
+                seg,
+                [
+                    {"image_index": image, "kind": k, "video_time": by_segment[seg][k]}
+                    for k in EVENT_KINDS
+                ],
+            )
+    return chosen
+
+
+class Worker:
+    """Polls the job table in background threads (one per job kind).
+
+    Parameters
+    ----------
+    factory : sessionmaker
+        Database sessions.
+    settings : StudySettings
+    store : MediaStore
+    """
+
+    def __init__(self, factory: sessionmaker[Session], settings: StudySettings, store: MediaStore):
+        self.factory = factory
+        self.settings = settings
+        self.store = store
+        self._generator = None
+        self._generator_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = {kind: threading.Event() for kind in JOB_KINDS}
+        self._threads: list[threading.Thread] = []
+
+    # ------------------------------------------------------------------ lifecycle
+    def recover(self) -> int:
+        """Requeue jobs a previous process left running (it crashed or was stopped)."""
+        with self.factory() as db:
+            jobs = db.scalars(select(Job).where(Job.status == "running")).all()
+            for job in jobs:
+                if job.attempts >= self.settings.max_job_attempts:
+                    job.status = "failed"
+                    job.error = (job.error or "") + "interrupted too often (server restarts)"
+                else:
+                    job.status = "queued"
+            db.commit()
+            if jobs:
+                logger.info("requeued %d job(s) interrupted by a restart", len(jobs))
+            return len(jobs)
+
+    def start(self) -> None:
+        self.recover()
+        self._stop.clear()
+        # Load the generator (a diffusion model takes a while) before the first prompt arrives.
+        warm = threading.Thread(target=self._warm_up, name="fergi-warm-up", daemon=True)
+        warm.start()
+        self._threads.append(warm)
+        for kind in JOB_KINDS:
+            thread = threading.Thread(target=self._loop, args=(kind,), name=f"fergi-{kind}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _warm_up(self) -> None:
+        try:
+            generator = self.generator
+            load = getattr(generator, "load", None)
+            if callable(load):
+                load()
+        except Exception as exc:  # reported again, per job, when generation runs
+            logger.warning("image generator %r could not be loaded: %s", self.settings.generator, exc)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        for event in self._wake.values():
+            event.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads.clear()
+
+    def wake(self, kind: str | None = None) -> None:
+        for k in [kind] if kind else JOB_KINDS:
+            self._wake[k].set()
+
+    def _loop(self, kind: str) -> None:
+        while not self._stop.is_set():
+            try:
+                ran = self.run_next(kind)
+            except Exception:  # a broken database must not kill the thread
+                logger.exception("worker %s: polling failed", kind)
+                ran = False
+            if not ran:
+                self._wake[kind].wait(self.settings.worker_poll_s)
+                self._wake[kind].clear()
+
+    # ------------------------------------------------------------------ jobs
+    def _claim(self, db: Session, kind: str) -> Job | None:
+        candidates = db.scalars(
+            select(Job.id).where(Job.kind == kind, Job.status == "queued").order_by(Job.id).limit(5)
+        ).all()
+        for job_id in candidates:
+            claimed = db.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "queued")
+                .values(status="running", started_at=utcnow(), attempts=Job.attempts + 1)
+            )
+            db.commit()
+            if claimed.rowcount == 1:
+                return db.get(Job, job_id)
+        return None
+
+    def run_next(self, kind: str) -> bool:
+        """Run one queued job of ``kind``; False when there was none."""
+        with self.factory() as db:
+            job = self._claim(db, kind)
+            if job is None:
+                return False
+            self._run(db, job)
+            return True
+
+    def run_pending(self, kind: str | None = None) -> int:
+        """Run queued jobs in the calling thread until none is left (tests, CLI)."""
+        count = 0
+        for k in [kind] if kind else JOB_KINDS:
+            while self.run_next(k):
+                count += 1
+        return count
+
+    def _run(self, db: Session, job: Job) -> None:
+        logger.info("job %d (%s, session %d) started", job.id, job.kind, job.session_id)
+        try:
+            if job.kind == "generate":
+                self._generate(db, job)
+            else:
+                self._process(db, job)
+        except Exception as exc:
+            db.rollback()
+            job = db.get(Job, job.id)
+            message = f"{type(exc).__name__}: {exc}"
+            logger.warning("job %d (%s, session %d) failed: %s", job.id, job.kind, job.session_id, message)
+            logger.debug("%s", traceback.format_exc())
+            stages = dict(job.stages or {})
+            for name, status in stages.items():
+                if status == "running":
+                    stages[name] = "failed"
+            job.stages = stages
+            job.status = "failed"
+            job.error = message[:2000]
+            job.finished_at = utcnow()
+            db.commit()
+            return
+        job.status = "done"
+        job.error = None
+        job.finished_at = utcnow()
+        db.commit()
+        logger.info("job %d (%s, session %d) done", job.id, job.kind, job.session_id)
+
+    def _stage(self, db: Session, job: Job) -> Callable[[str, str], None]:
+        def on_stage(name: str, status: str) -> None:
+            job.stages = {**(job.stages or {}), name: status}
+            db.commit()
+
+        return on_stage
+
+    # ------------------------------------------------------------------ generation
+    @property
+    def generator(self):
+        with self._generator_lock:
+            if self._generator is None:
+                from fergi.study._generators import create_generator
+
+                self._generator = create_generator(
+                    self.settings.generator, **dict(self.settings.generator_options)
+                )
+            return self._generator
+
+    def _base_seed(self, sess: StudySession) -> int:
+        if self.settings.seed is not None:
+            return (self.settings.seed + 1000 * sess.id) % (2**31 - 1000)
+        return secrets.randbelow(2**31 - 1000)
+
+    def _generate(self, db: Session, job: Job) -> None:
+        import io
+
+        sess = db.get(StudySession, job.session_id)
+        on_stage = self._stage(db, job)
+        done = {img.index for img in sess.images}
+        # A retried job reuses its base seed, so the images it already stored stay consistent.
+        base = int((job.stages or {}).get("base_seed") or self._base_seed(sess))
+        on_stage("base_seed", base)
+        for index in range(1, sess.n_images + 1):
+            if index not in done:
+                on_stage(f"image_{index}", "queued")
+
+        def store(position: int, result) -> None:
+            index = position + 1
+            if index in done:
+                return
+            buffer = io.BytesIO()
+            result.image.convert("RGB").save(buffer, format="PNG")
+            write_atomic(self.store.image_path(sess.id, index), buffer.getvalue())
+            meta = {k: v for k, v in dict(result.meta or {}).items() if _jsonable(v)}
+            db.add(
+                Image(
+                    session_id=sess.id,
+                    index=index,
+                    seed=int(result.seed),
+                    invalid=bool(result.invalid),
+                    meta=meta,
+                )
+            )
+            done.add(index)
+            on_stage(f"image_{index}", "invalid" if result.invalid else "done")
+
+        if len(done) < sess.n_images:
+            self.generator.generate(sess.prompt, sess.n_images, seed=base, on_image=store)
+        missing = sorted(set(range(1, sess.n_images + 1)) - done)
+        if missing:
+            raise RuntimeError(f"the generator returned no image {missing[0]}")
+
+    # ------------------------------------------------------------------ processing
+    def _annotation_model(self):
+        if self.settings.annotation_model is None:
+            return None
+        from fergi.preference import load_model
+
+        return load_model(self.settings.annotation_model)
+
+    def _process(self, db: Session, job: Job) -> None:
+        import pandas as pd
+
+        from fergi.study._pipeline import process_session_media
+
+        sess = db.get(StudySession, job.session_id)
+        on_stage = self._stage(db, job)
+        job.stages = {}
+        db.commit()
+        chosen = select_image_events(list(sess.events), sess.n_images)
+        if not chosen:
+            raise RuntimeError("no image has a complete presentation (baseline, shown, hidden) on record")
+        missing = sorted(set(range(1, sess.n_images + 1)) - set(chosen))
+        if missing:
+            logger.warning("session %d: images %s have no complete presentation", sess.id, missing)
+        segments = {seg.index: seg for seg in sess.segments}
+        work = self.store.work_dir(sess.id)
+        clips_dir = self.store.clips_dir(sess.id)
+        features_dir = self.store.features_dir(sess.id)
+        for folder in (work, clips_dir, features_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+
+        clip_files: dict[tuple[int, str], Path] = {}
+        feature_files: dict[tuple[int, str], Path] = {}
+        invalid = sorted(img.index for img in sess.images if img.invalid)
+        frames: dict[tuple[int, str], Any] = {}
+        activations = []
+        labels = []
+        groups: dict[int, list[dict]] = {}
+        for _image, (seg_index, events) in sorted(chosen.items()):
+            groups.setdefault(seg_index, []).extend(events)
+        for seg_index, events in sorted(groups.items()):
+            seg: Segment | None = segments.get(seg_index)
+            if seg is None or seg.n_chunks == 0:
+                raise RuntimeError(f"segment {seg_index} has no uploaded video")
+            chunk_paths = [self.store.chunk_path(sess.id, seg_index, c.seq) for c in seg.chunks]
+            lost = [p.name for p in chunk_paths if not p.is_file()]
+            if lost:
+                raise RuntimeError(f"segment {seg_index}: chunk files missing on disk: {lost[:3]}")
+            prefix = "" if len(groups) == 1 else f"segment {seg_index}: "
+
+            def seg_stage(name: str, status: str, prefix: str = prefix) -> None:
+                on_stage(f"{prefix}{name}", status)
+
+            result = process_session_media(
+                chunk_paths,
+                events,
+                work / f"segment_{seg_index:03d}",
+                estimator=self.settings.estimator,
+                model=self._annotation_model(),
+                fps=self.settings.fps,
+                on_stage=seg_stage,
+                baseline_s=self.settings.baseline_s,
+                reaction_s=self.settings.present_s,
+                participant=sess.participant_id,
+                session=sess.index,
+                invalid_images=invalid,
+                # A retry reuses the feature files an earlier attempt finished.
+                resume=job.attempts > 1,
+            )
+            feature_files.update({(int(i), c): Path(p) for (i, c), p in result.feature_files.items()})
+            for image, kinds in result.clips.items():
+                for clip, path in kinds.items():
+                    clip_files[(int(image), clip)] = Path(path)
+            frames.update({(int(i), c): table for (i, c), table in result.frames.items()})
+            if result.activations is not None and len(result.activations):
+                activations.append(result.activations)
+            if result.labels is not None:
+                labels.append(result.labels)
+
+        on_stage("store", "running")
+        act = pd.concat(activations, ignore_index=True) if activations else pd.DataFrame()
+        if len(groups) > 1 and len(act):
+            labels = [self._relabel(act, invalid)]
+        for old in list(sess.clips) + list(sess.labels):
+            db.delete(old)
+        db.flush()
+        for (image, clip), table in sorted(frames.items()):
+            feature_path = features_dir / f"{clip}_clip_{image}_features.csv"
+            if (image, clip) in feature_files and feature_files[(image, clip)].is_file():
+                shutil.copyfile(feature_files[(image, clip)], feature_path)
+            else:
+                from fergi.au import write_features
+
+                write_features(table, feature_path, decimals=2 if clip == "baseline" else 3)
+            video_file = None
+            source = clip_files.get((image, clip))
+            if source is not None and source.is_file():
+                target = clips_dir / f"{clip}_clip_{image}{source.suffix}"
+                shutil.copyfile(source, target)
+                video_file = self.store.relative(target)
+            row = _activation_row(act, image, clip)
+            db.add(
+                Clip(
+                    session_id=sess.id,
+                    image_index=image,
+                    clip=clip,
+                    n_frames=len(table),
+                    valid_frame_share=_float(row.get("valid_frame_share")),
+                    clip_valid=None if row.get("clip_valid") is None else bool(row["clip_valid"]),
+                    activations={k: _float(v) for k, v in row.items() if k.endswith("_activation_value")},
+                    video_file=video_file,
+                    features_file=self.store.relative(feature_path),
+                )
+            )
+        for table in labels:
+            for rec in table.to_dict("records"):
+                a, b = int(rec["image_a"]), int(rec["image_b"])
+                if a in invalid or b in invalid:
+                    continue
+                db.add(
+                    Label(
+                        session_id=sess.id,
+                        image_a=a,
+                        image_b=b,
+                        preferred=_preferred(rec.get("preferred"), a, b),
+                        score_difference=float(rec.get("score_difference", 0.0)),
+                        confident=bool(rec.get("confident", False)),
+                    )
+                )
+        db.commit()
+        on_stage("store", "done")
+        shutil.rmtree(work, ignore_errors=True)
+        if self.settings.retention == "delete_after_features":
+            self._delete_raw_video(db, sess)
+            on_stage("retention", "raw video deleted")
+
+    def _relabel(self, activations, invalid: list[int]):
+        """Labels over images presented in different recording segments (after a reload)."""
+        from fergi.study._pipeline import _labels_stage
+
+        return _labels_stage(activations, model=self._annotation_model(), invalid_images=invalid)
+
+    def _delete_raw_video(self, db: Session, sess: StudySession) -> None:
+        """Retention: features are extracted, so the face video itself goes."""
+        shutil.rmtree(self.store.session_dir(sess.id) / "segments", ignore_errors=True)
+        shutil.rmtree(self.store.clips_dir(sess.id), ignore_errors=True)
+        for clip in db.scalars(select(Clip).where(Clip.session_id == sess.id)):
+            clip.video_file = None
+        db.commit()
+
+
+def _jsonable(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool | type(None) | list | dict)
+
+
+def _float(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if out != out else out
+
+
+def _activation_row(act, image: int, clip: str) -> dict[str, Any]:
+    if act is None or not len(act) or "image" not in act:
+        return {}
+    rows = act[(act["image"].astype(int) == image) & (act["clip"] == clip)]
+    return rows.iloc[0].to_dict() if len(rows) else {}
+
+
+def _preferred(value: Any, a: int, b: int) -> int | None:
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if value in ("a", "image_a"):
+        return a
+    if value in ("b", "image_b"):
+        return b
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+

@@ -1,0 +1,444 @@
+"""End to end: a whole study session in real headless Chromium with a fake webcam.
+
+The fake webcam plays a 640x480 y4m of a real face (skimage's astronaut) that turns
+into a synthetic smile. The test fills every page like a participant, reloads the
+page twice (during a survey and during a presentation) and cuts the network for 3 s
+while an image is on screen, to prove the session resumes and no video is lost. It then
+checks what the server made of it: answers and ranking in the database, five
+30 fps reaction clips of the presentation length, per-frame features with a face,
+and preference labels.
+
+Set FERGI_E2E_SCREENSHOTS=DIR to keep a screenshot of every step.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = os.environ.get("FERGI_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+BASELINE_S = 2.0
+PRESENT_S = 2.0
+N_IMAGES = 5
+FPS = 30
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--autoplay-policy=no-user-gesture-required",
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+]
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    ci = os.environ.get("CI", "").lower() == "true"
+    problem = None
+    if not Path(CHROMIUM).is_file():
+        problem = f"Chromium not found at {CHROMIUM} (install it with `apt-get install -y chromium`)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            problem = "PyPI playwright is not installed (pip install playwright; never `playwright install`)"
+    if problem:
+        if ci:
+            pytest.fail(problem + "; the browser test is required under CI=true")
+        pytest.skip(problem)
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def webcam_y4m(tmp_path_factory) -> Path:
+    from skimage import data
+
+    from fergi.face import write_reaction_video
+
+    path = tmp_path_factory.mktemp("webcam") / "face.y4m"
+    # Neutral, then a smile: the fake device loops the file for as long as the camera is on.
+    return write_reaction_video(path, data.astronaut(), neutral_s=1.0, expression_s=2.0, smile=1.0)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def study_server(tmp_path):
+    """Start the study app with uvicorn on a free port: ``start(**settings) -> (url, app)``."""
+    import uvicorn
+
+    from fergi.study import StudySettings, create_app
+
+    servers = []
+
+    def start(**overrides):
+        values = {
+            "data_dir": tmp_path / "study",
+            "admin_token": "e2e-admin",
+            "generator": "placeholder",
+            "prompt_llm": "template",
+            "n_images": N_IMAGES,
+            "baseline_s": BASELINE_S,
+            "present_s": PRESENT_S,
+            "chunk_ms": 500,
+            "seed": 0,
+            "worker_poll_s": 0.2,
+        }
+        values.update(overrides)
+        app = create_app(StudySettings(**values))
+        port = _free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                pytest.fail("the study server did not start")
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{port}", app
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.fixture
+def live_server(study_server):
+    return study_server()
+
+
+def _wait_for_processing(app, timeout: float = 600):
+    from sqlalchemy import select
+
+    from fergi.study._db import Job
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with app.state.sessionmaker() as db:
+            job = db.scalar(select(Job).where(Job.kind == "process"))
+            if job is not None and job.status in ("done", "failed") or time.monotonic() > deadline:
+                return job
+        time.sleep(1)
+
+
+def _wait_for(page, expression: str, timeout: float = 30.0) -> None:
+    # page.wait_for_function evaluates strings in the page, which the app's CSP forbids.
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for: {expression}")
+        time.sleep(0.1)
+
+
+class Shots:
+    def __init__(self, page):
+        folder = os.environ.get("FERGI_E2E_SCREENSHOTS")
+        self.folder = Path(folder) if folder else None
+        self.page = page
+        self.n = 0
+        if self.folder:
+            self.folder.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, name: str) -> None:
+        if self.folder:
+            self.n += 1
+            self.page.screenshot(path=str(self.folder / f"{self.n:02d}_{name}.png"), full_page=True)
+
+
+def _fill_structured_form(page) -> None:
+    for name, activity, traits in (("cat", "sleep", "furry, orange"), ("bird", "", "red")):
+        page.fill("#an-name", name)
+        page.fill("#an-act", activity)
+        page.fill("#an-char", traits)
+        page.click("#an-add")
+    for name, quantity, traits in (("flower", 1, ""), ("book", 2, "red, big"), ("table", 1, "")):
+        page.fill("#in-name", name)
+        page.fill("#in-qty", str(quantity))
+        page.fill("#in-char", traits)
+        page.click("#in-add")
+    # The sleeping cat has an activity, so only the bird can be entity 1.
+    options = page.locator("#ir-e1 option").all_inner_texts()
+    assert not any(o.startswith("cat") for o in options), options
+    page.select_option("#ir-e1", label="bird (animate)")
+    page.select_option("#ir-e2", label="flower (inanimate)")
+    page.fill("#ir-rel", "looking at")
+    page.click("#ir-add")
+    page.select_option("#pr-e1", label="2 × book (inanimate)")
+    page.select_option("#pr-e2", label="table (inanimate)")
+    page.fill("#pr-rel", "on top of")
+    page.click("#pr-add")
+    page.fill("#ot-loc", "a classroom at sunset")
+    page.fill("#ot-style", "anime cartoon")
+    page.fill("#ot-kw", "highly detailed, warm light")
+
+
+def _answer_survey(page, index: int, shots, n_images: int = N_IMAGES) -> None:
+    page.wait_for_selector("#page-survey:not([hidden])", timeout=60_000)
+    expect_counter = f"Image {index} of {n_images}"
+    assert page.inner_text("#survey-counter").strip().lower() == expect_counter.lower()
+    page.fill("#missing", "warm light" if index % 2 else "")
+    for name, stars in (("overall_rating", index), ("alignment_rating", 8 - index), ("fidelity_rating", 4)):
+        page.click(f"label[for={name}-{stars}]")
+    page.check(f"#issues-box input[value={'blurry' if index % 2 else 'repeated_generation'}]")
+    page.click(f"#emotions-box label:has(input[value={'amused' if index < 3 else 'surprised'}])")
+    if index == 1:
+        shots("survey")
+    page.click("#survey-submit")
+    page.wait_for_selector("#page-survey", state="hidden", timeout=30_000)
+
+
+def test_whole_session_in_chromium(chromium, webcam_y4m, live_server, tmp_path):
+    from playwright.sync_api import sync_playwright
+    from sqlalchemy import select
+
+    from fergi.study._db import StudySession
+
+    base, app = live_server
+    args = [*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={webcam_y4m}"]
+    console: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=args)
+        context = browser.new_context(viewport={"width": 1280, "height": 860})
+        page = context.new_page()
+        page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+        page.on("pageerror", lambda exc: console.append(f"pageerror: {exc}"))
+        shots = Shots(page)
+        try:
+            page.goto(base + "/")
+            page.wait_for_selector("#page-start:not([hidden])")
+            page.fill("#participant-id", "e2e01")
+            shots("start")
+            page.click("#start-button")
+
+            page.wait_for_selector("#page-consent:not([hidden])")
+            page.check("#consent-agree")
+            page.check("#consent-share")
+            shots("consent")
+            page.click("#consent-button")
+
+            # The first session of the first participant is a structured one (Figs. S1-S2).
+            page.wait_for_selector("#page-prompt-structured:not([hidden])")
+            _fill_structured_form(page)
+            page.click("#generate-prompt")
+            page.wait_for_selector("#generated-block:not([hidden])")
+            prompt = page.input_value("#structured-prompt")
+            assert "bird looking at a flower" in prompt and "anime cartoon" in prompt, prompt
+            assert "2 attempts left" in page.inner_text("#generate-prompt")
+            shots("structured")
+            page.click("#structured-continue")
+
+            page.wait_for_selector("#page-webcam:not([hidden])")
+            _wait_for(page, "document.getElementById('preview').videoWidth > 0")
+            page.click("#webcam-check")
+            page.wait_for_selector("#webcam-status.ok", timeout=30_000)
+            _wait_for(page, "document.getElementById('generation-status').textContent.includes('All')")
+            shots("webcam")
+            page.click("#webcam-continue")
+
+            for index in range(1, N_IMAGES + 1):
+                if index == 1:
+                    page.wait_for_selector("#stage-baseline:not([hidden])", timeout=30_000)
+                    shots("baseline")
+                    page.wait_for_selector("#stage-image:not([hidden])", timeout=30_000)
+                    shots("present")
+                if index == 3:
+                    # The network drops for 3 s while image 3 is on screen: chunks and events
+                    # wait in the page and are uploaded when it is back.
+                    page.wait_for_selector("#stage-image:not([hidden])", timeout=30_000)
+                    context.set_offline(True)
+                    page.wait_for_timeout(3000)
+                    context.set_offline(False)
+                if index == 4:
+                    # A reload in the middle of a presentation: a new recording segment, image 4 again.
+                    page.wait_for_selector("#stage-image:not([hidden])", timeout=30_000)
+                    page.reload()
+                if index == 2:
+                    # A reload on the survey page resumes on the same survey.
+                    page.wait_for_selector("#page-survey:not([hidden])", timeout=60_000)
+                    _wait_for(page, "document.getElementById('survey-submit').textContent === 'Next image'")
+                    page.wait_for_timeout(1500)
+                    page.reload()
+                _answer_survey(page, index, shots)
+
+            page.wait_for_selector("#page-ranking:not([hidden])", timeout=30_000)
+            _wait_for(page, "[...document.querySelectorAll('#rank-list img')].every(i => i.complete && i.naturalWidth > 0)")
+            # Drag image 1 after image 3, then move image 5 one step to the left with the keyboard.
+            page.drag_and_drop("#rank-list li[data-image='1']", "#rank-list li[data-image='3']")
+            page.focus("#rank-list li[data-image='5']")
+            page.keyboard.press("ArrowLeft")
+            order = [int(x) for x in page.eval_on_selector_all("#rank-list li", "els => els.map(e => e.dataset.image)")]
+            assert order == [2, 3, 1, 5, 4], order
+            shots("ranking")
+            page.click("#rank-finish")
+            page.wait_for_selector("#page-done:not([hidden])", timeout=30_000)
+            shots("done")
+        finally:
+            if os.environ.get("FERGI_E2E_SCREENSHOTS"):
+                Path(os.environ["FERGI_E2E_SCREENSHOTS"], "console.txt").write_text("\n".join(console))
+            browser.close()
+
+    factory = app.state.sessionmaker
+    job = _wait_for_processing(app)
+    assert job is not None and job.status == "done", f"processing failed: {job and job.error} {job and job.stages}"
+
+    with factory() as db:
+        sess = db.scalar(select(StudySession))
+        assert sess.consent_version == "1" and sess.share_video is True
+        assert sess.session_type == "structured" and sess.prompt == prompt
+        assert [a.image_index for a in sess.answers] == [1, 2, 3, 4, 5]
+        assert [a.overall_rating for a in sess.answers] == [1, 2, 3, 4, 5]
+        assert sess.answers[1].issues == ["repeated_generation"]
+        assert sess.answers[0].emotions == ["amused"] and sess.answers[4].emotions == ["surprised"]
+        assert sess.ranking.order == order and sess.ranking.method == "mixed"
+        # A recorder per page load that presents images: images 1-2, then 3 and the
+        # interrupted 4, then 4 again and 5. Image 4's clips come from the last segment.
+        assert len(sess.segments) == 3
+        shown = [(e.segment, e.image_index) for e in sess.events if e.kind == "image_shown"]
+        assert shown == [(0, 1), (0, 2), (1, 3), (1, 4), (2, 4), (2, 5)]
+        # The page keeps the study's durations on the video clock (a few frames of slack under load).
+        times = {(e.segment, e.image_index, e.kind): e.video_time for e in sess.events}
+        for seg, image in [(0, 1), (0, 2), (1, 3), (2, 4), (2, 5)]:
+            baseline = times[(seg, image, "image_shown")] - times[(seg, image, "baseline_start")]
+            present = times[(seg, image, "image_hidden")] - times[(seg, image, "image_shown")]
+            assert baseline == pytest.approx(BASELINE_S, abs=0.15), (image, baseline)
+            assert present == pytest.approx(PRESENT_S, abs=0.15), (image, present)
+        clips = {(c.image_index, c.clip): c for c in sess.clips}
+        assert sorted(i for i, kind in clips if kind == "reaction") == [1, 2, 3, 4, 5]
+        store = app.state.store
+        from fergi.video import read_video
+
+        for index in range(1, N_IMAGES + 1):
+            clip = clips[(index, "reaction")]
+            video = read_video(store.resolve(clip.video_file), fps=None)
+            assert abs(len(video.frames) - PRESENT_S * FPS) <= 2, (index, len(video.frames))
+            # Standardised to a constant 30 fps: every frame 1/30 s after the previous one.
+            assert np.allclose(np.diff(video.timestamps), 1 / FPS, atol=2e-3), index
+            import pandas as pd
+
+            features = pd.read_csv(store.resolve(clip.features_file))
+            assert len(features) == len(video.frames)
+            # A face is found in (nearly) every frame of the fake webcam.
+            assert (features["face_detection_confidence_score"] >= 0.9).mean() > 0.9, index
+        assert sess.labels, "no preference labels were stored"
+        assert all(lab.image_a != lab.image_b for lab in sess.labels)
+
+
+# A webcam whose picture shows, in its top-left corner, whether the page currently shows
+# an image: white while the image is on screen, black otherwise (a face fills the middle
+# for the camera check). The recorded video then carries the ground truth of when each
+# image appeared, to compare with the event times the page measured.
+SYNC_CAMERA = """
+(() => {
+  const canvas = document.createElement("canvas");
+  canvas.width = 640; canvas.height = 480;
+  const ctx = canvas.getContext("2d");
+  const face = new Image();
+  face.src = "__FACE__";
+  const draw = () => {
+    ctx.fillStyle = "#808080"; ctx.fillRect(0, 0, 640, 480);
+    if (face.complete && face.naturalWidth) ctx.drawImage(face, 170, 90, 300, 300);
+    const img = document.getElementById("stage-image");
+    const stage = document.getElementById("page-stage");
+    const on = Boolean(img && stage && !img.hidden && !stage.hidden);
+    ctx.fillStyle = on ? "#ffffff" : "#000000"; ctx.fillRect(0, 0, 96, 96);
+    requestAnimationFrame(draw);
+  };
+  requestAnimationFrame(draw);
+  navigator.mediaDevices.getUserMedia = async () => canvas.captureStream(30);
+})();
+"""
+
+
+def _corner_is_white(path) -> np.ndarray:
+    from fergi.video import read_video
+
+    frames = read_video(path, fps=None).frames
+    return frames[:, 8:88, 8:88].mean(axis=(1, 2, 3)) > 128
+
+
+def test_event_times_match_the_recorded_video(chromium, study_server, tmp_path):
+    """The reaction clip starts at the frame where the image appears, the baseline ends there.
+
+    The fake camera draws, in the corner of every frame, whether the image is on screen,
+    so the recording itself shows when the participant saw the image.
+    """
+    import base64
+    import io
+
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+    from skimage import data
+    from sqlalchemy import select
+
+    from fergi.study._db import StudySession
+
+    base, app = study_server(n_images=2)
+    buffer = io.BytesIO()
+    Image.fromarray(data.astronaut()[0:260, 100:360]).save(buffer, format="PNG")
+    face_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page.add_init_script(SYNC_CAMERA.replace("__FACE__", face_url))
+            page.on("console", lambda msg: print("console:", msg.text))
+            page.goto(base + "/")
+            page.fill("#participant-id", "sync01")
+            page.click("#start-button")
+            page.check("#consent-agree")
+            page.click("#consent-button")
+            page.wait_for_selector("#page-prompt-structured:not([hidden])")
+            page.fill("#an-name", "cat")
+            page.click("#an-add")
+            page.click("#generate-prompt")
+            page.wait_for_selector("#generated-block:not([hidden])")
+            page.click("#structured-continue")
+            page.wait_for_selector("#page-webcam:not([hidden])")
+            _wait_for(page, "document.getElementById('preview').videoWidth > 0")
+            page.click("#webcam-check")
+            page.wait_for_selector("#webcam-status.ok", timeout=30_000)
+            page.click("#webcam-continue")
+            for index in (1, 2):
+                _answer_survey(page, index, Shots(page), n_images=2)
+            page.wait_for_selector("#page-ranking:not([hidden])", timeout=30_000)
+            page.click("#rank-finish")
+            page.wait_for_selector("#page-done:not([hidden])", timeout=30_000)
+        finally:
+            browser.close()
+
+    job = _wait_for_processing(app)
+    assert job is not None and job.status == "done", f"processing failed: {job and job.error}"
+    with app.state.sessionmaker() as db:
+        sess = db.scalar(select(StudySession))
+        clips = {(c.image_index, c.clip): app.state.store.resolve(c.video_file) for c in sess.clips}
+    for index in (1, 2):
+        reaction = _corner_is_white(clips[(index, "reaction")])
+        baseline = _corner_is_white(clips[(index, "baseline")])
+        late_start = int(np.argmax(reaction)) if reaction.any() else len(reaction)
+        early_start = len(baseline) - int(np.argmin(baseline[::-1])) if not baseline.all() else len(baseline)
+        print(f"image {index}: reaction corner {reaction.astype(int)}, baseline corner {baseline.astype(int)}")
+        # Within three frames (100 ms) of the truth, both ways. A canvas track has no
+        # captureTime, so this exercises the page's fallback clock (presentationTime); it
+        # measured 1-2 frames early here, cameras (captureTime) are closer still.
+        assert late_start <= 3, (index, reaction.astype(int))
+        assert not baseline[:-3].any(), (index, baseline.astype(int), early_start)
+        assert reaction[3:-3].all(), (index, reaction.astype(int))

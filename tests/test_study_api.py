@@ -1,0 +1,475 @@
+"""API tests of the study app (TestClient, no browser): flow, validation, auth, uploads."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from fergi.study import StudySettings, create_app, get_settings
+
+WEBM_HEAD = b"\x1a\x45\xdf\xa3"
+ADMIN = {"Authorization": "Bearer test-admin"}
+FORM = {
+    "animate_objects": [
+        {"name": "cat", "quantity": 1, "activity": "sleep", "characteristics": "furry"},
+        {"name": "bird", "quantity": 1, "activity": "", "characteristics": ["red"]},
+    ],
+    "inanimate_objects": [{"name": "flower", "quantity": 1}],
+    "interactional_relations": [{"entity1": "animate:1", "entity2": "inanimate:0", "relation": "looking at"}],
+    "positional_relations": [],
+    "location": "a garden",
+    "style": "watercolor",
+    "keywords": "soft light",
+}
+ANSWER = {
+    "missing_elements": "bird",
+    "overall_rating": 5,
+    "alignment_rating": 4,
+    "fidelity_rating": 6,
+    "issues": ["blurry"],
+    "emotions": ["amused", "surprised"],
+}
+
+
+def make_settings(tmp_path, **overrides) -> StudySettings:
+    """Test settings; FERGI_TEST_DB_URL (e.g. a PostgreSQL URL) replaces the SQLite file.
+
+    With FERGI_TEST_DB_URL every call starts from empty tables.
+    """
+    db_url = os.environ.get("FERGI_TEST_DB_URL")
+    if db_url:
+        from fergi.study._db import Base, make_engine
+
+        engine = make_engine(db_url)
+        Base.metadata.drop_all(engine)
+        engine.dispose()
+    values = {
+        "db_url": db_url or None,
+        "data_dir": tmp_path / "study",
+        "admin_token": "test-admin",
+        "worker": False,
+        "seed": 0,
+        "n_images": 3,
+    }
+    values.update(overrides)
+    return StudySettings(**values)
+
+
+@pytest.fixture
+def app(tmp_path):
+    return create_app(make_settings(tmp_path))
+
+
+@pytest.fixture
+def client(app):
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+class Participant:
+    """A scripted participant talking to the API."""
+
+    def __init__(self, client: TestClient, participant_id: str = "001"):
+        self.client = client
+        response = client.post("/api/sessions", json={"participant_id": participant_id})
+        assert response.status_code == 201, response.text
+        body = response.json()
+        self.id = body["session_id"]
+        self.token = body["token"]
+        self.state = body["state"]
+        self.headers = {"X-Session-Token": self.token}
+
+    def call(self, method: str, suffix: str, **kwargs):
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        return self.client.request(method, f"/api/sessions/{self.id}{suffix}", headers=headers, **kwargs)
+
+    def consent(self, share: bool = False):
+        response = self.call("POST", "/consent", json={"agree": True, "consent_version": "1", "share_video": share})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def write_prompt(self):
+        if self.state["session_type"] == "structured":
+            response = self.call("POST", "/prompt/generate", json={"form": FORM})
+            assert response.status_code == 200, response.text
+            prompt = response.json()["prompt"] + " (edited)"
+        else:
+            prompt = "A painting of a dog in the style of Van Gogh"
+        response = self.call("PUT", "/prompt", json={"prompt": prompt})
+        assert response.status_code == 200, response.text
+        self.state = response.json()
+        return prompt
+
+    def pass_webcam(self):
+        from PIL import Image
+        from skimage import data
+
+        buffer = io.BytesIO()
+        Image.fromarray(data.astronaut()).save(buffer, format="JPEG")
+        response = self.call("POST", "/webcam-check", content=buffer.getvalue(), headers={"Content-Type": "image/jpeg"})
+        assert response.status_code == 200, response.text
+        assert response.json()["face"] is True
+        return response.json()
+
+    def start_segment(self):
+        response = self.call("POST", "/recording/segments", json={"mime_type": "video/webm;codecs=vp9", "width": 640, "height": 480})
+        assert response.status_code == 201, response.text
+        return response.json()["segment"]
+
+    def chunk(self, segment: int, seq: int, data: bytes, content_type: str = "video/webm"):
+        return self.call("PUT", f"/recording/{segment}/chunks/{seq}", content=data, headers={"Content-Type": content_type})
+
+    def present(self, segment: int, image: int, t0: float):
+        for kind, dt in (("baseline_start", 0.0), ("image_shown", 5.0), ("image_hidden", 10.0)):
+            response = self.call("POST", "/events", json={"segment": segment, "image_index": image, "kind": kind, "video_time": t0 + dt})
+            assert response.status_code == 200, response.text
+
+
+def ready_participant(client, app, pid="001") -> Participant:
+    p = Participant(client, pid)
+    p.consent(share=True)
+    p.write_prompt()
+    app.state.worker.run_pending("generate")
+    p.pass_webcam()
+    return p
+
+
+def test_whole_session_through_the_api(client, app):
+    p = Participant(client)
+    assert p.state["step"] == "consent" and p.state["session_type"] == "structured"
+    # Nothing before consent: no prompt and no recording.
+    assert p.call("POST", "/prompt/generate", json={"form": FORM}).status_code == 409
+    assert p.call("POST", "/recording/segments", json={"mime_type": "video/webm"}).status_code == 409
+    assert p.consent(share=True)["step"] == "prompt"
+    prompt = p.write_prompt()
+    assert p.state["step"] == "webcam" and p.state["prompt"] == prompt
+    assert p.state["generation"]["status"] == "queued"
+    assert app.state.worker.run_pending("generate") == 1
+    state = p.call("GET", "").json()
+    assert state["images_ready"] == [1, 2, 3] and state["generation"]["status"] == "done"
+    image = p.call("GET", "/images/2")
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert image.content.startswith(b"\x89PNG")
+    # The recording is refused until the webcam check passed.
+    assert p.call("POST", "/recording/segments", json={"mime_type": "video/webm"}).status_code == 409
+    assert p.pass_webcam()["state"]["step"] == "images"
+    seg = p.start_segment()
+    for seq in range(3):
+        body = (WEBM_HEAD if seq == 0 else b"") + bytes([seq]) * 1000
+        assert p.chunk(seg, seq, body).status_code == 200
+    for image_index in (1, 2, 3):
+        p.present(seg, image_index, t0=12.0 * (image_index - 1))
+        state = p.call("GET", "").json()
+        assert (state["current_image"], state["image_phase"]) == (image_index, "survey")
+        response = p.call("PUT", f"/images/{image_index}/answer", json={**ANSWER, "overall_rating": image_index})
+        assert response.status_code == 200, response.text
+    assert p.call("POST", f"/recording/{seg}/complete", json={"n_chunks": 3}).json()["complete"] is True
+    assert response.json()["step"] == "ranking"
+    response = p.call("PUT", "/ranking", json={"order": [3, 1, 2], "method": "keyboard"})
+    assert response.status_code == 200, response.text
+    assert response.json()["step"] == "done" and response.json()["ranking"] == [3, 1, 2]
+
+    detail = client.get(f"/api/admin/sessions/{p.id}", headers=ADMIN).json()
+    assert [a["overall_rating"] for a in detail["answers"]] == [1, 2, 3]
+    assert detail["answers"][0]["emotions"] == ["amused", "surprised"]
+    assert detail["ranking"] == {"order": [3, 1, 2], "method": "keyboard"}
+    assert detail["consent_version"] == "1" and detail["share_video"] is True
+    assert detail["segments"] == [{"segment": 0, "mime_type": "video/webm;codecs=vp9", "n_chunks": 3, "n_bytes": 3004, "complete": True}]
+    assert [j["kind"] for j in detail["jobs"]] == ["generate", "process"]
+    assert detail["jobs"][1]["status"] == "queued"
+    assert detail["structured_input"]["animate_objects"][1]["name"] == "bird"
+
+
+def test_session_token_is_required_and_scoped(client):
+    a, b = Participant(client, "001"), Participant(client, "002")
+    assert client.get(f"/api/sessions/{a.id}").status_code == 401
+    assert client.get(f"/api/sessions/{a.id}", headers={"X-Session-Token": "guess"}).status_code == 403
+    # b's token does not open a's session, not even to read it.
+    response = client.get(f"/api/sessions/{a.id}", headers=b.headers)
+    assert response.status_code == 403 and "does not open session" in response.json()["detail"]
+    assert len(a.token) >= 40 and a.token != b.token
+
+
+def test_admin_api_needs_the_admin_token(client, app):
+    p = ready_participant(client, app)
+    assert client.get("/api/admin/sessions").status_code == 401
+    assert client.get("/api/admin/sessions", headers={"Authorization": "Bearer nope"}).status_code == 403
+    # A participant token is no admin token.
+    assert client.get("/api/admin/sessions", headers=p.headers).status_code == 401
+    assert client.get(f"/api/admin/sessions/{p.id}/clips/1/reaction", headers=p.headers).status_code == 401
+    assert client.get(f"/api/admin/sessions/{p.id}/clips/1/reaction", headers=ADMIN).status_code == 404
+    sessions = client.get("/api/admin/sessions", headers=ADMIN).json()
+    assert [s["participant_id"] for s in sessions] == ["001"]
+    # The admin page trades the URL token for an HttpOnly cookie.
+    response = client.get("/admin?token=wrong", follow_redirects=True)
+    assert "Wrong admin token" in response.text and "fergi_admin" not in client.cookies
+    response = client.get("/admin?token=test-admin", follow_redirects=False)
+    assert response.status_code == 303 and "httponly" in response.headers["set-cookie"].lower()
+    client.cookies.set("fergi_admin", "test-admin")
+    assert client.get("/api/admin/participants").status_code == 200
+    assert "Sessions" in client.get("/admin").text
+
+
+def test_admin_creates_participants_with_invitation_links(client):
+    response = client.post("/api/admin/participants", json={}, headers=ADMIN)
+    assert response.status_code == 201
+    first = response.json()
+    assert first["participant_id"] == "001" and "?invite=" in first["link"]
+    assert client.post("/api/admin/participants", json={}, headers=ADMIN).json()["participant_id"] == "002"
+    invite = first["link"].split("?invite=")[1]
+    response = client.post("/api/sessions", json={"invite": invite})
+    assert response.status_code == 201 and response.json()["state"]["participant_id"] == "001"
+    assert client.post("/api/sessions", json={"invite": "forged"}).status_code == 404
+
+
+def test_participant_ids_are_validated(client, app):
+    response = client.post("/api/sessions", json={"participant_id": "../etc"})
+    assert response.status_code == 422 and "participant ID" in response.json()["detail"]
+    app.dependency_overrides[get_settings] = lambda: app.state.settings.model_copy(update={"allow_new_participants": False})
+    response = client.post("/api/sessions", json={"participant_id": "999"})
+    assert response.status_code == 403 and "not registered" in response.json()["detail"]
+
+
+def test_session_types_alternate_per_participant(client):
+    types = [Participant(client, "001").state["session_type"] for _ in range(4)]
+    assert types == ["structured", "free", "structured", "free"]
+    # The next participants' first sessions balance the first sessions across participants.
+    second = [Participant(client, "002").state for _ in range(2)]
+    assert [s["session_index"] for s in second] == [1, 2]
+    assert [s["session_type"] for s in second] == ["free", "structured"]
+    assert Participant(client, "003").state["session_type"] == "structured"
+
+
+def test_structured_form_rules_and_attempt_limit(client):
+    p = Participant(client)
+    p.consent()
+    bad = {**FORM, "interactional_relations": [{"entity1": "inanimate:0", "entity2": "animate:1", "relation": "holds"}]}
+    response = p.call("POST", "/prompt/generate", json={"form": bad})
+    assert response.status_code == 422 and "entity 1 must be an animate object" in response.json()["detail"]
+    busy = {**FORM, "interactional_relations": [{"entity1": "animate:0", "entity2": "inanimate:0", "relation": "sniffs"}]}
+    response = p.call("POST", "/prompt/generate", json={"form": busy})
+    assert response.status_code == 422 and "activity" in response.json()["detail"]
+    # Failed validations do not use up attempts; the limit applies to generated prompts.
+    lefts = [p.call("POST", "/prompt/generate", json={"form": FORM}).json()["attempts_left"] for _ in range(3)]
+    assert lefts == [2, 1, 0]
+    response = p.call("POST", "/prompt/generate", json={"form": FORM})
+    assert response.status_code == 429 and "edit the last prompt" in response.json()["detail"]
+    assert p.call("PUT", "/prompt", json={"prompt": "   "}).status_code == 422
+    assert p.call("PUT", "/prompt", json={"prompt": "a bird and a flower"}).status_code == 200
+    assert p.call("PUT", "/prompt", json={"prompt": "something else"}).status_code == 409
+
+
+def test_free_form_session_cannot_use_the_composer(client):
+    Participant(client).consent()
+    p = Participant(client)  # the second session of 001 is free-form
+    p.consent()
+    assert p.state["session_type"] == "free"
+    assert p.call("POST", "/prompt/generate", json={"form": FORM}).status_code == 409
+
+
+def test_chunk_uploads_are_ordered_idempotent_and_validated(client, app):
+    p = ready_participant(client, app)
+    seg = p.start_segment()
+    first = WEBM_HEAD + b"x" * 100
+    response = p.chunk(seg, 0, first)
+    assert response.json() == {**response.json(), "duplicate": False, "next_seq": 1}
+    # The same chunk again (a retry after a lost response) is fine, and stored once.
+    response = p.chunk(seg, 0, first)
+    assert response.status_code == 200 and response.json()["duplicate"] is True
+    assert response.json()["n_bytes"] == len(first)
+    # Different bytes under an accepted number are refused.
+    response = p.chunk(seg, 0, WEBM_HEAD + b"y" * 100)
+    assert response.status_code == 409 and "different content" in response.json()["detail"]
+    response = p.chunk(seg, 2, b"z" * 10)
+    assert response.status_code == 409 and "expects chunk 1" in response.json()["detail"]
+    response = p.chunk(seg, 1, b"z" * 10, content_type="application/octet-stream")
+    assert response.status_code == 415
+    assert p.chunk(seg, 1, b"").status_code == 422
+    limit = app.state.settings.max_chunk_bytes
+    response = p.chunk(seg, 1, b"z" * (limit + 1))
+    assert response.status_code == 413 and str(limit) in response.json()["detail"]
+    # Resuming: the server says where to go on.
+    assert p.call("GET", f"/recording/{seg}").json()["next_seq"] == 1
+    assert p.chunk(seg, 1, b"z" * 10).status_code == 200
+    response = p.call("POST", f"/recording/{seg}/complete", json={"n_chunks": 3})
+    assert response.status_code == 409 and "upload chunk 2 next" in response.json()["detail"]
+    assert p.call("POST", f"/recording/{seg}/complete", json={"n_chunks": 2}).status_code == 200
+    assert p.chunk(seg, 2, b"z").status_code == 409
+    # The accepted bytes are on disk, exactly.
+    store = app.state.store
+    assert store.chunk_path(p.id, seg, 0).read_bytes() == first
+    assert p.call("PUT", "/recording/7/chunks/0", content=first, headers={"Content-Type": "video/webm"}).status_code == 404
+
+
+def test_first_chunk_must_be_webm_and_segment_type_checked(client, app):
+    p = ready_participant(client, app)
+    response = p.call("POST", "/recording/segments", json={"mime_type": "video/mp4"})
+    assert response.status_code == 415
+    seg = p.start_segment()
+    response = p.chunk(seg, 0, b"RIFF....AVI ")
+    assert response.status_code == 415 and "not a WebM stream" in response.json()["detail"]
+
+
+def test_oversized_json_is_refused(client):
+    p = Participant(client)
+    response = p.call("POST", "/consent", content=b"{" + b" " * 300_000 + b"}", headers={"Content-Type": "application/json"})
+    assert response.status_code == 413 and "limited to" in response.json()["detail"]
+
+
+def test_recording_size_limit(client, app):
+    p = ready_participant(client, app)
+    app.dependency_overrides[get_settings] = lambda: app.state.settings.model_copy(update={"max_recording_bytes": 150})
+    seg = p.start_segment()
+    assert p.chunk(seg, 0, WEBM_HEAD + b"a" * 96).status_code == 200
+    response = p.chunk(seg, 1, b"b" * 100)
+    assert response.status_code == 413 and "150 bytes" in response.json()["detail"]
+
+
+def test_rate_limit_per_session(client, app):
+    app.dependency_overrides[get_settings] = lambda: app.state.settings.model_copy(update={"rate_limit_per_minute": 5})
+    p = Participant(client)
+    codes = [p.call("GET", "").status_code for _ in range(7)]
+    assert codes[:4] == [200] * 4 and codes[-1] == 429
+    response = p.call("GET", "")
+    assert "Retry-After" in response.headers and "per minute" in response.json()["detail"]
+
+
+def test_events_answers_and_ranking_are_validated(client, app):
+    p = ready_participant(client, app)
+    seg = p.start_segment()
+    p.chunk(seg, 0, WEBM_HEAD + b"a")
+    event = {"segment": seg, "image_index": 1, "kind": "image_shown", "video_time": 1.0}
+    response = p.call("POST", "/events", json=event)
+    assert response.status_code == 409 and "before baseline_start" in response.json()["detail"]
+    assert p.call("POST", "/events", json={**event, "kind": "oops"}).status_code == 422
+    assert p.call("POST", "/events", json={**event, "image_index": 9}).status_code == 422
+    assert p.call("POST", "/events", json={**event, "segment": 5, "kind": "baseline_start"}).status_code == 404
+    response = p.call("PUT", "/images/1/answer", json=ANSWER)
+    assert response.status_code == 409 and "not been presented" in response.json()["detail"]
+    p.present(seg, 1, 0.0)
+    # A retried event keeps the first measurement.
+    response = p.call("POST", "/events", json={**event, "video_time": 3.0})
+    assert response.json()["duplicate"] is True
+    for bad in ({"overall_rating": 8}, {"fidelity_rating": 0}, {"issues": ["ugly"]}, {"emotions": ["bored"]}):
+        assert p.call("PUT", "/images/1/answer", json={**ANSWER, **bad}).status_code == 422, bad
+    assert p.call("PUT", "/ranking", json={"order": [1, 2, 3]}).status_code == 409
+    assert p.call("PUT", "/images/1/answer", json=ANSWER).status_code == 200
+    assert p.call("PUT", "/images/1/answer", json=ANSWER).status_code == 200  # same answer again
+    assert p.call("PUT", "/images/1/answer", json={**ANSWER, "overall_rating": 1}).status_code == 409
+    p.present(seg, 3, 12.0)
+    response = p.call("PUT", "/images/3/answer", json=ANSWER)
+    assert response.status_code == 409 and "annotate image 2 first" in response.json()["detail"]
+    p.present(seg, 2, 24.0)
+    assert p.call("PUT", "/images/2/answer", json=ANSWER).status_code == 200
+    assert p.call("PUT", "/images/3/answer", json=ANSWER).status_code == 200
+    for order in ([1, 2], [1, 1, 2], [0, 1, 2]):
+        assert p.call("PUT", "/ranking", json={"order": order}).status_code == 422, order
+    assert p.call("PUT", "/ranking", json={"order": [2, 3, 1]}).status_code == 200
+    assert p.call("PUT", "/ranking", json={"order": [2, 3, 1]}).status_code == 200
+    assert p.call("PUT", "/ranking", json={"order": [1, 2, 3]}).status_code == 409
+    assert p.call("POST", "/recording/segments", json={"mime_type": "video/webm"}).status_code == 409
+
+
+def test_reload_resumes_where_the_participant_was(client, app):
+    p = ready_participant(client, app)
+    seg = p.start_segment()
+    p.chunk(seg, 0, WEBM_HEAD + b"a")
+    p.present(seg, 1, 0.0)
+    p.call("PUT", "/images/1/answer", json=ANSWER)
+    # Image 2 was on screen when the tab closed: it is shown again in a new segment.
+    p.call("POST", "/events", json={"segment": seg, "image_index": 2, "kind": "baseline_start", "video_time": 12.0})
+    state = p.call("GET", "").json()
+    assert (state["step"], state["current_image"], state["image_phase"], state["next_segment"]) == ("images", 2, "present", 1)
+    seg2 = p.start_segment()
+    assert seg2 == 1
+    assert p.chunk(seg2, 0, WEBM_HEAD + b"b").status_code == 200
+    p.present(seg2, 2, 0.5)
+    state = p.call("GET", "").json()
+    assert (state["current_image"], state["image_phase"]) == (2, "survey")
+
+    from fergi.study._worker import select_image_events
+
+    with app.state.sessionmaker() as db:
+        from fergi.study._db import StudySession
+
+        chosen = select_image_events(db.get(StudySession, p.id).events, 3)
+    assert chosen[1][0] == 0 and chosen[2][0] == 1 and 3 not in chosen
+    assert [e["video_time"] for e in chosen[2][1]] == [0.5, 5.5, 10.5]
+
+
+def test_webcam_check_refuses_bad_snapshots(client, app):
+    p = Participant(client)
+    p.consent()
+    p.write_prompt()
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((240, 320, 3), 128, np.uint8)).save(buffer, format="PNG")
+    response = p.call("POST", "/webcam-check", content=buffer.getvalue(), headers={"Content-Type": "image/png"})
+    assert response.status_code == 200 and response.json()["face"] is False
+    assert response.json()["state"]["step"] == "webcam"
+    response = p.call("POST", "/webcam-check", content=b"not an image", headers={"Content-Type": "image/jpeg"})
+    assert response.status_code == 422 and "not a readable image" in response.json()["detail"]
+    response = p.call("POST", "/webcam-check", content=b"x", headers={"Content-Type": "text/plain"})
+    assert response.status_code == 415
+
+
+def test_consent_is_stored_with_version_and_refused_when_outdated(client, app):
+    p = Participant(client)
+    response = p.call("POST", "/consent", json={"agree": True, "consent_version": "0"})
+    assert response.status_code == 409 and "outdated" in response.json()["detail"]
+    response = p.call("POST", "/consent", json={"agree": False, "consent_version": "1"})
+    assert response.status_code == 422
+    p.consent(share=False)
+    detail = client.get(f"/api/admin/sessions/{p.id}", headers=ADMIN).json()
+    assert detail["consent_version"] == "1" and detail["consent_at"] and detail["share_video"] is False
+
+
+def test_pages_and_security_headers(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "Rank images" in page.text and "study.js" in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert client.get("/static/study.js").status_code == 200
+    config = client.get("/api/config").json()
+    assert config["n_images"] == 3 and config["baseline_s"] == 5.0
+    assert [i["key"] for i in config["issues"]][:2] == ["unmentioned_content", "repeated_generation"]
+    assert config["emotions"] == ["disappointed", "satisfied", "surprised", "disgusted", "amused", "scared"]
+    assert client.get("/admin").status_code == 200 and "admin token" in client.get("/admin").text.lower()
+
+
+def test_llm_prompt_composer_falls_back_to_the_template(tmp_path):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = make_settings(tmp_path, prompt_llm="openai", llm_base_url=f"http://127.0.0.1:{port}/v1", llm_timeout=2.0)
+    with TestClient(create_app(settings)) as client:
+        p = Participant(client)
+        p.consent()
+        response = p.call("POST", "/prompt/generate", json={"form": FORM})
+        assert response.status_code == 200
+        assert response.json()["source"] == "template" and "bird" in response.json()["prompt"]
+        assert p.call("GET", "").json()["generated_prompts"][0]["source"] == "template"
+
+
+def test_the_study_can_be_embedded_under_a_prefix(tmp_path):
+    from fastapi import FastAPI
+
+    study = create_app(make_settings(tmp_path))
+    parent = FastAPI(lifespan=study.router.lifespan_context)
+    parent.mount("/study", study)
+    with TestClient(parent) as client:
+        page = client.get("/study/")
+        # Relative asset and API URLs keep working under the prefix.
+        assert page.status_code == 200 and 'src="static/study.js"' in page.text
+        assert client.get("/study/static/study.js").status_code == 200
+        assert client.get("/study/api/config").json()["n_images"] == 3
+        response = client.get("/study/admin?token=test-admin", follow_redirects=False)
+        assert response.headers["location"].endswith("/study/admin")
+        link = client.post("/study/api/admin/participants", json={}, headers=ADMIN).json()["link"]
+        assert "/study/?invite=" in link

@@ -1,0 +1,106 @@
+"""`fergi serve` and `fergi export` from the command line."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from fergi.cli._main import main
+from fergi.study import create_app
+from test_study_api import make_settings
+from test_study_worker import add_processed_clips, finished_session
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_serve_starts_with_zero_configuration(tmp_path):
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERGI_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fergi", "serve", "--port", str(port)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "fergi serve did not come up"
+            time.sleep(0.2)
+        page = httpx.get(f"http://127.0.0.1:{port}/")
+        assert page.status_code == 200 and "Participant ID" in page.text
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    # It says where the data goes and how to reach the admin pages.
+    assert f"database sqlite:///{tmp_path / 'fergi-study' / 'study.sqlite3'}" in output
+    assert f"media folder {tmp_path / 'fergi-study' / 'media'}" in output
+    match = re.search(rf"admin page http://127\.0\.0\.1:{port}/admin\?token=(\S+)", output)
+    assert match and len(match.group(1)) >= 20
+    assert (tmp_path / "fergi-study" / "study.sqlite3").is_file()
+
+
+def test_serve_options_become_settings(tmp_path, monkeypatch):
+    from fergi.cli._main import build_parser
+    from fergi.cli.serve import settings_from_args
+
+    monkeypatch.setenv("FERGI_N_IMAGES", "4")
+    monkeypatch.delenv("FERGI_ADMIN_TOKEN", raising=False)
+    args = build_parser().parse_args([
+        "serve", "--data-dir", str(tmp_path / "d"), "--db", "sqlite:///x.db", "--media", str(tmp_path), "--generator", "placeholder",
+        "--generator-option", "size=64", "--present-s", "3", "--prompt-llm", "openai",
+        "--llm-base-url", "http://127.0.0.1:9/v1",
+    ])
+    settings = settings_from_args(args)
+    assert settings.resolved_db_url == "sqlite:///x.db" and settings.resolved_media_dir == tmp_path
+    assert settings.generator_options == {"size": 64} and settings.present_s == 3.0
+    assert settings.n_images == 4 and settings.prompt_llm == "openai"
+    # The generated admin token is kept (owner-only) so the admin URL survives a restart.
+    token_file = tmp_path / "d" / "admin_token"
+    assert token_file.read_text().strip() == settings.admin_token
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert settings_from_args(args).admin_token == settings.admin_token
+    monkeypatch.setenv("FERGI_ADMIN_TOKEN", "from-env")
+    assert settings_from_args(args).admin_token == "from-env"
+
+
+def test_serve_refuses_bad_options_with_one_line(capsys, tmp_path):
+    assert main(["serve", "--data-dir", str(tmp_path), "--generator", "nonsense"]) == 2
+    assert "unknown image generator 'nonsense'" in capsys.readouterr().err
+    assert main(["serve", "--data-dir", str(tmp_path), "--generator-option", "size"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+    assert main(["serve", "--data-dir", str(tmp_path), "--present-s", "-1"]) == 2
+    assert "present_s" in capsys.readouterr().err
+
+
+def test_export_command(tmp_path, capsys):
+    app = create_app(make_settings(tmp_path))
+    with TestClient(app) as client:
+        p = finished_session(client, app)
+        add_processed_clips(app, p.id)
+    settings = app.state.settings
+    out = tmp_path / "out"
+    code = main(["export", "--db", settings.resolved_db_url, "--media", str(settings.resolved_media_dir), "--out", str(out), "--no-raw"])
+    assert code == 0
+    assert "exported 1 session(s) of 1 participant(s)" in capsys.readouterr().out
+    assert (out / "preparation" / "preprocessed_image_data" / "001.csv").is_file()
+    assert not (out / "raw").exists()
+    code = main(["export", "--db", str(tmp_path / "nope.sqlite3"), "--media", str(tmp_path), "--out", str(out)])
+    assert code == 2 and "nope.sqlite3: no such database file" in capsys.readouterr().err
