@@ -6,6 +6,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from fergi.plots._common import pyplot, save_figure
+
 # name -> (colour, line width, line style, z-order); unknown names get a grey thin line.
 _STYLE = {
     "CLIP": ("#9e9e9e", 1.0, (0, (1, 1.5)), 2),
@@ -20,15 +22,6 @@ _STYLE = {
     "FAU-Net": ("#ff7f0e", 1.8, (0, (4, 1.5)), 5),
     "Ensemble + FAU-Net": ("#a6611a", 1.8, (0, (4, 1.5)), 5),
 }
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_accuracy_coverage(coverage: dict, path_stem: str | os.PathLike, *,
@@ -51,7 +44,7 @@ def plot_accuracy_coverage(coverage: dict, path_stem: str | os.PathLike, *,
     list of Path
         The files written.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8.2, 4.6))
     groups = [(coverage.get("curves", {}), coverage.get("n_participants"))]
     if "faunet" in coverage:
@@ -86,12 +79,4 @@ def plot_accuracy_coverage(coverage: dict, path_stem: str | os.PathLike, *,
     ax.spines[["top", "right"]].set_visible(False)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8.5, frameon=False)
     fig.tight_layout()
-    stem = Path(path_stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    written = []
-    for fmt in formats:
-        path = stem.with_suffix(f".{fmt}")
-        fig.savefig(path, dpi=150 if fmt == "png" else None, bbox_inches="tight")
-        written.append(path)
-    plt.close(fig)
-    return written
+    return save_figure(fig, path_stem, formats)

@@ -10,30 +10,11 @@ import numpy as np
 import pandas as pd
 
 from fergi.datasets._schema import AU_NAMES, EMOTIONS, activation_column
+from fergi.plots._common import pyplot, save_figure
 
 _BLUE = "#1f5fa8"
 _BROWN = "#8c5a2b"
 _GREY = "#b8b8b8"
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path_stem: str | os.PathLike, formats: Sequence[str]) -> list[Path]:
-    stem = Path(path_stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for fmt in formats:
-        path = stem.with_suffix(f".{fmt}")
-        fig.savefig(path, dpi=150 if fmt == "png" else None, bbox_inches="tight")
-        paths.append(path)
-    return paths
 
 
 def _shade(color: str, strength: float):
@@ -75,7 +56,7 @@ def plot_activation_by_rating(
     -------
     list of pathlib.Path
     """
-    plt = _pyplot()
+    plt = pyplot()
     sig = statistics[statistics["significant"]]
     by_rating = set(sig.loc[sig["test"] == "rating", "au"])
     by_extremity = set(sig.loc[sig["test"] == "extremity", "au"])
@@ -125,10 +106,7 @@ def plot_activation_by_rating(
         fontsize=10,
     )
     fig.tight_layout()
-    try:
-        return _save(fig, path_stem, formats)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path_stem, formats)
 
 
 def plot_activation_by_emotion(
@@ -150,7 +128,7 @@ def plot_activation_by_emotion(
     -------
     list of pathlib.Path
     """
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.patches import Patch
 
     ncols = 2
@@ -196,7 +174,4 @@ def plot_activation_by_emotion(
         axes[k // ncols][k % ncols].axis("off")
     fig.suptitle("AU activation value by reported emotion", fontsize=11)
     fig.tight_layout()
-    try:
-        return _save(fig, path_stem, formats)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path_stem, formats)
