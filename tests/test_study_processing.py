@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from fergi.datasets import AU_NAMES
 from fergi.study import create_app, export_study
 from test_study_api import ADMIN, ANSWER, Participant, make_settings
 
@@ -91,6 +94,12 @@ def test_processing_cuts_clips_extracts_features_and_labels(tmp_path, recording)
 
         assert main(["annotate", "--data", str(out), "--out", str(tmp_path / "labels.jsonl")]) == 0
         assert (tmp_path / "labels.jsonl").read_text().count("\n") == 1
+        # ... and so do the statistics and figures of `fergi reproduce`.
+        assert main(["reproduce", "--data", str(out), "--out", str(tmp_path / "results")]) == 0
+        results = json.loads((tmp_path / "results" / "results.json").read_text())
+        assert results["participants"]["all"] == 1 and results["n_reaction_clips_valid"] == 2
+        assert set(results["statistics"]["rating"]) == set(AU_NAMES)
+        assert "2 participants" in results["preference_skipped"]
 
 
 def test_retention_deletes_raw_video_but_keeps_features(tmp_path, recording):

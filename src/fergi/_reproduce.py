@@ -16,6 +16,7 @@ from fergi import __version__
 from fergi.datasets import (
     AU_NAMES,
     EMOTIONS,
+    SCORE_COLUMNS,
     fetch_fergi,
     load_frames,
     load_images,
@@ -150,6 +151,11 @@ def reproduce(
     t = time.perf_counter()
     pending = _start_reaction_figures(table, stats, out) if out is not None and figures else None
 
+    skip = _preference_skip_reason(table, excluded) if preference else None
+    if skip:
+        logger.info("preference tables skipped: %s", skip)
+        results["preference_skipped"] = skip
+        preference = False
     if preference:
         from fergi.preference import reproduce_paper_tables
 
@@ -173,6 +179,24 @@ def reproduce(
         tmp.write_text(json.dumps(_clean(results), indent=2) + "\n")
         tmp.replace(out / "results.json")
     return Reproduction(results=results, table=table, clips=clips, statistics=stats, timings=timings)
+
+
+def _preference_skip_reason(table: pd.DataFrame, excluded: list[str]) -> str | None:
+    """Why Tables 1 and 2 cannot be computed on this data (None when they can).
+
+    They compare against the six baseline scores and need rankings and at least two
+    screened participants (leave-one-participant-out); a small study exported by
+    ``fergi export`` may have none of these.
+    """
+    kept = table[~table["participant"].isin(excluded)]
+    if kept["participant"].nunique() < 2:
+        return "leave-one-participant-out needs at least 2 participants after screening"
+    if kept["rank_score"].isna().all():
+        return "the images have no rankings (rank_score)"
+    missing = [c for c in SCORE_COLUMNS if c not in kept or kept[c].isna().any()]
+    if missing:
+        return f"baseline scores missing ({', '.join(missing)}); `fergi fit` evaluates AUcomb alone"
+    return None
 
 
 def _reaction_figures(table: pd.DataFrame, stats: pd.DataFrame, out: Path) -> list[Path]:

@@ -50,7 +50,10 @@ def run(args: argparse.Namespace) -> int:
     print(format_summary(result.results))
     print()
     print(format_statistics(result.results))
-    if not args.no_preference:
+    if "preference_skipped" in result.results:
+        print()
+        print(f"Tables 1 and 2 skipped: {result.results['preference_skipped']}")
+    elif not args.no_preference:
         from fergi.preference import format_paper_tables
 
         print()

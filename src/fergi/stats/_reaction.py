@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -89,7 +90,10 @@ def reaction_statistics(
             ("rating", ratings[ok]),
             ("extremity", np.abs(ratings[ok] - midpoint)),
         ):
-            rho, p = stats.spearmanr(values[ok], target)
+            with warnings.catch_warnings():
+                # A constant column (a tiny study) has no correlation: NaN, not a warning.
+                warnings.simplefilter("ignore", stats.ConstantInputWarning)
+                rho, p = stats.spearmanr(values[ok], target)
             rows.append((au, test, "rho", float(rho), float(p), int(ok.sum())))
         finite = np.isfinite(values)
         for emotion in emotions:
