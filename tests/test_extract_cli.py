@@ -119,3 +119,23 @@ def test_two_worker_processes_give_the_same_files(videos, tmp_path):
     assert len(files) == 3
     for rel in files:
         assert (one / rel).read_bytes() == (two / rel).read_bytes()
+
+
+def test_decimals_follow_the_release_per_clip_kind(videos, tmp_path):
+    """Baseline clips are written with 2 decimals and reaction clips with 3, as in the release."""
+    import shutil
+
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(videos / "p1" / "session_1" / "reaction_clip_1.mp4", src / "reaction_clip_1.mp4")
+    shutil.copy(videos / "p1" / "session_1" / "reaction_clip_1.mp4", src / "baseline_clip_1.mp4")
+    out = tmp_path / "out"
+    assert main(["extract", str(src), "--out", str(out)]) == 0
+    reaction = (out / "reaction_clip_1_features.csv").read_text().splitlines()[1].split(",")
+    baseline = (out / "baseline_clip_1_features.csv").read_text().splitlines()[1].split(",")
+    assert reaction[1] == baseline[1] == "0.000"  # timestamps always have 3
+    assert all(len(v.split(".")[1]) == 3 for v in reaction[2:])
+    assert all(len(v.split(".")[1]) == 2 for v in baseline[2:])
+    assert main(["extract", str(src), "--out", str(tmp_path / "o2"), "--decimals", "2"]) == 0
+    forced = (tmp_path / "o2" / "reaction_clip_1_features.csv").read_text().splitlines()[1].split(",")
+    assert all(len(v.split(".")[1]) == 2 for v in forced[2:])
