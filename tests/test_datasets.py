@@ -199,3 +199,26 @@ def test_invalid_json_is_named(tiny_release):
     (tiny_release / "preparation" / "invalid_images.json").write_text("{not json")
     with pytest.raises(FergiError, match=r"invalid_images\.json: invalid JSON"):
         load_invalid_images(tiny_release)
+
+
+def test_infinite_value_names_the_file(tiny_release):
+    path = _clip_path(tiny_release, image=2)
+    table = pd.read_csv(path).astype({"AU12": object})
+    table.loc[2, "AU12"] = "inf"
+    table.to_csv(path, index=False)
+    with pytest.raises(FergiError, match=r"reaction_clip_2_features\.csv: non-finite value inf in column 'AU12' \(data row 3\)"):
+        load_frames(tiny_release)
+
+
+def test_no_clips_of_the_requested_kind(tiny_release):
+    for path in (tiny_release / "data" / "001" / "session_1").glob("reaction_*"):
+        path.unlink()
+    with pytest.raises(FergiError, match="no reaction_clip_<i>_features files"):
+        load_frames(tiny_release, clips=["reaction"])
+
+
+def test_image_table_not_utf8(tiny_release):
+    path = tiny_release / "preparation" / "preprocessed_image_data" / "001.csv"
+    path.write_bytes("session_index,image_index,overall_rating\n".encode("utf-16"))
+    with pytest.raises(FergiError, match=r"001\.csv: not UTF-8 text"):
+        load_images(tiny_release)

@@ -147,3 +147,12 @@ def test_frame_validity_bounds_are_inclusive():
 def test_missing_columns_are_reported():
     with pytest.raises(FergiError, match=r"missing column\(s\) AU12"):
         compute_activation_values(_clip([1, 2, 3]).drop(columns="AU12"))
+
+
+def test_rows_out_of_frame_order_are_put_back_in_order():
+    values = [0.0, 0.0, 0.0, 3.0, 3.0, 3.0, 1.0, 1.0]
+    ordered = compute_activation_values(_clip(values))
+    shuffled = _clip(values).sample(frac=1.0, random_state=0)
+    assert compute_activation_values(shuffled)["AU12_activation_value"].iloc[0] == pytest.approx(
+        ordered["AU12_activation_value"].iloc[0]
+    )

@@ -167,6 +167,12 @@ def _parse_one(path: str, raw: bytes) -> pd.DataFrame:
                 f"{path}: non-numeric value {table[column].iloc[row]!r} in column '{column}' "
                 f"(data row {row + 1})"
             )
+        if not np.isfinite(values.to_numpy(dtype=float)).all():
+            row = int(np.flatnonzero(~np.isfinite(values.to_numpy(dtype=float)))[0])
+            raise FergiError(
+                f"{path}: non-finite value {table[column].iloc[row]!r} in column '{column}' "
+                f"(data row {row + 1})"
+            )
         table[column] = values
     table["frame"] = table["frame"].astype("int64")
     return table
@@ -234,6 +240,9 @@ def load_frames(
         raise FergiError(f"clips: unknown clip kind(s) {sorted(unknown)} (use baseline, reaction)")
     files = list_clip_files(path, participants=participants)
     files = files[files["clip"].isin(clips)].reset_index(drop=True)
+    if files.empty:
+        kinds = " or ".join(f"{kind}_clip_<i>_features" for kind in clips)
+        raise FergiError(f"{Path(path) / 'data'}: no {kinds} files")
     paths = files["path"].tolist()
     with ThreadPoolExecutor(max_workers=n_threads or 8) as pool:
         raws = list(pool.map(_read_bytes, paths))
@@ -252,8 +261,11 @@ def load_frames(
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             parsed = None  # find and name the bad file below
         if parsed is not None and parsed.num_rows == sum(counts) and sum(c.null_count for c in parsed.columns) == 0:
-            table = parsed.to_pandas()
-            lengths = np.asarray(counts)
+            candidate = parsed.to_pandas()
+            # inf/nan parse as floats but are never valid features: the slow path names the file.
+            if np.isfinite(candidate[list(_FLOAT_COLUMNS)].to_numpy()).all():
+                table = candidate
+                lengths = np.asarray(counts)
     if table is None:
         parts = [_parse_one(p, r) for p, r in zip(paths, raws, strict=True)]
         lengths = np.asarray([len(p) for p in parts])
@@ -329,6 +341,8 @@ def _read_image_file(file: Path) -> pd.DataFrame:
         raise FergiError(f"{file}: empty file") from None
     except pd.errors.ParserError as exc:
         raise FergiError(f"{file}: malformed CSV ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise FergiError(f"{file}: not UTF-8 text (save the table as UTF-8 CSV)") from None
     required = ["session_index", "image_index", *RATINGS]
     missing = [c for c in required if c not in raw.columns]
     if missing:

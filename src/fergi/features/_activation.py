@@ -103,7 +103,7 @@ def compute_activation_values(
     frames : pandas.DataFrame
         Per-frame table: the output of :func:`fergi.datasets.load_frames`, or the
         frames of one video (``fergi extract`` output) without key columns.
-        Rows of one clip must be in frame order.
+        Rows are taken in ``frame`` order within each clip.
     aus : sequence of str
         AU columns to summarise.
     min_confidence, pitch_range, yaw_range
@@ -143,6 +143,15 @@ def compute_activation_values(
             codes = codes[order]
     else:
         codes = np.zeros(n, dtype=np.int64)
+    if "frame" in frames.columns:
+        # The moving window runs in frame order, whatever order the rows came in.
+        frame_no = frames["frame"].to_numpy()
+        same_clip = codes[1:] == codes[:-1]
+        if np.any(same_clip & (frame_no[1:] < frame_no[:-1])):
+            order = np.lexsort((frame_no, codes))
+            frames = frames.iloc[order]
+            valid = valid[order]
+            codes = codes[order]
     starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
     lengths = np.diff(np.r_[starts, n])
     n_clips = len(starts)
