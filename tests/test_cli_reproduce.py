@@ -20,7 +20,9 @@ def reproduced(fergi_public, tmp_path_factory):
 @pytest.mark.slow
 def test_results_json(reproduced):
     results = json.loads((reproduced / "results.json").read_text())
-    assert results["participants"] == {"all": 33, "screened_out": ["002", "004", "039"], "included": 30}
+    assert results["participants"] == {
+        "all": 33, "screened_out": ["002", "004", "039"], "screening": "baseline AU4", "included": 30
+    }
     assert results["n_images"] == 2827
     assert results["n_reaction_clips_valid"] == 2217
     stats = results["statistics"]
@@ -60,3 +62,12 @@ def test_help_lists_the_pipeline(capsys):
         main(["--help"])
     text = capsys.readouterr().out
     assert "reproduce" in text and "preference labels" in text
+
+
+def test_unwritable_output_is_a_one_line_error(fergi_public, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    status = main(["reproduce", "--data", str(fergi_public), "--out", str(blocker / "sub"), "--no-preference"])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "cannot create the output folder" in err and err.count("\n") == 1

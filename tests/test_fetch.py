@@ -111,3 +111,18 @@ def test_corrupt_archive(server, manifest, tmp_path):
     (www / "release.tar.gz").write_bytes(b"not a tarball")
     with pytest.raises(FergiError, match="corrupt"):
         fetch_fergi(tmp_path / "store", url=f"{base}/release.tar.gz", progress=False)
+
+
+def test_a_folder_with_data_only_is_used_and_never_downloaded_into(tmp_path):
+    own = tmp_path / "my-reactions"
+    (own / "data").mkdir(parents=True)
+    assert fetch_fergi(own, download=True, url="http://127.0.0.1:9/never") == own
+
+
+def test_reproduce_with_a_wrong_data_path_does_not_download(tmp_path, capsys):
+    from fergi.cli import main
+
+    missing = tmp_path / "typo"
+    assert main(["reproduce", "--data", str(missing), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "no FERGI release found" in err and not missing.exists()

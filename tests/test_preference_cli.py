@@ -89,8 +89,40 @@ def test_annotate_errors_are_one_line(fergi_public, tmp_path, capsys):
     shutil.rmtree(lonely / "preparation" / "preprocessed_image_data")
     code = main(["annotate", "--data", str(lonely), "--out", str(tmp_path / "y.jsonl")])
     err = capsys.readouterr().err
-    assert code == 2 and "005" in err and "only one valid image" in err
+    assert code == 2 and "005" in err and "only one valid image" in err and "--skip-single" in err
     assert not (tmp_path / "y.jsonl").exists()
+    # On request the others are labelled all the same.
+    assert main(["annotate", "--data", str(lonely), "--out", str(tmp_path / "y.jsonl"), "--skip-single"]) == 0
+    lines = [json.loads(line) for line in (tmp_path / "y.jsonl").read_text().splitlines()]
+    assert lines and {line["participant"] for line in lines} == {"001"}
+
+
+def test_write_errors_are_one_line(fergi_public, tmp_path, capsys):
+    data = make_release(fergi_public, tmp_path / "rel", participants=("001", "005"))
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    assert main(["annotate", "--data", str(data), "--out", str(folder)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert not list(tmp_path.glob(".labels-*"))
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    assert main(["fit", "--data", str(data), "--out", str(blocker), "--no-lopo"]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert main(["annotate", "--data", str(data), "--out", str(blocker / "labels.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "cannot write" in err and len(err.strip().splitlines()) == 1
+
+
+def test_annotate_labels_reaction_clips_without_a_survey_row(fergi_public, tmp_path):
+    data = make_release(fergi_public, tmp_path / "rel", participants=("001", "005"))
+    full = tmp_path / "full.jsonl"
+    assert main(["annotate", "--data", str(data), "--out", str(full)]) == 0
+    survey = data / "preparation" / "preprocessed_image_data" / "001.csv"
+    lines = survey.read_text().splitlines()
+    survey.write_text("\n".join([lines[0], *lines[6:]]) + "\n")
+    partial = tmp_path / "partial.jsonl"
+    assert main(["annotate", "--data", str(data), "--out", str(partial)]) == 0
+    assert partial.read_text() == full.read_text()
 
 
 def test_help_mentions_the_activation_scale(capsys):

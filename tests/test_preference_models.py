@@ -18,6 +18,7 @@ from fergi.preference import (
     annotate_pairs,
     aucomb_scores,
     coverage_curve,
+    default_model_path,
     load_model,
     lopo_evaluate,
     make_pairs,
@@ -275,6 +276,24 @@ def test_wrong_model_files_give_clear_errors(tmp_path):
         load_model(plain)
     with pytest.raises(FergiError, match="no such model file"):
         load_model(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"formula": "mystery"}, "formula must be one of"),
+        ({"k": float("nan")}, "k must be a positive number"),
+        ({"w_au4": 1.5}, "w_au4 must be between 0 and 1"),
+        ({"threshold": -1}, "threshold must be a number >= 0"),
+    ],
+)
+def test_invalid_model_parameters_are_refused_on_load(tmp_path, change, message):
+    document = json.loads(default_model_path().read_text())
+    document["model"].update(change)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(FergiError, match=f"edited.json: malformed AUcombValence model \\({message}"):
+        load_model(path)
 
 
 def test_annotate_needs_only_activations_and_reports_bad_tables(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fergi import __version__
+from fergi import FergiError, __version__
 from fergi.datasets import (
     AU_NAMES,
     EMOTIONS,
@@ -114,6 +114,13 @@ def reproduce(
     timings = {}
     t0 = time.perf_counter()
     root = fetch_fergi(data, download=download)
+    if out is not None:
+        # Checked before the work, so a bad --out fails at once.
+        out = Path(out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FergiError(f"{out}: cannot create the output folder ({exc.strerror})") from None
     frames = load_frames(root)
     images = load_images(root)
     invalid = load_invalid_images(root)
@@ -121,7 +128,12 @@ def reproduce(
 
     t = time.perf_counter()
     clips = compute_activation_values(frames)
-    excluded = screen_participants(clips)
+    if (clips["clip"] == "baseline").any():
+        excluded = screen_participants(clips)
+        screening = "baseline AU4"
+    else:
+        logger.warning("%s: no baseline clips, participant screening skipped", root)
+        excluded, screening = [], "skipped (no baseline clips)"
     table = image_table(images, clips, invalid)
     timings["features"] = time.perf_counter() - t
 
@@ -136,6 +148,7 @@ def reproduce(
         "participants": {
             "all": len(participants),
             "screened_out": excluded,
+            "screening": screening,
             "included": len(participants) - len(excluded),
         },
         "n_images": len(set(zip(images["participant"], images["session"], images["image"], strict=True)) - invalid),
@@ -143,9 +156,6 @@ def reproduce(
         "statistics": _statistics_dict(stats),
     }
 
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
     # Figs. 3 and 4 need only the statistics: draw them in another process while the
     # preference tables are computed (matplotlib is single-threaded and takes seconds).
     t = time.perf_counter()
@@ -176,8 +186,12 @@ def reproduce(
             timings["figures (after the tables)"] = time.perf_counter() - t
         results["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
         tmp = out / "results.json.tmp"
-        tmp.write_text(json.dumps(_clean(results), indent=2) + "\n")
-        tmp.replace(out / "results.json")
+        try:
+            tmp.write_text(json.dumps(_clean(results), indent=2) + "\n")
+            tmp.replace(out / "results.json")
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise FergiError(f"{out / 'results.json'}: cannot write ({exc.strerror})") from None
     return Reproduction(results=results, table=table, clips=clips, statistics=stats, timings=timings)
 
 
@@ -271,9 +285,12 @@ def format_statistics(results: dict) -> str:
 def format_summary(results: dict) -> str:
     """Data summary lines."""
     p = results["participants"]
+    if p.get("screening", "baseline AU4") == "baseline AU4":
+        screening = f"screened out for unreliable baseline AU4: {', '.join(p['screened_out']) or 'none'}"
+    else:
+        screening = f"screening {p['screening']}"
     return (
         f"Data: {results['data']}\n"
-        f"  participants: {p['all']} (screened out for unreliable baseline AU4: "
-        f"{', '.join(p['screened_out']) or 'none'})\n"
+        f"  participants: {p['all']} ({screening})\n"
         f"  images: {results['n_images']} valid, {results['n_reaction_clips_valid']} with a valid reaction clip"
     )

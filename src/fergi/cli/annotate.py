@@ -42,6 +42,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, metavar="FILE", help="output .jsonl file")
     parser.add_argument("--confident-only", action="store_true",
                         help="write only the pairs above the model's abstention threshold")
+    parser.add_argument("--skip-single", action="store_true",
+                        help="leave out participants with fewer than two valid images (they form "
+                             "no pair) instead of stopping with an error")
     return parser
 
 
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from fergi.preference._data import load_table
 
     model = load_model(args.model)
-    table, _ = load_table(args.data)
+    table, _ = load_table(args.data, skip_single=args.skip_single)
     labels = annotate_pairs(table, model)
     n_all = len(labels)
     n_confident = int(labels["confident"].sum())

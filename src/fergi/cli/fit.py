@@ -44,15 +44,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
              "auto: on for aucomb, off for faunet (as published)",
     )
     parser.add_argument("--no-lopo", action="store_true", help="skip the LOPO evaluation")
+    parser.add_argument("--skip-single", action="store_true",
+                        help="leave out participants with fewer than two valid images (they form "
+                             "no pair) instead of stopping with an error")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fergi import FergiError
     from fergi.preference import AUcombValence, FAUNet, lopo_evaluate, save_model
     from fergi.preference._data import load_table
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir() and out.suffix.lower() != ".json":
+        # Checked before the (long) fit, not after it.
+        raise FergiError(f"--out {out}: exists and is not a folder or a .json file")
     screen = args.screen == "on" or (args.screen == "auto" and args.model == "aucomb")
-    table, excluded = load_table(args.data, screen=screen, need_rankings=True)
+    table, excluded = load_table(args.data, screen=screen, need_rankings=True, skip_single=args.skip_single)
     if excluded:
         print(f"Screened out (unreliable AU4 at rest): {', '.join(excluded)}")
         table = table[~table["participant"].isin(excluded)]

@@ -12,7 +12,8 @@ statistics of Sec. 6.1 (Figs. 3 and 4) and the preference tables of Sec. 6.2
 
 Without --data, the public release is looked up in $FERGI_DATA, then in the
 user cache, and downloaded from GitHub when missing (about 100 MB).
---data also accepts a study exported by `fergi export`.
+--data names a folder that holds data/ (the release, or a study exported by
+`fergi export`); it is never downloaded into.
 
 Writes OUT/results.json and the figures (PNG and PDF), and prints the tables.
 """
@@ -45,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         preference=not args.no_preference,
         figures=not args.no_figures,
-        download=not args.no_download,
+        # An explicit --data is the user's data: a wrong path is an error, not a download.
+        download=not args.no_download and args.data is None,
     )
     print(format_summary(result.results))
     print()

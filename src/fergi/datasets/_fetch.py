@@ -31,7 +31,9 @@ _HELP = (
 
 
 def _is_release(path: Path) -> bool:
-    return (path / "data").is_dir() and (path / "preparation").is_dir()
+    # preparation/ is optional: a folder of reactions alone (fergi extract output laid out
+    # as data/) is the user's own data, never a reason to download the public release.
+    return (path / "data").is_dir()
 
 
 def default_cache_dir() -> Path:
@@ -126,9 +128,9 @@ def fetch_fergi(
 
     The location is resolved in order from ``data_dir``, the ``FERGI_DATA``
     environment variable, then the user cache folder (:func:`default_cache_dir`).
-    A location is used as it is when it already holds ``data/`` and
-    ``preparation/`` (a local copy, or a study exported by ``fergi export``);
-    otherwise the release lives in its subfolder ``FERGI-<commit>``.
+    A location is used as it is when it already holds ``data/`` (a local copy,
+    a study exported by ``fergi export``, or reactions alone); otherwise the
+    release lives in its subfolder ``FERGI-<commit>``.
 
     When the release is missing and ``download`` is true, the archive of the
     GitHub repository ``ShuangquanFeng/FERGI`` at the pinned commit is
@@ -175,7 +177,10 @@ def fetch_fergi(
     if not download:
         raise FergiError(f"{base}: no FERGI release found and download=False; {_HELP}")
 
-    base.mkdir(parents=True, exist_ok=True)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FergiError(f"{base}: cannot create the download folder ({exc.strerror}); {_HELP}") from None
     logger.info("downloading the FERGI release from %s into %s", url, target)
     with tempfile.TemporaryDirectory(dir=base, prefix=".fergi-download-") as tmp:
         archive = Path(tmp) / "release.tar.gz"

@@ -100,6 +100,11 @@ def plot_activation_by_rating(
         ax.grid(axis="y", alpha=0.3)
     for k in range(len(panels), nrows * ncols):
         axes[k // ncols][k % ncols].axis("off")
+    if not panels:
+        threshold = statistics.attrs.get("threshold")
+        bound = f" (p < {threshold:.2g})" if threshold else ""
+        axes[0][0].text(0.5, 0.5, f"No AU is significantly correlated with the\nrating or its extremity{bound}.",
+                        ha="center", va="center", fontsize=10, transform=axes[0][0].transAxes)
     fig.suptitle(
         "AU activation value by overall rating (blue: significant for the rating, "
         "brown: for its extremity; darker = higher activation)",

@@ -229,6 +229,16 @@ class AUcombValence(PreferenceModel):
 
     @classmethod
     def from_dict(cls, data: dict) -> AUcombValence:
+        k, w4, d = (float(data[x]) for x in ("k", "w_au4", "threshold"))
+        formula = data.get("formula", "paper")
+        if formula not in FORMULAS:
+            raise ValueError(f"formula must be one of {FORMULAS}, got {formula!r}")
+        if not (np.isfinite(k) and k > 0):
+            raise ValueError(f"k must be a positive number, got {k}")
+        if not (np.isfinite(w4) and 0 <= w4 <= 1):
+            raise ValueError(f"w_au4 must be between 0 and 1, got {w4}")
+        if not (np.isfinite(d) and d >= 0):
+            raise ValueError(f"threshold must be a number >= 0, got {d}")
         model = cls(k=data["k"], w_au4=data["w_au4"], threshold=data["threshold"],
                     formula=data.get("formula", "paper"), penalty=data.get("penalty", 2.0))
         model.k_, model.w_au4_, model.threshold_ = (float(data[x]) for x in ("k", "w_au4", "threshold"))

@@ -44,10 +44,11 @@ class PreferenceModel:
     def _check_table(self, table: pd.DataFrame, what: str = "image table") -> None:
         require_columns(table, self.required_columns, what)
         values = table[list(self.required_columns)].apply(pd.to_numeric, errors="coerce")
-        bad = values.isna().any()
+        bad = ~np.isfinite(values.to_numpy(dtype=float)).all(axis=0)
         if bad.any():
+            names = [c for c, b in zip(values.columns, bad, strict=True) if b]
             raise FergiError(
-                f"{what}: missing or non-numeric values in column(s) {', '.join(bad[bad].index)}"
+                f"{what}: missing, non-numeric or infinite values in column(s) {', '.join(names)}"
             )
 
     def _check_fitted(self) -> None:
@@ -82,10 +83,12 @@ class PreferenceModel:
         preferred = pd.array(
             np.where(diff > 0, image[pairs.a], image[pairs.b]), dtype="Int64"
         )
-        preferred[diff == 0] = pd.NA
+        # A tie or an undefined score (e.g. a model with non-finite parameters) prefers nothing.
+        undecided = ~(np.isfinite(diff) & (diff != 0))
+        preferred[undecided] = pd.NA
         threshold = self.abstention_threshold
         confident = np.abs(diff) >= threshold if threshold is not None else np.ones(len(diff), bool)
-        confident &= diff != 0
+        confident &= ~undecided
         return pd.DataFrame(
             {
                 "participant": table["participant"].to_numpy()[pairs.a],

@@ -290,6 +290,8 @@ class FAUNet(PreferenceModel):
             value = np.asarray(data["params"][name], dtype=np.float32)
             if value.shape != shape:
                 raise ValueError(f"parameter {name} has shape {value.shape}, expected {shape}")
+            if not np.isfinite(value).all():
+                raise ValueError(f"parameter {name} has non-finite values")
             params[name] = value
         model.params_ = params
         model.is_fitted_ = True

@@ -30,8 +30,21 @@ def _publish(tmp: str, path: Path) -> None:
     """Give the temporary file ordinary permissions and move it into place atomically."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise FergiError(f"{path}: cannot write ({exc.strerror})") from None
+
+
+def _temporary_beside(path: Path, prefix: str, suffix: str) -> tuple[int, str]:
+    """A temporary file in ``path``'s folder (created if needed), for an atomic write."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+    except OSError as exc:
+        raise FergiError(f"{path}: cannot write ({exc.strerror})") from None
 
 
 def default_model_path() -> Path:
@@ -49,14 +62,14 @@ def save_model(model: PreferenceModel, path, *, metadata: dict | None = None) ->
         raise FergiError(f"{path}: cannot save a {kind} model (only {', '.join(KINDS)})")
     path = Path(path)
     if path.is_dir() or path.suffix.lower() != ".json":
-        path.mkdir(parents=True, exist_ok=True)
+        if path.exists() and not path.is_dir():
+            raise FergiError(f"{path}: exists and is not a folder (give a .json file or a folder)")
         path = path / "model.json"
     document = {"format": FORMAT, "version": 1, "kind": kind, "model": model.to_dict(),
                 "metadata": metadata or {}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".model-", suffix=".json", dir=path.parent)
+    fd, tmp = _temporary_beside(path, ".model-", ".json")
     with os.fdopen(fd, "w") as handle:
-        json.dump(document, handle, indent=1)
+        json.dump(document, handle, indent=1, allow_nan=False)
         handle.write("\n")
     _publish(tmp, path)
     return path
@@ -132,6 +145,10 @@ def annotate_pairs(table: pd.DataFrame, model: PreferenceModel | None = None) ->
     return model.predict(table.reset_index(drop=True))
 
 
+def _finite_or_none(value) -> float | None:
+    return float(np.round(value, 10)) if np.isfinite(value) else None
+
+
 def write_jsonl(labels: pd.DataFrame, path) -> Path:
     """Write :func:`annotate_pairs` output as JSON lines (atomic), one predicted pair a line.
 
@@ -139,20 +156,26 @@ def write_jsonl(labels: pd.DataFrame, path) -> Path:
     above_threshold``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".labels-", suffix=".jsonl", dir=path.parent)
+    if path.is_dir():
+        raise FergiError(f"{path}: is a folder (give a .jsonl file name)")
+    fd, tmp = _temporary_beside(path, ".labels-", ".jsonl")
     preferred = labels["preferred"].astype("Int64")
-    with os.fdopen(fd, "w") as handle:
-        for i, row in enumerate(labels.itertuples(index=False)):
-            pref = preferred.iloc[i]
-            handle.write(json.dumps({
-                "participant": str(row.participant),
-                "session": int(row.session),
-                "image_a": int(row.image_a),
-                "image_b": int(row.image_b),
-                "preferred": None if pd.isna(pref) else int(pref),
-                "score_difference": float(np.round(row.score_difference, 10)),
-                "above_threshold": bool(row.confident),
-            }) + "\n")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            for i, row in enumerate(labels.itertuples(index=False)):
+                pref = preferred.iloc[i]
+                handle.write(json.dumps({
+                    "participant": str(row.participant),
+                    "session": int(row.session),
+                    "image_a": int(row.image_a),
+                    "image_b": int(row.image_b),
+                    "preferred": None if pd.isna(pref) else int(pref),
+                    "score_difference": _finite_or_none(row.score_difference),
+                    "above_threshold": bool(row.confident),
+                }, allow_nan=False) + "\n")
+    except BaseException:
+        # Never leave a half-written temporary file behind.
+        Path(tmp).unlink(missing_ok=True)
+        raise
     _publish(tmp, path)
     return path
