@@ -139,7 +139,7 @@ def extract_features(
     fps : float or None, default 30.0
         Standardise the video to this frame rate first (None: native frames).
     baseline_seconds : float, optional
-        Use the first seconds of ``video`` itself as the neutral reference.
+        Use the first seconds (> 0) of ``video`` itself as the neutral reference.
     analyzer : fergi.face.FaceAnalyzer, optional
         Reuse a face analyser (one per process is created otherwise).
     progress : callable, optional
@@ -162,6 +162,11 @@ def extract_features(
     from fergi.au._registry import create_au_estimator
     from fergi.face import pose_ratios
 
+    if baseline_seconds is not None and not (
+        np.isfinite(baseline_seconds) and baseline_seconds > 0
+    ):
+        # 0 or less would select no frame and silently fall back to the whole clip.
+        raise FergiError(f"baseline_seconds must be above 0 seconds, got {baseline_seconds!r}")
     timings = dict.fromkeys(STAGES, 0.0)
     if isinstance(estimator, str):
         options = {} if checkpoint is None else {"checkpoint": checkpoint}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 import time
 from pathlib import Path
@@ -15,19 +17,27 @@ AU20 AU25 AU26 (no face: 0 and -1). The files feed `fergi.features` and the rest
 fergi unchanged.
 
 INPUT is any number of video files or folders (searched recursively for .mp4,
-.webm, .mov, .avi, .mkv, .m4v, .y4m). Each video VIDEO.ext gets OUT/VIDEO_features.csv
-(mirroring the folder structure under each input folder). Videos are standardised
-to --fps frames per second first (for each tick, the latest earlier frame), which
-handles the variable frame rate of browser recordings.
+.webm, .mov, .avi, .mkv, .m4v, .y4m). Each video VIDEO.ext gets OUT/VIDEO_features.csv,
+mirroring the folder structure under the input folder. When the inputs lie in
+several folders, each one's outputs go under OUT/<that folder's name>/ so that
+videos with the same name never share an output (folders with the same name get
+a short hash of their full path: OUT/s1-3fa2c1/). Videos with the same name and a
+different extension in one folder are written as VIDEO_ext_features.csv. A video
+given twice is processed once. Videos are standardised to --fps frames per second
+first (for each tick, the latest earlier frame), which handles the variable frame
+rate of browser recordings.
 
 Re-running skips videos whose output file exists (files are written atomically, so
 an existing file is complete): an interrupted batch resumes where it stopped. A bad
 video is reported and skipped; the exit status is 1 if any video failed. A report
-(OUT/extract_report.csv) lists each video's frames, face-found share, time and error.
+(OUT/extract_report.csv) lists each video's frames, face-found share, time and error;
+it is written even when the run is interrupted (Ctrl-C), and a resumed run keeps the
+figures of the videos it skips.
 
 Examples:
   fergi extract recording.webm --out feats/
   fergi extract videos/ --out feats/ --workers 2
+  fergi extract day1/ day2/ --out feats/        (feats/day1/..., feats/day2/...)
   fergi extract clips/ --out feats/ --estimator ir50 --checkpoint fergi_ir50.pth
   fergi extract reaction.webm --baseline-seconds 5 --out feats/
 """
@@ -59,10 +69,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--baseline-seconds",
-        type=float,
+        type=_positive_seconds,
+        default=None,
         metavar="S",
-        help="use the first S seconds of each video as the person's neutral face "
-        "(geometry estimator; default: the median face of the whole video)",
+        help="use the first S seconds (S > 0) of each video as the person's neutral face "
+        "(geometry estimator; default: not set, the neutral face is the median face of "
+        "the whole video)",
     )
     parser.add_argument(
         "--fps",
@@ -93,40 +105,140 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_seconds(text: str) -> float:
+    """argparse type of ``--baseline-seconds``: a finite number of seconds above 0."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    # 0 or less would silently fall back to the whole clip as the neutral face.
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
 def _release_decimals(video) -> int:
     """The release writes baseline clips with 2 decimals and reaction clips with 3."""
     return 2 if Path(video).name.startswith("baseline") else 3
 
 
-def _output_paths(inputs: list[str], out: Path, fmt: str) -> list[tuple[Path, Path]]:
-    """(video, output file) pairs; folder inputs keep their relative layout."""
+def _short_hash(path: Path, n: int = 6) -> str:
+    import hashlib
+
+    return hashlib.sha1(str(path).encode("utf-8", "surrogateescape")).hexdigest()[:n]
+
+
+def _output_paths(
+    inputs: list[str], out: Path, fmt: str
+) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
+    """Map every video found in ``inputs`` to its own output file.
+
+    The mapping depends only on the set of resolved videos and input folders, never
+    on the order of the arguments, so a resumed run finds the same outputs:
+
+    - one input folder (or files all in one folder): ``OUT/<relative path>/<stem>_features``;
+    - several: ``OUT/<input folder name>/<relative path>/<stem>_features``, the folder
+      name followed by a short hash of its full path when two inputs share a name;
+    - videos that still collide (``x.mp4`` and ``x.webm``) get ``<stem>_<ext>_features``
+      and, failing that, ``<stem>_<ext>_<hash of the video path>_features``.
+
+    Returns ``(pairs, unmapped)``: (video, output) pairs, and (video, reason) for the
+    videos that cannot get a unique output (so they are reported, never dropped).
+    """
     from fergi.video import find_videos
 
-    pairs: list[tuple[Path, Path]] = []
-    used: set[Path] = set()
+    # (resolved video, shown video path, resolved root folder, relative folder)
+    found: list[tuple[Path, Path, Path, Path]] = []
     for item in inputs:
-        root = Path(item)
-        for video in find_videos([root]):
-            rel = video.relative_to(root).parent if root.is_dir() else Path()
-            target = out / rel / f"{video.stem}_features.{fmt}"
-            if target in used:  # x.mp4 and x.webm side by side
-                target = out / rel / f"{video.stem}_{video.suffix.lstrip('.')}_features.{fmt}"
-            if target in used:
-                continue  # the same video given twice
-            used.add(target)
-            pairs.append((video, target))
-    return pairs
+        arg = Path(item)
+        for video in find_videos([arg]):
+            if arg.is_dir():
+                root, rel = arg.resolve(), video.parent.relative_to(arg)
+            else:
+                root, rel = video.parent.resolve(), Path()
+            found.append((video.resolve(), video, root, rel))
+
+    roots = sorted({root for _, _, root, _ in found})
+    if len(roots) <= 1:
+        prefix = {root: Path() for root in roots}
+    else:
+        names: dict[str, list[Path]] = {}
+        for root in roots:
+            names.setdefault(root.name or "root", []).append(root)
+        prefix = {}
+        for name, same in names.items():
+            for root in same:
+                prefix[root] = Path(name if len(same) == 1 else f"{name}-{_short_hash(root)}")
+
+    def target(resolved: Path, shown: Path, root: Path, rel: Path, level: int) -> Path:
+        # The name the user sees (a symlink's own name), the hash of what it points to.
+        stem, ext = shown.stem, shown.suffix.lstrip(".").lower()
+        name = (stem, f"{stem}_{ext}", f"{stem}_{ext}_{_short_hash(resolved, 8)}")[level]
+        return out / prefix[root] / rel / f"{name}_features.{fmt}"
+
+    # The same video reached through several inputs: keep its first target in sort
+    # order, whichever argument came first.
+    chosen: dict[Path, tuple[Path, Path, Path]] = {}
+    for resolved, shown, root, rel in found:
+        candidate = (shown, root, rel)
+        if resolved not in chosen or str(target(resolved, *candidate, 0)) < str(
+            target(resolved, *chosen[resolved], 0)
+        ):
+            chosen[resolved] = candidate
+
+    # Raise the naming level of every video in a collision (all of them, so the
+    # result does not depend on which one was met first) until none is left.
+    # Case-folded: x.mp4 and X.mp4 would share a file on macOS and Windows.
+    level = dict.fromkeys(chosen, 0)
+    unmapped: dict[Path, str] = {}
+    while True:
+        by_target: dict[str, list[Path]] = {}
+        for resolved, where in chosen.items():
+            if resolved not in unmapped:
+                key = str(target(resolved, *where, level[resolved])).casefold()
+                by_target.setdefault(key, []).append(resolved)
+        clashes = [group for group in by_target.values() if len(group) > 1]
+        if not clashes:
+            break
+        for group in clashes:
+            for resolved in group:
+                if level[resolved] < 2:
+                    level[resolved] += 1
+                else:
+                    unmapped[resolved] = (
+                        f"{chosen[resolved][0]}: cannot be given an output file of its own "
+                        f"(same name as {len(group) - 1} other video(s)); rename it"
+                    )
+
+    pairs = sorted(
+        (
+            (where[0], target(resolved, *where, level[resolved]))
+            for resolved, where in chosen.items()
+            if resolved not in unmapped
+        ),
+        key=lambda pair: str(pair[1]),
+    )
+    failed = sorted(((chosen[r][0], reason) for r, reason in unmapped.items()), key=str)
+    return pairs, failed
 
 
 # Worker state: one face analyser and estimator per process, created once.
 _WORKER: dict = {}
 
 
-def _init_worker(estimator: str, checkpoint: str | None) -> None:
+def _init_worker(estimator: str, checkpoint: str | None, in_pool: bool = False) -> None:
     import logging
 
     from fergi.au import create_au_estimator
 
+    if in_pool:
+        import signal
+
+        # Ctrl-C reaches the whole process group: the parent alone decides to stop
+        # the workers (it terminates them), so a worker must not die half-way alone.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.getLogger("absl").setLevel(logging.ERROR)
     options = {} if checkpoint is None else {"checkpoint": checkpoint}
     _WORKER["estimator"] = create_au_estimator(estimator, **options)
@@ -171,17 +283,77 @@ def _process(job: dict, progress=None) -> dict:
     return record
 
 
+REPORT_COLUMNS = ["video", "output", "status", "frames", "face_share", "seconds", "error"]
+
+
 def _write_report(records: list[dict], path: Path) -> None:
     import pandas as pd
 
-    columns = ["video", "output", "status", "frames", "face_share", "seconds", "error"]
-    table = pd.DataFrame([{k: r.get(k) for k in columns} for r in records], columns=columns)
+    from fergi import FergiError
+
+    table = pd.DataFrame(
+        [{k: r.get(k) for k in REPORT_COLUMNS} for r in records], columns=REPORT_COLUMNS
+    )
     tmp = path.with_name(f".{path.name}.tmp")
-    table.to_csv(tmp, index=False, float_format="%.3f")
-    tmp.replace(path)
+    try:
+        table.to_csv(tmp, index=False, float_format="%.3f")
+        tmp.replace(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise FergiError(
+            f"--out {path.parent}: cannot write the report {path.name} ({exc.strerror or exc})"
+        ) from None
+
+
+def _earlier_rows(path: Path) -> dict[Path, dict]:
+    """Rows of a previous run's report with figures, by resolved output path."""
+    import csv
+
+    if not path.is_file():
+        return {}
+    rows: dict[Path, dict] = {}
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                output = row.get("output") or ""
+                if not output or row.get("status") not in ("ok", "skipped"):
+                    continue
+                try:
+                    figures = {
+                        "frames": int(float(row["frames"])),
+                        "face_share": float(row["face_share"]),
+                        "seconds": float(row["seconds"]),
+                    }
+                except (KeyError, TypeError, ValueError):
+                    continue  # a row without figures has nothing to carry over
+                rows[Path(output).resolve()] = figures
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        # An unreadable old report only loses the old figures, never the run.
+        logging.getLogger(__name__).warning("%s: earlier report not read (%s)", path, exc)
+        return {}
+    return rows
+
+
+def _on_sigterm(signum, frame):
+    # Turn `kill PID` into the Ctrl-C path: workers stopped, report written.
+    raise KeyboardInterrupt
 
 
 def run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return _run(args)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     from fergi import FergiError
 
     if args.workers < 1:
@@ -196,12 +368,21 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise FergiError(f"{args.checkpoint}: checkpoint file not found")
-    pairs = _output_paths(args.inputs, args.out, args.format)
-    if not pairs:
+    pairs, unmapped = _output_paths(args.inputs, args.out, args.format)
+    if not pairs and not unmapped:
         raise FergiError(f"{', '.join(args.inputs)}: no video files found")
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        what = "is a file, not a folder" if args.out.is_file() else "cannot be created"
+        raise FergiError(f"--out {args.out}: {what} ({exc.strerror or exc})") from None
+    report = args.out / REPORT_NAME
+    earlier = _earlier_rows(report)
 
-    records: list[dict] = []
+    records: list[dict] = [
+        {"video": str(video), "output": "", "status": "failed", "error": reason}
+        for video, reason in unmapped
+    ]
     jobs = []
     for video, target in pairs:
         if target.exists() and not args.overwrite:
@@ -211,6 +392,7 @@ def run(args: argparse.Namespace) -> int:
                     "output": str(target),
                     "status": "skipped",
                     "error": "output exists",
+                    **earlier.get(target.resolve(), {}),
                 }
             )
             continue
@@ -223,13 +405,29 @@ def run(args: argparse.Namespace) -> int:
                 "decimals": args.decimals or _release_decimals(video),
             }
         )
+    order = {str(target): i for i, (_, target) in enumerate(pairs)}
+
+    def ordered() -> list[dict]:
+        return sorted(records, key=lambda r: (order.get(r["output"], len(order)), r["video"]))
+
+    # Written first too: an unwritable --out fails now, not after hours of work.
+    _write_report(ordered(), report)
     checkpoint = None if args.checkpoint is None else str(args.checkpoint)
     t0 = time.perf_counter()
-    records += _run_jobs(jobs, args.estimator, checkpoint, args.workers)
+    finished = False
+    try:
+        _run_jobs(jobs, args.estimator, checkpoint, args.workers, records)
+        finished = True
+    finally:
+        # Also on Ctrl-C / SIGTERM: the report keeps the videos finished so far.
+        try:
+            _write_report(ordered(), report)
+        except FergiError as exc:
+            if finished:
+                raise
+            print(f"error: {exc}", file=sys.stderr)
     wall = time.perf_counter() - t0
-    report = args.out / REPORT_NAME
-    _write_report(records, report)
-    return _summarise(records, report, wall)
+    return _summarise(ordered(), report, wall)
 
 
 def _progress_bar(**kwargs):
@@ -238,10 +436,57 @@ def _progress_bar(**kwargs):
     return tqdm(file=sys.stderr, disable=not sys.stderr.isatty(), dynamic_ncols=True, **kwargs)
 
 
-def _run_jobs(jobs: list[dict], estimator: str, checkpoint: str | None, workers: int) -> list[dict]:
+def _stop_pool(pool) -> None:
+    """Stop a ProcessPoolExecutor now: pending jobs cancelled, running workers killed."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
+
+
+def _run_pool(fn, jobs: list, workers: int, on_result, initializer=None, initargs=()) -> None:
+    """Run ``fn(job)`` in worker processes, calling ``on_result(job, result, error)``.
+
+    Whatever stops the loop (Ctrl-C, SIGTERM turned into KeyboardInterrupt, an
+    exception in ``on_result``), the workers are terminated before it propagates:
+    no orphan keeps computing and the command does not wait for running videos.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # spawn: MediaPipe and torch hold threads that do not survive fork.
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(jobs)),
+        mp_context=mp.get_context("spawn"),
+        initializer=initializer,
+        initargs=initargs,
+    )
+    try:
+        futures = {pool.submit(fn, job): job for job in jobs}
+        for future in as_completed(futures):
+            try:
+                result, error = future.result(), None
+            except Exception as exc:  # a crashed worker or a pickling error, per job
+                result, error = None, exc
+            on_result(futures[future], result, error)
+    except BaseException:
+        _stop_pool(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _run_jobs(
+    jobs: list[dict], estimator: str, checkpoint: str | None, workers: int, records: list[dict]
+) -> None:
+    """Extract ``jobs``, appending each video's record to ``records`` as it finishes."""
     if not jobs:
-        return []
-    records = []
+        return
     if workers == 1 or len(jobs) == 1:
         _init_worker(estimator, checkpoint)
         with (
@@ -252,47 +497,41 @@ def _run_jobs(jobs: list[dict], estimator: str, checkpoint: str | None, workers:
                 frames.set_description(Path(job["video"]).name[:30])
                 records.append(_process(job, progress=frames.update))
                 videos.update(1)
-        return records
+        return
 
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
-    # spawn: MediaPipe and torch hold threads that do not survive fork.
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(
-        max_workers=min(workers, len(jobs)),
-        mp_context=ctx,
-        initializer=_init_worker,
-        initargs=(estimator, checkpoint),
-    ) as pool:
-        futures = {pool.submit(_process, job): job for job in jobs}
-        with _progress_bar(total=len(jobs), unit="video") as bar:
-            for future in as_completed(futures):
-                job = futures[future]
-                try:
-                    records.append(future.result())
-                except BrokenProcessPool as exc:
-                    records.append(
-                        {
-                            "video": job["video"],
-                            "output": job["output"],
-                            "status": "failed",
-                            "error": f"{job['video']}: worker process crashed ({exc})",
-                        }
-                    )
-                except Exception as exc:  # pickling or pool errors, still per video
-                    records.append(
-                        {
-                            "video": job["video"],
-                            "output": job["output"],
-                            "status": "failed",
-                            "error": f"{job['video']}: {type(exc).__name__}: {exc}",
-                        }
-                    )
-                bar.update(1)
-    order = {job["video"]: i for i, job in enumerate(jobs)}
-    return sorted(records, key=lambda r: order[r["video"]])
+    with (
+        _progress_bar(total=len(jobs), unit="video", position=0) as videos,
+        _progress_bar(unit="frame", position=1, leave=False, desc="frames done") as frames,
+    ):
+
+        def on_result(job: dict, record: dict | None, error: Exception | None) -> None:
+            if error is not None:
+                reason = (
+                    f"worker process crashed ({error})"
+                    if isinstance(error, BrokenProcessPool)
+                    else f"{type(error).__name__}: {error}"
+                )
+                record = {
+                    "video": job["video"],
+                    "output": job["output"],
+                    "status": "failed",
+                    "error": f"{job['video']}: {reason}".splitlines()[0],
+                }
+            records.append(record)
+            videos.update(1)
+            # Frames arrive per finished video: workers cannot share a live counter cheaply.
+            frames.update(record.get("frames") or 0)
+
+        _run_pool(
+            _process,
+            jobs,
+            workers,
+            on_result,
+            initializer=_init_worker,
+            initargs=(estimator, checkpoint, True),
+        )
 
 
 def _summarise(records: list[dict], report: Path, wall: float) -> int:
