@@ -473,3 +473,126 @@ def test_the_study_can_be_embedded_under_a_prefix(tmp_path):
         assert response.headers["location"].endswith("/study/admin")
         link = client.post("/study/api/admin/participants", json={}, headers=ADMIN).json()["link"]
         assert "/study/?invite=" in link
+
+
+def test_non_json_bodies_are_refused_cleanly(client):
+    p = Participant(client)
+    # Form-encoded and plain-text bodies on a JSON route: 415, never a 500.
+    for ctype in ("application/x-www-form-urlencoded", "text/plain", "application/octet-stream"):
+        response = p.call("POST", "/consent", content=b"agree=1&\xff\xfe", headers={"Content-Type": ctype})
+        assert response.status_code == 415 and "application/json" in response.json()["detail"], ctype
+    # The content type is matched case-insensitively.
+    response = p.call("POST", "/consent", content=b'{"agree": true, "consent_version": "1"}',
+                      headers={"Content-Type": "Application/JSON; charset=UTF-8"})
+    assert response.status_code == 200, response.text
+    response = p.call("POST", "/consent", content=b"\xff\xfe{", headers={"Content-Type": "application/json"})
+    assert response.status_code in (400, 422) and response.json()["detail"]
+    response = client.post("/api/sessions", content=b'{"participant_id": 5}', headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and response.json()["errors"]
+
+
+def test_validation_errors_with_bytes_input_are_json(app, client):
+    """The 422 handler must not put raw bytes (a non-JSON body) into its JSON answer."""
+    from pydantic import BaseModel
+
+    class Body(BaseModel):
+        value: int
+
+    @app.post("/echo-test")
+    def echo(body: Body) -> dict:
+        return {}
+
+    response = client.post("/echo-test", content=b"value=1\xff", headers={"Content-Type": "text/plain"})
+    assert response.status_code == 422
+    assert response.json()["errors"] and "input" not in response.json()["errors"][0]
+
+
+def test_json_body_limit_holds_without_content_length(client):
+    p = Participant(client)
+
+    def chunked():  # no Content-Length: transfer-encoding chunked
+        yield b'{"agree": true, "consent_version": "1", "x": "'
+        for _ in range(40):
+            yield b"a" * 10_000
+        yield b'"}'
+
+    for ctype in ("application/json", "APPLICATION/JSON"):
+        response = p.call("POST", "/consent", content=chunked(), headers={"Content-Type": ctype})
+        assert response.status_code == 413 and "limited to" in response.json()["detail"], ctype
+    response = p.call("POST", "/consent", content=b"{" + b" " * 300_000 + b"}", headers={"Content-Type": "Application/Json"})
+    assert response.status_code == 413
+
+
+def test_decompression_bomb_snapshot_is_refused(client):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    # A tiny PNG whose header claims 30000x30000 pixels.
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    p = Participant(client)
+    p.consent()
+    response = p.call("POST", "/webcam-check", content=png, headers={"Content-Type": "image/png"})
+    assert response.status_code == 422 and "4096x4096" in response.json()["detail"]
+
+
+def test_huge_integers_are_refused_not_crashing(client, app):
+    p = ready_participant(client, app)
+    seg = p.start_segment()
+    huge = 2**63 + 5
+    assert p.call("GET", f"/recording/{huge}").status_code == 422
+    assert p.call("GET", f"/recording/{2**31 - 1}").status_code == 404
+    assert p.chunk(huge, 0, WEBM_HEAD).status_code == 422
+    assert p.call("POST", f"/recording/{huge}/complete", json={"n_chunks": 1}).status_code == 422
+    assert p.call("POST", f"/recording/{seg}/complete", json={"n_chunks": huge}).status_code == 422
+    event = {"segment": huge, "image_index": 1, "kind": "baseline_start", "video_time": 0.0}
+    assert p.call("POST", "/events", json=event).status_code == 422
+    assert p.call("POST", "/events", json={**event, "segment": seg, "image_index": huge}).status_code == 422
+    assert p.call("PUT", f"/images/{huge}/answer", json=ANSWER).status_code == 422
+    assert p.call("GET", f"/images/{huge}").status_code == 422
+    assert client.get(f"/api/sessions/{huge}", headers=p.headers).status_code == 422
+    for path in (f"/api/admin/sessions/{huge}", f"/api/admin/sessions/{huge}/images/1",
+                 f"/api/admin/sessions/1/images/{huge}", f"/api/admin/sessions/{huge}/clips/1/reaction"):
+        assert client.get(path, headers=ADMIN).status_code == 422, path
+    assert client.post(f"/api/admin/sessions/{huge}/process", headers=ADMIN).status_code == 422
+    assert client.post(f"/api/admin/jobs/{huge}/retry", headers=ADMIN).status_code == 422
+    assert client.get(f"/api/admin/sessions/{2**31 - 1}", headers=ADMIN).status_code == 404
+
+
+def test_session_creation_is_limited_per_address_not_per_header(client, app):
+    import secrets
+
+    app.dependency_overrides[get_settings] = lambda: app.state.settings.model_copy(update={"rate_limit_per_minute": 3})
+    codes = [
+        client.post("/api/sessions", json={"participant_id": f"p{i}"},
+                    headers={"X-Session-Token": secrets.token_hex(8)}).status_code
+        for i in range(5)
+    ]
+    assert codes[:3] == [201] * 3 and codes[3:] == [429, 429]
+
+
+def test_recording_size_limit_per_session(client, app):
+    p = ready_participant(client, app)
+    app.dependency_overrides[get_settings] = lambda: app.state.settings.model_copy(
+        update={"max_session_recording_bytes": 250, "max_segments_per_session": 3}
+    )
+    # Each segment is under the per-segment limit; together they exceed the session's.
+    for _ in range(2):
+        seg = p.start_segment()
+        assert p.chunk(seg, 0, WEBM_HEAD + b"a" * 96).status_code == 200
+    seg = p.start_segment()
+    response = p.chunk(seg, 0, WEBM_HEAD + b"a" * 96)
+    assert response.status_code == 413 and "250 bytes per session" in response.json()["detail"]
+    response = p.call("POST", "/recording/segments", json={"mime_type": "video/webm"})
+    assert response.status_code == 413 and "the limit is 3" in response.json()["detail"]
+
+
+def test_made_up_session_tokens_are_limited_per_address(client, app):
+    import secrets
+
+    app.dependency_overrides[get_settings] = lambda: app.state.settings.model_copy(update={"rate_limit_per_minute": 3})
+    codes = [client.get("/api/sessions/1", headers={"X-Session-Token": secrets.token_hex(8)}).status_code for _ in range(5)]
+    assert codes[:3] == [403] * 3 and codes[3:] == [429, 429]

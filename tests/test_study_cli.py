@@ -104,3 +104,52 @@ def test_export_command(tmp_path, capsys):
     assert not (out / "raw").exists()
     code = main(["export", "--db", str(tmp_path / "nope.sqlite3"), "--media", str(tmp_path), "--out", str(out)])
     assert code == 2 and "nope.sqlite3: no such database file" in capsys.readouterr().err
+
+
+def test_export_never_overwrites_the_study_data(tmp_path, capsys):
+    app = create_app(make_settings(tmp_path))
+    with TestClient(app) as client:
+        p = finished_session(client, app)
+        add_processed_clips(app, p.id)
+    settings = app.state.settings
+    data = tmp_path / "study"
+    db_file = data / "study.sqlite3"
+    media = settings.resolved_media_dir
+    before = sorted(str(x) for x in data.rglob("*"))
+    # The data folder itself, a folder inside it, the media folder and a parent of both.
+    for out in (data, data / "export", media, media / "x", tmp_path):
+        code = main(["export", "--db", str(db_file), "--media", str(media), "--out", str(out), "--overwrite"])
+        assert code == 2, out
+        err = capsys.readouterr().err
+        assert "overlaps the study's" in err and err.count("\n") == 1
+    assert sorted(str(x) for x in data.rglob("*")) == before
+    assert db_file.is_file()
+
+
+def test_failed_export_keeps_the_previous_one(tmp_path, capsys, monkeypatch):
+    from fergi.study import _export
+
+    app = create_app(make_settings(tmp_path))
+    with TestClient(app) as client:
+        p = finished_session(client, app)
+        add_processed_clips(app, p.id)
+    settings = app.state.settings
+    out = tmp_path / "out"
+    args = ["export", "--db", settings.resolved_db_url, "--media", str(settings.resolved_media_dir),
+            "--out", str(out), "--overwrite"]
+    assert main(args) == 0
+    previous = sorted(str(x.relative_to(out)) for x in out.rglob("*"))
+    assert "preparation/valid_sessions.json" in previous
+
+    def broken(*_args, **_kwargs):
+        raise _export.FergiError("--media: missing feature file (simulated)")
+
+    monkeypatch.setattr(_export, "image_rows", broken)
+    assert main(args) == 2
+    assert "simulated" in capsys.readouterr().err
+    assert sorted(str(x.relative_to(out)) for x in out.rglob("*")) == previous
+    # No half-written folder is left beside it.
+    assert sorted(x.name for x in tmp_path.iterdir() if x.name.startswith(".out")) == []
+    monkeypatch.undo()
+    assert main(args) == 0
+    assert sorted(str(x.relative_to(out)) for x in out.rglob("*")) == previous

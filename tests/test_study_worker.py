@@ -194,3 +194,100 @@ def test_background_worker_generates_while_requests_are_served(tmp_path):
         while p.call("GET", "").json()["images_ready"] != [1, 2, 3]:
             assert time.monotonic() < deadline, "the worker did not generate the images"
             time.sleep(0.05)
+
+
+def _fake_pipeline(monkeypatch):
+    """Processing without video decoding: every presented image gets both clips."""
+    from types import SimpleNamespace
+
+    import fergi.study._pipeline as pipeline
+
+    def fake(chunk_paths, events, work, **kwargs):
+        images = sorted({e["image_index"] for e in events})
+        frames = {(i, c): fake_features(30, i) for i in images for c in ("baseline", "reaction")}
+        return SimpleNamespace(feature_files={}, clips={}, frames=frames, activations=None, labels=None)
+
+    monkeypatch.setattr(pipeline, "process_session_media", fake)
+
+
+def test_retention_never_deletes_video_of_a_session_still_recording(tmp_path, monkeypatch):
+    from fergi.study._worker import enqueue, retention_blocker
+
+    _fake_pipeline(monkeypatch)
+    app = create_app(make_settings(tmp_path, retention="delete_after_features"))
+    store = app.state.store
+    with TestClient(app) as client:
+        # Recording in progress: two images presented, no ranking, segment still open.
+        p = ready_participant(client, app)
+        seg = p.start_segment()
+        assert p.chunk(seg, 0, WEBM_HEAD + b"a" * 10).status_code == 200
+        p.present(seg, 1, 0.0)
+        p.present(seg, 2, 12.0)
+        with app.state.sessionmaker() as db:
+            enqueue(db, p.id, "process")
+            db.commit()
+        assert app.state.worker.run_pending("process") == 1
+        detail = client.get(f"/api/admin/sessions/{p.id}", headers=ADMIN).json()
+        job = [j for j in detail["jobs"] if j["kind"] == "process"][0]
+        assert job["status"] == "done" and job["stages"]["retention"].startswith("raw video kept")
+        assert store.chunk_path(p.id, seg, 0).is_file()
+        # The recording goes on: the next chunk is accepted and kept.
+        assert p.chunk(seg, 1, b"b" * 10).status_code == 200
+        assert store.chunk_path(p.id, seg, 1).is_file()
+        # The admin cannot start processing of an unfinished session either.
+        response = client.post(f"/api/admin/sessions/{p.id}/process", headers=ADMIN)
+        assert response.status_code == 409 and "not finished" in response.json()["detail"]
+
+        # Finished, but the last segment is not complete: still kept.
+        done = finished_session(client, app, "002")
+        assert app.state.worker.run_pending("process") == 1
+        with app.state.sessionmaker() as db:
+            assert retention_blocker(db.get(StudySession, done.id)) == "segment 0 not complete"
+        assert store.chunk_path(done.id, 0, 0).is_file()
+        # Complete: processed again, the raw video goes, the features stay.
+        assert done.call("POST", "/recording/0/complete", json={"n_chunks": 1}).status_code == 200
+        assert client.post(f"/api/admin/sessions/{done.id}/process", headers=ADMIN).status_code == 202
+        assert app.state.worker.run_pending("process") == 1
+        detail = client.get(f"/api/admin/sessions/{done.id}", headers=ADMIN).json()
+        job = [j for j in detail["jobs"] if j["kind"] == "process"][-1]
+        assert job["stages"]["retention"] == "raw video deleted", job
+        assert not store.chunk_path(done.id, 0, 0).exists()
+        assert (store.features_dir(done.id) / "reaction_clip_3_features.csv").is_file()
+
+
+def test_simultaneous_answers_and_rankings_do_not_fail(client, app, monkeypatch):
+    """A retry that races the first request hits the unique constraint: 200 or 409, never 500."""
+    from fergi.study import _db, _routes_answers
+
+    p = ready_participant(client, app)
+    seg = p.start_segment()
+    assert p.chunk(seg, 0, WEBM_HEAD + b"a").status_code == 200
+
+    def racing(model, **competitor):
+        # The competing request commits its row between our read and our commit.
+        def build(**kwargs):
+            with app.state.sessionmaker() as other:
+                other.add(model(**{**kwargs, **competitor}))
+                other.commit()
+            return model(**kwargs)
+
+        return build
+
+    p.present(seg, 1, 0.0)
+    monkeypatch.setattr(_routes_answers, "Answer", racing(_db.Answer))
+    response = p.call("PUT", "/images/1/answer", json=ANSWER)
+    assert response.status_code == 200, response.text
+    p.present(seg, 2, 12.0)
+    monkeypatch.setattr(_routes_answers, "Answer", racing(_db.Answer, overall_rating=1))
+    response = p.call("PUT", "/images/2/answer", json=ANSWER)
+    assert response.status_code == 409 and "already annotated" in response.json()["detail"]
+    monkeypatch.setattr(_routes_answers, "Answer", _db.Answer)
+    p.present(seg, 3, 24.0)
+    assert p.call("PUT", "/images/3/answer", json=ANSWER).status_code == 200
+    monkeypatch.setattr(_routes_answers, "Ranking", racing(_db.Ranking))
+    response = p.call("PUT", "/ranking", json={"order": [3, 1, 2]})
+    assert response.status_code == 200, response.text
+    with app.state.sessionmaker() as db:
+        sess = db.get(StudySession, p.id)
+        assert len(sess.answers) == 3 and sess.ranking.order == [3, 1, 2]
+        assert [a.overall_rating for a in sorted(sess.answers, key=lambda a: a.image_index)] == [5, 1, 5]

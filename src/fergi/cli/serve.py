@@ -18,6 +18,9 @@ and prints the admin URL (its token is kept in <data-dir>/admin_token unless
 FERGI_ADMIN_TOKEN is set).
 Every option also has an environment variable FERGI_<NAME> (e.g. FERGI_N_IMAGES=5,
 FERGI_BASELINE_S=5, FERGI_PRESENT_S=5, FERGI_RETENTION=delete_after_features).
+Upload limits: FERGI_MAX_CHUNK_BYTES, FERGI_MAX_RECORDING_BYTES (per segment),
+FERGI_MAX_SESSION_RECORDING_BYTES, FERGI_MAX_SEGMENTS_PER_SESSION,
+FERGI_RATE_LIMIT_PER_MINUTE.
 
 Examples:
   fergi serve

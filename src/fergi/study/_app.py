@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import secrets
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
@@ -35,6 +38,86 @@ SECURITY_HEADERS = {
         "script-src 'self'; style-src 'self'; connect-src 'self'; frame-ancestors 'none'"
     ),
 }
+
+
+#: Routes that take a raw (non-JSON) body, each with its own streamed size limit.
+RAW_BODY_ROUTES = re.compile(r"/recording/[^/]+/chunks/[^/]+/?$|/webcam-check/?$")
+
+
+def _is_json_type(content_type: str) -> bool:
+    mime = content_type.split(";")[0].strip().lower()
+    return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
+
+
+class JsonBodyLimit:
+    """ASGI middleware: API bodies must be JSON and at most ``limit`` bytes.
+
+    The limit is enforced on the bytes actually received, so a chunked request without
+    Content-Length cannot bypass it. Raw uploads (recording chunks, webcam snapshots)
+    are left to their routes, which stream them against their own limits.
+    """
+
+    def __init__(self, app, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in ("POST", "PUT", "PATCH", "DELETE")
+            or "/api/" not in scope["path"]
+            or RAW_BODY_ROUTES.search(scope["path"])
+        ):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        ctype = headers.get("content-type", "")
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.limit:
+            await self._refuse(send, 413, f"request body is {length} bytes; JSON requests are limited to {self.limit}")
+            return
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body.extend(message.get("body", b""))
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                await self._refuse(
+                    send, 413, f"request body is over {self.limit} bytes; JSON requests are limited to {self.limit}"
+                )
+                return
+        if body and ctype and not _is_json_type(ctype):
+            await self._refuse(send, 415, f"request body must be application/json, not {ctype.split(';')[0].strip()!r}")
+            return
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(send, status: int, detail: str) -> None:
+        payload = json.dumps({"detail": detail}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
 
 
 def redacted_url(url: str) -> str:
@@ -123,6 +206,9 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
     for module in (_routes_sessions, _routes_prompts, _routes_recording, _routes_answers, _routes_admin):
         app.include_router(module.router)
 
+    # Innermost: the refusals it sends still get the security headers.
+    app.add_middleware(JsonBodyLimit, limit=MAX_JSON_BYTES)
+
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
         response = await call_next(request)
@@ -131,18 +217,6 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
         if request.url.path.startswith("/api/"):
             response.headers.setdefault("Cache-Control", "no-store")
         return response
-
-    @app.middleware("http")
-    async def limit_json_bodies(request: Request, call_next):
-        # Forms and answers are small; a huge JSON body is an attack, refused before parsing.
-        if request.headers.get("content-type", "").startswith("application/json"):
-            length = request.headers.get("content-length", "")
-            if length.isdigit() and int(length) > MAX_JSON_BYTES:
-                return JSONResponse(
-                    {"detail": f"request body is {length} bytes; JSON requests are limited to {MAX_JSON_BYTES}"},
-                    status_code=413,
-                )
-        return await call_next(request)
 
     @app.middleware("http")
     async def wake_worker(request: Request, call_next):
@@ -167,7 +241,9 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
         for err in exc.errors():
             loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "path", "query"))
             parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
-        return JSONResponse({"detail": "; ".join(parts), "errors": exc.errors()}, status_code=422)
+        # The offending input is not echoed: it may be bytes (a non-JSON body) or huge.
+        errors = [{k: v for k, v in err.items() if k not in ("input", "url")} for err in exc.errors()]
+        return JSONResponse({"detail": "; ".join(parts), "errors": jsonable_encoder(errors)}, status_code=422)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

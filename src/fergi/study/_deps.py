@@ -19,6 +19,8 @@ from fergi.study._storage import MediaStore
 
 SESSION_HEADER = "X-Session-Token"
 ADMIN_COOKIE = "fergi_admin"
+#: Largest integer a client may send for an id or index: the databases' 32-bit INTEGER.
+MAX_DB_INT = 2**31 - 1
 
 
 def get_db(request: Request) -> Iterator[Session]:
@@ -63,8 +65,12 @@ class RateLimiter:
 
 
 def rate_limit(request: Request, settings: Settings) -> None:
-    """Per-client limit, keyed by the session token when there is one."""
-    key = request.headers.get(SESSION_HEADER) or (request.client.host if request.client else "?")
+    """Per-client-address limit (session creation).
+
+    Keyed by the address, never by a header the client chooses: a fresh made-up
+    token per request would otherwise get a fresh allowance every time.
+    """
+    key = "addr:" + (request.client.host if request.client else "?")
     request.app.state.rate_limiter.hit(key, settings.rate_limit_per_minute)
 
 
@@ -72,17 +78,19 @@ def get_study_session(
     request: Request,
     db: DB,
     settings: Settings,
-    session_id: Annotated[int, Path(ge=1)],
+    session_id: Annotated[int, Path(ge=1, le=MAX_DB_INT)],
 ) -> StudySession:
     """The participant session named in the path, opened by its token (header X-Session-Token)."""
     token = request.headers.get(SESSION_HEADER)
     if not token:
         raise HTTPException(401, f"missing {SESSION_HEADER} header: every session request needs its token")
-    request.app.state.rate_limiter.hit(token, settings.rate_limit_per_minute)
     sess = db.scalar(select(StudySession).where(StudySession.token_hash == hash_token(token)))
     # Same answer for an unknown session and a wrong token: ids are not secrets, tokens are.
     if sess is None or sess.id != session_id:
+        # Made-up tokens count against the client's address, not a fresh key each.
+        rate_limit(request, settings)
         raise HTTPException(403, f"this token does not open session {session_id}")
+    request.app.state.rate_limiter.hit(token, settings.rate_limit_per_minute)
     return sess
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
+import secrets
 import shutil
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,35 @@ from fergi.study._db import StudySession, make_engine, make_sessionmaker
 from fergi.study._storage import MediaStore
 
 logger = logging.getLogger(__name__)
+
+
+def _sqlite_file(db_url: str) -> Path | None:
+    """The database file of a bare path or an SQLite URL; None for a server database."""
+    if "://" not in db_url:
+        return Path(db_url).expanduser().resolve()
+    url = make_url(db_url)
+    database = url.database or ""
+    if url.get_backend_name() == "sqlite" and database not in ("", ":memory:"):
+        return Path(database).expanduser().resolve()
+    return None
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _check_out_is_safe(out: Path, db_url: str, media: Path) -> None:
+    """Refuse an output folder whose replacement would delete the study's own data."""
+    target = out.resolve()
+    protected = [("media folder", media.resolve())]
+    db_file = _sqlite_file(db_url)
+    if db_file is not None:
+        protected.append(("database folder", db_file.parent))
+    for what, folder in protected:
+        if _is_within(target, folder) or _is_within(folder, target):
+            raise FergiError(
+                f"--out {out}: overlaps the study's {what} {folder}; choose a folder outside the study data"
+            )
 
 
 def _open_db(db_url: str):
@@ -124,21 +155,67 @@ def export_study(
     Raises
     ------
     fergi.FergiError
-        Missing database or media folder, non-empty output folder.
+        Missing database or media folder, non-empty output folder, or an output
+        folder that is, contains or lies inside the database's or media folder.
     """
     engine = _open_db(db_url)
     media = Path(media_dir).expanduser()
     if not media.is_dir():
         engine.dispose()
         raise FergiError(f"--media {media}: no such folder")
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise FergiError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            engine.dispose()
-            raise FergiError(f"--out {out}: folder is not empty (use --overwrite to replace it)")
-        shutil.rmtree(out)
+    final = Path(out).expanduser()
+    try:
+        _check_out_is_safe(final, db_url, media)
+        if final.exists() and not final.is_dir():
+            raise FergiError(f"--out {final}: exists and is not a folder")
+        if final.is_dir() and any(final.iterdir()) and not overwrite:
+            raise FergiError(f"--out {final}: folder is not empty (use --overwrite to replace it)")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        # Written beside the target and swapped in at the end: a failed export leaves
+        # the previous one untouched.
+        out = final.with_name(f".{final.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
+        out.mkdir()
+    except OSError as exc:
+        engine.dispose()
+        raise FergiError(f"--out {final}: cannot write there ({exc.strerror or exc})") from None
+    except FergiError:
+        engine.dispose()
+        raise
+    try:
+        summary = _export_into(engine, media, out, include_raw)
+        _swap_in(out, final)
+    except OSError as exc:
+        shutil.rmtree(out, ignore_errors=True)
+        raise FergiError(f"--out {final}: export failed, previous export kept ({exc})") from None
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    summary["out"] = str(final)
+    logger.info(
+        "exported %d session(s) of %d participant(s) to %s (%d skipped)",
+        summary["sessions"], summary["participants"], final, len(summary["skipped"]),
+    )
+    return summary
+
+
+def _swap_in(staged: Path, final: Path) -> None:
+    """Replace ``final`` by the finished ``staged`` folder, the old one removed last."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+        final.rename(old)
+    try:
+        staged.rename(final)
+    except OSError:
+        if old is not None:
+            old.rename(final)
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _export_into(engine, media: Path, out: Path, include_raw: bool) -> dict[str, Any]:
     store = MediaStore(media)
     factory = make_sessionmaker(engine)
     summary: dict[str, Any] = {"participants": 0, "sessions": 0, "images": 0, "raw_clips": 0, "skipped": {}}
@@ -225,9 +302,4 @@ def export_study(
     for name, rows in tables.items():
         _write_csv(out / "study" / f"{name}.csv", headers[name], rows)
     summary["participants"] = len(valid_sessions)
-    summary["out"] = str(out)
-    logger.info(
-        "exported %d session(s) of %d participant(s) to %s (%d skipped)",
-        summary["sessions"], summary["participants"], out, len(summary["skipped"]),
-    )
     return summary

@@ -36,5 +36,10 @@ def decode_snapshot(data: bytes) -> np.ndarray:
             if img.width * img.height > 4096 * 4096:
                 raise ValueError("snapshot is larger than 4096x4096 pixels")
             return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
+    except Image.DecompressionBombError:
+        # Raised by open() itself for huge declared sizes, before the check above.
+        raise ValueError("snapshot is larger than 4096x4096 pixels") from None
+    except ValueError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as exc:
         raise ValueError(f"not a readable image ({exc.__class__.__name__})") from None

@@ -66,7 +66,8 @@ def _split_list(value: Any) -> Any:
     if isinstance(value, str):
         value = value.split(",")
     if isinstance(value, list | tuple):
-        return [str(v).strip() for v in value if str(v).strip()]
+        # Non-strings are passed on untouched so validation refuses them (no str() of a dict).
+        return [v.strip() if isinstance(v, str) else v for v in value if not isinstance(v, str) or v.strip()]
     return value
 
 

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from fergi.study._db import Job, Participant, StudySession
-from fergi.study._deps import DB, Settings, Store, require_admin
+from fergi.study._deps import DB, MAX_DB_INT, Settings, Store, require_admin
 from fergi.study._routes_sessions import PARTICIPANT_ID, session_state
 from fergi.study._worker import enqueue, retry_job
+
+# Ids beyond the databases' INTEGER overflow the driver: refused as 422 before any query.
+DbId = Annotated[int, PathParam(ge=1, le=MAX_DB_INT)]
+ImageIndex = Annotated[int, PathParam(ge=1, le=MAX_DB_INT)]
 
 router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
@@ -123,7 +128,7 @@ def _session(db, session_id: int) -> StudySession:
 
 
 @router.get("/sessions/{session_id}")
-def session_detail(session_id: int, db: DB, settings: Settings) -> dict[str, Any]:
+def session_detail(session_id: DbId, db: DB, settings: Settings) -> dict[str, Any]:
     sess = _session(db, session_id)
     return {
         **session_summary(sess, settings),
@@ -179,7 +184,7 @@ def session_detail(session_id: int, db: DB, settings: Settings) -> dict[str, Any
 
 
 @router.post("/jobs/{job_id}/retry")
-def retry(job_id: int, request: Request, db: DB) -> dict[str, Any]:
+def retry(job_id: DbId, request: Request, db: DB) -> dict[str, Any]:
     job = db.get(Job, job_id)
     if job is None:
         raise HTTPException(404, f"no job {job_id}")
@@ -194,9 +199,12 @@ def retry(job_id: int, request: Request, db: DB) -> dict[str, Any]:
 
 
 @router.post("/sessions/{session_id}/process", status_code=202)
-def process(session_id: int, request: Request, db: DB) -> dict[str, Any]:
+def process(session_id: DbId, request: Request, db: DB) -> dict[str, Any]:
     """Queue (again) the processing of a finished session."""
     sess = _session(db, session_id)
+    if sess.finished_at is None:
+        # Its recording may still be growing; processing (and retention) waits for the end.
+        raise HTTPException(409, f"session {session_id} is not finished yet")
     if not sess.segments:
         raise HTTPException(409, f"session {session_id} has no recording")
     job = enqueue(db, sess.id, "process")
@@ -208,7 +216,7 @@ def process(session_id: int, request: Request, db: DB) -> dict[str, Any]:
 
 
 @router.get("/sessions/{session_id}/images/{index}")
-def admin_image(session_id: int, index: int, db: DB, store: Store) -> FileResponse:
+def admin_image(session_id: DbId, index: ImageIndex, db: DB, store: Store) -> FileResponse:
     sess = _session(db, session_id)
     if not any(i.index == index for i in sess.images):
         raise HTTPException(404, f"session {session_id} has no image {index}")
@@ -217,7 +225,7 @@ def admin_image(session_id: int, index: int, db: DB, store: Store) -> FileRespon
 
 @router.get("/sessions/{session_id}/clips/{index}/{clip}")
 def admin_clip(
-    session_id: int, index: int, clip: Literal["baseline", "reaction"], db: DB, store: Store
+    session_id: DbId, index: ImageIndex, clip: Literal["baseline", "reaction"], db: DB, store: Store
 ) -> FileResponse:
     """A cut face-video clip (biometric data: admin only, never cached)."""
     sess = _session(db, session_id)

@@ -8,9 +8,10 @@ from fastapi import APIRouter, HTTPException
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import IntegrityError
 
 from fergi.study._db import Answer, Ranking, utcnow
-from fergi.study._deps import DB, CurrentSession, Settings, Store
+from fergi.study._deps import DB, MAX_DB_INT, CurrentSession, Settings, Store
 from fergi.study._routes_sessions import session_state
 from fergi.study._worker import enqueue
 
@@ -18,7 +19,7 @@ router = APIRouter(prefix="/api/sessions/{session_id}", tags=["answers"])
 
 
 @router.get("/images/{index}")
-def get_image(sess: CurrentSession, store: Store, index: int = PathParam(ge=1)) -> FileResponse:
+def get_image(sess: CurrentSession, store: Store, index: int = PathParam(ge=1, le=MAX_DB_INT)) -> FileResponse:
     """One generated image of this session (PNG)."""
     if index > sess.n_images:
         raise HTTPException(404, f"this session has {sess.n_images} images, not {index}")
@@ -53,7 +54,7 @@ def put_answer(
     sess: CurrentSession,
     db: DB,
     settings: Settings,
-    index: int = PathParam(ge=1),
+    index: int = PathParam(ge=1, le=MAX_DB_INT),
 ) -> dict[str, Any]:
     """Store the survey of image ``index``, after its presentation has been recorded."""
     if index > sess.n_images:
@@ -87,7 +88,15 @@ def put_answer(
             emotions=sorted(set(body.emotions)),
         )
     )
-    db.commit()
+    try:
+        db.commit()
+    except IntegrityError:  # the same answer raced in twice (a retry); the first one won
+        db.rollback()
+        db.refresh(sess)
+        existing = next((a for a in sess.answers if a.image_index == index), None)
+        if existing is not None and _same_answer(existing, body):
+            return session_state(sess, settings)
+        raise HTTPException(409, f"image {index} is already annotated") from None
     db.refresh(sess)
     return session_state(sess, settings)
 
@@ -110,9 +119,16 @@ def put_ranking(body: RankingRequest, sess: CurrentSession, db: DB, settings: Se
         raise HTTPException(409, "this session is already ranked")
     if len(sess.answers) < sess.n_images:
         raise HTTPException(409, f"annotate all {sess.n_images} images before ranking them")
-    db.add(Ranking(session_id=sess.id, order=list(body.order), method=body.method))
-    sess.finished_at = utcnow()
-    enqueue(db, sess.id, "process")
-    db.commit()
+    try:
+        db.add(Ranking(session_id=sess.id, order=list(body.order), method=body.method))
+        sess.finished_at = utcnow()
+        enqueue(db, sess.id, "process")  # its query autoflushes: the race can surface here
+        db.commit()
+    except IntegrityError:  # the same ranking raced in twice (a retry); the first one won
+        db.rollback()
+        db.refresh(sess)
+        if sess.ranking is not None and list(sess.ranking.order) == body.order:
+            return session_state(sess, settings)
+        raise HTTPException(409, "this session is already ranked") from None
     db.refresh(sess)
     return session_state(sess, settings)

@@ -8,7 +8,7 @@ always concatenate to a playable prefix of the stream.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi import Path as PathParam
@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from fergi.study._db import Chunk, Event, Segment, StudySession
-from fergi.study._deps import DB, CurrentSession, Settings, Store, read_body_limited
+from fergi.study._deps import DB, MAX_DB_INT, CurrentSession, Settings, Store, read_body_limited
 from fergi.study._storage import write_atomic
 
 router = APIRouter(prefix="/api/sessions/{session_id}", tags=["recording"])
@@ -55,7 +55,7 @@ def segment_info(seg: Segment) -> dict[str, Any]:
 
 
 @router.post("/recording/segments", status_code=201)
-def start_segment(body: SegmentRequest, sess: CurrentSession, db: DB) -> dict[str, Any]:
+def start_segment(body: SegmentRequest, sess: CurrentSession, db: DB, settings: Settings) -> dict[str, Any]:
     """Announce a new MediaRecorder stream (the first one, or after a reload)."""
     if sess.consent_at is None:
         raise HTTPException(409, "recording is refused before consent")
@@ -65,6 +65,11 @@ def start_segment(body: SegmentRequest, sess: CurrentSession, db: DB) -> dict[st
         raise HTTPException(409, "this session is finished")
     if _mime(body.mime_type) != "video/webm":
         raise HTTPException(415, f"recording must be video/webm (VP9), not {body.mime_type!r}")
+    if len(sess.segments) >= settings.max_segments_per_session:
+        raise HTTPException(
+            413, f"this session already has {len(sess.segments)} recording segments; "
+            f"the limit is {settings.max_segments_per_session}"
+        )
     seg = Segment(
         session_id=sess.id,
         index=len(sess.segments),
@@ -81,8 +86,11 @@ def start_segment(body: SegmentRequest, sess: CurrentSession, db: DB) -> dict[st
     return segment_info(seg)
 
 
+SegmentIndex = Annotated[int, PathParam(ge=0, le=MAX_DB_INT)]
+
+
 @router.get("/recording/{segment}")
-def get_segment(segment: int, sess: CurrentSession, db: DB) -> dict[str, Any]:
+def get_segment(segment: SegmentIndex, sess: CurrentSession, db: DB) -> dict[str, Any]:
     """What the server has of a segment: resume uploading at ``next_seq``."""
     return segment_info(_segment(db, sess, segment))
 
@@ -94,7 +102,7 @@ async def put_chunk(
     db: DB,
     settings: Settings,
     store: Store,
-    segment: int = PathParam(ge=0),
+    segment: int = PathParam(ge=0, le=MAX_DB_INT),
     seq: int = PathParam(ge=0, le=1_000_000),
 ) -> dict[str, Any]:
     """Store chunk ``seq`` of a segment (body: the raw webm bytes, Content-Type video/webm)."""
@@ -125,6 +133,12 @@ async def put_chunk(
         raise HTTPException(
             413, f"recording exceeds the limit of {settings.max_recording_bytes} bytes per segment"
         )
+    session_bytes = sum(s.n_bytes for s in sess.segments)
+    if session_bytes + len(data) > settings.max_session_recording_bytes:
+        raise HTTPException(
+            413,
+            f"recording exceeds the limit of {settings.max_session_recording_bytes} bytes per session",
+        )
     # The file is durable before the database says it exists: an accepted chunk is never lost.
     write_atomic(store.chunk_path(sess.id, segment, seq), data)
     db.add(Chunk(segment_id=seg.id, seq=seq, size=len(data), sha256=digest))
@@ -140,11 +154,11 @@ async def put_chunk(
 
 
 class CompleteRequest(BaseModel):
-    n_chunks: int = Field(ge=0)
+    n_chunks: int = Field(ge=0, le=MAX_DB_INT)
 
 
 @router.post("/recording/{segment}/complete")
-def complete_segment(segment: int, body: CompleteRequest, sess: CurrentSession, db: DB) -> dict[str, Any]:
+def complete_segment(segment: SegmentIndex, body: CompleteRequest, sess: CurrentSession, db: DB) -> dict[str, Any]:
     """Mark a segment as fully uploaded (the recorder stopped and every chunk arrived)."""
     seg = _segment(db, sess, segment)
     if body.n_chunks != seg.n_chunks:
@@ -161,8 +175,8 @@ def complete_segment(segment: int, body: CompleteRequest, sess: CurrentSession, 
 
 
 class EventRequest(BaseModel):
-    segment: int = Field(ge=0)
-    image_index: int = Field(ge=1)
+    segment: int = Field(ge=0, le=MAX_DB_INT)
+    image_index: int = Field(ge=1, le=MAX_DB_INT)
     kind: Literal["baseline_start", "image_shown", "image_hidden"]
     video_time: float = Field(ge=0, le=24 * 3600)
 

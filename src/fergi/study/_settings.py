@@ -87,7 +87,9 @@ class StudySettings(BaseSettings):
 
     # Upload limits.
     max_chunk_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
-    max_recording_bytes: int = Field(default=1024 * 1024 * 1024, gt=0)
+    max_recording_bytes: int = Field(default=1024 * 1024 * 1024, gt=0)  # per segment
+    max_session_recording_bytes: int = Field(default=4 * 1024 * 1024 * 1024, gt=0)
+    max_segments_per_session: int = Field(default=100, ge=1)
     max_snapshot_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
     chunk_ms: int = Field(default=1000, ge=100, le=10000)
     rate_limit_per_minute: int = Field(default=600, ge=1)

@@ -80,6 +80,28 @@ def select_image_events(events: list[Any], n_images: int) -> dict[int, tuple[int
     return chosen
 
 
+def retention_blocker(sess: StudySession) -> str | None:
+    """Why the raw video of a session may not be deleted yet; None when it may.
+
+    Only a finished session whose every segment is complete (no chunk can still be
+    accepted) and whose every image has both clips loses its raw upload.
+    """
+    if sess.finished_at is None:
+        return "session not finished"
+    if not sess.segments:
+        return "no recording"
+    open_segments = [seg.index for seg in sess.segments if not seg.complete]
+    if open_segments:
+        return f"segment {open_segments[0]} not complete"
+    have = {(c.image_index, c.clip) for c in sess.clips if c.features_file}
+    missing = [
+        i for i in range(1, sess.n_images + 1) if not {(i, "baseline"), (i, "reaction")} <= have
+    ]
+    if missing:
+        return f"image {missing[0]} has no clips"
+    return None
+
+
 class Worker:
     """Polls the job table in background threads (one per job kind).
 
@@ -418,8 +440,16 @@ class Worker:
         on_stage("store", "done")
         shutil.rmtree(work, ignore_errors=True)
         if self.settings.retention == "delete_after_features":
-            self._delete_raw_video(db, sess)
-            on_stage("retention", "raw video deleted")
+            # Re-read: chunks or a new segment may have arrived while this job ran.
+            db.expire_all()
+            sess = db.get(StudySession, job.session_id)
+            reason = retention_blocker(sess)
+            if reason is None:
+                self._delete_raw_video(db, sess)
+                on_stage("retention", "raw video deleted")
+            else:
+                logger.info("session %d: raw video kept (%s)", sess.id, reason)
+                on_stage("retention", f"raw video kept: {reason}")
 
     def _relabel(self, activations, invalid: list[int]):
         """Labels over images presented in different recording segments (after a reload)."""

@@ -116,7 +116,8 @@ async function showDetail(id) {
   }
   box.append(table);
   if (d.ranking) box.append(el("p", `Ranking (best first): ${d.ranking.order.join(" > ")} (${d.ranking.method})`));
-  if (d.segments.length) {
+  // Only a finished session can be processed: its recording may still be growing.
+  if (d.segments.length && d.finished_at) {
     const again = el("button", "Process again", "secondary");
     again.addEventListener("click", async () => {
       try { await api("POST", `api/admin/sessions/${d.id}/process`); refresh(); } catch (e) { banner(e.message); }
