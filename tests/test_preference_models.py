@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from fergi import FergiError
+from fergi.datasets import ACTIVATION_COLUMNS, SCORE_COLUMNS
 from fergi.preference import (
     AUcombValence,
     EnsembleScore,
@@ -25,9 +26,8 @@ from fergi.preference import (
     save_model,
     write_jsonl,
 )
-from fergi.preference._faunet import ACTIVATION_COLUMNS
 
-SCORES = ("CLIP_score", "Aesthetic_score", "BLIP_score", "ImageReward_score", "PickScore", "HPS_V2_score")
+SCORES = SCORE_COLUMNS
 
 
 def synthetic_table(n_participants=5, n_sessions=6, seed=0, signal=1.0):

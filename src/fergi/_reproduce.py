@@ -158,7 +158,6 @@ def reproduce(
 
     # Figs. 3 and 4 need only the statistics: draw them in another process while the
     # preference tables are computed (matplotlib is single-threaded and takes seconds).
-    t = time.perf_counter()
     pending = _start_reaction_figures(table, stats, out) if out is not None and figures else None
 
     skip = _preference_skip_reason(table, excluded) if preference else None

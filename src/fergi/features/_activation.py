@@ -20,18 +20,12 @@ import numpy as np
 import pandas as pd
 
 from fergi._errors import FergiError
+from fergi._validation import require_columns
 from fergi.datasets._schema import AU_NAMES, activation_column
 
 CLIP_KEYS: tuple[str, ...] = ("participant", "session", "image", "clip")
 
 _POSE_COLUMNS = ("face_detection_confidence_score", "pitch_indicative_ratio", "yaw_indicative_ratio")
-
-
-def _check_columns(frames: pd.DataFrame, columns: Iterable[str], what: str = "frames") -> None:
-    missing = [c for c in columns if c not in frames.columns]
-    if missing:
-        source = frames.attrs.get("source", what)
-        raise FergiError(f"{source}: missing column(s) {', '.join(missing)}")
 
 
 def frame_validity(
@@ -57,7 +51,7 @@ def frame_validity(
     -------
     pandas.Series of bool
     """
-    _check_columns(frames, _POSE_COLUMNS)
+    require_columns(frames, _POSE_COLUMNS, "frames")
     conf = frames["face_detection_confidence_score"].to_numpy(dtype=float)
     pir = frames["pitch_indicative_ratio"].to_numpy(dtype=float)
     yir = frames["yaw_indicative_ratio"].to_numpy(dtype=float)
@@ -123,7 +117,7 @@ def compute_activation_values(
         ``clip_valid`` says whether to use them.
     """
     aus = list(aus)
-    _check_columns(frames, ["timestamp", *aus])
+    require_columns(frames, ["timestamp", *aus], "frames")
     keys = [k for k in CLIP_KEYS if k in frames.columns]
     n = len(frames)
     if n == 0:
@@ -228,7 +222,7 @@ def screen_participants(
         Excluded participant IDs, sorted.
     """
     column = activation_column(au)
-    _check_columns(clips, ["participant", "clip", "clip_valid", column], "clips")
+    require_columns(clips, ["participant", "clip", "clip_valid", column], "clips")
     baseline = clips[(clips["clip"] == "baseline") & clips["clip_valid"]]
     levels = baseline.groupby("participant", observed=True)[column].quantile(quantile)
     return sorted(str(p) for p in levels.index[levels >= threshold])
@@ -259,8 +253,8 @@ def image_table(
     pandas.DataFrame
     """
     keys = ["participant", "session", "image"]
-    _check_columns(clips, [*keys, "clip", "clip_valid"], "clips")
-    _check_columns(images, keys, "images")
+    require_columns(clips, [*keys, "clip", "clip_valid"], "clips")
+    require_columns(images, keys, "images")
     reaction = clips[(clips["clip"] == "reaction") & clips["clip_valid"]]
     activation = [c for c in reaction.columns if c.endswith("_activation_value")]
     reaction = reaction[[*keys, *activation]].copy()

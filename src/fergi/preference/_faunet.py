@@ -20,11 +20,10 @@ import numpy as np
 import pandas as pd
 
 from fergi._errors import FergiError
+from fergi.datasets._schema import ACTIVATION_COLUMNS
 from fergi.preference._base import PreferenceModel
 from fergi.preference._pairs import PairIndex, pair_index
 
-AU_NAMES = ("AU1", "AU2", "AU4", "AU5", "AU6", "AU9", "AU12", "AU15", "AU17", "AU20", "AU25", "AU26")
-ACTIVATION_COLUMNS = tuple(f"{au}_activation_value" for au in AU_NAMES)
 _PARAM_NAMES = ("pre_weight", "pre_bias", "hidden_weight", "hidden_bias", "out_weight", "out_bias")
 
 

@@ -8,17 +8,9 @@ import numpy as np
 import pandas as pd
 
 from fergi._errors import FergiError
+from fergi._validation import require_columns
 
 KEY_COLUMNS = ("participant", "session", "image")
-
-
-def require_columns(table: pd.DataFrame, columns, what: str = "image table") -> None:
-    """Raise a one-line :class:`~fergi.FergiError` naming the missing columns."""
-    if not isinstance(table, pd.DataFrame):
-        raise FergiError(f"{what}: expected a pandas DataFrame, got {type(table).__name__}")
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise FergiError(f"{what}: missing column(s) {', '.join(missing)}")
 
 
 @dataclass(frozen=True)

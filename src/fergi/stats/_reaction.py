@@ -10,16 +10,10 @@ import pandas as pd
 from scipy import stats
 
 from fergi._errors import FergiError
+from fergi._validation import require_columns
 from fergi.datasets._schema import AU_NAMES, EMOTIONS, activation_column
 
 STAT_COLUMNS = ("au", "test", "statistic_name", "statistic", "p", "n", "significant")
-
-
-def _require(table: pd.DataFrame, columns: Sequence[str]) -> None:
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        source = table.attrs.get("source", "image table")
-        raise FergiError(f"{source}: missing column(s) {', '.join(missing)}")
 
 
 def reaction_statistics(
@@ -73,7 +67,7 @@ def reaction_statistics(
     aus = list(aus)
     emotions = list(emotions)
     columns = [activation_column(au) for au in aus]
-    _require(table, [*columns, rating, *emotions])
+    require_columns(table, [*columns, rating, *emotions], "image table")
     if n_tests is None:
         n_tests = len(aus) * (2 + len(emotions))
     if n_tests < 1:
