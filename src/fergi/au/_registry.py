@@ -26,6 +26,9 @@ class AUEstimatorSpec:
         What the numbers mean.
     needs_reference : bool
         Whether a neutral reference (baseline) changes the output.
+    version : str
+        Version of the estimator's algorithm; bumped whenever its output changes, and
+        written to ``features_meta.json`` so that models know which scale they read.
     """
 
     name: str
@@ -34,6 +37,7 @@ class AUEstimatorSpec:
     preprocessing: str
     output_scale: str
     needs_reference: bool
+    version: str = "1"
 
 
 _REGISTRY: dict[str, AUEstimatorSpec] = {}

@@ -15,6 +15,15 @@ from fergi.datasets._load import (
     load_invalid_images,
     load_valid_sessions,
 )
+from fergi.datasets._provenance import (
+    META_NAME,
+    FeatureProvenance,
+    feature_provenance,
+    is_public_release,
+    read_features_meta,
+    sha256_file,
+    write_features_meta,
+)
 from fergi.datasets._schema import (
     ACTIVATION_COLUMNS,
     AU_NAMES,
@@ -40,10 +49,14 @@ __all__ = [
     "IMAGE_COLUMNS",
     "ISSUES",
     "KEY_COLUMNS",
+    "META_NAME",
     "RATINGS",
     "SCORE_COLUMNS",
     "activation_column",
+    "FeatureProvenance",
     "default_cache_dir",
+    "feature_provenance",
+    "is_public_release",
     "fetch_fergi",
     "list_clip_files",
     "load_frames",
@@ -51,5 +64,8 @@ __all__ = [
     "load_invalid_images",
     "load_manifest",
     "load_valid_sessions",
+    "read_features_meta",
+    "sha256_file",
     "verify_release",
+    "write_features_meta",
 ]
