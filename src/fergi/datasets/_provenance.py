@@ -213,7 +213,13 @@ def read_features_meta(path: str | os.PathLike) -> FeatureProvenance:
 
 def _feature_files(root: Path) -> list[Path]:
     base = root / "data" if (root / "data").is_dir() else root
-    return sorted(p for p in base.rglob("*_features.*") if p.suffix.lower() in (".csv", ".parquet"))
+    found = []
+    # os.walk with followlinks: a study folder may link participant folders in.
+    for folder, _dirs, names in os.walk(base, followlinks=True):
+        for name in names:
+            if "_features." in name and name.lower().endswith((".csv", ".parquet")):
+                found.append(Path(folder) / name)
+    return sorted(found)
 
 
 def is_public_release(root: str | os.PathLike, files: list[Path] | None = None) -> bool:

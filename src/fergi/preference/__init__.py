@@ -13,13 +13,33 @@ image table of :func:`fergi.features.image_table`:
     ``s_m + a * s_AU`` (eq. 10).
 ``FAUNet``
     The authors' later neural model over all 12 AUs.
+``Linear12Valence``
+    An L2 pairwise logistic model over the square roots of all 12 activation values.
+``AnnotationModel``
+    A valence model with its normalisation (``baseline_median``, ``quantile`` or
+    ``none``), integration with the score ensemble, fallback and feature provenance:
+    what ``fergi annotate`` and the study use. The shipped default is scale-free.
 
-:func:`lopo_evaluate` runs leave-one-participant-out evaluation of any of them;
+:func:`evaluate_lopo` evaluates an annotation model under strict leave-one-participant-out
+with participant-bootstrap intervals; :func:`lopo_evaluate` runs LOPO on an image table;
 :func:`reproduce_paper_tables` recomputes Tables 1 and 2 and the FAU-Net results exactly as
-published; :func:`annotate_pairs` labels pairs of unranked images.
+published (and the strict variant of Table 2); :func:`annotate_reactions` labels pairs of
+unranked images from a study's reactions.
 """
 
+from fergi.preference._annotation import (
+    BASELINE_K_GRID,
+    AnnotationModel,
+    ReactionData,
+    check_compatibility,
+    default_valence,
+    evaluate_lopo,
+    format_evaluation,
+    participant_summary,
+    reaction_data_from_frames,
+)
 from fergi.preference._aucomb import AUcombValence, aucomb_scores
+from fergi.preference._bootstrap import bootstrap_ratio, bootstrap_selective, paired_difference
 from fergi.preference._base import PreferenceModel, clone
 from fergi.preference._coverage import coverage_curve
 from fergi.preference._ensemble import EnsembleScore, IntegratedScore
@@ -31,40 +51,60 @@ from fergi.preference._grids import (
     THRESHOLD_GRID,
     W_AU4_GRID,
 )
+from fergi.preference._data import load_reaction_data
 from fergi.preference._io import (
+    RAW_MODEL,
     annotate_pairs,
+    annotate_reactions,
     default_model_path,
     load_model,
     save_model,
     write_jsonl,
 )
+from fergi.preference._linear import Linear12Valence
 from fergi.preference._lopo import LOPOResult, lopo_evaluate
 from fergi.preference._pairs import make_pairs
 from fergi.preference._paper import DISCREPANCY, reproduce_paper_tables
 from fergi.preference._report import format_paper_tables
 
 __all__ = [
+    "BASELINE_K_GRID",
     "DISCREPANCY",
     "ENSEMBLE_GRID",
     "INTEGRATION_GRID",
     "K_GRID",
+    "RAW_MODEL",
     "THRESHOLD_GRID",
     "W_AU4_GRID",
     "AUcombValence",
+    "AnnotationModel",
     "EnsembleScore",
     "FAUNet",
     "IntegratedScore",
     "LOPOResult",
+    "Linear12Valence",
     "PreferenceModel",
+    "ReactionData",
     "annotate_pairs",
+    "annotate_reactions",
     "aucomb_scores",
+    "bootstrap_ratio",
+    "bootstrap_selective",
+    "check_compatibility",
     "clone",
     "coverage_curve",
     "default_model_path",
+    "default_valence",
+    "evaluate_lopo",
+    "format_evaluation",
     "format_paper_tables",
     "load_model",
+    "load_reaction_data",
     "lopo_evaluate",
     "make_pairs",
+    "paired_difference",
+    "participant_summary",
+    "reaction_data_from_frames",
     "reproduce_paper_tables",
     "save_model",
     "write_jsonl",

@@ -1,8 +1,18 @@
-"""Regenerate the shipped default model: ``python -m fergi.preference._make_default [--data PATH]``.
+"""Regenerate the shipped models: ``python -m fergi.preference._make_default [--data PATH]``.
 
-Fits :class:`AUcombValence` (published grids, eq. 5) on every pair of the participants that
-pass the AU4 screening of the public release (30 of 33) and writes
-``fergi/preference/models/aucomb_fergi30.json``.
+Both are fitted on every pair of the 30 participants of the public release that pass the
+AU4 screening, with the published grids:
+
+``aucomb_baseline_fergi30.json`` (the default)
+    AUcomb on activation values in baseline units (divided by each participant's median
+    baseline activation), a quantile-mapped AUcomb as the fallback for participants with
+    too few baseline clips, and the integration with the ImageReward / PickScore / HPS v2
+    ensemble (eq. 10). Scale-free: valid for any AU estimator.
+``aucomb_raw_fergi30.json``
+    The paper's AUcomb on raw IR-50 activation values (eq. 5), with the integration.
+    Valid only on features of the release's scale (``ir50-fergi``).
+
+The metadata of each records its strict leave-one-participant-out figures.
 """
 
 from __future__ import annotations
@@ -10,47 +20,45 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fergi.preference._io import default_model_path, save_model
+from fergi.preference._io import DEFAULT_MODEL, RAW_MODEL, default_model_path, save_model
 
 
-def release_table(path):
-    """Image table and screened-out participants of a release folder (fergi loaders)."""
-    from fergi.datasets import load_frames, load_images, load_invalid_images
-    from fergi.features import compute_activation_values, image_table, screen_participants
-
-    clips = compute_activation_values(load_frames(path))
-    table = image_table(load_images(path), clips, load_invalid_images(path))
-    return table, screen_participants(clips)
-
-
-def make_default(data, out: Path | None = None) -> Path:
-    """Fit the default AUcomb model on the screened participants of ``data`` and save it."""
+def make_models(data, out_dir: Path | None = None, *, evaluate: bool = True) -> list[Path]:
+    """Fit the shipped models on the screened participants of ``data`` and save them."""
     from fergi.datasets import fetch_fergi
-    from fergi.preference._aucomb import AUcombValence
+    from fergi.preference._annotation import AnnotationModel, default_valence, evaluate_lopo
+    from fergi.preference._data import load_reaction_data
 
     root = fetch_fergi(data, download=data is None)
-    table, excluded = release_table(root)
-    table = table[~table["participant"].isin(excluded)]
-    model = AUcombValence().fit(table)
-    metadata = {
-        "description": "AUcomb valence model fitted on all pairs of the 30 participants of the "
-                       "public FERGI release that pass the AU4 screening",
-        "excluded_participants": sorted(excluded),
-        "n_participants": int(table["participant"].nunique()),
-        "n_training_pairs": model.n_pairs_,
-        "training_selected_pairs": model.n_correct_ + model.n_incorrect_,
-        "training_accuracy_selected": round(100 * model.n_correct_ / max(1, model.n_correct_ + model.n_incorrect_), 2),
-        "activation_scale": "AU activation values of the release's IR-50 AU model (DISFA 0-5 scale)",
-    }
-    return save_model(model, out or default_model_path(), metadata=metadata)
+    data, excluded = load_reaction_data(root, screen=True, need_rankings=True)
+    data = data.subset([p for p in data.participants if p not in excluded])
+    written = []
+    for name, normalization in ((DEFAULT_MODEL, "baseline_median"), (RAW_MODEL, "none")):
+        model = AnnotationModel(default_valence("aucomb", normalization), normalization)
+        metadata = {
+            "description": "AUcomb valence model fitted on all pairs of the 30 participants of "
+                           "the public FERGI release that pass the AU4 screening",
+            "excluded_participants": sorted(excluded),
+            "n_participants": len(data.participants),
+        }
+        if evaluate:
+            result = evaluate_lopo(model, data)
+            metadata["strict_lopo"] = {
+                key: result[key] for key in ("n_pairs", "selective", "independent", "integrated",
+                                             "integrated_selective", "at_coverage") if key in result}
+        model.fit(data)
+        target = (out_dir / name) if out_dir is not None else default_model_path(name)
+        written.append(save_model(model, target, metadata=metadata))
+    return written
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="release folder (default: fetch/cached public release)")
-    parser.add_argument("--out", type=Path, help="output file (default: the packaged model)")
+    parser.add_argument("--out", type=Path, help="output folder (default: the packaged models)")
     args = parser.parse_args(argv)
-    print(make_default(args.data, args.out))
+    for path in make_models(args.data, args.out):
+        print(path)
     return 0
 
 

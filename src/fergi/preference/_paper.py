@@ -47,6 +47,11 @@ DISCREPANCY = (
     "Table 2 'published' = the authors' code, which scored AUcomb as w_AU4*s_AU12*s_AU4 + "
     "w_AU12*s_AU12; 'eq. 5' = the formula as the paper writes it (w_AU4*s_AU4 + w_AU12*s_AU12)."
 )
+STRICT_NOTE = (
+    "'strict' = eq. 5 with everything refitted inside each fold: the published procedure scores "
+    "the training participants with AUcomb and ensemble weights from folds that contained the "
+    "held-out participant; strict LOPO scores every image with the held-out fold's own fits."
+)
 PUBLISHED = {
     "table1": {"CLIP": 58.25, "Aesthetic": 51.39, "BLIP": 49.78, "ImageReward": 62.19,
                "PickScore": 61.31, "HPSv2": 62.04, "Ensemble": 66.57, "AUcomb": 72.70},
@@ -122,22 +127,29 @@ def _ensemble_folds(data: _Data, grid=ENSEMBLE_GRID):
     return weights, test_ok, data.n_pairs_per_group - test_ok
 
 
-def _integration_folds(data: _Data, valence: np.ndarray, image_weights: np.ndarray, a_grid):
-    """Per-fold integration weight and held-out counts for every integrated score."""
+def _integration_folds(data: _Data, valence, image_weights, a_grid):
+    """Per-fold integration weight and held-out counts for every integrated score.
+
+    ``valence`` (per-image scores) and ``image_weights`` (per-image ensemble weights) are
+    arrays, as in the published procedure, or functions of the fold ``g`` returning them
+    (the strict procedure: everything from fold ``g``'s own fits).
+    """
     pairs = data.pairs
     a = np.asarray(a_grid, dtype=float)
-    # (base_a + a * v_a) - (base_b + a * v_b), evaluated in the published order.
-    av_a, av_b = a[:, None] * valence[pairs.a], a[:, None] * valence[pairs.b]
     out = {name: {"a": np.empty(data.n_groups), "ok": np.empty(data.n_groups, np.int64),
                   "bad": np.empty(data.n_groups, np.int64)} for name in INTEGRATED}
     cols = {"ImageReward": 0, "PickScore": 1, "HPSv2": 2}
     for g in range(data.n_groups):
+        v = valence(g) if callable(valence) else valence
+        # (base_a + a * v_a) - (base_b + a * v_b), evaluated in the published order.
+        av_a, av_b = a[:, None] * v[pairs.a], a[:, None] * v[pairs.b]
+        w = image_weights(g) if callable(image_weights) else image_weights
         z = data.fold_z(g, data.ens_raw)
         bases = {name: z[:, c] for name, c in cols.items()}
-        # Each image's own participant's fold weights on this fold's z-scores (published code).
-        ens = image_weights[:, 0] * z[:, 0]
+        # Published code: each image's own participant's fold weights on this fold's z-scores.
+        ens = w[:, 0] * z[:, 0]
         for c in range(1, z.shape[1]):
-            ens = ens + image_weights[:, c] * z[:, c]
+            ens = ens + w[:, c] * z[:, c]
         bases["Ensemble"] = ens
         for name in INTEGRATED:
             base = bases[name]
@@ -235,10 +247,23 @@ def aucomb_tables(table: pd.DataFrame, participants, *, a_grid=INTEGRATION_GRID,
         integ = _integration_folds(data, v, image_weights, a_grid)
         integrations[formula] = integ
         order = ["CLIP", "Aesthetic", "BLIP", "AUcomb", "ImageReward", "PickScore", "HPSv2", "Ensemble"]
+        # Strict LOPO: fold g's own (k, w_AU4) and ensemble weights score every image, so
+        # the held-out participant never shaped the training rows' scores.
+        fold_k = np.array([m.k_ for m in fit_list])
+        fold_w = np.array([m.w_au4_ for m in fit_list])
+        strict = _integration_folds(
+            data,
+            lambda g, formula=formula: aucomb_scores(au4, au12, fold_k[g], fold_w[g], formula),
+            lambda g: np.broadcast_to(weights[g], (len(t), weights.shape[1])),
+            a_grid,
+        )
         tables2[formula] = {
             "n_pairs": len(pairs),
             "independent": {name: _pct(*counts[name]) for name in order},
             "with_aus": {name: _pct(integ[name]["ok"], integ[name]["bad"]) for name in INTEGRATED},
+            # Independent accuracies need no change: every held-out pair is already scored
+            # by its own fold's fits alone.
+            "strict_with_aus": {name: _pct(strict[name]["ok"], strict[name]["bad"]) for name in INTEGRATED},
         }
         if formula == "published_code":
             per["AUcomb_valence_score_n_correct"], per["AUcomb_valence_score_n_incorrect"] = counts["AUcomb"]

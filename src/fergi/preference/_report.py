@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from fergi.preference._paper import DISCREPANCY, PUBLISHED
+from fergi.preference._paper import DISCREPANCY, PUBLISHED, STRICT_NOTE
 
 _NAMES = {
     "CLIP": "CLIP Score",
@@ -59,14 +59,23 @@ def format_paper_tables(results: dict) -> str:
     lines.append("")
     t2p, t2 = results["table2_published_formula"], results["table2"]
     lines.append(f"Table 2. Accuracy on all {t2['n_pairs']} pairs: independent / integrated with AUcomb (eq. 10)")
-    lines.append(f"  {'':<26}{'published code':>22}{'eq. 5 as written':>22}")
-    lines.append(f"  {'Model':<26}{'Ind. Acc.':>11}{'w/ AUs':>11}{'Ind. Acc.':>11}{'w/ AUs':>11}")
+    strict = t2.get("strict_with_aus")
+    head = f"  {'':<26}{'published code':>22}{'eq. 5 as written':>22}"
+    cols = f"  {'Model':<26}{'Ind. Acc.':>11}{'w/ AUs':>11}{'Ind. Acc.':>11}{'w/ AUs':>11}"
+    if strict is not None:
+        head += f"{'strict':>11}"
+        cols += f"{'w/ AUs':>11}"
+    lines += [head, cols]
     for key in ("CLIP", "Aesthetic", "BLIP", "AUcomb", "ImageReward", "PickScore", "HPSv2", "Ensemble"):
-        row = (t2p["independent"][key], t2p["with_aus"].get(key), t2["independent"][key], t2["with_aus"].get(key))
+        row = [t2p["independent"][key], t2p["with_aus"].get(key), t2["independent"][key], t2["with_aus"].get(key)]
+        if strict is not None:
+            row.append(strict.get(key))
         text = "".join(f"{_f(v):>11}" for v in row)
         marks = _mark(row[0], pub["table2_independent"].get(key)) or _mark(row[1], pub["table2_with_aus"].get(key))
         lines.append(f"  {_NAMES[key]:<26}{text}{marks}")
     lines.append(f"  Note: {DISCREPANCY}")
+    if strict is not None:
+        lines.append(f"  Note: {STRICT_NOTE}")
     if "faunet" in results:
         fn = results["faunet"]
         lines.append("")

@@ -160,21 +160,12 @@ def _features_stage(clips, out_dir: Path, *, estimator, checkpoint, fps, resume)
 
 
 def _activations_stage(frames, *, participant: str, session: int):
-    import pandas as pd
-
     from fergi.features import compute_activation_values
 
-    tables = []
-    for (image, clip), table in sorted(frames.items()):
-        keyed = table.copy()
-        keyed.insert(0, "clip", clip)
-        keyed.insert(0, "image", int(image))
-        keyed.insert(0, "session", int(session))
-        keyed.insert(0, "participant", str(participant))
-        tables.append(keyed)
-    if not tables:
+    table = _frames_table(frames, participant=participant, session=session)
+    if table is None:
         raise FergiError("no clips to summarise")
-    return compute_activation_values(pd.concat(tables, ignore_index=True))
+    return compute_activation_values(table)
 
 
 LABEL_COLUMNS = (
@@ -188,11 +179,50 @@ LABEL_COLUMNS = (
 )
 
 
-def _labels_stage(activations, *, model, invalid_images):
+def _frames_table(frames, *, participant: str, session: int):
+    """The per-frame tables of a session's clips as one keyed table (``load_frames`` layout)."""
+    import pandas as pd
+
+    tables = []
+    for (image, clip), table in sorted(frames.items()):
+        keyed = table.copy()
+        keyed.insert(0, "clip", clip)
+        keyed.insert(0, "image", int(image))
+        keyed.insert(0, "session", int(session))
+        keyed.insert(0, "participant", str(participant))
+        tables.append(keyed)
+    return pd.concat(tables, ignore_index=True) if tables else None
+
+
+def session_provenance(estimator, checkpoint=None):
+    """Provenance of the features the study computes: each reaction clip is measured
+    against its own image's baseline clip."""
+    from fergi.au import get_au_estimator_spec
+    from fergi.datasets import FeatureProvenance, sha256_file
+
+    name = estimator if isinstance(estimator, str) else getattr(getattr(estimator, "spec", None), "name", "unknown")
+    try:
+        spec = get_au_estimator_spec(name)
+    except FergiError:
+        return FeatureProvenance(name)
+    return FeatureProvenance(
+        name, estimator_version=spec.version,
+        checkpoint_sha256=sha256_file(checkpoint) if checkpoint is not None else None,
+        neutral_reference="baseline_clip" if spec.needs_reference else "absolute",
+    )
+
+
+def _labels_stage(activations, *, model, invalid_images, frames=None, provenance=None):
+    """Pairwise labels of a session's valid images.
+
+    With an :class:`~fergi.preference.AnnotationModel` (the default is scale-free), the
+    session's own baseline clips normalise its reactions; its per-frame ``frames`` feed
+    the quantile fallback when too few baseline clips are valid.
+    """
     import pandas as pd
 
     try:
-        from fergi.preference import annotate_pairs, load_model
+        from fergi.preference import AnnotationModel, ReactionData, annotate_reactions, load_model
     except ImportError:
         raise FergiError(
             "annotation model unavailable (fergi.preference.annotate_pairs is not installed)"
@@ -202,16 +232,34 @@ def _labels_stage(activations, *, model, invalid_images):
             model = load_model(None)
         except FergiError as exc:
             raise FergiError(f"annotation model unavailable ({exc})") from exc
-    table = activations[
+    reaction = activations[
         (activations["clip"] == "reaction")
         & activations["clip_valid"].astype(bool)
         & ~activations["image"].isin(set(invalid_images))
     ]
-    table = table.dropna(subset=["AU4_activation_value", "AU12_activation_value"])
-    if len(table) < 2:
+    reaction = reaction.dropna(subset=["AU4_activation_value", "AU12_activation_value"])
+    if len(reaction) < 2:
         logger.info("fewer than 2 valid reaction clips: no pairs to label")
         return pd.DataFrame(columns=list(LABEL_COLUMNS))
-    return annotate_pairs(table.reset_index(drop=True), model)
+    from fergi.datasets import FeatureProvenance
+
+    keys = ["participant", "session", "image"]
+    clips = activations.assign(participant=activations["participant"].astype(str))
+    participant, session = str(clips["participant"].iloc[0]), int(clips["session"].iloc[0])
+    data = ReactionData(
+        clips=clips,
+        images=clips.loc[clips["clip"] == "reaction", keys].reset_index(drop=True),
+        invalid={(participant, session, int(i)) for i in invalid_images},
+        provenance=provenance or FeatureProvenance("unknown"),
+        frames=frames,
+        source=f"participant {participant} session {session}",
+    )
+    if not isinstance(model, AnnotationModel):
+        # A bare valence model from an older model file: raw values, as before.
+        from fergi.preference import annotate_pairs
+
+        return annotate_pairs(reaction.reset_index(drop=True), model)
+    return annotate_reactions(data, model)
 
 
 def process_session_media(
@@ -343,7 +391,14 @@ def process_session_media(
         "activations", lambda: _activations_stage(frames, participant=participant, session=session)
     )
     labels = stages.run(
-        "labels", lambda: _labels_stage(activations, model=model, invalid_images=invalid_images)
+        "labels",
+        lambda: _labels_stage(
+            activations,
+            model=model,
+            invalid_images=invalid_images,
+            frames=_frames_table(frames, participant=participant, session=session),
+            provenance=session_provenance(estimator, checkpoint),
+        ),
     )
     return SessionResult(
         clips=clips,

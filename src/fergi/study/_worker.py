@@ -389,7 +389,7 @@ class Worker:
         on_stage("store", "running")
         act = pd.concat(activations, ignore_index=True) if activations else pd.DataFrame()
         if len(groups) > 1 and len(act):
-            labels = [self._relabel(act, invalid)]
+            labels = [self._relabel(act, invalid, frames, sess)]
         for old in list(sess.clips) + list(sess.labels):
             db.delete(old)
         db.flush()
@@ -451,11 +451,17 @@ class Worker:
                 logger.info("session %d: raw video kept (%s)", sess.id, reason)
                 on_stage("retention", f"raw video kept: {reason}")
 
-    def _relabel(self, activations, invalid: list[int]):
+    def _relabel(self, activations, invalid: list[int], frames, sess):
         """Labels over images presented in different recording segments (after a reload)."""
-        from fergi.study._pipeline import _labels_stage
+        from fergi.study._pipeline import _frames_table, _labels_stage, session_provenance
 
-        return _labels_stage(activations, model=self._annotation_model(), invalid_images=invalid)
+        return _labels_stage(
+            activations,
+            model=self._annotation_model(),
+            invalid_images=invalid,
+            frames=_frames_table(frames, participant=sess.participant_id, session=sess.index),
+            provenance=session_provenance(self.settings.estimator),
+        )
 
     def _delete_raw_video(self, db: Session, sess: StudySession) -> None:
         """Retention: features are extracted, so the face video itself goes."""
