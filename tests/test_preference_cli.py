@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from fergi.cli import main
+from fergi.preference import load_model
 
 PARTICIPANTS = ("001", "005", "006", "007")
 
@@ -35,9 +36,17 @@ def test_fit_prints_lopo_accuracy_and_writes_model(fergi_public, tmp_path, capsy
     out = tmp_path / "aucomb.json"
     assert main(["fit", "--data", str(data), "--model", "aucomb", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "LOPO accuracy" in text and "4 participants" in text
+    assert "Strict leave-one-participant-out: 4 participants" in text
+    assert "selective (own thresholds)" in text and "independent (all pairs)" in text
+    assert "integrated with the ensemble" in text
     model = json.loads(out.read_text())
-    assert model["kind"] == "AUcombValence" and model["metadata"]["lopo"]["n_pairs"] > 0
+    assert model["kind"] == "AnnotationModel"
+    assert model["model"]["normalization"]["method"] == "baseline_median"
+    assert model["model"]["features"]["estimator"] == "ir50-fergi"
+    lopo = model["metadata"]["strict_lopo"]
+    assert lopo["n_pairs"] > 0
+    low, high = lopo["independent"]["ci"]
+    assert low <= lopo["independent"]["accuracy"] <= high
 
 
 def test_annotate_without_rankings_equals_with_rankings(fergi_public, tmp_path, capsys):
@@ -48,11 +57,13 @@ def test_annotate_without_rankings_equals_with_rankings(fergi_public, tmp_path, 
     a = (tmp_path / "a.jsonl").read_text()
     assert a == (tmp_path / "b.jsonl").read_text()
     rows = [json.loads(line) for line in a.splitlines()]
+    threshold = load_model().valence_.threshold_
     assert {r["participant"] for r in rows} == set(PARTICIPANTS)
     assert any(r["above_threshold"] for r in rows) and not all(r["above_threshold"] for r in rows)
     for r in rows:
         assert r["preferred"] == (r["image_a"] if r["score_difference"] > 0 else r["image_b"])
-        assert r["above_threshold"] == (abs(r["score_difference"]) >= 0.26)
+        assert r["above_threshold"] == (abs(r["score_difference"]) >= threshold)
+        assert r["label_source"] == "reactions" and r["normalization"] == "baseline_median"
     # Fitting needs the rankings that annotation does not.
     assert main(["fit", "--data", str(unranked), "--out", str(tmp_path / "m.json")]) == 2
     assert "no rankings" in capsys.readouterr().err
@@ -129,4 +140,4 @@ def test_help_mentions_the_activation_scale(capsys):
     with pytest.raises(SystemExit):
         main(["annotate", "--help"])
     text = capsys.readouterr().out
-    assert "scale of the release's AU model" in text
+    assert "scale-free" in text and "features_meta.json" in text and "--integrate" in text

@@ -12,6 +12,8 @@ import pytest
 from fergi import FergiError
 from fergi.datasets import ACTIVATION_COLUMNS, SCORE_COLUMNS
 from fergi.preference import (
+    RAW_MODEL,
+    AnnotationModel,
     AUcombValence,
     EnsembleScore,
     FAUNet,
@@ -254,11 +256,19 @@ def test_model_file_roundtrip(tmp_path, model):
     assert type(load_model(tmp_path / "dir")) is type(model)
 
 
-def test_default_model_is_the_screened_release_fit():
+def test_shipped_models_are_the_screened_release_fits():
     model = load_model()
-    assert isinstance(model, AUcombValence)
-    assert (model.k_, model.w_au4_, model.threshold_) == (0.5, 0.5, 0.26)
+    assert isinstance(model, AnnotationModel) and model.scale_free
+    assert model.normalization == "baseline_median"
+    assert isinstance(model.valence_, AUcombValence)
+    assert model.fallback_ is not None and model.fallback_.normalization == "quantile"
+    assert model.integration_ is not None
+    assert model.features_.scale == "ir50-fergi"
     assert model.metadata_["n_participants"] == 30
+    raw = load_model(default_model_path(RAW_MODEL))
+    assert raw.normalization == "none"
+    # The paper's AUcomb on all 3,534 pairs of the 30 screened participants.
+    assert (raw.valence_.k_, raw.valence_.w_au4_, raw.valence_.threshold_) == (0.5, 0.5, 0.26)
 
 
 def test_wrong_model_files_give_clear_errors(tmp_path):
@@ -288,7 +298,8 @@ def test_wrong_model_files_give_clear_errors(tmp_path):
     ],
 )
 def test_invalid_model_parameters_are_refused_on_load(tmp_path, change, message):
-    document = json.loads(default_model_path().read_text())
+    model = AUcombValence().fit(synthetic_table(seed=12))
+    document = json.loads(save_model(model, tmp_path / "fitted.json").read_text())
     document["model"].update(change)
     path = tmp_path / "edited.json"
     path.write_text(json.dumps(document))
@@ -299,7 +310,9 @@ def test_invalid_model_parameters_are_refused_on_load(tmp_path, change, message)
 def test_annotate_needs_only_activations_and_reports_bad_tables(tmp_path):
     table = synthetic_table(seed=11)
     bare = table[["participant", "session", "image", "AU4_activation_value", "AU12_activation_value"]]
-    labels = annotate_pairs(bare)
+    labels = annotate_pairs(bare)  # the paper's raw AUcomb (release scale) by default
+    with pytest.raises(FergiError, match="baseline clips.*annotate_reactions"):
+        annotate_pairs(bare, load_model())
     n_expected = sum(len(g) * (len(g) - 1) // 2 for _, g in bare.groupby(["participant", "session"]))
     assert len(labels) == n_expected
     path = write_jsonl(labels, tmp_path / "labels.jsonl")

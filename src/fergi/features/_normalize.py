@@ -249,7 +249,7 @@ class QuantileNormalizer:
         self._check_fitted()
         return {"n_levels": int(self.n_levels), "aus": list(self.aus),
                 "n_participants": self.n_participants_,
-                "reference": {au: [round(float(v), 6) for v in self.reference_[:, j]]
+                "reference": {au: [float(v) for v in self.reference_[:, j]]
                               for j, au in enumerate(self.aus)}}
 
     @classmethod

@@ -39,9 +39,10 @@ from fergi.preference._annotation import (
     reaction_data_from_frames,
 )
 from fergi.preference._aucomb import AUcombValence, aucomb_scores
-from fergi.preference._bootstrap import bootstrap_ratio, bootstrap_selective, paired_difference
 from fergi.preference._base import PreferenceModel, clone
+from fergi.preference._bootstrap import bootstrap_ratio, bootstrap_selective, paired_difference
 from fergi.preference._coverage import coverage_curve
+from fergi.preference._data import load_reaction_data
 from fergi.preference._ensemble import EnsembleScore, IntegratedScore
 from fergi.preference._faunet import FAUNet
 from fergi.preference._grids import (
@@ -51,7 +52,6 @@ from fergi.preference._grids import (
     THRESHOLD_GRID,
     W_AU4_GRID,
 )
-from fergi.preference._data import load_reaction_data
 from fergi.preference._io import (
     RAW_MODEL,
     annotate_pairs,

@@ -16,7 +16,6 @@ from fergi._errors import FergiError
 from fergi.datasets._provenance import UNKNOWN_PROVENANCE, FeatureProvenance
 from fergi.preference._annotation import AnnotationModel, ReactionData, check_compatibility
 from fergi.preference._aucomb import AUcombValence
-from fergi.preference._base import PreferenceModel
 from fergi.preference._faunet import FAUNet
 from fergi.preference._linear import Linear12Valence
 from fergi.preference._lopo import check_participants

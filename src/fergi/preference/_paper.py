@@ -249,11 +249,9 @@ def aucomb_tables(table: pd.DataFrame, participants, *, a_grid=INTEGRATION_GRID,
         order = ["CLIP", "Aesthetic", "BLIP", "AUcomb", "ImageReward", "PickScore", "HPSv2", "Ensemble"]
         # Strict LOPO: fold g's own (k, w_AU4) and ensemble weights score every image, so
         # the held-out participant never shaped the training rows' scores.
-        fold_k = np.array([m.k_ for m in fit_list])
-        fold_w = np.array([m.w_au4_ for m in fit_list])
         strict = _integration_folds(
             data,
-            lambda g, formula=formula: aucomb_scores(au4, au12, fold_k[g], fold_w[g], formula),
+            lambda g, formula=formula: aucomb_scores(au4, au12, fit_list[g].k_, fit_list[g].w_au4_, formula),
             lambda g: np.broadcast_to(weights[g], (len(t), weights.shape[1])),
             a_grid,
         )
