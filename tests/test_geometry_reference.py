@@ -149,3 +149,24 @@ def test_a_neutral_clip_uses_all_its_frames(analyzer):
     chosen = least_expressive_frames(lms)
     assert 3 not in chosen and len(chosen) >= 3
     assert GeometryAUEstimator().fit_least_expressive(lms).reference_frames_.tolist() == chosen.tolist()
+
+
+def test_crosstalk_benchmark_quick_mode(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_geometry_crosstalk.py"
+    spec = importlib.util.spec_from_file_location("bench_geometry_crosstalk", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    matrix = bench.main(["--quick"])
+    printed = capsys.readouterr().out
+    assert "neutral reference: least_expressive" in printed
+    assert list(matrix.columns) == list(AU_NAMES) and len(matrix) == 4
+    # Each movement reads first as its own AU, stronger at the greater strength.
+    for kind, target in (("smile", "AU12"), ("frown", "AU4")):
+        rows = matrix.loc[kind]
+        assert (rows.idxmax(axis=1) == target).all(), rows.round(2)
+        assert rows.loc[1.0, target] > rows.loc[0.5, target]
+    for line in ("smile        0.50", "frown        1.00"):
+        assert line in printed

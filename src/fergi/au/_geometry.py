@@ -56,8 +56,10 @@ calmest, least expressive stretch of the clip instead:
    cue sees (brows raised or lowered without a brow-gap change, AU5, AU6) then fall
    back to that assumption rather than to a coin toss.
 4. The winning window grows over its neighbouring frames while their expressiveness
-   stays within ``TIE_MARGIN`` of it; the reference is the median aligned shape of
-   those frames (``reference_frames_``).
+   stays within ``TIE_MARGIN`` of it and none of the 12 AUs, read against the window's
+   median face in either direction, exceeds ``TIE_MARGIN`` (so a faint frown that no
+   cue sees is not absorbed into the reference); the reference is the median aligned
+   shape of those frames (``reference_frames_``).
 
 Limits: a clip that is expressive from its first to its last frame has no neutral
 frames at all; the least expressive window is then an expression, and every AU reads
@@ -353,13 +355,20 @@ def least_expressive_frames(landmarks: np.ndarray, window: int | None = None) ->
     score = express + MOTION_WEIGHT * motion
     best = int(np.flatnonzero(score <= score.min() + TIE_MARGIN)[0])
 
-    # Grow over neighbouring frames that are as calm (consecutive face frames only).
+    # Grow over neighbouring frames (consecutive face frames only) that are as calm
+    # and read as the same face: no AU, in either direction, beyond TIE_MARGIN from the
+    # window's median. The second test keeps movements that no cue sees (a faint frown
+    # without a brow-gap change) out of the reference.
     frame_express = _expressiveness(measures, curvature, anchor)
-    limit = express[best] + TIE_MARGIN
+    centre = np.median(measures[best : best + window], axis=0)
+    drift = np.maximum(
+        _au_from_deltas(measures - centre), _au_from_deltas(centre - measures)
+    ).max(axis=1)
+    calm = (frame_express <= express[best] + TIE_MARGIN) & (drift <= TIE_MARGIN)
     lo, hi = best, best + window - 1
-    while lo > 0 and index[lo - 1] == index[lo] - 1 and frame_express[lo - 1] <= limit:
+    while lo > 0 and index[lo - 1] == index[lo] - 1 and calm[lo - 1]:
         lo -= 1
-    while hi < n - 1 and index[hi + 1] == index[hi] + 1 and frame_express[hi + 1] <= limit:
+    while hi < n - 1 and index[hi + 1] == index[hi] + 1 and calm[hi + 1]:
         hi += 1
     logger.debug(
         "least-expressive reference: frames %d-%d of %d (score %.2f, expressiveness %.2f)",
