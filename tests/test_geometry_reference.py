@@ -58,9 +58,7 @@ def videos(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tables(videos, analyzer):
-    return {
-        kind: extract_features(videos[kind], analyzer=analyzer) for kind in ("smile", "frown")
-    }
+    return {kind: extract_features(videos[kind], analyzer=analyzer) for kind in ("smile", "frown")}
 
 
 def _aus(table):
@@ -70,7 +68,9 @@ def _aus(table):
 @pytest.mark.parametrize("kind", ["smile", "frown"])
 def test_neutral_frames_read_neutral(tables, kind):
     aus = _aus(tables[kind])
-    assert aus[:N_NEUTRAL].max() < 0.5, dict(zip(AU_NAMES, aus[:N_NEUTRAL].max(axis=0).round(2)))
+    assert aus[:N_NEUTRAL].max() < 0.5, dict(
+        zip(AU_NAMES, aus[:N_NEUTRAL].max(axis=0).round(2), strict=True)
+    )
 
 
 def test_smile_reads_au12_not_its_opposites(tables):
@@ -108,7 +108,9 @@ def test_a_baseline_clip_is_preferred(videos, analyzer):
     assert _aus(with_neutral)[HELD, AU["AU12"]].mean() > 1.0
     # A clip compared with itself: the median (mostly smile) is the reference, so the
     # smile itself reads far lower than with the neutral baseline.
-    assert _aus(smiling)[HELD, AU["AU12"]].mean() < 0.5 * _aus(with_neutral)[HELD, AU["AU12"]].mean()
+    assert (
+        _aus(smiling)[HELD, AU["AU12"]].mean() < 0.5 * _aus(with_neutral)[HELD, AU["AU12"]].mean()
+    )
     first = extract_features(videos["smile"], baseline_seconds=0.3, analyzer=analyzer)
     assert first.attrs["neutral_reference"] == "baseline_seconds"
     assert first.attrs["neutral_reference_detail"] == "first 0.3 s, frames 1-9 (0.00-0.27 s)"
@@ -148,7 +150,10 @@ def test_a_neutral_clip_uses_all_its_frames(analyzer):
     lms[3] = np.nan  # a frame without a face splits nothing but itself
     chosen = least_expressive_frames(lms)
     assert 3 not in chosen and len(chosen) >= 3
-    assert GeometryAUEstimator().fit_least_expressive(lms).reference_frames_.tolist() == chosen.tolist()
+    assert (
+        GeometryAUEstimator().fit_least_expressive(lms).reference_frames_.tolist()
+        == chosen.tolist()
+    )
 
 
 def test_crosstalk_benchmark_quick_mode(capsys):

@@ -21,8 +21,8 @@ from fergi.au._geometry import (
     GeometryAUEstimator,
     least_expressive_frames,
 )
-from fergi.au._provenance import features_provenance
 from fergi.au._ir50 import AU_OUTPUT_INDEX, IR50AUEstimator, build_ir50
+from fergi.au._provenance import features_provenance
 from fergi.au._registry import (
     AUEstimatorSpec,
     create_au_estimator,

@@ -50,7 +50,8 @@ calmest, least expressive stretch of the clip instead:
    mouth and brow landmarks, so onsets, talking and blinks (unstable frames) lose to
    a held state.
 3. The window with the lowest score wins; windows within ``TIE_MARGIN`` (0.3 AU) of it
-   count as a tie, broken towards the start of the clip. The start is the natural
+   count as a tie, broken towards the start of the clip: the earliest stretch of tied
+   windows wins, and within it its lowest-scoring window. The start is the natural
    tie-breaker: the paper's activation value (maximum minus the first window)
    itself assumes each reaction clip starts at rest, and movements that no one-sided
    cue sees (brows raised or lowered without a brow-gap change, AU5, AU6) then fall
@@ -341,7 +342,7 @@ def least_expressive_frames(landmarks: np.ndarray, window: int | None = None) ->
     # Window medians: robust to single-frame jitter, blinks and tracking glitches.
     starts = np.arange(n - window + 1)
     cues = np.column_stack([measures, curvature])
-    win = np.stack([np.median(cues[s : s + window], axis=0) for s in starts])
+    win = np.median(np.lib.stride_tricks.sliding_window_view(cues, window, axis=0), axis=-1)
     win_measures, win_curv = win[:, :-1], win[:, -1]
     anchor = {
         "lip_gap": win_measures[:, _M["lip_gap"]].min(),
@@ -350,10 +351,20 @@ def least_expressive_frames(landmarks: np.ndarray, window: int | None = None) ->
         "brow_gap": win_measures[:, _M["brow_gap"]].max(),
     }
     # A window's motion: its frames' steps, except the step into its first frame.
-    motion = np.array([step[s + 1 : s + window].mean() if window > 1 else step[s] for s in starts])
+    if window > 1:
+        total = np.concatenate([[0.0], np.cumsum(step)])
+        motion = (total[starts + window] - total[starts + 1]) / (window - 1)
+    else:
+        motion = step
     express = _expressiveness(win_measures, win_curv, anchor)
     score = express + MOTION_WEIGHT * motion
-    best = int(np.flatnonzero(score <= score.min() + TIE_MARGIN)[0])
+    # Near-ties go to the earliest calm stretch (consecutive tied windows), and within
+    # it to its best window, so that a window straddling an onset does not win.
+    tied = score <= score.min() + TIE_MARGIN
+    first = int(np.argmax(tied))
+    after = np.flatnonzero(~tied[first:])
+    stop = first + int(after[0]) if len(after) else len(score)  # end of the stretch
+    best = first + int(np.argmin(score[first:stop]))
 
     # Grow over neighbouring frames (consecutive face frames only) that are as calm
     # and read as the same face: no AU, in either direction, beyond TIE_MARGIN from the
@@ -361,9 +372,8 @@ def least_expressive_frames(landmarks: np.ndarray, window: int | None = None) ->
     # without a brow-gap change) out of the reference.
     frame_express = _expressiveness(measures, curvature, anchor)
     centre = np.median(measures[best : best + window], axis=0)
-    drift = np.maximum(
-        _au_from_deltas(measures - centre), _au_from_deltas(centre - measures)
-    ).max(axis=1)
+    up, down = _au_from_deltas(measures - centre), _au_from_deltas(centre - measures)
+    drift = np.maximum(up, down).max(axis=1)
     calm = (frame_express <= express[best] + TIE_MARGIN) & (drift <= TIE_MARGIN)
     lo, hi = best, best + window - 1
     while lo > 0 and index[lo - 1] == index[lo] - 1 and calm[lo - 1]:

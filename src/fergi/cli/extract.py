@@ -479,9 +479,7 @@ def _check_meta(args: argparse.Namespace):
         neutral = "absolute"
     else:
         neutral = "baseline_seconds" if args.baseline_seconds is not None else "least_expressive"
-    provenance = features_provenance(
-        args.estimator, args.checkpoint, neutral_reference=neutral
-    )
+    provenance = features_provenance(args.estimator, args.checkpoint, neutral_reference=neutral)
     path = args.out / META_NAME
     if not path.exists() or args.overwrite:
         return provenance, None
