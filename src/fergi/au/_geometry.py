@@ -310,8 +310,9 @@ def least_expressive_frames(landmarks: np.ndarray, window: int | None = None) ->
     Returns
     -------
     numpy.ndarray
-        Sorted indices into ``landmarks`` of the frames that make the neutral reference
-        (consecutive face frames; the method is described in ``fergi.au._geometry``).
+        Sorted indices into ``landmarks`` of the frames that make the neutral reference:
+        one stretch of face frames (consecutive unless a frame without a face lies
+        inside the chosen window). The method is described in ``fergi.au._geometry``.
 
     Raises
     ------
