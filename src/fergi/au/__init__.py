@@ -7,12 +7,22 @@
   (:func:`get_au_estimator_spec`) records the input preprocessing and output scale.
 * :func:`extract_features` turns a video into the release's per-frame table
   (``fergi.datasets.FRAME_COLUMNS``); :func:`write_features` writes it atomically with
-  the release's exact number formatting.
+  the release's exact number formatting; ``table.attrs["neutral_reference"]`` says
+  which neutral face the ``geometry`` estimator read against.
+* :func:`features_provenance` describes an estimator's output for
+  ``features_meta.json`` (:func:`fergi.datasets.write_features_meta`).
 """
 
 from fergi.au._extract import STAGES, extract_features, format_features_csv, write_features
-from fergi.au._geometry import BROW_COMPENSATION, GAINS, STABLE_POINTS, GeometryAUEstimator
+from fergi.au._geometry import (
+    BROW_COMPENSATION,
+    GAINS,
+    STABLE_POINTS,
+    GeometryAUEstimator,
+    least_expressive_frames,
+)
 from fergi.au._ir50 import AU_OUTPUT_INDEX, IR50AUEstimator, build_ir50
+from fergi.au._provenance import features_provenance
 from fergi.au._registry import (
     AUEstimatorSpec,
     create_au_estimator,
@@ -33,8 +43,10 @@ __all__ = [
     "build_ir50",
     "create_au_estimator",
     "extract_features",
+    "features_provenance",
     "format_features_csv",
     "get_au_estimator_spec",
+    "least_expressive_frames",
     "list_au_estimators",
     "register_au_estimator",
     "write_features",

@@ -133,7 +133,11 @@ def extract_features(
         A name for :func:`create_au_estimator` or an estimator it returned.
     baseline : str, path-like or VideoFrames, optional
         A clip of the same person's neutral face (the study's 5 s baseline) used as
-        the ``geometry`` estimator's neutral reference.
+        the ``geometry`` estimator's neutral reference (may be ``video`` itself, for a
+        clip that is neutral throughout). Preferred over
+        ``baseline_seconds``; without either, the neutral face is taken from the
+        video's least-expressive stable frames
+        (:func:`fergi.au.least_expressive_frames`).
     checkpoint : str or path-like, optional
         Weights for the ``ir50`` estimator.
     fps : float or None, default 30.0
@@ -152,7 +156,11 @@ def extract_features(
         3 decimals), ``face_detection_confidence_score`` (0 without a face),
         pitch/yaw indicative ratios and the 12 AUs (-1 without a face, or where
         landmarks failed). ``attrs`` holds ``source``, ``timings`` (seconds per stage),
-        ``n_frames`` and ``face_share``.
+        ``n_frames``, ``face_share``, ``neutral_reference`` (how the neutral face was
+        taken: ``"baseline_clip"``, ``"baseline_seconds"``, ``"least_expressive"``, the
+        clip's own least-expressive stable frames, used when neither is given or the
+        given one has no face, or ``"absolute"`` for estimators that need none) and
+        ``neutral_reference_detail`` (which frames, in words).
 
     Raises
     ------
@@ -182,26 +190,12 @@ def extract_features(
     lms = clip.landmark_array()
     pir, yir = pose_ratios(lms)
     aus = np.full((n, len(AU_NAMES)), np.nan)
+    times = np.asarray(clip.times)
     if getattr(estimator, "input_kind", "landmarks") == "landmarks":
-        reference = None
-        if baseline is not None:
-            base_frames, base_source = _frames_of(baseline, fps)
-            ref_timings = dict.fromkeys(STAGES, 0.0)
-            reference = _analyse(
-                base_frames, analyzer, estimator, ref_timings, None
-            ).landmark_array()
-            for k, v in ref_timings.items():
-                timings[k] += v
-        elif baseline_seconds is not None:
-            reference = lms[np.asarray(clip.times) < baseline_seconds]
-        est = estimator
-        if reference is not None:
-            if np.isfinite(reference).all(axis=(1, 2)).any():
-                est = copy.deepcopy(estimator).fit(reference)
-            else:
-                logger.warning(
-                    "%s: no face in the neutral reference; using the clip itself", source
-                )
+        est, neutral, detail = _neutral_reference(
+            estimator, lms, times, baseline, baseline_seconds, fps, analyzer, timings, source,
+            same=_same_video(baseline, video),
+        )
         aus = est.predict(lms)
     else:
         if baseline is not None or baseline_seconds is not None:
@@ -210,6 +204,7 @@ def extract_features(
                 source,
                 type(estimator).__name__,
             )
+        neutral, detail = "absolute", "none needed (appearance model)"
         for i, v in clip.aus.items():
             aus[i] = v
     timings["au"] += time.perf_counter() - t0
@@ -226,9 +221,79 @@ def extract_features(
     table.insert(0, "timestamp", np.round(np.asarray(clip.times), 3))
     table.insert(0, "frame", np.arange(1, n + 1, dtype=np.int64))
     table.attrs.update(
-        source=source, timings=timings, n_frames=n, face_share=float(has_face.mean())
+        source=source,
+        timings=timings,
+        n_frames=n,
+        face_share=float(has_face.mean()),
+        neutral_reference=neutral,
+        neutral_reference_detail=detail,
     )
     return table
+
+
+def _span(frames: np.ndarray, times: np.ndarray) -> str:
+    """``frames 1-18 (0.00-0.57 s)`` for 0-based consecutive frame indices."""
+    lo, hi = int(frames[0]), int(frames[-1])
+    return f"frames {lo + 1}-{hi + 1} ({times[lo]:.2f}-{times[hi]:.2f} s)"
+
+
+def _same_video(baseline, video) -> bool:
+    """Whether ``baseline`` is ``video`` itself (a neutral clip is its own reference)."""
+    if baseline is None or baseline is video:
+        return baseline is not None
+    if isinstance(baseline, str | os.PathLike) and isinstance(video, str | os.PathLike):
+        return Path(baseline).resolve() == Path(video).resolve()
+    return False
+
+
+def _neutral_reference(
+    estimator, lms, times, baseline, baseline_seconds, fps, analyzer, timings, source, same=False
+):
+    """A landmark estimator fitted to the neutral face, the reference kind and detail.
+
+    Preference order: the baseline clip, the first ``baseline_seconds`` of the video,
+    then the video's least-expressive stable frames (also when the given reference has
+    no face, with a warning). ``same``: the baseline is the video itself (the study's
+    baseline clips), whose landmarks are already at hand.
+    """
+    if baseline is not None:
+        if same:
+            reference, base_source = lms, source
+        else:
+            base_frames, base_source = _frames_of(baseline, fps)
+            ref_timings = dict.fromkeys(STAGES, 0.0)
+            reference = _analyse(
+                base_frames, analyzer, estimator, ref_timings, None
+            ).landmark_array()
+            for k, v in ref_timings.items():
+                timings[k] += v
+        n_face = int(np.isfinite(reference).all(axis=(1, 2)).sum())
+        if n_face:
+            detail = f"{Path(base_source).name} ({n_face} face frames)"
+            return copy.deepcopy(estimator).fit(reference), "baseline_clip", detail
+        logger.warning(
+            "%s: no face in the baseline clip %s; using the least-expressive frames",
+            source,
+            base_source,
+        )
+    elif baseline_seconds is not None:
+        first = np.flatnonzero(times < baseline_seconds)
+        ok = np.isfinite(lms[first]).all(axis=(1, 2))
+        if ok.any():
+            detail = f"first {baseline_seconds:g} s, {_span(first, times)}"
+            return copy.deepcopy(estimator).fit(lms[first]), "baseline_seconds", detail
+        logger.warning(
+            "%s: no face in the first %g s; using the least-expressive frames",
+            source,
+            baseline_seconds,
+        )
+    if not np.isfinite(lms).all(axis=(1, 2)).any():
+        return estimator, "least_expressive", "no face in the video"
+    if not hasattr(estimator, "fit_least_expressive"):
+        # A third-party landmark estimator: it handles its own reference.
+        return estimator, "absolute", f"{type(estimator).__name__} chooses its own"
+    est = copy.deepcopy(estimator).fit_least_expressive(lms)
+    return est, "least_expressive", _span(est.reference_frames_, times)
 
 
 def _check_table(table: pd.DataFrame, path: Path) -> None:

@@ -12,11 +12,60 @@ How it works
    lips and chin (``_measures``) in IOD units.
 3. **Neutral reference.** The measures of the person's neutral face are subtracted.
    The neutral face is the median aligned shape of a baseline clip when one is given
-   (the study records 5 s before each reaction), else of the clip itself.
+   (the study records 5 s before each reaction), else of the clip's own
+   *least-expressive stable frames* (see below).
 4. **Gains.** Each AU is a documented combination of measure changes times a gain
    (``GAINS``) chosen so that a strong, clearly visible movement gives about 3 on the
    0-5 DISFA scale, then clipped to [0, 5]: 0 is the neutral reference or the
    opposite movement (a frown gives AU4 > 0 and AU1 = 0).
+
+Least-expressive stable frames
+------------------------------
+Without a baseline, the clip's median face is the wrong neutral face whenever the
+person shows an expression for most of the clip: on a real clip of a man neutral for
+0.6 s and then smiling broadly, the median is the smile, so the neutral frames read
+AU15 = 5 and AU1 = 1.6 while the smile itself reads AU12 = 0.6. A neutral face is
+what the face looks like *at rest*, so :func:`least_expressive_frames` looks for the
+calmest, least expressive stretch of the clip instead:
+
+1. Every frame is aligned and its cues measured (IOD units, identity cancels out
+   because cues are compared only between frames of the same clip):
+
+   * *one-sided* cues, which every one of the 12 AUs moves in one direction only, so
+     that the person's neutral value is the clip's extreme: lip gap (AU25/AU26 open
+     it), jaw drop (AU26), mouth width (AU12 and AU20 widen it) and the gap between
+     the inner brows (AU4 pulls them together). Each is taken relative to its least
+     expressive value over the clip's windows (below);
+   * *mouth curvature*: lip-corner height above the lip midline (stomion), raised by
+     AU12 and lowered by AU15. It is two-sided, so it counts only beyond a dead zone
+     of ``CURVATURE_DEAD_ZONE`` around level corners (people's resting mouths differ
+     by about that much), which catches broad smiles and marked AU15 without
+     penalising a naturally up- or down-turned mouth.
+
+   The cue changes are weighted by the gains of the AUs they drive, so their sum,
+   the *expressiveness*, is on the 0-5 AU scale.
+2. Candidate references are sliding windows of ``window`` consecutive face frames
+   (about 0.3 s at 30 fps, shorter for short clips). A window's score is its median
+   expressiveness plus ``MOTION_WEIGHT`` times its mean frame-to-frame movement of the
+   mouth and brow landmarks, so onsets, talking and blinks (unstable frames) lose to
+   a held state.
+3. The window with the lowest score wins; windows within ``TIE_MARGIN`` (0.3 AU) of it
+   count as a tie, broken towards the start of the clip: the earliest stretch of tied
+   windows wins, and within it its lowest-scoring window. The start is the natural
+   tie-breaker: the paper's activation value (maximum minus the first window)
+   itself assumes each reaction clip starts at rest, and movements that no one-sided
+   cue sees (brows raised or lowered without a brow-gap change, AU5, AU6) then fall
+   back to that assumption rather than to a coin toss.
+4. The winning window grows over its neighbouring frames while their expressiveness
+   stays within ``TIE_MARGIN`` of it and none of the 12 AUs, read against the window's
+   median face in either direction, exceeds ``TIE_MARGIN`` (so a faint frown that no
+   cue sees is not absorbed into the reference); the reference is the median aligned
+   shape of those frames (``reference_frames_``).
+
+Limits: a clip that is expressive from its first to its last frame has no neutral
+frames at all; the least expressive window is then an expression, and every AU reads
+relative to it. A baseline clip (or ``--baseline-seconds`` over frames known to be
+neutral) is always the better reference and is preferred when given.
 
 What landmarks can and cannot see
 ---------------------------------
@@ -211,6 +260,138 @@ def _au_from_deltas(d: np.ndarray) -> np.ndarray:
     return np.clip(out, 0.0, 5.0)
 
 
+#: Resting lip corners of different people lie within about this much (IOD) of the
+#: stomion's height; mouth curvature counts as expressive only beyond it.
+CURVATURE_DEAD_ZONE = 0.04
+#: Score units (0-5 AU scale) per IOD of mean frame-to-frame landmark movement: a
+#: window in the middle of an onset (about 0.03 IOD a frame) scores about 1.5 higher
+#: than a held face (about 0.002 IOD of FaceMesh jitter).
+MOTION_WEIGHT = 50.0
+#: Windows this close (0-5 AU scale) to the least expressive one are a tie, broken
+#: towards the start of the clip; also the growth margin of the chosen window.
+TIE_MARGIN = 0.3
+
+# Landmarks whose frame-to-frame movement marks an unstable (moving) face.
+_MOVING = (61, 291, 0, 17, 13, 14, 37, 267, 84, 314, 107, 336, 55, 285, 70, 300, 159, 386, 152)
+_STOMION = (13, 14)
+_M = {name: i for i, name in enumerate(_MEASURES)}
+
+
+def _expressiveness(measures: np.ndarray, curvature: np.ndarray, anchor: dict) -> np.ndarray:
+    """Expressiveness (0-5 AU scale) of frames or windows from their cues.
+
+    ``anchor`` holds the clip's least expressive value of each one-sided cue.
+    """
+    relu = lambda v: np.maximum(v, 0.0)  # noqa: E731
+    m = {name: measures[:, i] for name, i in _M.items()}
+    # Weights are the gains of the AUs each cue drives, so the terms add up on the
+    # AU scale (AU25 lip gap, AU26 jaw, AU20 half the width change, AU4 half the
+    # compensated brow-gap change, AU12 corner height).
+    return (
+        GAINS["AU25"] * relu(m["lip_gap"] - anchor["lip_gap"])
+        + GAINS["AU26"] * relu(m["jaw"] - anchor["jaw"])
+        + GAINS["AU20"] * 0.5 * relu(m["mouth_width"] - anchor["mouth_width"])
+        + GAINS["AU4"] * BROW_COMPENSATION * 0.5 * relu(anchor["brow_gap"] - m["brow_gap"])
+        + GAINS["AU12"] * relu(np.abs(curvature) - CURVATURE_DEAD_ZONE)
+    )
+
+
+def least_expressive_frames(landmarks: np.ndarray, window: int | None = None) -> np.ndarray:
+    """Indices of a clip's least-expressive stable frames: its neutral face.
+
+    Parameters
+    ----------
+    landmarks : numpy.ndarray
+        ``(N, 478, 3)`` FaceMesh landmarks in pixels; NaN rows (no face) are skipped.
+    window : int, optional
+        Candidate window length in face frames; default ``clip(n // 10, 3, 10)`` for
+        ``n`` face frames (0.1-0.33 s at 30 fps).
+
+    Returns
+    -------
+    numpy.ndarray
+        Sorted indices into ``landmarks`` of the frames that make the neutral reference:
+        one stretch of face frames (consecutive unless a frame without a face lies
+        inside the chosen window). The method is described in ``fergi.au._geometry``.
+
+    Raises
+    ------
+    fergi.FergiError
+        No frame has a face.
+    """
+    lm = np.asarray(landmarks, dtype=float)
+    ok = GeometryAUEstimator._valid(lm)
+    index = np.flatnonzero(ok)
+    n = len(index)
+    if n == 0:
+        raise FergiError("neutral reference: no frame with a face")
+    if window is None:
+        window = int(np.clip(n // 10, 3, 10))
+    window = max(1, min(int(window), n))
+    # Only the stable points drive the alignment, so the median template is fine
+    # here even when most of the clip is an expression.
+    aligned = _procrustes(lm[ok], np.median(_normalise(lm[ok]), axis=0))
+    measures = _measures(aligned)
+    corners = -aligned[:, list(_CORNERS), 1].mean(axis=1)
+    curvature = corners + aligned[:, list(_STOMION), 1].mean(axis=1)
+    moving = aligned[:, list(_MOVING), :2]
+    step = np.zeros(n)
+    if n > 1:
+        step[1:] = np.sqrt(np.mean(np.sum(np.diff(moving, axis=0) ** 2, axis=2), axis=1))
+        step[0] = step[1]
+
+    # Window medians: robust to single-frame jitter, blinks and tracking glitches.
+    starts = np.arange(n - window + 1)
+    cues = np.column_stack([measures, curvature])
+    win = np.median(np.lib.stride_tricks.sliding_window_view(cues, window, axis=0), axis=-1)
+    win_measures, win_curv = win[:, :-1], win[:, -1]
+    anchor = {
+        "lip_gap": win_measures[:, _M["lip_gap"]].min(),
+        "jaw": win_measures[:, _M["jaw"]].min(),
+        "mouth_width": win_measures[:, _M["mouth_width"]].min(),
+        "brow_gap": win_measures[:, _M["brow_gap"]].max(),
+    }
+    # A window's motion: its frames' steps, except the step into its first frame.
+    if window > 1:
+        total = np.concatenate([[0.0], np.cumsum(step)])
+        motion = (total[starts + window] - total[starts + 1]) / (window - 1)
+    else:
+        motion = step
+    express = _expressiveness(win_measures, win_curv, anchor)
+    score = express + MOTION_WEIGHT * motion
+    # Near-ties go to the earliest calm stretch (consecutive tied windows), and within
+    # it to its best window, so that a window straddling an onset does not win.
+    tied = score <= score.min() + TIE_MARGIN
+    first = int(np.argmax(tied))
+    after = np.flatnonzero(~tied[first:])
+    stop = first + int(after[0]) if len(after) else len(score)  # end of the stretch
+    best = first + int(np.argmin(score[first:stop]))
+
+    # Grow over neighbouring frames (consecutive face frames only) that are as calm
+    # and read as the same face: no AU, in either direction, beyond TIE_MARGIN from the
+    # window's median. The second test keeps movements that no cue sees (a faint frown
+    # without a brow-gap change) out of the reference.
+    frame_express = _expressiveness(measures, curvature, anchor)
+    centre = np.median(measures[best : best + window], axis=0)
+    up, down = _au_from_deltas(measures - centre), _au_from_deltas(centre - measures)
+    drift = np.maximum(up, down).max(axis=1)
+    calm = (frame_express <= express[best] + TIE_MARGIN) & (drift <= TIE_MARGIN)
+    lo, hi = best, best + window - 1
+    while lo > 0 and index[lo - 1] == index[lo] - 1 and calm[lo - 1]:
+        lo -= 1
+    while hi < n - 1 and index[hi + 1] == index[hi] + 1 and calm[hi + 1]:
+        hi += 1
+    logger.debug(
+        "least-expressive reference: frames %d-%d of %d (score %.2f, expressiveness %.2f)",
+        index[lo] + 1,
+        index[hi] + 1,
+        len(lm),
+        score[best],
+        express[best],
+    )
+    return index[lo : hi + 1]
+
+
 class GeometryAUEstimator:
     """AU intensities from FaceMesh landmarks, relative to a per-person neutral face.
 
@@ -225,11 +406,16 @@ class GeometryAUEstimator:
     reference_ : numpy.ndarray or None
         ``(478, 3)`` neutral shape in IOD units once :meth:`fit` was called.
     reference_measures_ : numpy.ndarray or None
+    reference_frames_ : numpy.ndarray or None
+        Indices of the frames (of the landmarks given to :meth:`fit` or
+        :meth:`fit_least_expressive`) the reference was taken from.
 
     Notes
     -----
-    ``predict`` without a prior ``fit`` uses the clip itself (its median face) as the
-    neutral reference. Measures, gains (``GAINS``) and the brow compensation
+    ``predict`` without a prior ``fit`` takes the neutral reference from the clip's
+    own least-expressive stable frames (:func:`least_expressive_frames`), not from its
+    median face, which is an expression when the person is expressive for most of the
+    clip. Measures, gains (``GAINS``) and the brow compensation
     (``BROW_COMPENSATION``: FaceMesh moves brow points about half as far as the skin)
     are documented in ``fergi.au._geometry``.
 
@@ -247,6 +433,7 @@ class GeometryAUEstimator:
         self.reference_quantile = reference_quantile
         self.reference_ = None
         self.reference_measures_ = None
+        self.reference_frames_ = None
 
     @staticmethod
     def _valid(landmarks: np.ndarray) -> np.ndarray:
@@ -280,6 +467,33 @@ class GeometryAUEstimator:
         aligned = _procrustes(lm[ok], first)
         self.reference_ = np.quantile(aligned, self.reference_quantile, axis=0)
         self.reference_measures_ = _measures(self.reference_[None])[0]
+        self.reference_frames_ = np.flatnonzero(ok)
+        return self
+
+    def fit_least_expressive(self, landmarks: np.ndarray) -> GeometryAUEstimator:
+        """Set the neutral reference from a clip's least-expressive stable frames.
+
+        For clips without a baseline; see :func:`least_expressive_frames`.
+
+        Parameters
+        ----------
+        landmarks : numpy.ndarray
+            ``(N, 478, 3)`` FaceMesh landmarks in pixels; NaN rows (no face) ignored.
+
+        Returns
+        -------
+        self
+            With ``reference_frames_`` the indices of the frames used.
+
+        Raises
+        ------
+        fergi.FergiError
+            No frame has a face.
+        """
+        lm = np.asarray(landmarks, dtype=float)
+        frames = least_expressive_frames(lm)
+        self.fit(lm[frames])
+        self.reference_frames_ = frames
         return self
 
     def predict(self, landmarks: np.ndarray) -> np.ndarray:
@@ -304,7 +518,7 @@ class GeometryAUEstimator:
         ref = (
             self
             if self.reference_ is not None
-            else GeometryAUEstimator(self.reference_quantile).fit(lm)
+            else GeometryAUEstimator(self.reference_quantile).fit_least_expressive(lm)
         )
         aligned = _procrustes(lm[ok], ref.reference_)
         out[ok] = _au_from_deltas(_measures(aligned) - ref.reference_measures_)

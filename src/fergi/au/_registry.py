@@ -128,10 +128,13 @@ register_au_estimator(
         input_kind="landmarks",
         preprocessing="FaceMesh (refine_landmarks) 478 landmarks in pixels; 3-D similarity "
         "alignment on forehead, nose bridge and eye corners; inter-ocular units; per-person "
-        "neutral reference (baseline clip or the clip's median)",
+        "neutral reference: the median face of a baseline clip, else of the first "
+        "--baseline-seconds, else of the clip's least-expressive stable frames (v1 used the "
+        "clip's median face)",
         output_scale="0-5, DISFA-like intensity of the change from the neutral face "
         "(documented gains, not calibrated on annotations)",
         needs_reference=True,
+        version="2",
     )
 )
 register_au_estimator(

@@ -30,9 +30,19 @@ rate of browser recordings.
 Re-running skips videos whose output file exists (files are written atomically, so
 an existing file is complete): an interrupted batch resumes where it stopped. A bad
 video is reported and skipped; the exit status is 1 if any video failed. A report
-(OUT/extract_report.csv) lists each video's frames, face-found share, time and error;
-it is written even when the run is interrupted (Ctrl-C), and a resumed run keeps the
-figures of the videos it skips.
+(OUT/extract_report.csv) lists each video's frames, face-found share, time, error and
+neutral reference; it is written even when the run is interrupted (Ctrl-C), and a
+resumed run keeps the figures of the videos it skips.
+
+The geometry estimator measures AUs against the person's neutral face: the first S
+seconds of each video with --baseline-seconds S, else the video's least-expressive
+stable frames (not its median face, which is an expression when the person reacts for
+most of the clip). The report's neutral_reference column says which was used
+(baseline_seconds, least_expressive, or absolute for ir50, which needs none).
+OUT/features_meta.json records the estimator, its version, the checkpoint's SHA-256
+and the neutral reference, so that later stages know which AU scale they read; a run
+with another estimator or checkpoint into the same OUT is refused (use another --out,
+or --overwrite to recompute everything).
 
 Examples:
   fergi extract recording.webm --out feats/
@@ -73,8 +83,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         metavar="S",
         help="use the first S seconds (S > 0) of each video as the person's neutral face "
-        "(geometry estimator; default: not set, the neutral face is the median face of "
-        "the whole video)",
+        "(geometry estimator; default: not set, the neutral face is taken from the "
+        "video's least-expressive stable frames)",
     )
     parser.add_argument(
         "--fps",
@@ -100,7 +110,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "baseline*, 3 for all others (the release's reaction clips)",
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help="recompute videos whose output exists"
+        "--overwrite",
+        action="store_true",
+        help="recompute videos whose output exists (and replace OUT/features_meta.json)",
     )
     return parser
 
@@ -270,7 +282,11 @@ def _process(job: dict, progress=None) -> dict:
         )
         write_features(table, job["output"], decimals=job["decimals"])
         record.update(
-            frames=len(table), face_share=table.attrs["face_share"], timings=table.attrs["timings"]
+            frames=len(table),
+            face_share=table.attrs["face_share"],
+            timings=table.attrs["timings"],
+            neutral_reference=table.attrs["neutral_reference"],
+            neutral_reference_detail=table.attrs["neutral_reference_detail"],
         )
     except FergiError as exc:
         record.update(status="failed", error=str(exc))
@@ -283,7 +299,17 @@ def _process(job: dict, progress=None) -> dict:
     return record
 
 
-REPORT_COLUMNS = ["video", "output", "status", "frames", "face_share", "seconds", "error"]
+REPORT_COLUMNS = [
+    "video",
+    "output",
+    "status",
+    "frames",
+    "face_share",
+    "seconds",
+    "error",
+    "neutral_reference",
+    "neutral_reference_detail",
+]
 
 
 def _write_report(records: list[dict], path: Path) -> None:
@@ -327,6 +353,9 @@ def _earlier_rows(path: Path) -> dict[Path, dict]:
                     }
                 except (KeyError, TypeError, ValueError):
                     continue  # a row without figures has nothing to carry over
+                for key in ("neutral_reference", "neutral_reference_detail"):
+                    if row.get(key):  # absent from reports of older fergi versions
+                        figures[key] = row[key]
                 rows[Path(output).resolve()] = figures
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         # An unreadable old report only loses the old figures, never the run.
@@ -377,6 +406,7 @@ def _run(args: argparse.Namespace) -> int:
         what = "is a file, not a folder" if args.out.is_file() else "cannot be created"
         raise FergiError(f"--out {args.out}: {what} ({exc.strerror or exc})") from None
     report = args.out / REPORT_NAME
+    provenance, earlier_neutral = _check_meta(args)
     earlier = _earlier_rows(report)
 
     records: list[dict] = [
@@ -410,8 +440,10 @@ def _run(args: argparse.Namespace) -> int:
     def ordered() -> list[dict]:
         return sorted(records, key=lambda r: (order.get(r["output"], len(order)), r["video"]))
 
-    # Written first too: an unwritable --out fails now, not after hours of work.
+    # Written first too: an unwritable --out fails now, not after hours of work. The
+    # meta goes first as well, so that an interrupted run's files are labelled.
     _write_report(ordered(), report)
+    _write_meta(args.out, provenance, records, earlier_neutral)
     checkpoint = None if args.checkpoint is None else str(args.checkpoint)
     t0 = time.perf_counter()
     finished = False
@@ -422,12 +454,64 @@ def _run(args: argparse.Namespace) -> int:
         # Also on Ctrl-C / SIGTERM: the report keeps the videos finished so far.
         try:
             _write_report(ordered(), report)
+            _write_meta(args.out, provenance, records, earlier_neutral)
         except FergiError as exc:
             if finished:
                 raise
             print(f"error: {exc}", file=sys.stderr)
     wall = time.perf_counter() - t0
     return _summarise(ordered(), report, wall)
+
+
+def _check_meta(args: argparse.Namespace):
+    """This run's provenance, after checking it against an earlier run's meta file.
+
+    Returns ``(provenance, earlier neutral reference or None)``. Files of two AU scales
+    in one folder would be read as one scale downstream, so a run whose estimator,
+    version or weights differ from the folder's is refused unless ``--overwrite``
+    recomputes everything.
+    """
+    from fergi import FergiError
+    from fergi.au import features_provenance
+    from fergi.datasets import META_NAME, read_features_meta
+
+    if args.estimator == "ir50":
+        neutral = "absolute"
+    else:
+        neutral = "baseline_seconds" if args.baseline_seconds is not None else "least_expressive"
+    provenance = features_provenance(args.estimator, args.checkpoint, neutral_reference=neutral)
+    path = args.out / META_NAME
+    if not path.exists() or args.overwrite:
+        return provenance, None
+    earlier = read_features_meta(path)
+    if earlier.scale != provenance.scale:
+        raise FergiError(
+            f"--out {args.out}: holds features of {earlier.describe()} ({META_NAME}), not "
+            f"{provenance.describe()}; use another --out, or --overwrite to recompute them all"
+        )
+    return provenance, earlier.neutral_reference
+
+
+def _write_meta(out: Path, provenance, records: list[dict], earlier_neutral) -> None:
+    """Write ``OUT/features_meta.json`` with the neutral references actually used."""
+    from dataclasses import replace
+
+    from fergi.datasets import write_features_meta
+
+    # Videos without any face have no AU values: their reference says nothing.
+    used = {
+        r.get("neutral_reference") or earlier_neutral
+        for r in records
+        if r["status"] in ("ok", "skipped") and (r.get("face_share") or 0) > 0
+    }
+    # Files of an earlier run stay in the folder even when this run did not list them.
+    used.add(earlier_neutral)
+    used.discard(None)
+    if not used:  # nothing finished yet: label what this run is about to write
+        neutral = provenance.neutral_reference
+    else:
+        neutral = used.pop() if len(used) == 1 else "mixed"
+    write_features_meta(out, replace(provenance, neutral_reference=neutral))
 
 
 def _progress_bar(**kwargs):
@@ -539,7 +623,10 @@ def _summarise(records: list[dict], report: Path, wall: float) -> int:
     failed = [r for r in records if r["status"] == "failed"]
     skipped = [r for r in records if r["status"] == "skipped"]
     width = max([len(Path(r["video"]).name) for r in records] + [5])
-    print(f"{'video':<{width}}  {'status':<7}  {'frames':>6}  {'face':>5}  {'time s':>6}  error")
+    print(
+        f"{'video':<{width}}  {'status':<7}  {'frames':>6}  {'face':>5}  {'time s':>6}  "
+        f"{'neutral face':<16}  error"
+    )
     for r in records:
         frames = r.get("frames")
         share = r.get("face_share")
@@ -548,7 +635,9 @@ def _summarise(records: list[dict], report: Path, wall: float) -> int:
             f"{Path(r['video']).name:<{width}}  {r['status']:<7}  "
             f"{'' if frames is None else frames:>6}  "
             f"{'' if share is None or share != share else f'{share:.0%}':>5}  "
-            f"{'' if seconds is None else f'{seconds:.1f}':>6}  {r.get('error', '') if r['status'] == 'failed' else ''}"
+            f"{'' if seconds is None else f'{seconds:.1f}':>6}  "
+            f"{r.get('neutral_reference') or '':<16}  "
+            f"{r.get('error', '') if r['status'] == 'failed' else ''}"
         )
     n_frames = sum(r.get("frames") or 0 for r in done)
     rate = f", {n_frames / wall:.0f} frames/s" if wall > 0 and n_frames else ""

@@ -4,6 +4,7 @@ The output runs through ``fergi.datasets.load_frames`` / ``load_images`` and so 
 ``fergi reproduce``, ``fergi fit`` and ``fergi annotate`` unchanged::
 
     data/<participant>/session_<s>/{baseline,reaction}_clip_<i>_features.csv
+    data/<participant>/session_<s>/features_meta.json      which AU estimator made them
     preparation/valid_sessions.json
     preparation/invalid_images.json
     preparation/preprocessed_image_data/<participant>.csv
@@ -92,6 +93,30 @@ def _session_is_valid(sess: StudySession) -> tuple[bool, str]:
     return True, ""
 
 
+def session_features_provenance(estimator: str = "geometry"):
+    """The provenance of a processed study session's feature files.
+
+    Every reaction clip is read against its image's own baseline clip (and each
+    baseline clip against itself), so the neutral reference is ``"baseline_clip"``
+    (``"absolute"`` for estimators that need none).
+
+    Parameters
+    ----------
+    estimator : str, default "geometry"
+        The study's AU estimator (``StudySettings.estimator``).
+
+    Returns
+    -------
+    fergi.datasets.FeatureProvenance
+    """
+    from fergi.au import features_provenance, get_au_estimator_spec
+
+    needs = get_au_estimator_spec(estimator).needs_reference
+    return features_provenance(
+        estimator, neutral_reference="baseline_clip" if needs else "absolute"
+    )
+
+
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
@@ -130,6 +155,7 @@ def export_study(
     *,
     overwrite: bool = False,
     include_raw: bool = True,
+    estimator: str | None = None,
 ) -> dict[str, Any]:
     """Export the finished, processed sessions of a study in the public release's layout.
 
@@ -145,6 +171,11 @@ def export_study(
         Replace an existing non-empty output folder.
     include_raw : bool
         Copy the face-video clips of sessions whose participant allowed sharing.
+    estimator : str, optional
+        The AU estimator that processed sessions whose features folder has no
+        ``features_meta.json`` (processed by an older fergi); default the study
+        settings' (``FERGI_ESTIMATOR``, else ``geometry``). Each exported session
+        folder gets a ``features_meta.json``: the session's own, else one for this.
 
     Returns
     -------
@@ -181,8 +212,12 @@ def export_study(
     except FergiError:
         engine.dispose()
         raise
+    if estimator is None:
+        from fergi.study._settings import StudySettings
+
+        estimator = StudySettings().estimator
     try:
-        summary = _export_into(engine, media, out, include_raw)
+        summary = _export_into(engine, media, out, include_raw, estimator)
         _swap_in(out, final)
     except OSError as exc:
         shutil.rmtree(out, ignore_errors=True)
@@ -215,7 +250,11 @@ def _swap_in(staged: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _export_into(engine, media: Path, out: Path, include_raw: bool) -> dict[str, Any]:
+def _export_into(
+    engine, media: Path, out: Path, include_raw: bool, estimator: str
+) -> dict[str, Any]:
+    from fergi.datasets import META_NAME, write_features_meta
+
     store = MediaStore(media)
     factory = make_sessionmaker(engine)
     summary: dict[str, Any] = {"participants": 0, "sessions": 0, "images": 0, "raw_clips": 0, "skipped": {}}
@@ -252,6 +291,13 @@ def _export_into(engine, media: Path, out: Path, include_raw: bool) -> dict[str,
                             target.parent.mkdir(parents=True, exist_ok=True)
                             shutil.copyfile(video, target)
                             summary["raw_clips"] += 1
+                # The release's CSV schema has no room for provenance: the meta file
+                # tells downstream models which AU scale these files are on.
+                meta = store.features_dir(sess.id) / META_NAME
+                if meta.is_file():
+                    shutil.copyfile(meta, session_dir / META_NAME)
+                else:
+                    write_features_meta(session_dir, session_features_provenance(estimator))
                 valid_sessions.setdefault(pid, []).append(s)
                 invalid_images.setdefault(pid, {})[str(s)] = sorted(i.index for i in sess.images if i.invalid)
                 image_data.setdefault(pid, []).extend(image_rows(sess))

@@ -145,8 +145,9 @@ def _features_stage(clips, out_dir: Path, *, estimator, checkpoint, fps, resume)
                 if list(table.columns) == list(FRAME_COLUMNS):
                     frames[(image, clip)], files[(image, clip)] = table, target
                     continue
-            # the image's own baseline clip is the neutral face for its reaction clip
-            baseline = Path(pair["baseline"]) if clip == "reaction" else None
+            # the image's own baseline clip is the neutral face for its reaction clip,
+            # and for itself (features_meta.json says "baseline_clip" for the session)
+            baseline = Path(pair["baseline"])
             try:
                 table = extract_features(video, estimator=estimator, baseline=baseline, fps=fps)
             except FergiError as exc:

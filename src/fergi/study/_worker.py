@@ -436,6 +436,11 @@ class Worker:
                         confident=bool(rec.get("confident", False)),
                     )
                 )
+        from fergi.datasets import write_features_meta
+        from fergi.study._export import session_features_provenance
+
+        # Beside the files, so that the session's features say which AU scale they are on.
+        write_features_meta(features_dir, session_features_provenance(self.settings.estimator))
         db.commit()
         on_stage("store", "done")
         shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,150 @@
+"""features_meta.json from ``fergi extract``, the study worker and ``fergi export``."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from skimage import data
+
+from fergi import FergiError
+from fergi.au import features_provenance
+from fergi.cli._main import main
+from fergi.datasets import META_NAME, feature_provenance, read_features_meta, sha256_file
+from fergi.face import reaction_frames
+from fergi.study import create_app, export_study
+from fergi.video import write_video
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    """A short neutral-then-smile clip (0.2 s + 0.3 s)."""
+    frames = list(reaction_frames(data.astronaut(), neutral_s=0.2, expression_s=0.3, smile=0.8))
+    return write_video(tmp_path_factory.mktemp("videos") / "reaction_clip_1.mp4", frames)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """Tiny-effort IR-50 weights of the published shape (random, created here)."""
+    torch = pytest.importorskip("torch")
+    from fergi.au import build_ir50
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "au_model.pth"
+    torch.save(build_ir50().state_dict(), path)
+    return path
+
+
+def _meta(folder):
+    return json.loads((folder / META_NAME).read_text())
+
+
+def test_extract_writes_geometry_provenance(video, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["extract", str(video), "--out", str(out)]) == 0
+    meta = _meta(out)
+    assert meta["estimator"] == "geometry" and meta["estimator_version"] == "2"
+    assert meta["checkpoint_sha256"] is None
+    assert meta["neutral_reference"] == "least_expressive"
+    prov = feature_provenance(out)
+    assert (prov.estimator, prov.estimator_version, prov.scale) == ("geometry", "2", "geometry-v2")
+    # The report and the printed summary say which neutral face each video used.
+    report = pd.read_csv(out / "extract_report.csv")
+    assert report.loc[0, "neutral_reference"] == "least_expressive"
+    assert report.loc[0, "neutral_reference_detail"].startswith("frames 1-")
+    assert "least_expressive" in capsys.readouterr().out
+
+    # A resumed run with the same settings keeps working and keeps the meta.
+    assert main(["extract", str(video), "--out", str(out)]) == 0
+    assert _meta(out) == meta
+    assert "least_expressive" in capsys.readouterr().out  # carried over for skipped videos
+
+
+def test_extract_with_baseline_seconds_says_so(video, tmp_path):
+    out = tmp_path / "out"
+    assert main(["extract", str(video), "--out", str(out), "--baseline-seconds", "0.2"]) == 0
+    assert _meta(out)["neutral_reference"] == "baseline_seconds"
+    report = pd.read_csv(out / "extract_report.csv")
+    assert report.loc[0, "neutral_reference"] == "baseline_seconds"
+    # Features made against another neutral reference join the folder: "mixed".
+    other = video.with_name("reaction_clip_2.mp4")
+    other.write_bytes(video.read_bytes())
+    assert main(["extract", str(video), str(other), "--out", str(out)]) == 0
+    assert _meta(out)["neutral_reference"] == "mixed"
+
+
+@pytest.mark.slow
+def test_extract_ir50_records_the_checkpoint_and_refuses_a_second_scale(
+    video, weights, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    assert main(["extract", str(video), "--out", str(out)]) == 0
+    capsys.readouterr()
+    ir50 = ["--estimator", "ir50", "--checkpoint", str(weights)]
+    # Another estimator into the same folder would mix two AU scales: refused.
+    assert main(["extract", str(video), "--out", str(out), *ir50]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "geometry v2" in err and "--overwrite" in err and "another --out" in err
+    assert _meta(out)["estimator"] == "geometry"
+
+    assert main(["extract", str(video), "--out", str(out), *ir50, "--overwrite"]) == 0
+    meta = _meta(out)
+    assert meta["estimator"] == "ir50" and meta["estimator_version"] == "1"
+    assert meta["checkpoint_sha256"] == sha256_file(weights)
+    assert meta["neutral_reference"] == "absolute"
+    prov = feature_provenance(out)
+    assert prov.estimator == "ir50" and prov.checkpoint_sha256 == sha256_file(weights)
+    assert pd.read_csv(out / "extract_report.csv").loc[0, "neutral_reference"] == "absolute"
+    # Back to geometry without --overwrite: refused again, naming the weights.
+    assert main(["extract", str(video), "--out", str(out)]) == 2
+    assert "ir50 v1, weights sha256" in capsys.readouterr().err
+
+
+def test_features_provenance_in_the_library(weights):
+    geometry = features_provenance("geometry")
+    assert (geometry.estimator_version, geometry.checkpoint_sha256) == ("2", None)
+    assert geometry.neutral_reference == "least_expressive"
+    ir50 = features_provenance("ir50", weights)
+    assert ir50.neutral_reference == "absolute"
+    assert ir50.checkpoint_sha256 == sha256_file(weights)
+    with pytest.raises(FergiError, match="neutral_reference 'median'"):
+        features_provenance("geometry", neutral_reference="median")
+    with pytest.raises(FergiError, match="unknown AU estimator"):
+        features_provenance("openface")
+
+
+# --- the study: worker and export ------------------------------------------------------
+
+
+def test_study_worker_and_export_carry_the_provenance(tmp_path, monkeypatch):
+    from test_study_api import make_settings
+    from test_study_worker import _fake_pipeline, add_processed_clips, finished_session
+
+    _fake_pipeline(monkeypatch)
+    app = create_app(make_settings(tmp_path))
+    store = app.state.store
+    with TestClient(app) as client:
+        processed = finished_session(client, app, "001")
+        assert app.state.worker.run_pending("process") == 1
+        meta = read_features_meta(store.features_dir(processed.id) / META_NAME)
+        assert (meta.estimator, meta.estimator_version) == ("geometry", "2")
+        assert meta.neutral_reference == "baseline_clip"
+        # A session processed before meta files existed: built from the settings.
+        older = finished_session(client, app, "002")
+        add_processed_clips(app, older.id)
+        assert not (store.features_dir(older.id) / META_NAME).exists()
+
+    settings = app.state.settings
+    out = tmp_path / "export"
+    summary = export_study(settings.resolved_db_url, settings.resolved_media_dir, out)
+    assert summary["sessions"] == 2
+    for pid in ("001", "002"):
+        session_meta = read_features_meta(out / "data" / pid / "session_1" / META_NAME)
+        assert session_meta.scale == "geometry-v2"
+        assert session_meta.neutral_reference == "baseline_clip"
+    prov = feature_provenance(out)
+    assert prov.estimator == "geometry" and prov.estimator_version == "2"
+    assert prov.neutral_reference == "baseline_clip"
