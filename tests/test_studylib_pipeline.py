@@ -199,6 +199,30 @@ def test_labels_with_the_default_model(processed):
     assert int(pairs[frozenset((1, 2))]) == 1
 
 
+def test_default_labels_use_the_session_baselines_or_the_fallback(processed):
+    """The study labels each session in baseline units of its own baseline clips; with
+    fewer than 3 valid baseline clips, the quantile fallback labels it from its frames."""
+    from fergi.study._pipeline import _frames_table, _labels_stage, session_provenance
+
+    result = processed["result"]
+    frames = _frames_table(result.frames, participant="901", session=3)
+    provenance = session_provenance("geometry")
+    labels = _labels_stage(result.activations, model=None, invalid_images=[3], frames=frames,
+                           provenance=provenance)
+    assert set(labels["normalization"]) == {"baseline_median"} and len(labels) == 6
+    act = result.activations.copy()
+    broken = (act["clip"] == "baseline") & act["image"].isin([1, 2, 4])
+    act.loc[broken, "clip_valid"] = False
+    fallback = _labels_stage(act, model=None, invalid_images=[3], frames=frames,
+                             provenance=provenance)
+    assert set(fallback["normalization"]) == {"quantile"} and len(fallback) == 6
+    # A smile still beats a frown whichever model labels the pair.
+    for table in (labels, fallback):
+        pairs = {frozenset((int(a), int(b))): int(p)
+                 for a, b, p in table[["image_a", "image_b", "preferred"]].itertuples(index=False)}
+        assert pairs[frozenset((1, 2))] == 1 and pairs[frozenset((4, 5))] == 4
+
+
 def test_too_few_valid_images_give_no_labels(processed):
     from fergi.study._pipeline import LABEL_COLUMNS, _labels_stage
 

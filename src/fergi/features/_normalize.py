@@ -115,7 +115,7 @@ def baseline_normalize(
     usable = enough & levels[columns].notna().all(axis=1)
     out = clips.copy()
     who = out["participant"].astype(str)
-    divisor = levels.loc[who, columns].to_numpy(dtype=float)
+    divisor = levels.loc[who, columns].to_numpy(dtype=float, copy=True)
     divisor[~usable.loc[who].to_numpy()] = np.nan
     out[columns] = out[columns].to_numpy(dtype=float) / divisor
     out.attrs = dict(clips.attrs)

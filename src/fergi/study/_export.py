@@ -109,12 +109,9 @@ def session_features_provenance(estimator: str = "geometry"):
     -------
     fergi.datasets.FeatureProvenance
     """
-    from fergi.au import features_provenance, get_au_estimator_spec
+    from fergi.study._pipeline import session_provenance
 
-    needs = get_au_estimator_spec(estimator).needs_reference
-    return features_provenance(
-        estimator, neutral_reference="baseline_clip" if needs else "absolute"
-    )
+    return session_provenance(estimator)
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:

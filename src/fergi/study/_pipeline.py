@@ -196,19 +196,21 @@ def _frames_table(frames, *, participant: str, session: int):
 
 
 def session_provenance(estimator, checkpoint=None):
-    """Provenance of the features the study computes: each reaction clip is measured
-    against its own image's baseline clip."""
-    from fergi.au import get_au_estimator_spec
-    from fergi.datasets import FeatureProvenance, sha256_file
+    """Provenance of a session's features: each reaction clip is measured against its own
+    image's baseline clip (``baseline_clip``; ``absolute`` for estimators without one)."""
+    from fergi.au import features_provenance
 
-    name = estimator if isinstance(estimator, str) else getattr(getattr(estimator, "spec", None), "name", "unknown")
-    try:
-        spec = get_au_estimator_spec(name)
-    except FergiError:
-        return FeatureProvenance(name)
-    return FeatureProvenance(
-        name, estimator_version=spec.version,
-        checkpoint_sha256=sha256_file(checkpoint) if checkpoint is not None else None,
+    spec = getattr(estimator, "spec", None)
+    if spec is None and isinstance(estimator, str):
+        from fergi.au import get_au_estimator_spec
+
+        spec = get_au_estimator_spec(estimator)
+    if spec is None:
+        from fergi.datasets import FeatureProvenance
+
+        return FeatureProvenance("unknown")
+    return features_provenance(
+        estimator, checkpoint,
         neutral_reference="baseline_clip" if spec.needs_reference else "absolute",
     )
 
