@@ -137,6 +137,11 @@ def reproduce(
     table = image_table(images, clips, invalid)
     timings["features"] = time.perf_counter() - t
 
+    skip = _preference_skip_reason(table, excluded) if preference else None
+    # FAU-Net (torch import and 33 x 300 epochs) is the longest step: train it in a second
+    # process from now on, while this one computes the statistics, the tables and Figs. 3-4.
+    pending_faunet = _start_faunet(table) if preference and not skip else None
+
     t = time.perf_counter()
     stats = reaction_statistics(table)
     timings["statistics"] = time.perf_counter() - t
@@ -156,11 +161,6 @@ def reproduce(
         "statistics": _statistics_dict(stats),
     }
 
-    # Figs. 3 and 4 need only the statistics: draw them in another process while the
-    # preference tables are computed (matplotlib is single-threaded and takes seconds).
-    pending = _start_reaction_figures(table, stats, out) if out is not None and figures else None
-
-    skip = _preference_skip_reason(table, excluded) if preference else None
     if skip:
         logger.info("preference tables skipped: %s", skip)
         results["preference_skipped"] = skip
@@ -169,20 +169,31 @@ def reproduce(
         from fergi.preference import reproduce_paper_tables
 
         t = time.perf_counter()
-        results.update(reproduce_paper_tables(table, excluded=excluded))
-        timings["preference"] = time.perf_counter() - t
+        results.update(reproduce_paper_tables(table, excluded=excluded, faunet=False))
+        timings["preference tables"] = time.perf_counter() - t
+
+    written = []
+    if out is not None and figures:
+        # Figs. 3 and 4 need only the statistics: drawn while FAU-Net trains.
+        t = time.perf_counter()
+        written += _reaction_figures(table, stats, out)
+        timings["figures 3-4"] = time.perf_counter() - t
+    if preference:
+        from fergi.preference._paper import attach_faunet
+
+        t = time.perf_counter()
+        attach_faunet(results, _finish_faunet(pending_faunet, table))
+        timings["FAU-Net (waited for)"] = time.perf_counter() - t
 
     if out is not None:
         if figures:
             t = time.perf_counter()
-            written = []
             if preference and "coverage" in results:
                 from fergi.plots import plot_accuracy_coverage
 
                 written += plot_accuracy_coverage(results["coverage"], out / "accuracy_coverage")
-            written = _finish_reaction_figures(pending, table, stats, out) + written
             results["figures"] = [p.name for p in written]
-            timings["figures (after the tables)"] = time.perf_counter() - t
+            timings["accuracy-coverage figure"] = time.perf_counter() - t
         results["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
         tmp = out / "results.json.tmp"
         try:
@@ -220,28 +231,37 @@ def _reaction_figures(table: pd.DataFrame, stats: pd.DataFrame, out: Path) -> li
     return written
 
 
-def _start_reaction_figures(table, stats, out):
+def _faunet(table: pd.DataFrame) -> dict:
+    from fergi.preference._paper import faunet_results
+
+    return faunet_results(table, sorted(table["participant"].astype(str).unique()))
+
+
+def _start_faunet(table):
     import concurrent.futures
     import multiprocessing
 
     try:
+        # spawn: torch holds threads that do not survive fork.
         pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        return pool, pool.submit(_reaction_figures, table, stats, out)
-    except (OSError, RuntimeError) as exc:  # no process support: draw them in this one
-        logger.debug("drawing figures in-process (%s)", exc)
+        return pool, pool.submit(_faunet, table)
+    except (OSError, RuntimeError) as exc:  # no process support: train it in this one
+        logger.debug("training FAU-Net in-process (%s)", exc)
         return None
 
 
-def _finish_reaction_figures(pending, table, stats, out) -> list[Path]:
+def _finish_faunet(pending, table) -> dict:
     if pending is not None:
         pool, future = pending
         try:
             return future.result()
-        except Exception as exc:  # a broken worker must not lose the figures
-            logger.debug("figure worker failed (%s); drawing in-process", exc)
+        except FergiError:
+            raise
+        except Exception as exc:  # a broken worker must not lose the results
+            logger.debug("FAU-Net worker failed (%s); training in-process", exc)
         finally:
             pool.shutdown()
-    return _reaction_figures(table, stats, out)
+    return _faunet(table)
 
 
 def _p(p: float) -> str:

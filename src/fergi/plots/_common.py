@@ -25,9 +25,14 @@ def save_figure(fig, path_stem: str | os.PathLike, formats: Sequence[str]) -> li
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     try:
+        # The tight box once, not per format: bbox_inches="tight" draws the figure an extra
+        # time on every save, and the 12-panel figures take seconds per draw.
+        bbox = None
+        if formats:
+            bbox = fig.get_tightbbox(fig.canvas.get_renderer()).padded(0.1)
         for fmt in formats:
             path = stem.with_suffix(f".{fmt}")
-            fig.savefig(path, dpi=150 if fmt == "png" else None, bbox_inches="tight")
+            fig.savefig(path, dpi=150 if fmt == "png" else None, bbox_inches=bbox)
             paths.append(path)
     finally:
         plt.close(fig)

@@ -343,7 +343,7 @@ def faunet_results(table: pd.DataFrame, participants, *, model=None, a_grid=INTE
     }
 
 
-def reproduce_paper_tables(table: pd.DataFrame, *, excluded, faunet: bool = True) -> dict:
+def reproduce_paper_tables(table: pd.DataFrame, *, excluded, faunet=True) -> dict:
     """Tables 1 and 2 of the paper and the FAU-Net results from the public release.
 
     Parameters
@@ -352,8 +352,9 @@ def reproduce_paper_tables(table: pd.DataFrame, *, excluded, faunet: bool = True
         :func:`fergi.features.image_table` of the release (all participants).
     excluded : iterable of str
         Participants left out of Tables 1 and 2 (AU4 screening: 002, 004, 039).
-    faunet : bool
-        Also train FAU-Net (all participants).
+    faunet : bool or dict
+        Also train FAU-Net (all participants); a dict is an already computed
+        :func:`faunet_results` (e.g. trained in another process).
 
     Returns
     -------
@@ -374,16 +375,23 @@ def reproduce_paper_tables(table: pd.DataFrame, *, excluded, faunet: bool = True
         logger.warning("excluded participants not in the table: %s", ", ".join(sorted(unknown)))
     included = [p for p in everyone if p not in excluded]
     res = aucomb_tables(table, included)
-    per = {"aucomb": res.pop("per_participant").to_dict(orient="records")}
-    if faunet:
-        fn = faunet_results(table, everyone)
-        per["faunet"] = fn.pop("per_participant").to_dict(orient="records")
-        res["coverage"]["faunet"] = {"n_pairs": fn["n_pairs"], "n_participants": fn["n_participants"],
-                                     "curves": fn.pop("coverage")}
-        res["faunet"] = fn
-    res["preference_per_participant"] = per
+    res["preference_per_participant"] = {"aucomb": res.pop("per_participant").to_dict(orient="records")}
     res["preference_published"] = PUBLISHED
+    if faunet is not False:
+        attach_faunet(res, faunet if isinstance(faunet, dict) else faunet_results(table, everyone))
     return _jsonable(res)
+
+
+def attach_faunet(results: dict, faunet: dict) -> dict:
+    """Add a :func:`faunet_results` output to :func:`reproduce_paper_tables` results (in place)."""
+    fn = dict(faunet)
+    per = fn.pop("per_participant")
+    results["preference_per_participant"]["faunet"] = _jsonable(
+        per.to_dict(orient="records") if isinstance(per, pd.DataFrame) else per)
+    results["coverage"]["faunet"] = _jsonable({"n_pairs": fn["n_pairs"], "n_participants": fn["n_participants"],
+                                               "curves": fn.pop("coverage")})
+    results["faunet"] = _jsonable(fn)
+    return results
 
 
 def _jsonable(obj):
