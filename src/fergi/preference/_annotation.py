@@ -574,7 +574,12 @@ def evaluate_lopo(model: AnnotationModel, data: ReactionData, *, participants=No
         ranks = qn.ranks(data.frames)
         base_table = None
     else:
-        base_table = _usable(model.image_table(data), needed, ranked=True)
+        full = model.image_table(data)
+        few = full.attrs.get("too_few_baselines", [])
+        if few:
+            logger.warning("%s: participant(s) %s have fewer than %d valid baseline clips; left out "
+                           "of the evaluation", data.source, ", ".join(few), model.min_baseline_clips)
+        base_table = _usable(full, needed, ranked=True)
     folds = []
     for held in everyone:
         if quantile:
