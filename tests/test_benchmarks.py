@@ -128,3 +128,20 @@ def test_studylib_quick(capsys):
     # Two images, a smile then a frown: one pair, the smile preferred.
     labels = figures["labels"]
     assert len(labels) == 1 and int(labels["preferred"].iloc[0]) == 1
+
+
+@pytest.mark.slow
+def test_labels_quick(fergi_public, capsys):
+    figures = load("bench_labels").main([str(fergi_public), "--quick"])
+    assert "strict leave-one-participant-out" in capsys.readouterr().out
+    assert set(figures["variants"]) == {"aucomb/none", "aucomb/baseline_median"}
+    for entry in figures["variants"].values():
+        assert positive(entry["seconds"])
+        for key in ("selective", "independent", "integrated"):
+            low, high = entry[key]["ci"]
+            assert 0 <= low <= entry[key]["accuracy"] <= high <= 100
+    invariance = figures["invariance"]
+    # Scale-free models give identical labels under distorted AUs; the raw one does not.
+    assert invariance["baseline_median, x factor"]["agreement"] == 100.0
+    assert invariance["quantile, power transform"]["agreement"] == 100.0
+    assert invariance["raw (paper), x factor"]["agreement"] < 100.0

@@ -349,24 +349,3 @@ def test_malformed_annotation_model_files_are_refused(tmp_path):
     with pytest.raises(FergiError, match="std > 0"):
         load_model(path)
 
-
-@pytest.mark.slow
-def test_labels_benchmark_quick_mode(fergi_public, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_labels.py"
-    spec = importlib.util.spec_from_file_location("bench_labels", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    figures = bench.main([str(fergi_public), "--quick"])
-    assert set(figures["variants"]) == {"aucomb/none", "aucomb/baseline_median"}
-    for entry in figures["variants"].values():
-        for key in ("selective", "independent", "integrated"):
-            low, high = entry[key]["ci"]
-            assert 0 <= low <= entry[key]["accuracy"] <= high <= 100
-    invariance = figures["invariance"]
-    assert invariance["baseline_median, x factor"]["agreement"] == 100.0
-    assert invariance["quantile, power transform"]["agreement"] == 100.0
-    assert invariance["raw (paper), x factor"]["agreement"] < 100.0
-    assert "strict leave-one-participant-out" in capsys.readouterr().out
