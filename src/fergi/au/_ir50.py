@@ -257,29 +257,9 @@ class IR50AUEstimator:
         fergi.FergiError
             Nothing matched (not an IResNet-50 file).
         """
-        import torch
-
-        path = Path(path)
-        state = _read_state_dict(path)
-        own = self.model_.state_dict()
-        take = {
-            k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)
-        }
-        if not take:
-            raise FergiError(f"{path}: no parameter matches IResNet-50 by name and shape")
-        with torch.no_grad():
-            own.update({k: v.to(own[k].dtype) for k, v in take.items()})
-            self.model_.load_state_dict(own)
-        skipped = sorted(set(state) - set(take))
-        logger.info(
-            "backbone %s: %d tensors loaded, %d skipped (%s)",
-            path,
-            len(take),
-            len(skipped),
-            ", ".join(skipped[:4]),
-        )
-        self.loaded_ = sorted(take)
+        self.loaded_ = load_matching(self.model_, path)
         return self
+
 
     def predict_outputs(self, faces: np.ndarray) -> np.ndarray:
         """All 384 network outputs for ``(N, 112, 112, 3)`` float faces in [0, 1]."""
@@ -302,3 +282,38 @@ class IR50AUEstimator:
     def fit(self, *args, **kwargs) -> IR50AUEstimator:
         """No-op: appearance intensities are absolute, no neutral reference is used."""
         return self
+
+
+def load_matching(model, path: str | os.PathLike) -> list[str]:
+    """Copy the tensors of a state_dict file whose names and shapes match ``model``.
+
+    Returns
+    -------
+    list of str
+        The names copied.
+
+    Raises
+    ------
+    fergi.FergiError
+        Nothing matched (not an IResNet-50 file), or not a checkpoint.
+    """
+    import torch
+
+    path = Path(path)
+    state = _read_state_dict(path)
+    own = model.state_dict()
+    take = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    if not take:
+        raise FergiError(f"{path}: no parameter matches IResNet-50 by name and shape")
+    with torch.no_grad():
+        own.update({k: v.to(own[k].dtype) for k, v in take.items()})
+        model.load_state_dict(own)
+    skipped = sorted(set(state) - set(take))
+    logger.info(
+        "backbone %s: %d tensors loaded, %d skipped (%s)",
+        path,
+        len(take),
+        len(skipped),
+        ", ".join(skipped[:4]),
+    )
+    return sorted(take)

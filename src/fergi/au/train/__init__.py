@@ -17,10 +17,35 @@ from fergi.au.train._datasets import (
     read_datasets,
     subject_groups,
 )
+from fergi.au.train._metrics import au_metrics, format_metrics, icc31
+from fergi.au.train._run import plot_learning_curve, train_au
+from fergi.au.train._train import (
+    TrainConfig,
+    augment,
+    cross_validate,
+    make_model,
+    predict,
+    save_model,
+    subject_folds,
+    train_model,
+)
 from fergi.au.train._loss import au_loss, bce_weights, class_counts, expand_weights, mse_weights
 from fergi.au.train._synthetic import write_synthetic_datasets
 
 __all__ = [
+    "TrainConfig",
+    "au_metrics",
+    "augment",
+    "cross_validate",
+    "format_metrics",
+    "icc31",
+    "make_model",
+    "plot_learning_curve",
+    "predict",
+    "save_model",
+    "subject_folds",
+    "train_au",
+    "train_model",
     "DISFA_AUS",
     "TABLE_COLUMNS",
     "DisfaPlusReader",
