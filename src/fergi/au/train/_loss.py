@@ -159,8 +159,9 @@ def au_loss(outputs, target, w_mse, w_bce, *, eps: float = 1e-8) -> dict:
 
     reg_m = reg * m
     dot = (y * reg_m).sum(dim=1)
-    norm = y.pow(2).sum(dim=1).sqrt() * reg_m.pow(2).sum(dim=1).sqrt()
-    cos = 1.0 - dot / norm.clamp_min(eps)
+    # sqrt of the clamped product: the gradient of sqrt(0) would be infinite (NaN).
+    norm = (y.pow(2).sum(dim=1) * reg_m.pow(2).sum(dim=1)).clamp_min(eps * eps).sqrt()
+    cos = 1.0 - dot / norm
 
     thresholds = torch.arange(1, 6, device=y.device, dtype=y.dtype)
     chi = (y.unsqueeze(-1) >= thresholds).float()  # (B, 64, 5)

@@ -1,0 +1,280 @@
+"""Training the paper's AU model (fergi.au.train, `fergi train-au`) on DISFA/DISFA+ layouts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fergi import FergiError
+from fergi.au.train import (
+    DISFA_AUS,
+    DisfaPlusReader,
+    DisfaReader,
+    FaceCache,
+    TrainConfig,
+    au_loss,
+    au_metrics,
+    bce_weights,
+    build_cache,
+    class_counts,
+    expand_weights,
+    icc31,
+    make_model,
+    mse_weights,
+    predict,
+    read_datasets,
+    save_model,
+    subject_folds,
+    train_model,
+    write_synthetic_datasets,
+)
+from fergi.datasets import AU_NAMES
+
+REPO = Path(__file__).resolve().parents[1]
+# Small, fast model and the learning rate it needs to learn in a few dozen steps.
+TINY = dict(width=4, layers=(1, 1, 1, 1), batch_size=16, lr_head=3e-3, lr_backbone=3e-3, device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(n)
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def _write_disfa(root: Path, subject="SN001", n=4, *, left="Videos_LeftCamera", right="Video_RightCamera", text=None):
+    (root / left).mkdir(parents=True, exist_ok=True)
+    (root / right).mkdir(parents=True, exist_ok=True)
+    (root / left / f"LeftVideo{subject}_comp.avi").write_bytes(b"")
+    (root / right / f"RightVideo{subject}_Comp.avi").write_bytes(b"")
+    labels = root / "ActionUnit_Labels" / subject
+    labels.mkdir(parents=True, exist_ok=True)
+    for au in DISFA_AUS:
+        body = text(au) if text else "".join(f"{f},{(f + au) % 6}\n" for f in range(1, n + 1))
+        (labels / f"{subject}_au{au}.txt").write_bytes(body.encode())
+    return root
+
+
+def _write_plus(root: Path, subject="SN001", trial="A1_AU1_TrailNo_1", n=3, *, text=None, images=True):
+    imgs = root / "Images" / subject / trial
+    imgs.mkdir(parents=True, exist_ok=True)
+    if images:
+        for i in range(n):
+            (imgs / f"{i:03d}.jpg").write_bytes(b"")
+    labels = root / "Labels" / subject / trial
+    labels.mkdir(parents=True, exist_ok=True)
+    for au in DISFA_AUS:
+        rows = "".join(f"{i:03d}.jpg     {(i + au) % 6}\n" for i in range(n))
+        body = text(au) if text else f"{subject}\n{trial}\n{rows}"
+        (labels / f"AU{au}.txt").write_text(body)
+    return root
+
+
+def test_disfa_reader_reads_both_cameras_and_label_formats(tmp_path):
+    def text(au):
+        # A header, CRLF line ends, spaces and trailing blank lines are all tolerated.
+        lines = ["frame,intensity"] + [f"{f}, {(f + au) % 6}" for f in range(1, 5)]
+        return "\r\n".join(lines) + "\r\n\r\n  \r\n"
+
+    root = _write_disfa(tmp_path / "disfa", left="videos_leftcamera", right="Videos_RightCamera", text=text)
+    table = DisfaReader(root).frames()
+    assert list(table.columns[:6]) == ["dataset", "subject", "trial", "frame", "path", "index"]
+    assert list(table.columns[6:]) == list(AU_NAMES)
+    assert len(table) == 8 and set(table["trial"]) == {"left", "right"}
+    left = table[table["trial"] == "left"]
+    assert left["frame"].tolist() == [1, 2, 3, 4] and left["index"].tolist() == [0, 1, 2, 3]
+    assert left["AU12"].tolist() == [(f + 12) % 6 for f in range(1, 5)]
+    assert left["path"].iloc[0].endswith("LeftVideoSN001_comp.avi")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda p: p.unlink(), r"SN001_au4\.txt: label file not found"),
+        (lambda p: p.write_text("1,0\n2,0\n4,0\n"), r"SN001_au4\.txt:3: frame 3 has no label"),
+        (lambda p: p.write_text("1,0\n2,7\n3,0\n4,0\n"), r"SN001_au4\.txt:2: intensity 7 outside 0-5"),
+        (lambda p: p.write_text("1,0\n2,x\n"), r"SN001_au4\.txt:2: cannot parse"),
+    ],
+)
+def test_disfa_label_errors_name_file_and_line(tmp_path, edit, message):
+    root = _write_disfa(tmp_path / "disfa")
+    edit(root / "ActionUnit_Labels" / "SN001" / "SN001_au4.txt")
+    with pytest.raises(FergiError, match=message):
+        DisfaReader(root).frames()
+
+
+def test_disfa_missing_video_or_subject_is_reported(tmp_path):
+    root = _write_disfa(tmp_path / "disfa")
+    with pytest.raises(FergiError, match=r"SN009: subject folder not found"):
+        DisfaReader(root, subjects=["SN009"]).frames()
+    (root / "Video_RightCamera" / "RightVideoSN001_Comp.avi").unlink()
+    with pytest.raises(FergiError, match=r"RightVideoSN001_comp\.avi: video not found"):
+        DisfaReader(root).frames()
+    with pytest.raises(FergiError, match="DISFA folder not found"):
+        DisfaReader(tmp_path / "nowhere").frames()
+
+
+def test_disfa_plus_reader(tmp_path):
+    root = _write_plus(tmp_path / "plus")
+    _write_plus(root, trial="A2_AU2_TrailNo_1", n=2)
+    table = DisfaPlusReader(root).frames()
+    assert len(table) == 5 and set(table["trial"]) == {"A1_AU1_TrailNo_1", "A2_AU2_TrailNo_1"}
+    first = table[table["trial"] == "A1_AU1_TrailNo_1"]
+    assert first["AU1"].tolist() == [1, 2, 3] and (first["index"] == -1).all()
+    assert first["path"].iloc[2].endswith("002.jpg")
+    both = read_datasets(_write_disfa(tmp_path / "disfa"), root)
+    assert set(both["dataset"]) == {"disfa", "disfa_plus"} and len(both) == 13
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("image_missing", r"AU1\.txt:3: image .*000\.jpg not found"),
+        ("label_missing", r"AU6\.txt: image 002\.jpg has no label"),
+        ("out_of_range", r"AU6\.txt:4: intensity 6 outside 0-5"),
+        ("no_subject_images", r"Images/SN001: subject folder not found"),
+        ("unlabelled_image", r"AU1\.txt: image .*003\.jpg has no label"),
+    ],
+)
+def test_disfa_plus_errors(tmp_path, case, message):
+    root = _write_plus(tmp_path / "plus")
+    trial = "A1_AU1_TrailNo_1"
+    au6 = root / "Labels" / "SN001" / trial / "AU6.txt"
+    if case == "image_missing":
+        (root / "Images" / "SN001" / trial / "000.jpg").unlink()
+    elif case == "label_missing":
+        au6.write_text("SN001\ntrial\n000.jpg  0\n001.jpg  0\n")
+    elif case == "out_of_range":
+        au6.write_text("SN001\ntrial\n000.jpg  0\n001.jpg  6\n002.jpg 0\n")
+    elif case == "no_subject_images":
+        import shutil
+
+        shutil.rmtree(root / "Images" / "SN001")
+    elif case == "unlabelled_image":
+        (root / "Images" / "SN001" / trial / "003.jpg").write_bytes(b"")
+    with pytest.raises(FergiError, match=message):
+        DisfaPlusReader(root).frames()
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def test_mse_and_bce_weights_match_hand_computation():
+    counts = np.array([[6, 2, 1, 1, 0, 0], [0, 0, 5, 0, 0, 0]])
+    w = mse_weights(counts)
+    # {0,1}: 8 samples, {2..5}: 2 samples -> (2/8) / (2/8 + 4/2) = 1/9 and 8/9.
+    np.testing.assert_allclose(w[0], [1 / 9, 1 / 9, 8 / 9, 8 / 9, 8 / 9, 8 / 9])
+    # An AU with no low intensities: the high group takes the whole weight.
+    np.testing.assert_allclose(w[1], [0, 0, 1, 1, 1, 1])
+    wb = bce_weights(counts)
+    # Below j: 6, 8, 9, 10, 10; at or above j: 4, 2, 1, 0, 0.
+    z = (
+        Fraction(1, 6) + Fraction(1, 4) + Fraction(1, 8) + Fraction(1, 2) + Fraction(1, 9) + 1
+        + Fraction(1, 10) + Fraction(1, 10)
+    )
+    assert z == Fraction(847, 360)
+    neg = [Fraction(1, 6) / z, Fraction(1, 8) / z, Fraction(1, 9) / z, Fraction(1, 10) / z, Fraction(1, 10) / z]
+    pos = [Fraction(1, 4) / z, Fraction(1, 2) / z, 1 / z, 0, 0]
+    np.testing.assert_allclose(wb[0, :, 0], [float(v) for v in neg])
+    np.testing.assert_allclose(wb[0, :, 1], [float(v) for v in pos])
+    assert wb[0, 0, 1] == pytest.approx(90 / 847)
+    np.testing.assert_allclose(wb[0].sum(), 1.0)
+    np.testing.assert_array_equal(class_counts(np.array([[0, np.nan], [2.2, 3], [4.6, 3]])), [[1, 0, 1, 0, 0, 1], [0, 0, 0, 2, 0, 0]])
+
+
+def _loss_inputs(seed=0):
+    import torch
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 6, size=(8, 12)).astype(np.float32)
+    labels[0] = 0  # a neutral frame: the cosine has no direction there
+    counts = class_counts(labels)
+    w_mse = torch.from_numpy(expand_weights(mse_weights(counts), DISFA_AUS))
+    w_bce = torch.from_numpy(expand_weights(bce_weights(counts), DISFA_AUS))
+    target = np.full((8, 64), np.nan, np.float32)
+    for k, au in enumerate(DISFA_AUS):
+        target[:, au - 1] = labels[:, k]
+    return torch.from_numpy(target), w_mse, w_bce
+
+
+def _perfect(target, big=30.0):
+    import torch
+
+    y = torch.nan_to_num(target)
+    logits = torch.where(y.unsqueeze(-1) >= torch.arange(1, 6), big, -big)
+    return torch.cat([y, logits.reshape(len(y), -1)], dim=1)
+
+
+def test_loss_is_minimal_for_a_perfect_prediction():
+    import torch
+
+    target, w_mse, w_bce = _loss_inputs()
+    perfect = _perfect(target)
+    parts = au_loss(perfect, target, w_mse, w_bce)
+    # MSE 0, cosine 0 except the neutral frame's constant 1, cross entropy ~0.
+    assert parts["mse"].item() == 0
+    assert parts["cos"].item() == pytest.approx(1 / 8, abs=1e-6)
+    assert parts["bce"].item() < 1e-10
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        noisy = perfect + 0.3 * torch.randn(perfect.shape, generator=gen)
+        assert au_loss(noisy, target, w_mse, w_bce)["loss"] > parts["loss"]
+    perfect.requires_grad_(True)
+    au_loss(perfect, target, w_mse, w_bce)["loss"].backward()
+    assert perfect.grad[:, :64].abs().max() < 1e-6
+
+
+def test_cosine_term_is_a_true_cosine_and_unlabelled_slots_are_masked():
+    import torch
+
+    target, w_mse, w_bce = _loss_inputs(1)
+    out = _perfect(target)
+    out[:, :64] *= 3.0  # same direction, 3x the length
+    # The printed eq. 13 without square roots would give 1 - 1/9 here.
+    cos = au_loss(out, target, w_mse, w_bce)["cos"].item()
+    assert cos == pytest.approx(1 / 8, abs=1e-6)  # only the neutral frame's constant term
+    # Changing the 52 unlabelled slots (regression and ordinal) changes nothing.
+    unlabelled = [i for i in range(64) if i + 1 not in DISFA_AUS]
+    other = out.clone()
+    other[:, unlabelled] = 100.0
+    other.reshape(8, -1)[:, [64 + 5 * i + j for i in unlabelled for j in range(5)]] = -50.0
+    a, b = au_loss(out, target, w_mse, w_bce), au_loss(other, target, w_mse, w_bce)
+    for k in ("mse", "cos", "bce"):
+        assert a[k].item() == pytest.approx(b[k].item(), rel=1e-6)
+    other.requires_grad_(True)
+    au_loss(other, target, w_mse, w_bce)["loss"].backward()
+    assert torch.all(other.grad[:, unlabelled] == 0)
+
+
+def test_icc_and_metrics():
+    # Shrout & Fleiss ICC(3,1) by hand for rows (1,2), (2,3), (3,5): SS_total 28/3,
+    # SS_rows 19/3, SS_raters 8/3, so MS_rows = 19/6, MS_error = (1/3)/2 = 1/6.
+    assert icc31([1, 2, 3], [2, 3, 5]) == pytest.approx((19 / 6 - 1 / 6) / (19 / 6 + 1 / 6))
+    assert icc31([0, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(1.0)  # a constant offset is consistent
+    y = np.column_stack([np.arange(10) % 6, np.zeros(10)] + [np.zeros(10)] * 10)
+    table = au_metrics(y, y + 0.5)
+    assert table.loc["AU1", "icc"] == pytest.approx(1.0) and np.isnan(table.loc["AU2", "icc"])
+    assert table.loc["AU1", "mae"] == pytest.approx(0.5 - 0.05)  # predictions clipped to 0-5
+    assert table.loc["mean", "icc"] == pytest.approx(1.0)
+
+
+def test_subject_folds_are_disjoint_and_cover_everyone():
+    folds = subject_folds(["a", "b", "c", "d", "e", "a"], 3, seed=1)
+    assert sorted(np.concatenate(folds)) == ["a", "b", "c", "d", "e"]
+    assert sorted(len(f) for f in folds) == [1, 2, 2]
+    with pytest.raises(FergiError, match="only 2 subjects"):
+        subject_folds(["a", "b"], 3)
