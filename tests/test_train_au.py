@@ -278,3 +278,189 @@ def test_subject_folds_are_disjoint_and_cover_everyone():
     assert sorted(len(f) for f in folds) == [1, 2, 2]
     with pytest.raises(FergiError, match="only 2 subjects"):
         subject_folds(["a", "b"], 3)
+
+
+# ----------------------------------------------------------------------------- synthetic data
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory):
+    """Synthetic DISFA (4 subjects x 2 cameras x 40 frames) and DISFA+ (2 x 40) trees, cached."""
+    root = tmp_path_factory.mktemp("synthetic_au")
+    disfa, plus = write_synthetic_datasets(root, disfa_subjects=4, plus_subjects=2, frames=40, seed=0)
+    table = read_datasets(disfa, plus)
+    cache = build_cache(table, root / "cache", progress=False)
+    return {"root": root, "disfa": disfa, "plus": plus, "table": table, "cache": cache}
+
+
+def test_synthetic_trees_use_the_real_layouts(synthetic):
+    disfa, plus = synthetic["disfa"], synthetic["plus"]
+    assert (disfa / "Videos_LeftCamera" / "LeftVideoSN001_comp.avi").is_file()
+    assert (disfa / "Video_RightCamera" / "RightVideoSN004_Comp.avi").is_file()
+    lines = (disfa / "ActionUnit_Labels" / "SN002" / "SN002_au12.txt").read_text().splitlines()
+    assert len(lines) == 40 and lines[0].split(",")[0] == "1"
+    au4 = (plus / "Labels" / "SN005" / "A1_AU12_TrailNo_1" / "AU4.txt").read_text().splitlines()
+    assert au4[:2] == ["SN005", "A1_AU12_TrailNo_1"] and au4[2].startswith("000.jpg ")
+    table = synthetic["table"]
+    assert len(table) == 4 * 80 + 2 * 40 and table["subject"].nunique() == 6
+    # Both synthetic AUs cover the whole 0-5 scale; the others are labelled 0.
+    assert set(table["AU12"]) == set(range(6)) and set(table["AU4"]) == set(range(6))
+    assert (table[[n for n in AU_NAMES if n not in ("AU4", "AU12")]] == 0).all().all()
+    # Subjects look different: their mean aligned faces differ by > 5 grey levels a pixel.
+    faces = synthetic["cache"].faces
+    subj = table["subject"].to_numpy()
+    means = [faces[np.flatnonzero(subj == s)].astype(float).mean(0) for s in sorted(set(subj))]
+    assert min(np.abs(a - b).mean() for i, a in enumerate(means) for b in means[i + 1 :]) > 5
+
+
+def test_cache_matches_preprocessing_counts_failures_and_resumes(synthetic, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from fergi.au.train import _cache
+    from fergi.face import FaceAnalyzer, preprocess_face
+
+    table = synthetic["table"]
+    video_rows = table[(table["subject"] == "SN001") & (table["trial"] == "left")].head(3)
+    image_rows = table[table["dataset"] == "disfa_plus"].head(3)
+    grey = tmp_path / "grey.jpg"
+    Image.fromarray(np.full((120, 120, 3), 128, np.uint8)).save(grey)
+    no_face = image_rows.head(1).assign(path=str(grey), trial="grey")
+    past_end = video_rows.head(1).assign(frame=999, index=998)
+    small = pd.concat([video_rows, past_end, image_rows, no_face], ignore_index=True)
+    cache = build_cache(small, tmp_path / "c", progress=False)
+    assert cache.summary() == {"frames": 8, "faces": 6, "no_face": 1, "not_in_video": 1, "pending": 0}
+    assert cache.usable.tolist() == [0, 1, 2, 4, 5, 6]
+    np.testing.assert_array_equal(cache.labels([4]), small.loc[[4], list(AU_NAMES)].to_numpy())
+    img = np.asarray(Image.open(image_rows["path"].iloc[0]).convert("RGB"))
+    obs = FaceAnalyzer().process(img)
+    expected = np.rint(preprocess_face(img, obs.box, obs.landmarks) * 255)
+    assert np.abs(cache.faces[4].astype(float) - expected).max() <= 1
+
+    # Resume: only the unfinished source is processed again.
+    status = np.load(tmp_path / "c" / "status.npy")
+    status[4:7] = -1
+    np.save(tmp_path / "c" / "status.npy", status)
+    seen = []
+    real = _cache._process_unit
+    monkeypatch.setattr(_cache, "_process_unit", lambda *a, **k: seen.append(len(a[2])) or real(*a, **k))
+    again = build_cache(small, tmp_path / "c", progress=False)
+    assert seen == [3] and again.summary()["faces"] == 6
+    np.testing.assert_array_equal(again.faces[4], cache.faces[4])
+    with pytest.raises(FergiError, match="cache of other frames"):
+        build_cache(small.head(5), tmp_path / "c", progress=False)
+
+
+@pytest.mark.slow
+def test_parallel_cache_equals_serial(synthetic, tmp_path):
+    table = synthetic["table"]
+    small = pd.concat([table[table["trial"] == "right"].head(4), table[table["dataset"] == "disfa_plus"].head(4)])
+    serial = build_cache(small, tmp_path / "s", progress=False)
+    parallel = build_cache(small, tmp_path / "p", workers=2, progress=False)
+    np.testing.assert_array_equal(serial.table["status"], parallel.table["status"])
+    np.testing.assert_array_equal(np.asarray(serial.faces), np.asarray(parallel.faces))
+
+
+# ----------------------------------------------------------------------------- learning
+
+HELD_OUT = ["SN002", "SN006"]  # a DISFA and a DISFA+ subject
+
+
+def _split(cache):
+    subj = cache.table["subject"].to_numpy()[cache.usable]
+    test = np.isin(subj, HELD_OUT)
+    return cache.usable[~test], cache.usable[test]
+
+
+def _held_out_icc(model, cache):
+    _, test = _split(cache)
+    table = au_metrics(cache.labels(test), predict(model, cache.faces, test))
+    return table.loc["AU12", "icc"], table.loc["AU4", "icc"]
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic):
+    cache = synthetic["cache"]
+    train, _ = _split(cache)
+    config = TrainConfig(epochs=6, **TINY)
+    model, history = train_model(cache, train, config, progress=False)
+    return model, history, config
+
+
+@pytest.mark.slow
+def test_training_learns_au12_and_au4_on_held_out_subjects(synthetic, trained):
+    cache = synthetic["cache"]
+    model, history, config = trained
+    untrained = make_model(config).eval()
+    au12, au4 = _held_out_icc(model, cache)
+    u12, u4 = _held_out_icc(untrained, cache)
+    print(f"held-out ICC(3,1): trained AU12 {au12:.2f} AU4 {au4:.2f}; untrained AU12 {u12:.2f} AU4 {u4:.2f}")
+    assert au12 > 0.5 and au12 > u12 + 0.4
+    assert au4 > 0.3 and au4 > u4 + 0.3
+    first, last = history["loss"].head(10).mean(), history["loss"].tail(10).mean()
+    assert last < 0.5 * first
+    assert len(history) == 6 * int(np.ceil(len(_split(cache)[0]) / 16))
+
+
+@pytest.mark.slow
+def test_shuffled_labels_do_not_learn(synthetic):
+    """The control that makes the learning test meaningful: same recipe, labels shuffled."""
+    cache = synthetic["cache"]
+    train, _ = _split(cache)
+    shuffled = cache.labels(train)[np.random.default_rng(0).permutation(len(train))]
+    model, _ = train_model(cache, train, TrainConfig(epochs=6, **TINY), progress=False, labels=shuffled)
+    au12, au4 = _held_out_icc(model, cache)
+    print(f"held-out ICC(3,1) after training on shuffled labels: AU12 {au12:.2f} AU4 {au4:.2f}")
+    assert not au12 > 0.5 and au12 < 0.3 and au4 < 0.3
+
+
+@pytest.mark.slow
+def test_saved_checkpoint_loads_in_the_ir50_estimator(synthetic, trained, tmp_path):
+    from fergi.au import create_au_estimator
+
+    cache = synthetic["cache"]
+    model = trained[0]
+    path = save_model(model, tmp_path / "tiny.pth")
+    est = create_au_estimator("ir50", checkpoint=path, device="cpu")
+    rows = cache.usable[:12]
+    faces = np.asarray(cache.faces[rows], dtype=np.float32) / 255.0
+    np.testing.assert_allclose(est.predict(faces), predict(model, cache.faces, rows), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_full_ir50_takes_a_training_step_and_round_trips(synthetic, tmp_path):
+    import torch
+
+    from fergi.au import create_au_estimator
+
+    cache = synthetic["cache"]
+    rows = cache.usable[:4]
+    config = TrainConfig(batch_size=2, max_steps=1, device="cpu")
+    before = make_model(config).state_dict()
+    model, history = train_model(cache, rows, config, progress=False)
+    assert len(history) == 1 and np.isfinite(history["loss"]).all()
+    assert model.fc.weight.shape == (384, 512 * 7 * 7)
+    after = model.state_dict()
+    assert not torch.equal(before["fc.weight"], after["fc.weight"])
+    assert not torch.equal(before["layer3.13.conv2.weight"], after["layer3.13.conv2.weight"])
+    path = save_model(model, tmp_path / "full.pth")
+    est = create_au_estimator("ir50", checkpoint=path, device="cpu")
+    faces = np.asarray(cache.faces[rows[:2]], dtype=np.float32) / 255.0
+    np.testing.assert_allclose(est.predict(faces), predict(model, cache.faces, rows[:2]), rtol=1e-4, atol=1e-4)
+
+
+def test_backbone_weights_are_the_starting_point(synthetic, tmp_path):
+    import torch
+
+    from fergi.au import build_ir50
+
+    donor = build_ir50(width=4, layers=(1, 1, 1, 1))
+    # A face-recognition file: arcface's fc is (512, 25088)-like, i.e. does not match.
+    state = {k: v for k, v in donor.state_dict().items() if not k.startswith("fc.")}
+    state["fc.weight"] = torch.zeros(512, 4 * 8 * 49)
+    torch.save(state, tmp_path / "r50.pth")
+    model = make_model(TrainConfig(backbone=str(tmp_path / "r50.pth"), **TINY))
+    assert torch.equal(model.conv1.weight, donor.conv1.weight)
+    assert model.fc.weight.shape == (384, 4 * 8 * 49)
+    with pytest.raises(FergiError, match="no parameter matches"):
+        torch.save({"x": torch.zeros(2)}, tmp_path / "bad.pth")
+        make_model(TrainConfig(backbone=str(tmp_path / "bad.pth"), **TINY))
