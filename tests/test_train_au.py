@@ -464,3 +464,110 @@ def test_backbone_weights_are_the_starting_point(synthetic, tmp_path):
     with pytest.raises(FergiError, match="no parameter matches"):
         torch.save({"x": torch.zeros(2)}, tmp_path / "bad.pth")
         make_model(TrainConfig(backbone=str(tmp_path / "bad.pth"), **TINY))
+
+
+# ----------------------------------------------------------------------------- command
+
+
+def test_train_au_help_and_user_errors(tmp_path, capsys):
+    from fergi.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train-au", "--help"])
+    text = capsys.readouterr().out
+    for phrase in ("--disfa", "--disfa-plus", "--backbone", "--cv", "--all", "ICC(3,1)", "torchrun", "run folder"):
+        assert phrase in text
+    assert main(["train-au", "--disfa", str(tmp_path / "missing"), "--out", str(tmp_path / "m.pth")]) == 2
+    assert "DISFA folder not found" in capsys.readouterr().err
+    assert main(["train-au", "--out", str(tmp_path / "m.pth")]) == 2
+    assert "error: --disfa/--disfa-plus" in capsys.readouterr().err
+    assert main(["train-au", "--disfa", str(tmp_path)]) == 2
+    assert "error: --out" in capsys.readouterr().err
+
+
+def _cli(synthetic, out: Path, *extra):
+    return [
+        "train-au",
+        "--disfa", str(synthetic["disfa"]),
+        "--disfa-plus", str(synthetic["plus"]),
+        "--cache", str(synthetic["root"] / "cache"),
+        "--out", str(out),
+        "--width", "4", "--layers", "1,1,1,1", "--batch-size", "16",
+        "--lr-head", "3e-3", "--lr-backbone", "3e-3", "--device", "cpu",
+        "--loader-workers", "0", "--no-progress",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_cross_validation_prints_the_table_and_fills_the_run_folder(synthetic, tmp_path, capsys):
+    from fergi.cli import main
+
+    out = tmp_path / "model.pth"
+    assert main(_cli(synthetic, out, "--cv", "2", "--all", "--epochs", "1")) == 0
+    printed = capsys.readouterr().out
+    assert "2-fold cross-validation" in printed and "ICC(3,1)" in printed
+    assert any(line.startswith("AU12 ") for line in printed.splitlines())
+    run = tmp_path / "model_run"
+    for name in ("config.json", "losses.csv", "epoch_losses.csv", "eval.csv", "eval.json", "predictions.csv", "learning_curve.png"):
+        assert (run / name).is_file(), name
+    evaluation = json.loads((run / "eval.json").read_text())
+    assert evaluation["folds"] == 2 and set(evaluation["metrics"]) == {*AU_NAMES, "mean"}
+    assert set(evaluation["metrics"]["AU12"]) >= {"icc", "pearson", "mae"}
+    predictions = pd.read_csv(run / "predictions.csv")
+    # Subject-independent: every subject is predicted by exactly one fold.
+    assert len(predictions) == 400 and (predictions.groupby("subject")["fold"].nunique() == 1).all()
+    epochs = pd.read_csv(run / "epoch_losses.csv")
+    assert sorted(epochs["fold"].unique()) == [0, 1, 2]
+    assert json.loads((run / "config.json").read_text())["lr_head"] == 3e-3
+    assert out.is_file()
+    # Same run folder, other recipe: refused rather than mixed.
+    assert main(_cli(synthetic, out, "--epochs", "1", "--seed", "7")) == 2
+    assert "trained with other seed" in capsys.readouterr().err
+
+
+def _run_cli(args, env_extra=None):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "2", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "fergi", *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_and_matches_an_uninterrupted_ddp_run(synthetic, tmp_path):
+    import torch
+
+    from fergi.au.train._train import KILL_ENV
+
+    steps_per_epoch = 25  # 400 frames, batch 16
+    out = tmp_path / "a" / "model.pth"
+    args = _cli(synthetic, out, "--epochs", "2")
+    killed = _run_cli(args, {KILL_ENV: str(steps_per_epoch + 3)})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    state = torch.load(out.parent / "model_run" / "final" / "state.pt", weights_only=True)
+    assert (state["epoch"], state["step"], len(state["history"])) == (1, 0, steps_per_epoch)
+    assert not out.exists()
+
+    resumed = _run_cli(args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming at epoch 2, step 0" in resumed.stderr
+    losses = pd.read_csv(out.parent / "model_run" / "losses.csv")
+    assert losses["step"].tolist() == list(range(1, 2 * steps_per_epoch + 1))
+
+    # The same run without a kill, through the DistributedDataParallel path (torchrun's
+    # environment, world size 1, gloo): the very same weights.
+    ref = tmp_path / "b" / "model.pth"
+    env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    whole = _run_cli(_cli(synthetic, ref, "--epochs", "2"), env)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    assert "DistributedDataParallel on 1 process(es), backend gloo" in whole.stderr
+    a, b = torch.load(out, weights_only=True), torch.load(ref, weights_only=True)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)

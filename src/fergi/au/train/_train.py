@@ -353,8 +353,10 @@ def train_model(
             logger.info("%s: resuming at epoch %d, step %d", state_path, epoch + 1, step_in_epoch)
 
     net = model
-    if world > 1:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+        if rank == 0:
+            logger.info("DistributedDataParallel on %d process(es), backend %s", world, torch.distributed.get_backend())
 
     def save(ep, st):
         if rank != 0 or state_path is None:
