@@ -571,3 +571,21 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_ddp_run(synthetic,
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_benchmark_quick_mode_prints_figures():
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_train_au.py"), "--quick", "--threads", "2"],
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    import re
+
+    ips = re.search(r"cpu \(2 threads\)\s+([\d.]+) images/s", result.stdout)
+    fps = re.search(r"preprocessing cache: 18 frames, ([\d.]+) frames/s", result.stdout)
+    assert ips and float(ips.group(1)) > 0, result.stdout
+    assert fps and float(fps.group(1)) > 0, result.stdout
