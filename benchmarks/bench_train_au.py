@@ -30,9 +30,16 @@ def train_speed(device: str, *, batch: int, steps: int, warmup: int, width: int,
     import numpy as np
     import torch
 
-    from fergi.au.train import au_loss, augment, bce_weights, class_counts, expand_weights, mse_weights
-    from fergi.au.train._train import TrainConfig, _targets, make_model
+    from fergi.au.train import (
+        au_loss,
+        augment,
+        bce_weights,
+        class_counts,
+        expand_weights,
+        mse_weights,
+    )
     from fergi.au.train._datasets import DISFA_AUS
+    from fergi.au.train._train import TrainConfig, _targets, make_model
 
     cfg = TrainConfig(width=width, layers=layers, device=device)
     dev = torch.device(device)
@@ -77,11 +84,15 @@ def train_speed(device: str, *, batch: int, steps: int, warmup: int, width: int,
     return batch * steps / (time.perf_counter() - t)
 
 
-def cache_speed(folder: Path, *, disfa_subjects: int, plus_subjects: int, frames: int, workers: int) -> tuple[int, float]:
+def cache_speed(
+    folder: Path, *, disfa_subjects: int, plus_subjects: int, frames: int, workers: int
+) -> tuple[int, float]:
     """``(frames, frames per second)`` of building the cache of a synthetic tree."""
     from fergi.au.train import build_cache, read_datasets, write_synthetic_datasets
 
-    disfa, plus = write_synthetic_datasets(folder, disfa_subjects=disfa_subjects, plus_subjects=plus_subjects, frames=frames)
+    disfa, plus = write_synthetic_datasets(
+        folder, disfa_subjects=disfa_subjects, plus_subjects=plus_subjects, frames=frames
+    )
     table = read_datasets(disfa, plus)
     t = time.perf_counter()
     build_cache(table, folder / f"cache_{workers}", workers=workers, progress=False)
@@ -89,13 +100,21 @@ def cache_speed(folder: Path, *, disfa_subjects: int, plus_subjects: int, frames
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny model (width 4, one block a stage) and data")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny model (width 4, one block a stage) and data"
+    )
     parser.add_argument("--steps", type=int, default=5, help="timed training steps (default 5)")
     parser.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
-    parser.add_argument("--frames", type=int, default=40, help="frames per synthetic subject (default 40)")
+    parser.add_argument(
+        "--frames", type=int, default=40, help="frames per synthetic subject (default 40)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="cache worker processes (default 1)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -116,7 +135,11 @@ def main(argv=None) -> None:
     print(f"training speed, {label}, batch {batch}, {steps} timed steps after {warmup} warm-up:")
     for device in devices:
         ips = train_speed(device, batch=batch, steps=steps, warmup=warmup, **model)
-        name = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+        name = (
+            torch.cuda.get_device_name()
+            if device == "cuda"
+            else f"cpu ({torch.get_num_threads()} threads)"
+        )
         print(f"  {name:<40} {ips:9.1f} images/s")
     with tempfile.TemporaryDirectory() as tmp:
         n, fps = cache_speed(Path(tmp), workers=args.workers, **data)

@@ -18,7 +18,6 @@ from fergi.au.train import (
     DISFA_AUS,
     DisfaPlusReader,
     DisfaReader,
-    FaceCache,
     TrainConfig,
     au_loss,
     au_metrics,
@@ -40,7 +39,9 @@ from fergi.datasets import AU_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 # Small, fast model and the learning rate it needs to learn in a few dozen steps.
-TINY = dict(width=4, layers=(1, 1, 1, 1), batch_size=16, lr_head=3e-3, lr_backbone=3e-3, device="cpu")
+TINY = dict(
+    width=4, layers=(1, 1, 1, 1), batch_size=16, lr_head=3e-3, lr_backbone=3e-3, device="cpu"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +57,15 @@ def _few_threads():
 # ----------------------------------------------------------------------------- readers
 
 
-def _write_disfa(root: Path, subject="SN001", n=4, *, left="Videos_LeftCamera", right="Video_RightCamera", text=None):
+def _write_disfa(
+    root: Path,
+    subject="SN001",
+    n=4,
+    *,
+    left="Videos_LeftCamera",
+    right="Video_RightCamera",
+    text=None,
+):
     (root / left).mkdir(parents=True, exist_ok=True)
     (root / right).mkdir(parents=True, exist_ok=True)
     (root / left / f"LeftVideo{subject}_comp.avi").write_bytes(b"")
@@ -69,7 +78,9 @@ def _write_disfa(root: Path, subject="SN001", n=4, *, left="Videos_LeftCamera", 
     return root
 
 
-def _write_plus(root: Path, subject="SN001", trial="A1_AU1_TrailNo_1", n=3, *, text=None, images=True):
+def _write_plus(
+    root: Path, subject="SN001", trial="A1_AU1_TrailNo_1", n=3, *, text=None, images=True
+):
     imgs = root / "Images" / subject / trial
     imgs.mkdir(parents=True, exist_ok=True)
     if images:
@@ -90,7 +101,9 @@ def test_disfa_reader_reads_both_cameras_and_label_formats(tmp_path):
         lines = ["frame,intensity"] + [f"{f}, {(f + au) % 6}" for f in range(1, 5)]
         return "\r\n".join(lines) + "\r\n\r\n  \r\n"
 
-    root = _write_disfa(tmp_path / "disfa", left="videos_leftcamera", right="Videos_RightCamera", text=text)
+    root = _write_disfa(
+        tmp_path / "disfa", left="videos_leftcamera", right="Videos_RightCamera", text=text
+    )
     table = DisfaReader(root).frames()
     assert list(table.columns[:6]) == ["dataset", "subject", "trial", "frame", "path", "index"]
     assert list(table.columns[6:]) == list(AU_NAMES)
@@ -106,7 +119,10 @@ def test_disfa_reader_reads_both_cameras_and_label_formats(tmp_path):
     [
         (lambda p: p.unlink(), r"SN001_au4\.txt: label file not found"),
         (lambda p: p.write_text("1,0\n2,0\n4,0\n"), r"SN001_au4\.txt:3: frame 3 has no label"),
-        (lambda p: p.write_text("1,0\n2,7\n3,0\n4,0\n"), r"SN001_au4\.txt:2: intensity 7 outside 0-5"),
+        (
+            lambda p: p.write_text("1,0\n2,7\n3,0\n4,0\n"),
+            r"SN001_au4\.txt:2: intensity 7 outside 0-5",
+        ),
         (lambda p: p.write_text("1,0\n2,x\n"), r"SN001_au4\.txt:2: cannot parse"),
     ],
 )
@@ -183,17 +199,32 @@ def test_mse_and_bce_weights_match_hand_computation():
     wb = bce_weights(counts)
     # Below j: 6, 8, 9, 10, 10; at or above j: 4, 2, 1, 0, 0.
     z = (
-        Fraction(1, 6) + Fraction(1, 4) + Fraction(1, 8) + Fraction(1, 2) + Fraction(1, 9) + 1
-        + Fraction(1, 10) + Fraction(1, 10)
+        Fraction(1, 6)
+        + Fraction(1, 4)
+        + Fraction(1, 8)
+        + Fraction(1, 2)
+        + Fraction(1, 9)
+        + 1
+        + Fraction(1, 10)
+        + Fraction(1, 10)
     )
     assert z == Fraction(847, 360)
-    neg = [Fraction(1, 6) / z, Fraction(1, 8) / z, Fraction(1, 9) / z, Fraction(1, 10) / z, Fraction(1, 10) / z]
+    neg = [
+        Fraction(1, 6) / z,
+        Fraction(1, 8) / z,
+        Fraction(1, 9) / z,
+        Fraction(1, 10) / z,
+        Fraction(1, 10) / z,
+    ]
     pos = [Fraction(1, 4) / z, Fraction(1, 2) / z, 1 / z, 0, 0]
     np.testing.assert_allclose(wb[0, :, 0], [float(v) for v in neg])
     np.testing.assert_allclose(wb[0, :, 1], [float(v) for v in pos])
     assert wb[0, 0, 1] == pytest.approx(90 / 847)
     np.testing.assert_allclose(wb[0].sum(), 1.0)
-    np.testing.assert_array_equal(class_counts(np.array([[0, np.nan], [2.2, 3], [4.6, 3]])), [[1, 0, 1, 0, 0, 1], [0, 0, 0, 2, 0, 0]])
+    np.testing.assert_array_equal(
+        class_counts(np.array([[0, np.nan], [2.2, 3], [4.6, 3]])),
+        [[1, 0, 1, 0, 0, 1], [0, 0, 0, 2, 0, 0]],
+    )
 
 
 def _loss_inputs(seed=0):
@@ -264,7 +295,9 @@ def test_icc_and_metrics():
     # Shrout & Fleiss ICC(3,1) by hand for rows (1,2), (2,3), (3,5): SS_total 28/3,
     # SS_rows 19/3, SS_raters 8/3, so MS_rows = 19/6, MS_error = (1/3)/2 = 1/6.
     assert icc31([1, 2, 3], [2, 3, 5]) == pytest.approx((19 / 6 - 1 / 6) / (19 / 6 + 1 / 6))
-    assert icc31([0, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(1.0)  # a constant offset is consistent
+    assert icc31([0, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(
+        1.0
+    )  # a constant offset is consistent
     y = np.column_stack([np.arange(10) % 6, np.zeros(10)] + [np.zeros(10)] * 10)
     table = au_metrics(y, y + 0.5)
     assert table.loc["AU1", "icc"] == pytest.approx(1.0) and np.isnan(table.loc["AU2", "icc"])
@@ -287,7 +320,9 @@ def test_subject_folds_are_disjoint_and_cover_everyone():
 def synthetic(tmp_path_factory):
     """Synthetic DISFA (4 subjects x 2 cameras x 40 frames) and DISFA+ (2 x 40) trees, cached."""
     root = tmp_path_factory.mktemp("synthetic_au")
-    disfa, plus = write_synthetic_datasets(root, disfa_subjects=4, plus_subjects=2, frames=40, seed=0)
+    disfa, plus = write_synthetic_datasets(
+        root, disfa_subjects=4, plus_subjects=2, frames=40, seed=0
+    )
     table = read_datasets(disfa, plus)
     cache = build_cache(table, root / "cache", progress=False)
     return {"root": root, "disfa": disfa, "plus": plus, "table": table, "cache": cache}
@@ -328,7 +363,13 @@ def test_cache_matches_preprocessing_counts_failures_and_resumes(synthetic, tmp_
     past_end = video_rows.head(1).assign(frame=999, index=998)
     small = pd.concat([video_rows, past_end, image_rows, no_face], ignore_index=True)
     cache = build_cache(small, tmp_path / "c", progress=False)
-    assert cache.summary() == {"frames": 8, "faces": 6, "no_face": 1, "not_in_video": 1, "pending": 0}
+    assert cache.summary() == {
+        "frames": 8,
+        "faces": 6,
+        "no_face": 1,
+        "not_in_video": 1,
+        "pending": 0,
+    }
     assert cache.usable.tolist() == [0, 1, 2, 4, 5, 6]
     np.testing.assert_array_equal(cache.labels([4]), small.loc[[4], list(AU_NAMES)].to_numpy())
     img = np.asarray(Image.open(image_rows["path"].iloc[0]).convert("RGB"))
@@ -342,7 +383,9 @@ def test_cache_matches_preprocessing_counts_failures_and_resumes(synthetic, tmp_
     np.save(tmp_path / "c" / "status.npy", status)
     seen = []
     real = _cache._process_unit
-    monkeypatch.setattr(_cache, "_process_unit", lambda *a, **k: seen.append(len(a[2])) or real(*a, **k))
+    monkeypatch.setattr(
+        _cache, "_process_unit", lambda *a, **k: seen.append(len(a[2])) or real(*a, **k)
+    )
     again = build_cache(small, tmp_path / "c", progress=False)
     assert seen == [3] and again.summary()["faces"] == 6
     np.testing.assert_array_equal(again.faces[4], cache.faces[4])
@@ -353,7 +396,9 @@ def test_cache_matches_preprocessing_counts_failures_and_resumes(synthetic, tmp_
 @pytest.mark.slow
 def test_parallel_cache_equals_serial(synthetic, tmp_path):
     table = synthetic["table"]
-    small = pd.concat([table[table["trial"] == "right"].head(4), table[table["dataset"] == "disfa_plus"].head(4)])
+    small = pd.concat(
+        [table[table["trial"] == "right"].head(4), table[table["dataset"] == "disfa_plus"].head(4)]
+    )
     serial = build_cache(small, tmp_path / "s", progress=False)
     parallel = build_cache(small, tmp_path / "p", workers=2, progress=False)
     np.testing.assert_array_equal(serial.table["status"], parallel.table["status"])
@@ -393,7 +438,9 @@ def test_training_learns_au12_and_au4_on_held_out_subjects(synthetic, trained):
     untrained = make_model(config).eval()
     au12, au4 = _held_out_icc(model, cache)
     u12, u4 = _held_out_icc(untrained, cache)
-    print(f"held-out ICC(3,1): trained AU12 {au12:.2f} AU4 {au4:.2f}; untrained AU12 {u12:.2f} AU4 {u4:.2f}")
+    print(
+        f"held-out ICC(3,1): trained AU12 {au12:.2f} AU4 {au4:.2f}; untrained AU12 {u12:.2f} AU4 {u4:.2f}"
+    )
     assert au12 > 0.5 and au12 > u12 + 0.4
     assert au4 > 0.3 and au4 > u4 + 0.3
     first, last = history["loss"].head(10).mean(), history["loss"].tail(10).mean()
@@ -407,7 +454,9 @@ def test_shuffled_labels_do_not_learn(synthetic):
     cache = synthetic["cache"]
     train, _ = _split(cache)
     shuffled = cache.labels(train)[np.random.default_rng(0).permutation(len(train))]
-    model, _ = train_model(cache, train, TrainConfig(epochs=6, **TINY), progress=False, labels=shuffled)
+    model, _ = train_model(
+        cache, train, TrainConfig(epochs=6, **TINY), progress=False, labels=shuffled
+    )
     au12, au4 = _held_out_icc(model, cache)
     print(f"held-out ICC(3,1) after training on shuffled labels: AU12 {au12:.2f} AU4 {au4:.2f}")
     assert not au12 > 0.5 and au12 < 0.3 and au4 < 0.3
@@ -423,7 +472,9 @@ def test_saved_checkpoint_loads_in_the_ir50_estimator(synthetic, trained, tmp_pa
     est = create_au_estimator("ir50", checkpoint=path, device="cpu")
     rows = cache.usable[:12]
     faces = np.asarray(cache.faces[rows], dtype=np.float32) / 255.0
-    np.testing.assert_allclose(est.predict(faces), predict(model, cache.faces, rows), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        est.predict(faces), predict(model, cache.faces, rows), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.slow
@@ -445,7 +496,9 @@ def test_full_ir50_takes_a_training_step_and_round_trips(synthetic, tmp_path):
     path = save_model(model, tmp_path / "full.pth")
     est = create_au_estimator("ir50", checkpoint=path, device="cpu")
     faces = np.asarray(cache.faces[rows[:2]], dtype=np.float32) / 255.0
-    np.testing.assert_allclose(est.predict(faces), predict(model, cache.faces, rows[:2]), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        est.predict(faces), predict(model, cache.faces, rows[:2]), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_backbone_weights_are_the_starting_point(synthetic, tmp_path):
@@ -475,9 +528,21 @@ def test_train_au_help_and_user_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train-au", "--help"])
     text = capsys.readouterr().out
-    for phrase in ("--disfa", "--disfa-plus", "--backbone", "--cv", "--all", "ICC(3,1)", "torchrun", "run folder"):
+    for phrase in (
+        "--disfa",
+        "--disfa-plus",
+        "--backbone",
+        "--cv",
+        "--all",
+        "ICC(3,1)",
+        "torchrun",
+        "run folder",
+    ):
         assert phrase in text
-    assert main(["train-au", "--disfa", str(tmp_path / "missing"), "--out", str(tmp_path / "m.pth")]) == 2
+    assert (
+        main(["train-au", "--disfa", str(tmp_path / "missing"), "--out", str(tmp_path / "m.pth")])
+        == 2
+    )
     assert "DISFA folder not found" in capsys.readouterr().err
     assert main(["train-au", "--out", str(tmp_path / "m.pth")]) == 2
     assert "error: --disfa/--disfa-plus" in capsys.readouterr().err
@@ -509,7 +574,15 @@ def test_cross_validation_prints_the_table_and_fills_the_run_folder(synthetic, t
     assert "2-fold cross-validation" in printed and "ICC(3,1)" in printed
     assert any(line.startswith("AU12 ") for line in printed.splitlines())
     run = tmp_path / "model_run"
-    for name in ("config.json", "losses.csv", "epoch_losses.csv", "eval.csv", "eval.json", "predictions.csv", "learning_curve.png"):
+    for name in (
+        "config.json",
+        "losses.csv",
+        "epoch_losses.csv",
+        "eval.csv",
+        "eval.json",
+        "predictions.csv",
+        "learning_curve.png",
+    ):
         assert (run / name).is_file(), name
     evaluation = json.loads((run / "eval.json").read_text())
     assert evaluation["folds"] == 2 and set(evaluation["metrics"]) == {*AU_NAMES, "mean"}
@@ -527,8 +600,15 @@ def test_cross_validation_prints_the_table_and_fills_the_run_folder(synthetic, t
 
 
 def _run_cli(args, env_extra=None):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "2", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "fergi", *args], env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "src"),
+        "OMP_NUM_THREADS": "2",
+        **(env_extra or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "fergi", *args], env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def _free_port():
@@ -563,7 +643,13 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_ddp_run(synthetic,
     # The same run without a kill, through the DistributedDataParallel path (torchrun's
     # environment, world size 1, gloo): the very same weights.
     ref = tmp_path / "b" / "model.pth"
-    env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    env = {
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+    }
     whole = _run_cli(_cli(synthetic, ref, "--epochs", "2"), env)
     assert whole.returncode == 0, whole.stderr[-2000:]
     assert "DistributedDataParallel on 1 process(es), backend gloo" in whole.stderr
@@ -576,7 +662,13 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_ddp_run(synthetic,
 @pytest.mark.slow
 def test_benchmark_quick_mode_prints_figures():
     result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "bench_train_au.py"), "--quick", "--threads", "2"],
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench_train_au.py"),
+            "--quick",
+            "--threads",
+            "2",
+        ],
         env={**os.environ, "PYTHONPATH": str(REPO / "src")},
         capture_output=True,
         text=True,

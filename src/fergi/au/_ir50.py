@@ -260,7 +260,6 @@ class IR50AUEstimator:
         self.loaded_ = load_matching(self.model_, path)
         return self
 
-
     def predict_outputs(self, faces: np.ndarray) -> np.ndarray:
         """All 384 network outputs for ``(N, 112, 112, 3)`` float faces in [0, 1]."""
         import torch

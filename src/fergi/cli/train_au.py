@@ -43,7 +43,9 @@ def _layers(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: four comma-separated integers, e.g. 3,4,14,3") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: four comma-separated integers, e.g. 3,4,14,3"
+        ) from None
     if len(values) != 4 or min(values) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: four positive integers, e.g. 3,4,14,3")
     return values
@@ -70,33 +72,120 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--disfa", type=Path, metavar="DIR", help="DISFA folder (Videos_LeftCamera, Video_RightCamera, ActionUnit_Labels)")
-    data.add_argument("--disfa-plus", type=Path, metavar="DIR", help="DISFA+ folder (Images, Labels)")
-    data.add_argument("--cache", type=Path, metavar="DIR", help="preprocessing cache folder (default: RUN_DIR/cache)")
-    data.add_argument("--workers", type=_positive(int), default=1, metavar="N", help="processes preprocessing frames (default 1)")
+    data.add_argument(
+        "--disfa",
+        type=Path,
+        metavar="DIR",
+        help="DISFA folder (Videos_LeftCamera, Video_RightCamera, ActionUnit_Labels)",
+    )
+    data.add_argument(
+        "--disfa-plus", type=Path, metavar="DIR", help="DISFA+ folder (Images, Labels)"
+    )
+    data.add_argument(
+        "--cache",
+        type=Path,
+        metavar="DIR",
+        help="preprocessing cache folder (default: RUN_DIR/cache)",
+    )
+    data.add_argument(
+        "--workers",
+        type=_positive(int),
+        default=1,
+        metavar="N",
+        help="processes preprocessing frames (default 1)",
+    )
     what = parser.add_argument_group("what to do")
-    what.add_argument("--out", type=Path, metavar="MODEL", help="model file to write (e.g. fergi_ir50.pth)")
-    what.add_argument("--cv", type=int, metavar="K", help="subject-independent K-fold cross-validation; prints the evaluation table (3 is usual)")
-    what.add_argument("--all", action="store_true", help="train the final model on every subject (the default without --cv)")
-    what.add_argument("--run-dir", type=Path, metavar="DIR", help="run folder (default: MODEL_run next to --out)")
+    what.add_argument(
+        "--out", type=Path, metavar="MODEL", help="model file to write (e.g. fergi_ir50.pth)"
+    )
+    what.add_argument(
+        "--cv",
+        type=int,
+        metavar="K",
+        help="subject-independent K-fold cross-validation; prints the evaluation table (3 is usual)",
+    )
+    what.add_argument(
+        "--all",
+        action="store_true",
+        help="train the final model on every subject (the default without --cv)",
+    )
+    what.add_argument(
+        "--run-dir", type=Path, metavar="DIR", help="run folder (default: MODEL_run next to --out)"
+    )
     train = parser.add_argument_group("training (defaults: the paper's)")
-    train.add_argument("--backbone", type=Path, metavar="PATH", help="face-recognition IResNet-50 state_dict to start from (e.g. glint360k_r50.pth)")
+    train.add_argument(
+        "--backbone",
+        type=Path,
+        metavar="PATH",
+        help="face-recognition IResNet-50 state_dict to start from (e.g. glint360k_r50.pth)",
+    )
     train.add_argument("--epochs", type=_positive(int), default=3, help="epochs (default 3)")
-    train.add_argument("--batch-size", type=_positive(int), default=64, help="batch size per process (default 64)")
-    train.add_argument("--lr-head", type=_positive(float), default=1e-4, help="learning rate of the last layer (default 1e-4)")
-    train.add_argument("--lr-backbone", type=_positive(float), default=1e-5, help="learning rate of the other layers (default 1e-5)")
-    train.add_argument("--weight-decay", type=float, default=5e-4, help="Adam weight decay (default 5e-4)")
+    train.add_argument(
+        "--batch-size", type=_positive(int), default=64, help="batch size per process (default 64)"
+    )
+    train.add_argument(
+        "--lr-head",
+        type=_positive(float),
+        default=1e-4,
+        help="learning rate of the last layer (default 1e-4)",
+    )
+    train.add_argument(
+        "--lr-backbone",
+        type=_positive(float),
+        default=1e-5,
+        help="learning rate of the other layers (default 1e-5)",
+    )
+    train.add_argument(
+        "--weight-decay", type=float, default=5e-4, help="Adam weight decay (default 5e-4)"
+    )
     train.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     train.add_argument("--no-flip", action="store_true", help="no random horizontal flip")
-    train.add_argument("--crop-scale", type=float, nargs=2, default=(0.90, 1.0), metavar=("MIN", "MAX"), help="random resized crop: area share (default 0.90 1)")
-    train.add_argument("--width", type=_positive(int), default=64, help="channels of the first stage (default 64 = IResNet-50; smaller for quick tries)")
-    train.add_argument("--layers", type=_layers, default=(3, 4, 14, 3), metavar="A,B,C,D", help="blocks per stage (default 3,4,14,3 = IResNet-50)")
-    train.add_argument("--max-steps", type=_positive(int), metavar="N", help="stop after N optimiser steps (quick tries)")
-    train.add_argument("--save-every", type=int, default=0, metavar="N", help="also checkpoint every N steps (default: every epoch only)")
+    train.add_argument(
+        "--crop-scale",
+        type=float,
+        nargs=2,
+        default=(0.90, 1.0),
+        metavar=("MIN", "MAX"),
+        help="random resized crop: area share (default 0.90 1)",
+    )
+    train.add_argument(
+        "--width",
+        type=_positive(int),
+        default=64,
+        help="channels of the first stage (default 64 = IResNet-50; smaller for quick tries)",
+    )
+    train.add_argument(
+        "--layers",
+        type=_layers,
+        default=(3, 4, 14, 3),
+        metavar="A,B,C,D",
+        help="blocks per stage (default 3,4,14,3 = IResNet-50)",
+    )
+    train.add_argument(
+        "--max-steps",
+        type=_positive(int),
+        metavar="N",
+        help="stop after N optimiser steps (quick tries)",
+    )
+    train.add_argument(
+        "--save-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also checkpoint every N steps (default: every epoch only)",
+    )
     hw = parser.add_argument_group("hardware")
     hw.add_argument("--device", help="cpu, cuda or cuda:K (default: cuda when available)")
-    hw.add_argument("--no-amp", action="store_true", help="full precision on GPU (default: mixed precision)")
-    hw.add_argument("--loader-workers", type=int, default=2, metavar="N", help="processes reading the cache during training (default 2)")
+    hw.add_argument(
+        "--no-amp", action="store_true", help="full precision on GPU (default: mixed precision)"
+    )
+    hw.add_argument(
+        "--loader-workers",
+        type=int,
+        default=2,
+        metavar="N",
+        help="processes reading the cache during training (default 2)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -148,7 +237,9 @@ def run(args) -> int:
         progress=not args.no_progress,
     )
     c = result["cache"]
-    print(f"frames: {c['frames']} labelled, {c['faces']} with a face, {c['no_face']} without, {c['not_in_video']} past the end of their video")
+    print(
+        f"frames: {c['frames']} labelled, {c['faces']} with a face, {c['no_face']} without, {c['not_in_video']} past the end of their video"
+    )
     if result["table"] is not None:
         print(f"subject-independent {args.cv}-fold cross-validation:")
         print(result["table"])

@@ -17,8 +17,10 @@ from fergi.au.train._datasets import (
     read_datasets,
     subject_groups,
 )
+from fergi.au.train._loss import au_loss, bce_weights, class_counts, expand_weights, mse_weights
 from fergi.au.train._metrics import au_metrics, format_metrics, icc31
 from fergi.au.train._run import plot_learning_curve, train_au
+from fergi.au.train._synthetic import write_synthetic_datasets
 from fergi.au.train._train import (
     TrainConfig,
     augment,
@@ -29,8 +31,6 @@ from fergi.au.train._train import (
     subject_folds,
     train_model,
 )
-from fergi.au.train._loss import au_loss, bce_weights, class_counts, expand_weights, mse_weights
-from fergi.au.train._synthetic import write_synthetic_datasets
 
 __all__ = [
     "TrainConfig",

@@ -68,9 +68,16 @@ class FaceCache:
         table = pd.read_csv(table_path, dtype={"subject": str, "trial": str})
         status = np.load(folder / "status.npy")
         if len(status) != len(table):
-            raise FergiError(f"{folder / 'status.npy'}: {len(status)} rows, frames.csv has {len(table)}")
+            raise FergiError(
+                f"{folder / 'status.npy'}: {len(status)} rows, frames.csv has {len(table)}"
+            )
         table["status"] = status
-        faces = np.memmap(folder / "faces.u8", dtype=np.uint8, mode="r", shape=(len(table), FACE_SIZE, FACE_SIZE, 3))
+        faces = np.memmap(
+            folder / "faces.u8",
+            dtype=np.uint8,
+            mode="r",
+            shape=(len(table), FACE_SIZE, FACE_SIZE, 3),
+        )
         return cls(folder, table, faces)
 
     @property
@@ -98,8 +105,12 @@ class FaceCache:
 def _units(table: pd.DataFrame) -> list[np.ndarray]:
     """Row numbers of each source: one video, or one trial's images."""
     is_video = table["index"].to_numpy() >= 0
-    key = np.where(is_video, table["path"], table["dataset"] + "/" + table["subject"] + "/" + table["trial"])
-    return [np.asarray(rows) for _, rows in pd.Series(np.arange(len(table))).groupby(key, sort=False)]
+    key = np.where(
+        is_video, table["path"], table["dataset"] + "/" + table["subject"] + "/" + table["trial"]
+    )
+    return [
+        np.asarray(rows) for _, rows in pd.Series(np.arange(len(table))).groupby(key, sort=False)
+    ]
 
 
 def _frames_of_unit(paths: list[str], indices: np.ndarray):
@@ -130,12 +141,19 @@ def _frames_of_unit(paths: list[str], indices: np.ndarray):
             yield pos, None
 
 
-def _process_unit(folder: str, n_rows: int, rows: np.ndarray, paths: list[str], indices: np.ndarray, progress=None):
+def _process_unit(
+    folder: str, n_rows: int, rows: np.ndarray, paths: list[str], indices: np.ndarray, progress=None
+):
     """Preprocess one unit's frames into the memmap; returns their status codes."""
     from fergi.face import FaceAnalyzer, preprocess_face
 
     analyzer = _ANALYZER.setdefault("a", FaceAnalyzer())
-    faces = np.memmap(Path(folder) / "faces.u8", dtype=np.uint8, mode="r+", shape=(n_rows, FACE_SIZE, FACE_SIZE, 3))
+    faces = np.memmap(
+        Path(folder) / "faces.u8",
+        dtype=np.uint8,
+        mode="r+",
+        shape=(n_rows, FACE_SIZE, FACE_SIZE, 3),
+    )
     status = np.full(len(rows), NO_FACE, dtype=np.int8)
     for pos, img in _frames_of_unit(paths, indices):
         if img is None:
@@ -156,7 +174,9 @@ def _process_unit(folder: str, n_rows: int, rows: np.ndarray, paths: list[str], 
 _ANALYZER: dict = {}
 
 
-def build_cache(table: pd.DataFrame, folder, *, workers: int = 1, progress: bool = True) -> FaceCache:
+def build_cache(
+    table: pd.DataFrame, folder, *, workers: int = 1, progress: bool = True
+) -> FaceCache:
     """Preprocess every frame of a frame table into a cache folder (resumable).
 
     Each frame goes through the ``ir50`` preprocessing used at inference
@@ -221,19 +241,31 @@ def build_cache(table: pd.DataFrame, folder, *, workers: int = 1, progress: bool
         logger.info("caching %d frames of %d sources in %s", todo, len(units), folder)
     paths = table["path"].astype(str).to_numpy()
     indices = table["index"].to_numpy()
-    bar = tqdm(total=todo, desc="preprocessing", unit="frame", file=sys.stderr, disable=not progress or not todo)
+    bar = tqdm(
+        total=todo,
+        desc="preprocessing",
+        unit="frame",
+        file=sys.stderr,
+        disable=not progress or not todo,
+    )
     try:
         if workers <= 1:
             for rows in units:
-                status[rows] = _process_unit(str(folder), n, rows, list(paths[rows]), indices[rows], bar.update)
+                status[rows] = _process_unit(
+                    str(folder), n, rows, list(paths[rows]), indices[rows], bar.update
+                )
                 _atomic_save_npy(status_path, status)
         else:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
-            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+            with ProcessPoolExecutor(
+                max_workers=workers, mp_context=mp.get_context("spawn")
+            ) as pool:
                 futures = {
-                    pool.submit(_process_unit, str(folder), n, rows, list(paths[rows]), indices[rows]): rows
+                    pool.submit(
+                        _process_unit, str(folder), n, rows, list(paths[rows]), indices[rows]
+                    ): rows
                     for rows in units
                 }
                 for fut in as_completed(futures):

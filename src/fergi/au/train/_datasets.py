@@ -194,7 +194,7 @@ class DisfaReader:
                 raise FergiError(f"{folder / f'{subject}_au{au}.txt'}: label file not found")
             per_au[au] = (path, _parse_rows(path, _DISFA_LINE, _disfa_frame))
         frames = sorted(set().union(*(rows for _, rows in per_au.values())))
-        for au, (path, rows) in per_au.items():
+        for path, rows in per_au.values():
             # Frames are numbered as in the video: a gap means an unlabelled frame.
             expected = range(1, frames[-1] + 1)
             if len(rows) != len(expected):
@@ -259,7 +259,9 @@ class DisfaPlusReader:
                 trial_images = _child(subject_images, re.escape(trial))
                 if trial_images is None:
                     raise FergiError(f"{subject_images / trial}: trial folder not found")
-                parts.append(self._trial(labels_dir / subject / trial, trial_images, subject, trial))
+                parts.append(
+                    self._trial(labels_dir / subject / trial, trial_images, subject, trial)
+                )
         return pd.concat(parts, ignore_index=True)[list(TABLE_COLUMNS)]
 
     def _trial(self, folder: Path, images: Path, subject: str, trial: str) -> pd.DataFrame:
@@ -271,20 +273,24 @@ class DisfaPlusReader:
             per_au[au] = (path, _parse_rows(path, _PLUS_LINE, lambda text, *_: text))
         first_path, first = per_au[DISFA_AUS[0]]
         names = list(first)
-        for au, (path, rows) in per_au.items():
+        for path, rows in per_au.values():
             for name in names:
                 if name not in rows:
                     raise FergiError(f"{path}: image {name} has no label")
             for name, (_, lineno) in rows.items():
                 if name not in first:
-                    raise FergiError(f"{first_path}: image {name} has no label (see {path}:{lineno})")
+                    raise FergiError(
+                        f"{first_path}: image {name} has no label (see {path}:{lineno})"
+                    )
         on_disk = {p.name.lower(): p for p in images.iterdir() if p.is_file()}
         for name in names:
             if name.lower() not in on_disk:
                 lineno = first[name][1]
                 raise FergiError(f"{first_path}:{lineno}: image {images / name} not found")
         unlabelled = sorted(
-            n for n in on_disk if n.endswith((".jpg", ".jpeg", ".png")) and n not in {x.lower() for x in names}
+            n
+            for n in on_disk
+            if n.endswith((".jpg", ".jpeg", ".png")) and n not in {x.lower() for x in names}
         )
         if unlabelled:
             raise FergiError(f"{first_path}: image {images / unlabelled[0]} has no label")
@@ -341,4 +347,11 @@ def subject_groups(table: pd.DataFrame) -> np.ndarray:
     return table["subject"].astype(str).str.upper().to_numpy()
 
 
-__all__ = ["DISFA_AUS", "TABLE_COLUMNS", "DisfaPlusReader", "DisfaReader", "read_datasets", "subject_groups"]
+__all__ = [
+    "DISFA_AUS",
+    "TABLE_COLUMNS",
+    "DisfaPlusReader",
+    "DisfaReader",
+    "read_datasets",
+    "subject_groups",
+]

@@ -67,7 +67,13 @@ def au_metrics(y_true: np.ndarray, y_pred: np.ndarray, au_names=AU_NAMES) -> pd.
         )
     table = pd.DataFrame(rows).set_index("au")
     mean = table[["icc", "pearson", "mae"]].mean(skipna=True)
-    table.loc["mean"] = [mean["icc"], mean["pearson"], mean["mae"], int(table["n"].max()), int(table["active"].sum())]
+    table.loc["mean"] = [
+        mean["icc"],
+        mean["pearson"],
+        mean["mae"],
+        int(table["n"].max()),
+        int(table["active"].sum()),
+    ]
     table[["n", "active"]] = table[["n", "active"]].astype(int)
     return table
 
@@ -76,8 +82,11 @@ def format_metrics(table: pd.DataFrame) -> str:
     """The metrics table as aligned text (2 decimals; ``-`` where undefined)."""
     lines = [f"{'AU':<6}{'ICC(3,1)':>10}{'r':>8}{'MAE':>8}{'active':>9}"]
     for name, row in table.iterrows():
+
         def f(v):
             return "-" if not np.isfinite(v) else f"{v:.2f}"
 
-        lines.append(f"{name:<6}{f(row['icc']):>10}{f(row['pearson']):>8}{f(row['mae']):>8}{int(row['active']):>9}")
+        lines.append(
+            f"{name:<6}{f(row['icc']):>10}{f(row['pearson']):>8}{f(row['mae']):>8}{int(row['active']):>9}"
+        )
     return "\n".join(lines)

@@ -33,7 +33,19 @@ logger = logging.getLogger(__name__)
 
 # Options that change what a resumed checkpoint means; the others (epochs, device,
 # workers, ...) may differ between a run and its resumption.
-_RECIPE = ("batch_size", "lr_head", "lr_backbone", "weight_decay", "seed", "flip", "crop_scale", "crop_ratio", "width", "layers", "backbone")
+_RECIPE = (
+    "batch_size",
+    "lr_head",
+    "lr_backbone",
+    "weight_decay",
+    "seed",
+    "flip",
+    "crop_scale",
+    "crop_ratio",
+    "width",
+    "layers",
+    "backbone",
+)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -56,7 +68,12 @@ def _check_config(run_dir: Path, config: TrainConfig, extra: dict) -> None:
             old = json.loads(path.read_text())
         except ValueError as exc:
             raise FergiError(f"{path}: not valid JSON ({exc})") from exc
-        changed = [k for k in _RECIPE if k in old and json.loads(json.dumps(old[k])) != json.loads(json.dumps(new[k], default=str))]
+        changed = [
+            k
+            for k in _RECIPE
+            if k in old
+            and json.loads(json.dumps(old[k])) != json.loads(json.dumps(new[k], default=str))
+        ]
         if changed:
             raise FergiError(
                 f"{path}: this run folder was trained with other {', '.join(changed)}; "
@@ -77,7 +94,9 @@ def plot_learning_curve(history: pd.DataFrame, path) -> Path:
     for fold, h in history.groupby("fold"):
         if h.empty:
             continue
-        per_epoch = h.groupby("epoch")["step"].transform(lambda s: np.arange(len(s)) / max(len(s), 1))
+        per_epoch = h.groupby("epoch")["step"].transform(
+            lambda s: np.arange(len(s)) / max(len(s), 1)
+        )
         x = h["epoch"] - 1 + per_epoch
         y = h["loss"].rolling(max(1, len(h) // 50), min_periods=1).mean()
         ax.plot(x, y, label="final (all subjects)" if fold == 0 else f"CV fold {fold}")
@@ -154,7 +173,14 @@ def train_au(
         _check_config(
             run_dir,
             config,
-            {"disfa": disfa, "disfa_plus": disfa_plus, "out": out, "cv": cv, "final": final, "world_size": world},
+            {
+                "disfa": disfa,
+                "disfa_plus": disfa_plus,
+                "out": out,
+                "cv": cv,
+                "final": final,
+                "world_size": world,
+            },
         )
         cache = build_cache(table, cache_dir, workers=workers, progress=progress)
     if world > 1:
@@ -173,7 +199,9 @@ def train_au(
     )
     histories, metrics = [], None
     if cv is not None:
-        metrics, predictions, hist = cross_validate(cache, config, n_folds=cv, run_dir=run_dir, progress=progress)
+        metrics, predictions, hist = cross_validate(
+            cache, config, n_folds=cv, run_dir=run_dir, progress=progress
+        )
         histories += hist
         if lead:
             _write_csv(run_dir / "eval.csv", metrics.round(4), index_label="au")
@@ -190,7 +218,14 @@ def train_au(
             _write_csv(run_dir / "predictions.csv", predictions, index=False)
     model_path = None
     if final:
-        model, hist = train_model(cache, cache.usable, config, state_path=run_dir / "final" / "state.pt", progress=progress, desc="final ")
+        model, hist = train_model(
+            cache,
+            cache.usable,
+            config,
+            state_path=run_dir / "final" / "state.pt",
+            progress=progress,
+            desc="final ",
+        )
         hist.insert(0, "fold", 0)
         histories.append(hist)
         if lead:
@@ -199,7 +234,15 @@ def train_au(
     if lead and histories:
         history = pd.concat(histories, ignore_index=True)
         _write_csv(run_dir / "losses.csv", history, index=False)
-        per_epoch = history.groupby(["fold", "epoch"])[["loss", "mse", "cos", "bce"]].mean().reset_index()
+        per_epoch = (
+            history.groupby(["fold", "epoch"])[["loss", "mse", "cos", "bce"]].mean().reset_index()
+        )
         _write_csv(run_dir / "epoch_losses.csv", per_epoch, index=False)
         plot_learning_curve(history, run_dir / "learning_curve.png")
-    return {"metrics": metrics, "model": model_path, "run_dir": run_dir, "cache": summary, "table": format_metrics(metrics) if metrics is not None else None}
+    return {
+        "metrics": metrics,
+        "model": model_path,
+        "run_dir": run_dir,
+        "cache": summary,
+        "table": format_metrics(metrics) if metrics is not None else None,
+    }

@@ -67,7 +67,10 @@ class _Subject:
         scale = _FRAME / max(h, w) * rng.uniform(0.92, 1.04)
         dx, dy = rng.uniform(-6, 6, size=2)
         m = np.array(
-            [[scale, 0, _FRAME / 2 - scale * w / 2 + dx], [0, scale, _FRAME / 2 - scale * h / 2 + dy]]
+            [
+                [scale, 0, _FRAME / 2 - scale * w / 2 + dx],
+                [0, scale, _FRAME / 2 - scale * h / 2 + dy],
+            ]
         )
         return cv2.warpAffine(
             face, m, (_FRAME, _FRAME), flags=cv2.INTER_LINEAR, borderValue=(110, 110, 110)
@@ -134,19 +137,22 @@ def write_synthetic_datasets(
     for k in range(plus_subjects):
         name = f"SN{disfa_subjects + k + 1:03d}"
         subject = _Subject(variants[disfa_subjects + k])
-        for t, trial in enumerate(("A1_AU12_TrailNo_1", "A2_AU4_TrailNo_1")):
+        for trial in ("A1_AU12_TrailNo_1", "A2_AU4_TrailNo_1"):
             n = frames // 2
             levels = _intensities(rng, n)
             images = plus / "Images" / name / trial
             images.mkdir(parents=True, exist_ok=True)
             names = [f"{i:03d}.jpg" for i in range(n)]
             for img_name, (a, b) in zip(names, levels, strict=True):
-                Image.fromarray(subject.frame(int(a), int(b), rng)).save(images / img_name, quality=92)
+                Image.fromarray(subject.frame(int(a), int(b), rng)).save(
+                    images / img_name, quality=92
+                )
             labels = plus / "Labels" / name / trial
             labels.mkdir(parents=True, exist_ok=True)
             for au in DISFA_AUS:
                 col = levels[:, 0] if au == 12 else levels[:, 1] if au == 4 else np.zeros(n, int)
-                rows = "".join(f"{img_name}     {int(v)}\n" for img_name, v in zip(names, col, strict=True))
+                rows = "".join(
+                    f"{img_name}     {int(v)}\n" for img_name, v in zip(names, col, strict=True)
+                )
                 (labels / f"AU{au}.txt").write_text(f"{name}\n{trial}\n{rows}")
-        del t
     return disfa, plus

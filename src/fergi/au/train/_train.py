@@ -14,7 +14,7 @@ import math
 import os
 import signal
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +91,6 @@ class TrainConfig:
     num_workers: int = 0
     max_steps: int | None = None
     save_every: int = 0
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -208,7 +207,9 @@ class _CacheDataset:
                 mode="r",
                 shape=(self.n_rows, FACE_SIZE, FACE_SIZE, 3),
             )
-        return torch.from_numpy(np.array(self._faces[self.rows[i]])), torch.from_numpy(self.targets[i])
+        return torch.from_numpy(np.array(self._faces[self.rows[i]])), torch.from_numpy(
+            self.targets[i]
+        )
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -229,7 +230,10 @@ def save_model(model, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)
-    state = {k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {
+        k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu()
+        for k, v in model.state_dict().items()
+    }
     _atomic_torch_save(state, path)
     return path
 
@@ -262,7 +266,10 @@ def predict(model, faces, rows, *, device=None, batch_size: int = 256) -> np.nda
         for i in range(0, len(rows), batch_size):
             chunk = np.sort(rows[i : i + batch_size])
             order = np.argsort(np.argsort(rows[i : i + batch_size]))
-            x = torch.from_numpy(np.array(faces[chunk])).to(device).permute(0, 3, 1, 2).float() / 255.0
+            x = (
+                torch.from_numpy(np.array(faces[chunk])).to(device).permute(0, 3, 1, 2).float()
+                / 255.0
+            )
             y = model(x).float()[:, list(AU_OUTPUT_INDEX)].cpu().numpy()
             out.append(y[order])
     model.train(was_training)
@@ -343,25 +350,43 @@ def train_model(
         try:
             state = torch.load(str(state_path), map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise FergiError(f"{state_path}: unreadable training checkpoint ({type(exc).__name__}); delete it to restart") from exc
+            raise FergiError(
+                f"{state_path}: unreadable training checkpoint ({type(exc).__name__}); delete it to restart"
+            ) from exc
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state and scaler.is_enabled():
             scaler.load_state_dict(state["scaler"])
-        epoch, step_in_epoch, history = int(state["epoch"]), int(state["step"]), list(state["history"])
+        epoch, step_in_epoch, history = (
+            int(state["epoch"]),
+            int(state["step"]),
+            list(state["history"]),
+        )
         if rank == 0:
             logger.info("%s: resuming at epoch %d, step %d", state_path, epoch + 1, step_in_epoch)
 
     net = model
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if cuda else None
+        )
         if rank == 0:
-            logger.info("DistributedDataParallel on %d process(es), backend %s", world, torch.distributed.get_backend())
+            logger.info(
+                "DistributedDataParallel on %d process(es), backend %s",
+                world,
+                torch.distributed.get_backend(),
+            )
 
     def save(ep, st):
         if rank != 0 or state_path is None:
             return
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": ep, "step": st, "history": history}
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": ep,
+            "step": st,
+            "history": history,
+        }
         if scaler.is_enabled():
             state["scaler"] = scaler.state_dict()
         state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -369,14 +394,18 @@ def train_model(
 
     kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
     total_steps = len(history)
-    sampler = DistributedSampler(range(len(rows)), num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
+    sampler = DistributedSampler(
+        range(len(rows)), num_replicas=world, rank=rank, shuffle=True, seed=config.seed
+    )
     net.train()
     stop = False
     while epoch < config.epochs and not stop:
         sampler.set_epoch(epoch)
         order = list(sampler)
         # A batch of 1 cannot train BatchNorm: fold a lone last sample away.
-        batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+        batches = [
+            order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)
+        ]
         if len(batches) > 1 and len(batches[-1]) < 2:
             batches.pop()
         loader = DataLoader(
@@ -395,7 +424,9 @@ def train_model(
             disable=not progress or rank != 0,
         )
         for faces, target in loader:
-            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch * 100_003 + step_in_epoch * 101 + rank)
+            gen = torch.Generator().manual_seed(
+                config.seed * 1_000_003 + epoch * 100_003 + step_in_epoch * 101 + rank
+            )
             x = faces.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
             x = augment(x, gen, flip=config.flip, scale=config.crop_scale, ratio=config.crop_ratio)
             if cuda and config.channels_last:
@@ -410,10 +441,20 @@ def train_model(
             scaler.update()
             step_in_epoch += 1
             total_steps += 1
-            history.append({"epoch": epoch + 1, "step": total_steps, **{k: float(v.detach()) for k, v in parts.items()}})
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "step": total_steps,
+                    **{k: float(v.detach()) for k, v in parts.items()},
+                }
+            )
             bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
             bar.update(1)
-            if config.save_every and step_in_epoch % config.save_every == 0 and step_in_epoch < len(batches):
+            if (
+                config.save_every
+                and step_in_epoch % config.save_every == 0
+                and step_in_epoch < len(batches)
+            ):
                 save(epoch, step_in_epoch)
             if kill_after and total_steps >= kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -439,7 +480,9 @@ def subject_folds(subjects, n_folds: int, seed: int = 42) -> list[np.ndarray]:
     return [np.sort(part) for part in np.array_split(names, n_folds)]
 
 
-def cross_validate(cache, config: TrainConfig, *, n_folds: int = 3, run_dir=None, progress: bool = True):
+def cross_validate(
+    cache, config: TrainConfig, *, n_folds: int = 3, run_dir=None, progress: bool = True
+):
     """Subject-independent k-fold cross-validation of the training recipe.
 
     Each fold trains a fresh model on the other folds' subjects (resumable under
@@ -466,11 +509,15 @@ def cross_validate(cache, config: TrainConfig, *, n_folds: int = 3, run_dir=None
         train = usable[~np.isin(groups, test_subjects)]
         logger.info("fold %d/%d: test subjects %s", k, n_folds, ", ".join(test_subjects))
         state = None if run_dir is None else Path(run_dir) / f"fold{k}" / "state.pt"
-        model, hist = train_model(cache, train, config, state_path=state, progress=progress, desc=f"fold {k} ")
+        model, hist = train_model(
+            cache, train, config, state_path=state, progress=progress, desc=f"fold {k} "
+        )
         hist.insert(0, "fold", k)
         histories.append(hist)
         p = predict(model, cache.faces, test)
-        frame = pd.DataFrame({"row": test, "subject": cache.table["subject"].to_numpy()[test], "fold": k})
+        frame = pd.DataFrame(
+            {"row": test, "subject": cache.table["subject"].to_numpy()[test], "fold": k}
+        )
         truth = cache.labels(test)
         for i, name in enumerate(AU_NAMES):
             frame[f"{name}_true"] = truth[:, i]
@@ -482,5 +529,3 @@ def cross_validate(cache, config: TrainConfig, *, n_folds: int = 3, run_dir=None
         predictions[[f"{n}_pred" for n in AU_NAMES]].to_numpy(),
     )
     return metrics, predictions, histories
-
-
