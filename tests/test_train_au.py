@@ -681,3 +681,26 @@ def test_benchmark_quick_mode_prints_figures():
     fps = re.search(r"preprocessing cache: 18 frames, ([\d.]+) frames/s", result.stdout)
     assert ips and float(ips.group(1)) > 0, result.stdout
     assert fps and float(fps.group(1)) > 0, result.stdout
+
+
+def test_prepare_only_reports_the_cache_and_trains_nothing(synthetic, tmp_path, capsys):
+    from fergi.cli import main
+
+    out = tmp_path / "model.pth"
+    assert main(_cli(synthetic, out, "--prepare-only")) == 0
+    printed = capsys.readouterr().out
+    assert "frames: 400 labelled, 400 with a face, 0 without" in printed
+    assert not out.exists() and not (tmp_path / "model_run" / "final").exists()
+
+
+def test_cuda_requested_without_a_gpu_is_a_user_error():
+    import torch
+
+    from fergi.au.train._train import resolve_device
+
+    if torch.cuda.is_available():
+        assert resolve_device("cuda").type == "cuda"
+    else:
+        with pytest.raises(FergiError, match="--device cuda: CUDA is not available"):
+            resolve_device("cuda")
+    assert resolve_device("cpu").type == "cpu"

@@ -29,7 +29,9 @@ the last checkpoint (written every epoch). The run folder (default MODEL_run/ ne
 to --out) holds config.json, losses.csv, epoch_losses.csv, eval.csv/eval.json and
 learning_curve.png.
 
-Uses a GPU when there is one (mixed precision). Several GPUs:
+Uses a GPU when there is one (mixed precision). Several GPUs: build the cache
+once, then start one process per GPU (rank 0 writes every file):
+  fergi train-au --disfa DISFA --out model.pth --prepare-only --workers 8
   torchrun --nproc_per_node 4 -m fergi train-au --disfa DISFA --out model.pth
 
 Examples:
@@ -186,6 +188,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="N",
         help="processes reading the cache during training (default 2)",
     )
+    what.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="only build the preprocessing cache (run once before a multi-GPU torchrun)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -200,7 +207,7 @@ def run(args) -> int:
         raise FergiError("--disfa/--disfa-plus: give at least one dataset folder")
     if args.cv is not None and args.cv < 2:
         raise FergiError(f"--cv {args.cv}: needs at least 2 folds")
-    final = args.all or args.cv is None
+    final = (args.all or args.cv is None) and not args.prepare_only
     if final and args.out is None:
         raise FergiError("--out: give the model file to write (or only --cv K to evaluate)")
     if args.out is None and args.run_dir is None:
@@ -235,6 +242,7 @@ def run(args) -> int:
         config=config,
         workers=args.workers,
         progress=not args.no_progress,
+        prepare_only=args.prepare_only,
     )
     c = result["cache"]
     print(

@@ -82,6 +82,24 @@ def _check_config(run_dir: Path, config: TrainConfig, extra: dict) -> None:
     _write_json(path, new)
 
 
+def _wait_for_cache(folder: Path, n_rows: int, poll_s: float = 5.0) -> FaceCache:
+    """Other ranks wait for rank 0's cache by polling, not a collective barrier.
+
+    Building the cache of the real datasets takes hours, far beyond the timeout of a
+    process-group barrier.
+    """
+    import time
+
+    while True:
+        try:
+            cache = FaceCache.open(folder)
+            if len(cache.table) == n_rows and cache.summary()["pending"] == 0:
+                return cache
+        except (FergiError, OSError, ValueError):
+            pass  # not written yet, or being replaced
+        time.sleep(poll_s)
+
+
 def plot_learning_curve(history: pd.DataFrame, path) -> Path:
     """Loss against epochs (per step, lightly smoothed), one line per fold/final model."""
     import matplotlib
@@ -124,6 +142,7 @@ def train_au(
     config: TrainConfig | None = None,
     workers: int = 1,
     progress: bool = True,
+    prepare_only: bool = False,
 ) -> dict:
     """Read DISFA/DISFA+, cache the faces, cross-validate and/or train the final model.
 
@@ -146,6 +165,8 @@ def train_au(
     workers : int, default 1
         Processes building the cache.
     progress : bool, default True
+    prepare_only : bool, default False
+        Build the cache and stop (e.g. before a multi-GPU ``torchrun``).
 
     Returns
     -------
@@ -156,7 +177,7 @@ def train_au(
     config = config or TrainConfig()
     if final and out is None:
         raise FergiError("--out: give the model file to write")
-    if not final and cv is None:
+    if not final and cv is None and not prepare_only:
         raise FergiError("--cv/--all: nothing to do (give --cv K, --all, or both)")
     if run_dir is None:
         base = Path(out) if out is not None else Path("train_au")
@@ -183,12 +204,8 @@ def train_au(
             },
         )
         cache = build_cache(table, cache_dir, workers=workers, progress=progress)
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
     if not lead:
-        cache = FaceCache.open(cache_dir)
+        cache = _wait_for_cache(cache_dir, len(table))
     summary = cache.summary()
     logger.info(
         "%d labelled frames: %d with a face, %d without, %d past the end of their video",
@@ -198,6 +215,8 @@ def train_au(
         summary["not_in_video"],
     )
     histories, metrics = [], None
+    if prepare_only:
+        return {"metrics": None, "model": None, "run_dir": run_dir, "cache": summary, "table": None}
     if cv is not None:
         metrics, predictions, hist = cross_validate(
             cache, config, n_folds=cv, run_dir=run_dir, progress=progress
