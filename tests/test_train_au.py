@@ -627,16 +627,22 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_ddp_run(synthetic,
 
     steps_per_epoch = 25  # 400 frames, batch 16
     out = tmp_path / "a" / "model.pth"
-    args = _cli(synthetic, out, "--epochs", "2")
+    # Checkpoints at each epoch's end and every 4 steps; killed at step 3 of epoch 2.
+    args = _cli(synthetic, out, "--epochs", "2", "--save-every", "4")
     killed = _run_cli(args, {KILL_ENV: str(steps_per_epoch + 3)})
     assert killed.returncode == -9, killed.stderr[-2000:]
     state = torch.load(out.parent / "model_run" / "final" / "state.pt", weights_only=True)
     assert (state["epoch"], state["step"], len(state["history"])) == (1, 0, steps_per_epoch)
     assert not out.exists()
+    # Killed again mid-epoch, after the step-8 checkpoint of epoch 2.
+    killed = _run_cli(args, {KILL_ENV: str(steps_per_epoch + 10)})
+    assert killed.returncode == -9 and "resuming at epoch 2, step 0" in killed.stderr
+    state = torch.load(out.parent / "model_run" / "final" / "state.pt", weights_only=True)
+    assert (state["epoch"], state["step"], len(state["history"])) == (1, 8, steps_per_epoch + 8)
 
     resumed = _run_cli(args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming at epoch 2, step 0" in resumed.stderr
+    assert "resuming at epoch 2, step 8" in resumed.stderr
     losses = pd.read_csv(out.parent / "model_run" / "losses.csv")
     assert losses["step"].tolist() == list(range(1, 2 * steps_per_epoch + 1))
 
