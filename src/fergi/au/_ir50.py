@@ -33,8 +33,18 @@ N_OUTPUTS = N_AU_SLOTS * 6
 AU_OUTPUT_INDEX = tuple(int(name[2:]) - 1 for name in AU_NAMES)
 
 
-def _build_model(head_norm: bool = False):
-    """IResNet-50 (layers 3-4-14-3) with the FERGI AU head."""
+#: Blocks per stage of IResNet-50.
+IR50_LAYERS = (3, 4, 14, 3)
+
+
+def _build_model(head_norm: bool = False, width: int = 64, layers=IR50_LAYERS):
+    """IResNet-50 (layers 3-4-14-3, 64 base channels) with the FERGI AU head.
+
+    ``width`` and ``layers`` make narrower or shallower variants of the same
+    architecture (same parameter names), for tests and quick experiments.
+    """
+    width = int(width)
+    layers = tuple(int(n) for n in layers)
     import torch
     from torch import nn
 
@@ -60,17 +70,17 @@ def _build_model(head_norm: bool = False):
     class IResNet50AU(nn.Module):
         def __init__(self):
             super().__init__()
-            self.inplanes = 64
-            self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-            self.bn1 = nn.BatchNorm2d(64, eps=1e-05)
-            self.prelu = nn.PReLU(64)
-            self.layer1 = self._make_layer(64, 3)
-            self.layer2 = self._make_layer(128, 4)
-            self.layer3 = self._make_layer(256, 14)
-            self.layer4 = self._make_layer(512, 3)
-            self.bn2 = nn.BatchNorm2d(512, eps=1e-05)
+            self.inplanes = width
+            self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(width, eps=1e-05)
+            self.prelu = nn.PReLU(width)
+            self.layer1 = self._make_layer(width, layers[0])
+            self.layer2 = self._make_layer(2 * width, layers[1])
+            self.layer3 = self._make_layer(4 * width, layers[2])
+            self.layer4 = self._make_layer(8 * width, layers[3])
+            self.bn2 = nn.BatchNorm2d(8 * width, eps=1e-05)
             self.dropout = nn.Dropout(p=0.0)
-            self.fc = nn.Linear(512 * 7 * 7, N_OUTPUTS)
+            self.fc = nn.Linear(8 * width * 7 * 7, N_OUTPUTS)
             # Some training code keeps arcface's BatchNorm1d after fc.
             self.features = nn.BatchNorm1d(N_OUTPUTS, eps=1e-05) if head_norm else nn.Identity()
 
@@ -93,9 +103,37 @@ def _build_model(head_norm: bool = False):
     return IResNet50AU()
 
 
-def build_ir50(head_norm: bool = False):
-    """A fresh (randomly initialised) IResNet-50 AU model, ``torch.nn.Module``."""
-    return _build_model(head_norm)
+def build_ir50(head_norm: bool = False, *, width: int = 64, layers=IR50_LAYERS):
+    """A fresh (randomly initialised) IResNet-50 AU model, ``torch.nn.Module``.
+
+    Parameters
+    ----------
+    head_norm : bool, default False
+        Keep arcface's ``BatchNorm1d`` after the last layer.
+    width : int, default 64
+        Channels of the first stage (doubling per stage); 64 is IResNet-50.
+    layers : tuple of 4 int, default (3, 4, 14, 3)
+        Blocks per stage; the default is IResNet-50.
+    """
+    return _build_model(head_norm, width, layers)
+
+
+def architecture_of(state: dict) -> tuple[int, tuple[int, ...]]:
+    """``(width, layers)`` of the model a state_dict was saved from.
+
+    Read from ``conv1.weight`` and the block numbers of ``layer1..4``; a part that is
+    absent keeps IResNet-50's value (so an incomplete file fails by name in
+    :meth:`IR50AUEstimator.load_checkpoint`, not here).
+    """
+    conv1 = state.get("conv1.weight")
+    width = int(conv1.shape[0]) if conv1 is not None and len(conv1.shape) == 4 else 64
+    layers = []
+    for k, default in enumerate(IR50_LAYERS, start=1):
+        prefix = f"layer{k}."
+        blocks = {name.split(".")[1] for name in state if name.startswith(prefix)}
+        blocks = {int(b) for b in blocks if b.isdigit()}
+        layers.append(max(blocks) + 1 if blocks else default)
+    return width, tuple(layers)
 
 
 def _read_state_dict(path: Path) -> dict:
@@ -156,10 +194,13 @@ class IR50AUEstimator:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         head_norm = False
         state = None
+        width, layers = 64, IR50_LAYERS
         if checkpoint is not None:
             state = _read_state_dict(Path(checkpoint))
             head_norm = "features.running_mean" in state
-        self.model_ = build_ir50(head_norm).eval()
+            # Reduced models trained by fergi.au.train load like the full one.
+            width, layers = architecture_of(state)
+        self.model_ = build_ir50(head_norm, width=width, layers=layers).eval()
         self.loaded_: list[str] = []
         if state is not None:
             self.load_checkpoint(checkpoint, _state=state)
@@ -216,28 +257,7 @@ class IR50AUEstimator:
         fergi.FergiError
             Nothing matched (not an IResNet-50 file).
         """
-        import torch
-
-        path = Path(path)
-        state = _read_state_dict(path)
-        own = self.model_.state_dict()
-        take = {
-            k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)
-        }
-        if not take:
-            raise FergiError(f"{path}: no parameter matches IResNet-50 by name and shape")
-        with torch.no_grad():
-            own.update({k: v.to(own[k].dtype) for k, v in take.items()})
-            self.model_.load_state_dict(own)
-        skipped = sorted(set(state) - set(take))
-        logger.info(
-            "backbone %s: %d tensors loaded, %d skipped (%s)",
-            path,
-            len(take),
-            len(skipped),
-            ", ".join(skipped[:4]),
-        )
-        self.loaded_ = sorted(take)
+        self.loaded_ = load_matching(self.model_, path)
         return self
 
     def predict_outputs(self, faces: np.ndarray) -> np.ndarray:
@@ -261,3 +281,38 @@ class IR50AUEstimator:
     def fit(self, *args, **kwargs) -> IR50AUEstimator:
         """No-op: appearance intensities are absolute, no neutral reference is used."""
         return self
+
+
+def load_matching(model, path: str | os.PathLike) -> list[str]:
+    """Copy the tensors of a state_dict file whose names and shapes match ``model``.
+
+    Returns
+    -------
+    list of str
+        The names copied.
+
+    Raises
+    ------
+    fergi.FergiError
+        Nothing matched (not an IResNet-50 file), or not a checkpoint.
+    """
+    import torch
+
+    path = Path(path)
+    state = _read_state_dict(path)
+    own = model.state_dict()
+    take = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    if not take:
+        raise FergiError(f"{path}: no parameter matches IResNet-50 by name and shape")
+    with torch.no_grad():
+        own.update({k: v.to(own[k].dtype) for k, v in take.items()})
+        model.load_state_dict(own)
+    skipped = sorted(set(state) - set(take))
+    logger.info(
+        "backbone %s: %d tensors loaded, %d skipped (%s)",
+        path,
+        len(take),
+        len(skipped),
+        ", ".join(skipped[:4]),
+    )
+    return sorted(take)

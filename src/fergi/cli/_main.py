@@ -14,7 +14,7 @@ import sys
 from fergi import FergiError, __version__
 
 # Order is the order shown by ``fergi --help``: the pipeline from study to labels.
-SUBCOMMANDS = ("serve", "export", "extract", "reproduce", "fit", "annotate")
+SUBCOMMANDS = ("serve", "export", "extract", "train-au", "reproduce", "fit", "annotate")
 
 DESCRIPTION = """\
 fergi turns people's spontaneous facial reactions to generated images into
@@ -24,6 +24,7 @@ Typical use:
   fergi reproduce                      recompute the paper's findings from the public release
   fergi extract videos/ --out feats/   per-frame AU features from face videos
   fergi annotate --data study/         pairwise preference labels from reactions
+  fergi train-au --disfa DISFA/ --out fergi_ir50.pth   train the paper's AU model
   fergi serve                          run the web study that records reactions
 """
 
@@ -41,9 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         try:
-            module = importlib.import_module(f"fergi.cli.{name}")
+            module = importlib.import_module(f"fergi.cli.{name.replace('-', '_')}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"fergi.cli.{name}":
+            if exc.name != f"fergi.cli.{name.replace('-', '_')}":
                 raise
             continue
         sub_parser = module.add_parser(sub)

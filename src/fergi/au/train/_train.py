@@ -1,0 +1,531 @@
+"""Training loop of the FERGI AU model (Supp. B.3), with resumable checkpoints.
+
+One process trains on CPU or one GPU; under ``torchrun`` each process drives one
+GPU with DistributedDataParallel and a DistributedSampler, and rank 0 alone writes
+checkpoints and logs. Batches are drawn from the preprocessing cache
+(:class:`~fergi.au.train.FaceCache`): training never decodes video.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fergi._errors import FergiError
+from fergi.au._ir50 import AU_OUTPUT_INDEX, IR50_LAYERS, N_AU_SLOTS, build_ir50, load_matching
+from fergi.au.train._loss import au_loss, bce_weights, class_counts, expand_weights, mse_weights
+from fergi.datasets._schema import AU_NAMES
+
+logger = logging.getLogger(__name__)
+
+#: Test hook: the process kills itself (SIGKILL) after this many optimiser steps.
+KILL_ENV = "FERGI_TRAIN_AU_KILL_AFTER_STEPS"
+_AU_NUMBERS = tuple(int(n[2:]) for n in AU_NAMES)
+
+
+@dataclass
+class TrainConfig:
+    """Options of a training run; the defaults are the paper's (Supp. B.3).
+
+    Attributes
+    ----------
+    epochs : int, default 3
+    batch_size : int, default 64
+        Per process under ``torchrun``.
+    lr_head, lr_backbone : float, default 1e-4, 1e-5
+        Adam learning rates of the last layer and of all other parameters.
+    weight_decay : float, default 5e-4
+    seed : int, default 42
+        Initialisation, sample order and augmentation all derive from it, so a run
+        is reproducible and a resumed run continues exactly where it stopped.
+    flip : bool, default True
+        Random horizontal flip.
+    crop_scale : tuple, default (0.90, 1.0)
+        Random resized crop: share of the face area kept...
+    crop_ratio : tuple, default (19/20, 20/19)
+        ...and its aspect-ratio range; the crop is resized back to 112x112.
+    width : int, default 64
+    layers : tuple, default (3, 4, 14, 3)
+        Model size: IResNet-50 by default; smaller values for tests.
+    backbone : str, optional
+        Face-recognition IResNet-50 state_dict to start from (name/shape matching);
+        None starts from random weights.
+    device : str, optional
+        ``"cuda"`` when available, else ``"cpu"``.
+    amp : bool, default True
+        Mixed precision (CUDA only).
+    channels_last : bool, default True
+        Channels-last memory format (CUDA only).
+    num_workers : int, default 0
+        DataLoader worker processes reading the cache.
+    max_steps : int, optional
+        Stop after this many optimiser steps in total (quick tries).
+    save_every : int, default 0
+        Also write the resumable checkpoint every this many steps (0: each epoch only).
+    """
+
+    epochs: int = 3
+    batch_size: int = 64
+    lr_head: float = 1e-4
+    lr_backbone: float = 1e-5
+    weight_decay: float = 5e-4
+    seed: int = 42
+    flip: bool = True
+    crop_scale: tuple = (0.90, 1.0)
+    crop_ratio: tuple = (19 / 20, 20 / 19)
+    width: int = 64
+    layers: tuple = IR50_LAYERS
+    backbone: str | None = None
+    device: str | None = None
+    amp: bool = True
+    channels_last: bool = True
+    num_workers: int = 0
+    max_steps: int | None = None
+    save_every: int = 0
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["crop_scale"], d["crop_ratio"], d["layers"] = (
+            list(self.crop_scale),
+            list(self.crop_ratio),
+            list(self.layers),
+        )
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        for k in ("crop_scale", "crop_ratio", "layers"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**{k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}})
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _distributed() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)``; initialises the process group under torchrun."""
+    import torch
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def resolve_device(device: str | None, local_rank: int = 0):
+    """The torch device of this process (``cuda:LOCAL_RANK`` under torchrun)."""
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise FergiError(f"--device {device}: CUDA is not available on this machine")
+        if device == "cuda":
+            device = f"cuda:{local_rank}"
+        torch.cuda.set_device(torch.device(device))
+    return torch.device(device)
+
+
+def augment(x, generator, *, flip=True, scale=(0.9, 1.0), ratio=(19 / 20, 20 / 19)):
+    """Random resized crop (area share ``scale``, aspect ``ratio``) and horizontal flip.
+
+    The crop is resampled back to the input size by one batched affine warp (bilinear),
+    so the same code runs on CPU and GPU. Random numbers come from ``generator`` (a
+    CPU ``torch.Generator``): a batch's augmentation depends only on its seed.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(B, 3, H, W)`` float images.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    b = x.shape[0]
+    area = torch.empty(b).uniform_(scale[0], scale[1], generator=generator)
+    log_r = torch.empty(b).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    r = log_r.exp()
+    w = (area * r).sqrt().clamp(max=1.0)
+    h = (area / r).sqrt().clamp(max=1.0)
+    cx = (1 - w) * torch.rand(b, generator=generator) + w / 2
+    cy = (1 - h) * torch.rand(b, generator=generator) + h / 2
+    sign = torch.ones(b)
+    if flip:
+        sign = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = w * sign
+    theta[:, 0, 2] = 2 * cx - 1
+    theta[:, 1, 1] = h
+    theta[:, 1, 2] = 2 * cy - 1
+    theta = theta.to(device=x.device, dtype=x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _targets(labels: np.ndarray) -> np.ndarray:
+    """``(N, 64)`` targets by AU slot, NaN in the 52 unlabelled slots."""
+    out = np.full((len(labels), N_AU_SLOTS), np.nan, dtype=np.float32)
+    for k, au in enumerate(_AU_NUMBERS):
+        out[:, au - 1] = labels[:, k]
+    return out
+
+
+class _CacheDataset:
+    """Items ``(uint8 face HWC, target)`` of cache rows; opens the memmap lazily per worker."""
+
+    def __init__(self, folder, n_rows, rows, targets):
+        self.folder, self.n_rows, self.rows, self.targets = str(folder), n_rows, rows, targets
+        self._faces = None
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        import torch
+
+        from fergi.face import FACE_SIZE
+
+        if self._faces is None:
+            self._faces = np.memmap(
+                Path(self.folder) / "faces.u8",
+                dtype=np.uint8,
+                mode="r",
+                shape=(self.n_rows, FACE_SIZE, FACE_SIZE, 3),
+            )
+        return torch.from_numpy(np.array(self._faces[self.rows[i]])), torch.from_numpy(
+            self.targets[i]
+        )
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def save_model(model, path) -> Path:
+    """Write the plain fp32 ``state_dict`` that ``create_au_estimator("ir50")`` loads (atomically)."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = getattr(model, "module", model)
+    state = {
+        k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu()
+        for k, v in model.state_dict().items()
+    }
+    _atomic_torch_save(state, path)
+    return path
+
+
+def make_model(config: TrainConfig):
+    """The model a run starts from: seeded random weights, then the backbone if given."""
+    import torch
+
+    torch.manual_seed(config.seed)
+    model = build_ir50(width=config.width, layers=config.layers)
+    if config.backbone is not None:
+        load_matching(model, config.backbone)
+    return model
+
+
+def predict(model, faces, rows, *, device=None, batch_size: int = 256) -> np.ndarray:
+    """Regression outputs ``(n, 12)`` (AU_NAMES order) of ``model`` on cache rows.
+
+    ``faces`` is the cache's uint8 array; inputs are ``faces / 255`` as in training.
+    """
+    import torch
+
+    model = getattr(model, "module", model)
+    device = next(model.parameters()).device if device is None else torch.device(device)
+    was_training = model.training
+    model.eval()
+    rows = np.asarray(rows)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(rows), batch_size):
+            chunk = np.sort(rows[i : i + batch_size])
+            order = np.argsort(np.argsort(rows[i : i + batch_size]))
+            x = (
+                torch.from_numpy(np.array(faces[chunk])).to(device).permute(0, 3, 1, 2).float()
+                / 255.0
+            )
+            y = model(x).float()[:, list(AU_OUTPUT_INDEX)].cpu().numpy()
+            out.append(y[order])
+    model.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, len(AU_NAMES)), np.float32)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_model(
+    cache,
+    rows,
+    config: TrainConfig,
+    *,
+    state_path=None,
+    progress: bool = True,
+    labels: np.ndarray | None = None,
+    desc: str = "",
+):
+    """Train an AU model on cache rows, resuming from ``state_path`` if it exists.
+
+    Parameters
+    ----------
+    cache : FaceCache
+    rows : array-like of int
+        Cache rows to train on (faces only; see ``FaceCache.usable``).
+    config : TrainConfig
+    state_path : str or path-like, optional
+        Resumable checkpoint (model, optimiser, epoch, step, losses), rewritten
+        atomically after every epoch (and every ``config.save_every`` steps). When it
+        exists the run continues from it.
+    progress : bool, default True
+        A progress bar per epoch on stderr (rank 0).
+    labels : numpy.ndarray, optional
+        ``(len(rows), 12)`` labels overriding the cache's (e.g. shuffled, for a control).
+    desc : str
+        Prefix of the progress bars.
+
+    Returns
+    -------
+    model : torch.nn.Module
+        The trained model (unwrapped), in eval mode, on the training device.
+    history : pandas.DataFrame
+        One row per optimiser step: ``epoch``, ``step``, ``loss``, ``mse``, ``cos``, ``bce``.
+    """
+    import torch
+    from torch.utils.data import DataLoader, DistributedSampler
+    from tqdm.auto import tqdm
+
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) < 2:
+        raise FergiError(f"{cache.folder}: fewer than 2 training frames with a face")
+    rank, world, local_rank = _distributed()
+    device = resolve_device(config.device, local_rank)
+    cuda = device.type == "cuda"
+    y = cache.labels(rows) if labels is None else np.asarray(labels, dtype=np.float32)
+    counts = class_counts(y)
+    w_mse = torch.from_numpy(expand_weights(mse_weights(counts), _AU_NUMBERS)).to(device)
+    w_bce = torch.from_numpy(expand_weights(bce_weights(counts), _AU_NUMBERS)).to(device)
+    dataset = _CacheDataset(cache.folder, len(cache.table), rows, _targets(y))
+
+    model = make_model(config).to(device)
+    if cuda and config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    head = [p for n, p in model.named_parameters() if n.startswith(("fc.", "features."))]
+    body = [p for n, p in model.named_parameters() if not n.startswith(("fc.", "features."))]
+    optimizer = torch.optim.Adam(
+        [{"params": head, "lr": config.lr_head}, {"params": body, "lr": config.lr_backbone}],
+        weight_decay=config.weight_decay,
+    )
+    amp = bool(config.amp and cuda)
+    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+
+    epoch, step_in_epoch, history = 0, 0, []
+    state_path = Path(state_path) if state_path is not None else None
+    if state_path is not None and state_path.is_file():
+        try:
+            state = torch.load(str(state_path), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise FergiError(
+                f"{state_path}: unreadable training checkpoint ({type(exc).__name__}); delete it to restart"
+            ) from exc
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state and scaler.is_enabled():
+            scaler.load_state_dict(state["scaler"])
+        epoch, step_in_epoch, history = (
+            int(state["epoch"]),
+            int(state["step"]),
+            list(state["history"]),
+        )
+        if rank == 0:
+            logger.info("%s: resuming at epoch %d, step %d", state_path, epoch + 1, step_in_epoch)
+
+    net = model
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if cuda else None
+        )
+        if rank == 0:
+            logger.info(
+                "DistributedDataParallel on %d process(es), backend %s",
+                world,
+                torch.distributed.get_backend(),
+            )
+
+    def save(ep, st):
+        if rank != 0 or state_path is None:
+            return
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": ep,
+            "step": st,
+            "history": history,
+        }
+        if scaler.is_enabled():
+            state["scaler"] = scaler.state_dict()
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_torch_save(state, state_path)
+
+    kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
+    total_steps = len(history)
+    sampler = DistributedSampler(
+        range(len(rows)), num_replicas=world, rank=rank, shuffle=True, seed=config.seed
+    )
+    net.train()
+    stop = False
+    while epoch < config.epochs and not stop:
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        # A batch of 1 cannot train BatchNorm: fold a lone last sample away.
+        batches = [
+            order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)
+        ]
+        if len(batches) > 1 and len(batches[-1]) < 2:
+            batches.pop()
+        loader = DataLoader(
+            dataset,
+            batch_sampler=batches[step_in_epoch:],
+            num_workers=config.num_workers,
+            pin_memory=cuda,
+            persistent_workers=False,
+        )
+        bar = tqdm(
+            total=len(batches),
+            initial=step_in_epoch,
+            desc=f"{desc}epoch {epoch + 1}/{config.epochs}",
+            unit="batch",
+            file=sys.stderr,
+            disable=not progress or rank != 0,
+        )
+        for faces, target in loader:
+            gen = torch.Generator().manual_seed(
+                config.seed * 1_000_003 + epoch * 100_003 + step_in_epoch * 101 + rank
+            )
+            x = faces.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+            x = augment(x, gen, flip=config.flip, scale=config.crop_scale, ratio=config.crop_ratio)
+            if cuda and config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            target = target.to(device, non_blocking=True)
+            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
+                out = net(x)
+            parts = au_loss(out.float(), target, w_mse, w_bce)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(parts["loss"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            step_in_epoch += 1
+            total_steps += 1
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "step": total_steps,
+                    **{k: float(v.detach()) for k, v in parts.items()},
+                }
+            )
+            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
+            bar.update(1)
+            if (
+                config.save_every
+                and step_in_epoch % config.save_every == 0
+                and step_in_epoch < len(batches)
+            ):
+                save(epoch, step_in_epoch)
+            if kill_after and total_steps >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if config.max_steps is not None and total_steps >= config.max_steps:
+                stop = True
+                break
+        bar.close()
+        if not stop:
+            epoch, step_in_epoch = epoch + 1, 0
+        save(epoch, step_in_epoch)
+    model.eval()
+    return model, pd.DataFrame(history, columns=["epoch", "step", "loss", "mse", "cos", "bce"])
+
+
+def subject_folds(subjects, n_folds: int, seed: int = 42) -> list[np.ndarray]:
+    """Split subject names into ``n_folds`` groups (shuffled with ``seed``, sizes within 1)."""
+    names = np.array(sorted(set(subjects)))
+    if n_folds < 2:
+        raise FergiError(f"--cv {n_folds}: needs at least 2 folds")
+    if len(names) < n_folds:
+        raise FergiError(f"--cv {n_folds}: only {len(names)} subjects ({', '.join(names)})")
+    names = names[np.random.default_rng(seed).permutation(len(names))]
+    return [np.sort(part) for part in np.array_split(names, n_folds)]
+
+
+def cross_validate(
+    cache, config: TrainConfig, *, n_folds: int = 3, run_dir=None, progress: bool = True
+):
+    """Subject-independent k-fold cross-validation of the training recipe.
+
+    Each fold trains a fresh model on the other folds' subjects (resumable under
+    ``run_dir/fold<k>/``) and predicts its own; the metrics are computed on all
+    out-of-fold predictions together, as AU papers report them.
+
+    Returns
+    -------
+    metrics : pandas.DataFrame
+        :func:`au_metrics` of the pooled predictions.
+    predictions : pandas.DataFrame
+        Cache row, subject, fold, and true and predicted intensity of each AU.
+    histories : list of pandas.DataFrame
+    """
+    from fergi.au.train._datasets import subject_groups
+    from fergi.au.train._metrics import au_metrics
+
+    usable = cache.usable
+    groups = subject_groups(cache.table)[usable]
+    folds = subject_folds(groups, n_folds, config.seed)
+    preds, histories = [], []
+    for k, test_subjects in enumerate(folds, start=1):
+        test = usable[np.isin(groups, test_subjects)]
+        train = usable[~np.isin(groups, test_subjects)]
+        logger.info("fold %d/%d: test subjects %s", k, n_folds, ", ".join(test_subjects))
+        state = None if run_dir is None else Path(run_dir) / f"fold{k}" / "state.pt"
+        model, hist = train_model(
+            cache, train, config, state_path=state, progress=progress, desc=f"fold {k} "
+        )
+        hist.insert(0, "fold", k)
+        histories.append(hist)
+        p = predict(model, cache.faces, test)
+        frame = pd.DataFrame(
+            {"row": test, "subject": cache.table["subject"].to_numpy()[test], "fold": k}
+        )
+        truth = cache.labels(test)
+        for i, name in enumerate(AU_NAMES):
+            frame[f"{name}_true"] = truth[:, i]
+            frame[f"{name}_pred"] = p[:, i]
+        preds.append(frame)
+    predictions = pd.concat(preds, ignore_index=True)
+    metrics = au_metrics(
+        predictions[[f"{n}_true" for n in AU_NAMES]].to_numpy(),
+        predictions[[f"{n}_pred" for n in AU_NAMES]].to_numpy(),
+    )
+    return metrics, predictions, histories
