@@ -17,7 +17,10 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 # Benchmarks whose --quick mode is tested elsewhere.
-TESTED_ELSEWHERE = {"bench_geometry_crosstalk"}  # tests/test_geometry_reference.py
+TESTED_ELSEWHERE = {
+    "bench_geometry_crosstalk",  # tests/test_geometry_reference.py
+    "bench_train_au",  # tests/test_train_au.py
+}
 
 
 def load(name: str):
