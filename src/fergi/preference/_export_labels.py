@@ -160,6 +160,25 @@ def withdrawn_participants(root) -> set[str]:
 
 
 # ----------------------------------------------------------------------------- study facts
+def consent_status(root) -> str:
+    """One sentence on the consent the study folder records (``study/sessions.csv``)."""
+    sessions = Path(root) / "study" / "sessions.csv"
+    if not sessions.is_file():
+        return ("This study folder records no consent information (no study/sessions.csv): "
+                "sharing is governed by the terms under which the data were collected "
+                "(for the public FERGI release, its authors' LICENSE).")
+    table = pd.read_csv(sessions, dtype=str, keep_default_na=False)
+    if "exported" in table.columns:
+        table = table[table["exported"].str.lower().isin(("true", "1"))]
+    consented = table[table.get("consent_at", pd.Series("", index=table.index)) != ""]
+    versions = sorted(set(consented.get("consent_version", pd.Series(dtype=str))) - {""})
+    shared = consented.get("share_video", pd.Series("", index=consented.index))
+    n_share = int(shared.str.lower().isin(("true", "1")).sum())
+    return (f"{len(consented)} of {len(table)} exported sessions have recorded consent "
+            f"(consent text version(s): {', '.join(versions) or 'unknown'}); {n_share} allowed "
+            "sharing their face video, which is never part of this export.")
+
+
 def _session_facts(root: Path) -> tuple[dict, dict, dict]:
     """Prompt, generator and finishing time of every session of a ``fergi export`` folder."""
     captions: dict = {}
@@ -339,6 +358,7 @@ class LabelPlan:
     screened_out: list = field(default_factory=list)
     withdrawn: list = field(default_factory=list)
     participants: int = 0
+    consent: str = ""
 
 
 def _valence_name(model) -> str:
@@ -681,8 +701,7 @@ class _HPDWriter(_Writer):
 
     def _flush(self, rows: pd.DataFrame) -> None:
         feats = [c for c in rows.columns if c.endswith("_activation_value_0")]
-        for r in rows.itertuples(index=False):
-            row = r._asdict()
+        for row in rows.to_dict("records"):
             entry = {
                 "prompt": row["caption"],
                 "image_path": [self._copy(row["_participant"], row["session"], row["_image_a"],
@@ -718,8 +737,7 @@ class _JsonlWriter(_Writer):
 
     def _flush(self, rows: pd.DataFrame) -> None:
         feats = [c for c in rows.columns if c.endswith("_activation_value_0")]
-        for r in rows.itertuples(index=False):
-            row = r._asdict()
+        for row in rows.to_dict("records"):
             label_0 = row["label_0"]
             preferred = (int(row["_image_a"]) if label_0 == 1.0 else
                          int(row["_image_b"]) if label_0 == 0.0 else None)
@@ -1021,7 +1039,8 @@ def export_labels(data, out, *, format: str = "pickapic", source="reactions", mo
         values = table[list(FEATURE_COLUMNS)].to_numpy(dtype=float)
         features = {(str(p), int(s), int(i)): values[k] for k, (p, s, i) in
                     enumerate(zip(table["participant"], table["session"], table["image"], strict=True))}
-    plan = LabelPlan(sources, lopo, withdrawn=sorted(withdrawn & present))
+    plan = LabelPlan(sources, lopo, withdrawn=sorted(withdrawn & present),
+                     consent=consent_status(root))
     chunks = iter_labels(reactions, model=model, sources=sources, lopo=lopo,
                          screened_out=screened_out, on_few_baselines=on_few_baselines, plan=plan)
     if images is not None:
@@ -1136,9 +1155,10 @@ def dataset_card(summary: ExportSummary) -> str:
         "`withdrawn.json`, the `withdrawn` column of `study/sessions.csv`, or "
         "`--exclude-participants`).",
         "- Captions are the prompts the participants wrote: review them before publishing.",
-        "- Sharing status: the participants consented to the study under the study's consent "
-        "text; check that it covers publishing these labels and images before you share "
-        "this dataset outside your group.",
+        f"- Consent: {plan.consent or 'not recorded.'}",
+        "- Sharing status: not cleared for public release by fergi; check that the consent "
+        "covers publishing these labels, images and prompts before you share this dataset "
+        "outside your group.",
         "",
         "## Columns",
         "",
