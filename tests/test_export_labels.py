@@ -359,3 +359,35 @@ def test_export_benchmark_quick_mode(capsys):
         assert entry["pairs"] == n and entry["shards"] == n // 1_000
         assert entry["pairs_per_s"] > 0 and entry["peak_rss_mb"] > 0
     assert "peak RSS" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- a fergi study
+def test_study_exported_by_fergi_export(tmp_path):
+    """`fergi serve` -> `fergi export` -> `fergi export-labels`: the study's own files."""
+    import pyarrow.parquet as pq
+    from fastapi.testclient import TestClient
+
+    from fergi.study import create_app
+    from test_study_api import make_settings
+    from test_study_worker import add_processed_clips, finished_session
+
+    app = create_app(make_settings(tmp_path))
+    with TestClient(app) as client:
+        p = finished_session(client, app, order=(2, 3, 1))
+        add_processed_clips(app, p.id)
+    settings = app.state.settings
+    study = tmp_path / "exported"
+    assert main(["export", "--db", settings.resolved_db_url, "--media",
+                 str(settings.resolved_media_dir), "--out", str(study)]) == 0
+    out = tmp_path / "labels"
+    assert _export(study, "--out", out, "--format", "pickapic", "--source", "ranking") == 0
+    table = pq.read_table(out / "data").to_pandas()
+    prompts = pd.read_csv(study / "study" / "prompts.csv")
+    assert len(table) == 3 and set(table["caption"]) == {prompts["prompt"].iloc[0]}
+    assert set(table["model_0"]) == {prompts["generator"].iloc[0]}
+    assert table["created_at"].notna().all()
+    # Ranked 2 > 3 > 1: image 2 wins both its pairs, image 3 beats image 1.
+    best = {(r.image_0_uid[-1], r.image_1_uid[-1]): r.best_image_uid[-1] for r in table.itertuples()}
+    assert best == {("1", "2"): "2", ("1", "3"): "3", ("2", "3"): "2"}
+    assert not list(out.rglob("*.mp4")) and not list(out.rglob("*.webm"))
+    assert "1 of 1 exported sessions have recorded consent" in (out / "README.md").read_text()

@@ -374,13 +374,14 @@ def _valence_name(model) -> str:
 
 def iter_labels(data, *, model=None, sources=("reactions",), lopo: bool = False,
                 screened_out=(), on_few_baselines: str = "fallback",
-                plan: LabelPlan | None = None) -> Iterator[pd.DataFrame]:
+                plan: LabelPlan | None = None, rankings: pd.DataFrame | None = None,
+                invalid=None) -> Iterator[pd.DataFrame]:
     """Pairwise labels of every source, one participant at a time.
 
     Parameters
     ----------
-    data : ReactionData
-        Reactions (and, for ``ranking`` and the agreement figures, rankings).
+    data : ReactionData or None
+        Reactions (and, by default, the rankings); None when only ``ranking`` is asked.
     model : AnnotationModel or PreferenceModel, optional
         Default: the shipped scale-free model.
     sources : sequence of {"reactions", "integrated", "ranking"}
@@ -395,6 +396,12 @@ def iter_labels(data, *, model=None, sources=("reactions",), lopo: bool = False,
         As in :func:`~fergi.preference.annotate_reactions`.
     plan : LabelPlan, optional
         Filled with the facts the dataset card states.
+    rankings : DataFrame, optional
+        The survey table (``participant, session, image, rank_score``) the ``ranking``
+        labels and the agreement figures come from; default ``data.images``. Ranking
+        labels do not need a valid reaction.
+    invalid : set, optional
+        Images never labelled; default ``data.invalid``.
 
     Yields
     ------
@@ -414,9 +421,15 @@ def iter_labels(data, *, model=None, sources=("reactions",), lopo: bool = False,
     screened = {str(p) for p in screened_out}
     plan = plan if plan is not None else LabelPlan(sources, lopo)
     plan.sources, plan.lopo, plan.screened_out = sources, lopo, sorted(screened)
-    ranks = _rank_lookup(data.images, data.invalid)
-    reacting = [p for p in data.participants if p not in screened]
     wants_model = any(s in sources for s in ("reactions", "integrated"))
+    if data is None and wants_model:
+        raise FergiError("reaction labels need the study's reactions")
+    rankings = data.images if rankings is None else rankings
+    invalid = (data.invalid if data is not None else set()) if invalid is None else invalid
+    ranks = _rank_lookup(rankings, invalid)
+    reacting = [p for p in data.participants if p not in screened] if data is not None else []
+    everyone = sorted(set(reacting) | (set(rankings["participant"].astype(str))
+                                       if "ranking" in sources else set()))
     has_integration = isinstance(model, AnnotationModel) and model.integration_ is not None
     if "integrated" in sources and not has_integration and not lopo:
         raise FergiError("--source integrated: this model has no integration (fit one with "
@@ -456,7 +469,7 @@ def iter_labels(data, *, model=None, sources=("reactions",), lopo: bool = False,
             describe = model.describe() if isinstance(model, AnnotationModel) else repr(model)
             plan.model = describe
             plan.threshold_rule = "the model's own abstention threshold (eq. 9's rule)"
-    for participant in data.participants:
+    for participant in everyone:
         chunks = list(per_participant.pop(participant, []))
         if wants_model and not lopo and participant in reacting:
             sub = data.subset([participant])
@@ -474,7 +487,7 @@ def iter_labels(data, *, model=None, sources=("reactions",), lopo: bool = False,
                       if "rank_a" not in c.columns else c for c in chunks]
         if "ranking" in sources:
             chunks.append(_ranking_labels(
-                data.images[data.images["participant"].astype(str) == participant], data.invalid))
+                rankings[rankings["participant"].astype(str) == participant], invalid))
         chunks = [c for c in chunks if len(c)]
         if chunks:
             plan.participants += 1
@@ -1006,17 +1019,25 @@ def export_labels(data, out, *, format: str = "pickapic", source="reactions", mo
     sources = _parse_sources(source)
     salt = study_salt(root, salt_file=salt_file)
     withdrawn = withdrawn_participants(root) | {str(p) for p in exclude_participants}
-    reactions, _ = load_reaction_data(root, skip_single=skip_single)
-    present = set(reactions.participants)
+    wants_model = any(s in sources for s in ("reactions", "integrated"))
+    reactions = load_reaction_data(root, skip_single=skip_single)[0] if wants_model else None
+    rankings, invalid = _survey(root, reactions)
+    present = set(rankings["participant"].astype(str))
+    if reactions is not None:
+        present |= set(reactions.participants)
     unknown = sorted(withdrawn - present)
     if unknown:
         logger.warning("%s: participant(s) %s to leave out are not in the study", root,
                        ", ".join(unknown))
-    reactions = reactions.subset(sorted(present - withdrawn))
-    if not reactions.participants:
+    keep = sorted(present - withdrawn)
+    rankings = rankings[rankings["participant"].astype(str).isin(keep)]
+    if reactions is not None:
+        reactions = reactions.subset([p for p in reactions.participants if p in keep])
+    if not keep or (reactions is not None and not reactions.participants and
+                    "ranking" not in sources):
         raise FergiError(f"{root}: no label to export (every participant is left out)")
     screened_out: list[str] = []
-    if screen:
+    if screen and reactions is not None:
         if (reactions.clips["clip"] == "baseline").any():
             screened_out = list(screen_participants(reactions.clips))
         else:
@@ -1032,7 +1053,7 @@ def export_labels(data, out, *, format: str = "pickapic", source="reactions", mo
     if not captions:
         logger.warning("%s: no study/prompts.csv; captions are empty", root)
     features = None
-    if with_features:
+    if with_features and reactions is not None:
         from fergi.features import image_table
 
         table = image_table(reactions.images, reactions.clips, reactions.invalid)
@@ -1042,7 +1063,8 @@ def export_labels(data, out, *, format: str = "pickapic", source="reactions", mo
     plan = LabelPlan(sources, lopo, withdrawn=sorted(withdrawn & present),
                      consent=consent_status(root))
     chunks = iter_labels(reactions, model=model, sources=sources, lopo=lopo,
-                         screened_out=screened_out, on_few_baselines=on_few_baselines, plan=plan)
+                         screened_out=screened_out, on_few_baselines=on_few_baselines, plan=plan,
+                         rankings=rankings, invalid=invalid)
     if images is not None:
         chunks = _checked(chunks, images)
     settings = {"sources": list(sources), "lopo": lopo, "screen": screen, "all_pairs": all_pairs,
@@ -1064,6 +1086,23 @@ def export_labels(data, out, *, format: str = "pickapic", source="reactions", mo
     summary.plan, summary.settings = plan, settings
     logger.info("exported %d labelled pairs to %s", summary.n_rows, summary.out)
     return summary
+
+
+def _survey(root: Path, reactions) -> tuple[pd.DataFrame, set]:
+    """The rankings of every surveyed image and the invalid images of a study folder."""
+    from fergi.datasets import load_images, load_invalid_images
+
+    if (root / "preparation" / "preprocessed_image_data").is_dir():
+        images = load_images(root)
+        # The study's participants are those with recordings under data/.
+        recorded = {d.name for d in (root / "data").iterdir() if d.is_dir()}
+        images = images[images["participant"].astype(str).isin(recorded)]
+    elif reactions is not None:
+        images = reactions.images
+    else:
+        raise FergiError(f"{root / 'preparation' / 'preprocessed_image_data'}: missing "
+                         "(ranking labels need the participants' rankings)")
+    return images, load_invalid_images(root)
 
 
 def _checked(chunks: Iterable[pd.DataFrame], images: ImageStore) -> Iterator[pd.DataFrame]:
