@@ -391,3 +391,59 @@ def test_study_exported_by_fergi_export(tmp_path):
     assert best == {("1", "2"): "2", ("1", "3"): "3", ("2", "3"): "2"}
     assert not list(out.rglob("*.mp4")) and not list(out.rglob("*.webm"))
     assert "1 of 1 exported sessions have recorded consent" in (out / "README.md").read_text()
+
+
+# ----------------------------------------------------------------------------- decision rules
+def test_decide_follows_threshold_all_pairs_min_confidence_and_ties():
+    from fergi.preference._export_labels import decide
+
+    labels = pd.DataFrame({
+        "participant": "001", "session": 1, "image_a": [1, 1, 1, 2, 3],
+        "image_b": [2, 3, 4, 3, 4],
+        "preferred": pd.array([2, 1, pd.NA, 2, 4], dtype="Int64"),
+        "score_difference": [-0.5, 0.1, 0.0, 0.3, -1.0],
+        "confidence": [0.5, 0.1, 0.0, 1.0, 1.0],
+        "confident": [True, False, False, True, True],
+        "label_source": ["reactions", "reactions", "reactions", "ranking", "integrated"],
+        "normalization": "none", "rank_a": np.nan, "rank_b": np.nan,
+    })
+
+    def pairs(frame):
+        return {(a, b): (l0, l1) for a, b, l0, l1 in
+                zip(frame["image_a"], frame["image_b"], frame["label_0"], frame["label_1"], strict=True)}
+
+    # Default: confident model labels and every decided ranking label; image_b preferred -> 0/1.
+    assert pairs(decide(labels)) == {(1, 2): (0.0, 1.0), (2, 3): (1.0, 0.0), (3, 4): (0.0, 1.0)}
+    # --all-pairs: the below-threshold pair is labelled by its sign; the exact tie is not.
+    assert pairs(decide(labels, all_pairs=True))[(1, 3)] == (1.0, 0.0)
+    assert (1, 4) not in pairs(decide(labels, all_pairs=True))
+    # --abstentions tie: the abstention and the exact tie become Pick-a-Pic ties.
+    tied = pairs(decide(labels, abstentions="tie"))
+    assert tied[(1, 3)] == tied[(1, 4)] == (0.5, 0.5) and len(tied) == 5
+    # --min-confidence: applies to model labels only, never to the ranking.
+    assert pairs(decide(labels, min_confidence=0.8)) == {(2, 3): (1.0, 0.0), (3, 4): (0.0, 1.0)}
+
+
+def test_with_features_adds_activation_values_and_all_pairs_adds_rows(small_study, tmp_path):
+    import pyarrow.parquet as pq
+
+    from fergi.features import image_table
+    from fergi.preference import load_reaction_data
+
+    plain, full = tmp_path / "plain", tmp_path / "full"
+    assert _export(small_study, "--out", plain, "--format", "pickapic") == 0
+    assert _export(small_study, "--out", full, "--format", "pickapic", "--all-pairs",
+                   "--with-features") == 0
+    a = pq.read_table(plain / "data").to_pandas()
+    b = pq.read_table(full / "data").to_pandas()
+    assert len(b) > len(a) and not [c for c in a.columns if "activation" in c]
+    assert "AU12_activation_value_0" in b.columns and "AU4_activation_value_1" in b.columns
+    data, _ = load_reaction_data(small_study)
+    table = image_table(data.images, data.clips, data.invalid)
+    salt = study_salt(small_study)
+    keys = {f"{pseudonym(str(p), salt)}-s{s}-i{i}": v for p, s, i, v in
+            zip(table["participant"], table["session"], table["image"],
+                table["AU12_activation_value"], strict=True)}
+    row = b.iloc[len(b) // 2]
+    assert row["AU12_activation_value_0"] == pytest.approx(keys[row["image_0_uid"]])
+    assert "12 AU activation values are included" in (full / "README.md").read_text()

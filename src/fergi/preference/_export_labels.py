@@ -905,6 +905,12 @@ def write_labels(chunks: Iterable[pd.DataFrame], out, *, format: str = "pickapic
         raise FergiError(f"--format {format}: needs the study's images folder")
     if shard_size < 1:
         raise FergiError(f"--shard-size {shard_size}: must be at least 1")
+    if format == "hf":
+        try:
+            import datasets  # noqa: F401
+        except ImportError:
+            raise FergiError("--format hf: needs Hugging Face datasets "
+                             "(pip install 'fergi[export]')") from None
     final = Path(out)
     staged = _stage(final, overwrite, None if protect is None else Path(protect))
     ctx = _Context(salt, images, captions or {}, generators or {}, created or {}, features)
