@@ -225,7 +225,8 @@ def test_hpdv2_json_parses_with_its_keys(small_study, tmp_path):
     assert entries and all(set(e) >= {"prompt", "image_path", "human_preference"} for e in entries)
     keys = _uid_keys(small_study)
     for entry in entries[::17]:
-        assert sorted(entry["human_preference"]) == [0.0, 1.0]
+        assert sorted(entry["human_preference"]) == [0, 1]
+        assert all(isinstance(v, int) for v in entry["human_preference"])
         assert entry["label_source"] == "ranking"
         winner = entry["image_path"][entry["human_preference"].index(1.0)]
         assert (out / winner).is_file()

@@ -667,8 +667,7 @@ class _HFWriter(_PickapicWriter):
 
         staged = sorted(str(p) for p in self.shards)
         features = datasets.Features({
-            f.name: (datasets.Image() if f.name in ("jpg_0", "jpg_1") else
-                     datasets.Value(str(f.type) if str(f.type) != "timestamp[ns]" else "timestamp[ns]"))
+            f.name: (datasets.Image() if f.name in ("jpg_0", "jpg_1") else datasets.Value(str(f.type)))
             for f in _arrow_schema(self.with_features)})
         cache = self.out / ".cache"
 
@@ -721,7 +720,8 @@ class _HPDWriter(_Writer):
                                           row["image_0_uid"]),
                                self._copy(row["_participant"], row["session"], row["_image_b"],
                                           row["image_1_uid"])],
-                "human_preference": [row["label_0"], row["label_1"]],
+                # HPD v2 writes [1, 0] / [0, 1]; a tie stays [0.5, 0.5].
+                "human_preference": [_label(row["label_0"]), _label(row["label_1"])],
                 "label_source": row["label_source"],
                 "confidence": _finite(row["confidence"]),
                 "participant": row["participant"], "session": int(row["session"]),
@@ -778,6 +778,10 @@ class _JsonlWriter(_Writer):
 
 WRITERS = {"pickapic": _PickapicWriter, "hf": _HFWriter, "hpdv2": _HPDWriter,
            "jsonl": _JsonlWriter}
+
+
+def _label(value: float) -> int | float:
+    return int(value) if value in (0.0, 1.0) else float(value)
 
 
 def _finite(value) -> float | None:
