@@ -20,6 +20,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TESTED_ELSEWHERE = {
     "bench_geometry_crosstalk",  # tests/test_geometry_reference.py
     "bench_train_au",  # tests/test_train_au.py
+    "bench_export",  # tests/test_export_labels.py
 }
 
 

@@ -14,7 +14,8 @@ import sys
 from fergi import FergiError, __version__
 
 # Order is the order shown by ``fergi --help``: the pipeline from study to labels.
-SUBCOMMANDS = ("serve", "export", "extract", "train-au", "reproduce", "fit", "annotate")
+SUBCOMMANDS = ("serve", "export", "extract", "train-au", "reproduce", "fit", "annotate",
+               "export-labels")
 
 DESCRIPTION = """\
 fergi turns people's spontaneous facial reactions to generated images into
@@ -24,6 +25,8 @@ Typical use:
   fergi reproduce                      recompute the paper's findings from the public release
   fergi extract videos/ --out feats/   per-frame AU features from face videos
   fergi annotate --data study/         pairwise preference labels from reactions
+  fergi export-labels study/ --out labels/ --format pickapic
+                                       labels as a training dataset (DPO, reward models)
   fergi train-au --disfa DISFA/ --out fergi_ir50.pth   train the paper's AU model
   fergi serve                          run the web study that records reactions
 """

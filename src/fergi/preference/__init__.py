@@ -22,7 +22,8 @@ image table of :func:`fergi.features.image_table`:
 
 :func:`evaluate_lopo` evaluates an annotation model under strict leave-one-participant-out
 with participant-bootstrap intervals; :func:`lopo_evaluate` runs LOPO on an image table;
-:func:`reproduce_paper_tables` recomputes Tables 1 and 2 and the FAU-Net results exactly as
+:func:`export_labels` writes them as a training dataset (Pick-a-Pic parquet, HPD v2,
+Hugging Face ``datasets``, JSON lines); :func:`reproduce_paper_tables` recomputes Tables 1 and 2 and the FAU-Net results exactly as
 published (and the strict variant of Table 2); :func:`annotate_reactions` labels pairs of
 unranked images from a study's reactions.
 """
@@ -44,6 +45,13 @@ from fergi.preference._bootstrap import bootstrap_ratio, bootstrap_selective, pa
 from fergi.preference._coverage import coverage_curve
 from fergi.preference._data import load_reaction_data
 from fergi.preference._ensemble import EnsembleScore, IntegratedScore
+from fergi.preference._export_labels import (
+    ExportSummary,
+    export_labels,
+    pseudonym,
+    study_salt,
+    withdrawn_participants,
+)
 from fergi.preference._faunet import FAUNet
 from fergi.preference._grids import (
     ENSEMBLE_GRID,
@@ -79,6 +87,7 @@ __all__ = [
     "AUcombValence",
     "AnnotationModel",
     "EnsembleScore",
+    "ExportSummary",
     "FAUNet",
     "IntegratedScore",
     "LOPOResult",
@@ -96,6 +105,7 @@ __all__ = [
     "default_model_path",
     "default_valence",
     "evaluate_lopo",
+    "export_labels",
     "format_evaluation",
     "format_paper_tables",
     "load_model",
@@ -104,8 +114,11 @@ __all__ = [
     "make_pairs",
     "paired_difference",
     "participant_summary",
+    "pseudonym",
     "reaction_data_from_frames",
     "reproduce_paper_tables",
     "save_model",
+    "study_salt",
+    "withdrawn_participants",
     "write_jsonl",
 ]

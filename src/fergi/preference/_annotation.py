@@ -558,7 +558,10 @@ def evaluate_lopo(model: AnnotationModel, data: ReactionData, *, participants=No
         ``integrated`` and ``integrated_selective`` (when scores exist), ``at_coverage``
         (``{"au": {percent: {accuracy, ci}}, "integrated": ...}``: accuracy on the top
         x % of pairs by |difference|, pooled), ``per_participant`` (DataFrame) and
-        ``fits`` (per-fold parameters).
+        ``fits`` (per-fold parameters), ``thresholds`` and ``integration_thresholds``
+        (participant -> the abstention thresholds of the fold that held them out; None
+        where no integration was fitted) and ``scores`` (the out-of-fold image table with
+        ``valence_score`` and ``integrated_score``).
     """
     model._check_params()
     everyone = data.participants if participants is None else sorted(str(p) for p in participants)
@@ -659,6 +662,9 @@ def evaluate_lopo(model: AnnotationModel, data: ReactionData, *, participants=No
             for p in coverages}
     result["per_participant"] = table
     result["fits"] = {h: f.valence_.to_dict() for h, f, _ in folds}
+    # Each held-out participant's labels use the thresholds of the fold fitted without them.
+    result["thresholds"] = thresholds
+    result["integration_thresholds"] = ithresholds
     result["scores"] = scored
     return result
 
