@@ -24,8 +24,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-
 DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "fergi-public"
 VARIANTS = (
     ("aucomb", "none"),
@@ -41,23 +39,6 @@ QUICK_VARIANTS = (("aucomb", "none"), ("aucomb", "baseline_median"))
 def _fmt(entry) -> str:
     lo, hi = entry["ci"]
     return f"{entry['accuracy']:6.2f} [{lo:5.2f}, {hi:5.2f}]"
-
-
-def _distort(data, transform, seed):
-    from fergi.datasets import AU_NAMES, FeatureProvenance
-    from fergi.preference import reaction_data_from_frames
-
-    rng = np.random.default_rng(seed)
-    frames = data.frames.copy()
-    who = frames["participant"].astype(str).to_numpy()
-    columns = list(AU_NAMES)
-    values = frames[columns].to_numpy(dtype=float, copy=True)
-    for p in np.unique(who):
-        rows = who == p
-        values[rows] = transform(values[rows], rng)
-    frames[columns] = values
-    return reaction_data_from_frames(frames, data.images, invalid=data.invalid,
-                                     provenance=FeatureProvenance("unknown"), source="distorted")
 
 
 def _agreement(a, b) -> float:
@@ -126,12 +107,12 @@ def main(argv=None) -> dict:
 
     print("\nlabels under per-participant AU distortions (shipped models, all pairs)")
     default, raw = load_model(), load_model(default_model_path(RAW_MODEL))
-    scaled = _distort(data, lambda x, rng: x * rng.uniform(0.3, 3.0), seed=1)
+    scaled = data.with_transformed_aus(lambda x, rng: x * rng.uniform(0.3, 3.0), seed=1)
 
     def power(x, rng):
         return rng.uniform(0.3, 3.0, x.shape[1]) * (x + 2.0) ** rng.uniform(0.5, 2.0, x.shape[1])
 
-    warped = _distort(data, power, seed=2)
+    warped = data.with_transformed_aus(power, seed=2)
     invariance = {}
     for label, model, distorted in (("baseline_median, x factor", default, scaled),
                                     ("quantile, power transform", default.fallback_, warped),

@@ -55,24 +55,6 @@ def screened(release_data):
     return release_data.subset([p for p in release_data.participants if p not in EXCLUDED])
 
 
-def _distorted(data, transform, seed):
-    """The same reactions with every participant's AU values transformed (frames level).
-
-    ``transform(values, rng)`` gets all 12 AU columns of one participant at once.
-    """
-    rng = np.random.default_rng(seed)
-    frames = data.frames.copy()
-    who = frames["participant"].astype(str).to_numpy()
-    columns = list(AU_NAMES)
-    values = frames[columns].to_numpy(dtype=float, copy=True)
-    for p in np.unique(who):
-        rows = who == p
-        values[rows] = transform(values[rows], rng)
-    frames[columns] = values
-    return reaction_data_from_frames(frames, data.images, invalid=data.invalid,
-                                     provenance=FeatureProvenance("unknown"), source="distorted")
-
-
 def _same_labels(a: pd.DataFrame, b: pd.DataFrame) -> None:
     keys = ["participant", "session", "image_a", "image_b"]
     a, b = a.sort_values(keys, ignore_index=True), b.sort_values(keys, ignore_index=True)
@@ -116,7 +98,7 @@ def test_baseline_median_labels_ignore_per_participant_rescaling(release_data, c
     model = load_model()  # the shipped scale-free model
     raw = load_model(default_model_path(RAW_MODEL))
     # One random factor per participant, every AU value of theirs multiplied by it.
-    scaled = _distorted(release_data, lambda x, rng: x * rng.uniform(0.3, 3.0), seed=1)
+    scaled = release_data.with_transformed_aus(lambda x, rng: x * rng.uniform(0.3, 3.0), seed=1)
     before = annotate_reactions(release_data, model)
     after = annotate_reactions(scaled, model)
     _same_labels(before, after)
@@ -146,7 +128,7 @@ def test_quantile_labels_ignore_increasing_transforms(release_data):
         exponent = rng.uniform(0.5, 2.0, size=x.shape[1])
         return scale * (x + 2.0) ** exponent
 
-    warped = _distorted(release_data, power, seed=2)
+    warped = release_data.with_transformed_aus(power, seed=2)
     before = annotate_reactions(release_data, model)
     after = annotate_reactions(warped, model)
     keys = ["participant", "session", "image_a", "image_b"]

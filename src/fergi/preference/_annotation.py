@@ -103,6 +103,40 @@ class ReactionData:
     def participants(self) -> list[str]:
         return sorted(self.images["participant"].astype(str).unique())
 
+    def with_transformed_aus(self, transform, *, seed: int = 0) -> ReactionData:
+        """The same reactions with every participant's per-frame AU values transformed.
+
+        For robustness checks: does a model's labelling survive another AU scale?
+
+        Parameters
+        ----------
+        transform : callable
+            ``transform(values, rng) -> values`` gets the ``(n_frames, 12)`` AU values of
+            one participant (``-1`` marks frames without a face) and a NumPy generator.
+        seed : int
+            Seed of the generator, drawn from participant by participant in sorted order.
+
+        Returns
+        -------
+        ReactionData
+            With activation values recomputed and provenance ``unknown``.
+        """
+        from fergi.datasets import AU_NAMES
+
+        if self.frames is None:
+            raise FergiError(f"{self.source}: no per-frame features to transform")
+        rng = np.random.default_rng(seed)
+        frames = self.frames.copy()
+        who = frames["participant"].astype(str).to_numpy()
+        columns = list(AU_NAMES)
+        values = frames[columns].to_numpy(dtype=float, copy=True)
+        for p in np.unique(who):
+            rows = who == p
+            values[rows] = transform(values[rows], rng)
+        frames[columns] = values
+        return reaction_data_from_frames(frames, self.images, invalid=self.invalid,
+                                         source=f"{self.source} (transformed AUs)")
+
     def subset(self, participants) -> ReactionData:
         """The same data restricted to ``participants``."""
         keep = {str(p) for p in participants}

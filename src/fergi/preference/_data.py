@@ -13,22 +13,9 @@ logger = logging.getLogger(__name__)
 
 
 def load_table(path, *, screen: bool = False, need_rankings: bool = False, skip_single: bool = False):
-    """Image table (one row per valid image) of a folder in the release layout.
+    """Image table (one row per valid image, raw activation values) of a release-layout folder.
 
-    Parameters
-    ----------
-    path : path-like
-        Folder with ``data/<participant>/session_<s>/{baseline,reaction}_clip_<i>_features.csv``
-        and, optionally, ``preparation/preprocessed_image_data/<participant>.csv`` (rankings,
-        ratings, scores) and ``preparation/invalid_images.json``.
-    screen : bool
-        Also return the participants whose AU4 is unreliable at rest (needs baseline clips).
-    need_rankings : bool
-        Require ``rank_score`` values (for fitting). Without it, every valid reaction clip
-        is an image, whether or not the survey table has a row for it.
-    skip_single : bool
-        Leave out, with a warning, participants with fewer than two valid images (they form
-        no pair); by default they are an error naming them.
+    The same loading and checks as :func:`load_reaction_data`, as one table.
 
     Returns
     -------
@@ -36,57 +23,11 @@ def load_table(path, *, screen: bool = False, need_rankings: bool = False, skip_
     excluded : list of str
         Screened-out participants (empty unless ``screen``).
     """
-    from fergi.datasets import load_frames, load_images, load_invalid_images
-    from fergi.features import compute_activation_values, image_table, screen_participants
+    from fergi.features import image_table
 
-    root = Path(path)
-    kinds = ("baseline", "reaction") if screen else ("reaction",)
-    clips = compute_activation_values(load_frames(root, clips=kinds))
-    excluded: list[str] = []
-    if screen:
-        if (clips["clip"] == "baseline").any():
-            excluded = list(screen_participants(clips))
-        else:
-            logger.warning("%s: no baseline clips, AU4 screening skipped", root)
-    images_dir = root / "preparation" / "preprocessed_image_data"
-    keys = ["participant", "session", "image"]
-    reactions = clips.loc[clips["clip"] == "reaction", keys].astype({"participant": str})
-    if images_dir.is_dir():
-        images = load_images(root)
-        if not need_rankings:
-            # Annotation needs reactions only: a clip without a survey row is still an image.
-            merged = reactions.merge(images, on=keys, how="left", indicator=True)
-            unsurveyed = int((merged.pop("_merge") == "left_only").sum())
-            if unsurveyed:
-                logger.warning("%s: %d reaction clip(s) have no row in %s; labelled all the same",
-                               root, unsurveyed, images_dir)
-            images = merged
-    elif need_rankings:
-        raise FergiError(f"{images_dir}: missing (rankings are needed to fit a model)")
-    else:
-        # Reactions only: every reaction clip is an image to annotate.
-        images = reactions
-    table = image_table(images, clips, load_invalid_images(root))
-    if table.empty:
-        raise FergiError(f"{root}: no valid reaction clip (none passes the face-quality filters)")
-    sizes = table["participant"].value_counts()
-    single = sorted(sizes[sizes < 2].index)
-    if single:
-        if not skip_single:
-            raise FergiError(
-                f"{root}: participant(s) {', '.join(single)} have only one valid image (at least "
-                "two are needed to form a pair); pass --skip-single to leave them out"
-            )
-        logger.warning("%s: left out participant(s) %s with only one valid image",
-                       root, ", ".join(single))
-        table = table[~table["participant"].isin(single)].reset_index(drop=True)
-        if table.empty:
-            raise FergiError(f"{root}: no participant has two valid images; nothing to pair")
-    if need_rankings:
-        ranks = pd.to_numeric(table.get("rank_score"), errors="coerce") if "rank_score" in table else None
-        if ranks is None or ranks.notna().sum() == 0:
-            raise FergiError(f"{images_dir}: no rankings (rank_score is empty), nothing to fit on")
-    return table, excluded
+    data, excluded = load_reaction_data(path, screen=screen, need_rankings=need_rankings,
+                                        skip_single=skip_single, keep_frames=False)
+    return image_table(data.images, data.clips, data.invalid), excluded
 
 
 def load_reaction_data(path, *, screen: bool = False, need_rankings: bool = False,
