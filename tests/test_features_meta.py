@@ -148,3 +148,37 @@ def test_study_worker_and_export_carry_the_provenance(tmp_path, monkeypatch):
     prov = feature_provenance(out)
     assert prov.estimator == "geometry" and prov.estimator_version == "2"
     assert prov.neutral_reference == "baseline_clip"
+
+
+@pytest.mark.slow
+def test_extract_measures_study_reaction_clips_against_their_baseline_clip(tmp_path, capsys):
+    """A study's clips (reaction_clip_<i> beside baseline_clip_<i>) are read as the study
+    reads them: each reaction against its image's own baseline clip."""
+    import csv
+    from pathlib import Path
+
+    from fergi.face import write_reaction_video
+
+    session = tmp_path / "videos" / "001" / "session_1"
+    session.mkdir(parents=True)
+    face = data.astronaut()
+    write_reaction_video(session / "baseline_clip_1.mp4", face, neutral_s=1.0, expression_s=0.0,
+                         size=(320, 240))
+    # Smiling for 90 % of the clip: the clip alone holds little neutral face.
+    write_reaction_video(session / "reaction_clip_1.mp4", face, neutral_s=0.1, expression_s=0.9,
+                         smile=1.0, size=(320, 240))
+    out = tmp_path / "feats"
+    assert main(["extract", str(tmp_path / "videos"), "--out", str(out)]) == 0
+    with open(out / "extract_report.csv", newline="") as handle:
+        rows = {Path(r["video"]).name: r for r in csv.DictReader(handle)}
+    assert rows["reaction_clip_1.mp4"]["neutral_reference"] == "baseline_clip"
+    assert "baseline_clip_1.mp4" in rows["reaction_clip_1.mp4"]["neutral_reference_detail"]
+    assert rows["baseline_clip_1.mp4"]["neutral_reference"] == "baseline_clip"
+    assert feature_provenance(out).neutral_reference == "baseline_clip"
+    reaction = pd.read_csv(out / "001" / "session_1" / "reaction_clip_1_features.csv")
+    assert reaction["AU12"].iloc[-10:].mean() > 1.0
+    # Turned off, the clip's own least-expressive frames are the neutral face.
+    other = tmp_path / "alone"
+    assert main(["extract", str(tmp_path / "videos"), "--out", str(other), "--no-pair-baselines"]) == 0
+    with open(other / "extract_report.csv", newline="") as handle:
+        assert {r["neutral_reference"] for r in csv.DictReader(handle)} == {"least_expressive"}

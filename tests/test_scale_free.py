@@ -331,3 +331,17 @@ def test_malformed_annotation_model_files_are_refused(tmp_path):
     with pytest.raises(FergiError, match="std > 0"):
         load_model(path)
 
+
+
+def test_meta_files_in_session_folders_load_quietly(fergi_public, tmp_path, caplog):
+    from fergi.datasets import load_frames
+
+    session = tmp_path / "study" / "data" / "001" / "session_1"
+    session.mkdir(parents=True)
+    for src in sorted((fergi_public / "data" / "001" / "session_1").glob("*.csv")):
+        (session / src.name).write_bytes(src.read_bytes())
+    write_features_meta(session, FeatureProvenance("geometry", estimator_version="2"))
+    with caplog.at_level("WARNING"):
+        frames = load_frames(tmp_path / "study")
+    assert len(frames) and "ignored" not in caplog.text
+    assert feature_provenance(tmp_path / "study").scale == "geometry-v2"

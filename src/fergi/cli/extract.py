@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -35,10 +36,13 @@ neutral reference; it is written even when the run is interrupted (Ctrl-C), and 
 resumed run keeps the figures of the videos it skips.
 
 The geometry estimator measures AUs against the person's neutral face: the first S
-seconds of each video with --baseline-seconds S, else the video's least-expressive
-stable frames (not its median face, which is an expression when the person reacts for
-most of the clip). The report's neutral_reference column says which was used
-(baseline_seconds, least_expressive, or absolute for ir50, which needs none).
+seconds of each video with --baseline-seconds S; else, for a study's clips, the
+image's own baseline clip (reaction_clip_<i>.* is measured against the
+baseline_clip_<i>.* beside it, and a baseline clip against itself, as the study does;
+--no-pair-baselines turns this off); else the video's least-expressive stable frames
+(not its median face, which is an expression when the person reacts for most of the
+clip). The report's neutral_reference column says which was used (baseline_clip,
+baseline_seconds, least_expressive, or absolute for ir50, which needs none).
 OUT/features_meta.json records the estimator, its version, the checkpoint's SHA-256
 and the neutral reference, so that later stages know which AU scale they read; a run
 with another estimator or checkpoint into the same OUT is refused (use another --out,
@@ -87,6 +91,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "video's least-expressive stable frames)",
     )
     parser.add_argument(
+        "--no-pair-baselines",
+        action="store_true",
+        help="do not measure reaction_clip_<i> against the baseline_clip_<i> beside it "
+        "(geometry estimator; default: paired, as the study does)",
+    )
+    parser.add_argument(
         "--fps",
         type=float,
         default=30.0,
@@ -129,6 +139,29 @@ def _positive_seconds(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
     return value
+
+
+_STUDY_CLIP = re.compile(r"^(baseline|reaction)_clip_(\d+)$")
+
+
+def _baseline_partner(video: Path) -> Path | None:
+    """The study baseline clip that is ``video``'s neutral face, if there is one.
+
+    ``reaction_clip_<i>`` is paired with the ``baseline_clip_<i>`` video beside it (any
+    video extension), and a baseline clip with itself, as the study's processing does.
+    """
+    from fergi.video import VIDEO_SUFFIXES
+
+    match = _STUDY_CLIP.match(video.stem)
+    if match is None:
+        return None
+    if match.group(1) == "baseline":
+        return video
+    for suffix in sorted(VIDEO_SUFFIXES):
+        partner = video.with_name(f"baseline_clip_{match.group(2)}{suffix}")
+        if partner.is_file():
+            return partner
+    return None
 
 
 def _release_decimals(video) -> int:
@@ -278,6 +311,7 @@ def _process(job: dict, progress=None) -> dict:
             estimator=_WORKER["estimator"],
             fps=job["fps"],
             baseline_seconds=job["baseline_seconds"],
+            baseline=job.get("baseline"),
             progress=progress,
         )
         write_features(table, job["output"], decimals=job["decimals"])
@@ -432,6 +466,11 @@ def _run(args: argparse.Namespace) -> int:
                 "output": str(target),
                 "fps": args.fps,
                 "baseline_seconds": args.baseline_seconds,
+                # An explicit --baseline-seconds wins; ir50 needs no neutral face.
+                "baseline": None
+                if args.no_pair_baselines or args.baseline_seconds is not None
+                or args.estimator != "geometry"
+                else (str(p) if (p := _baseline_partner(Path(video))) else None),
                 "decimals": args.decimals or _release_decimals(video),
             }
         )

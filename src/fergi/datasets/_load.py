@@ -99,7 +99,8 @@ def list_clip_files(path: str | os.PathLike, *, participants: Iterable[str] | No
             for f in sdir.iterdir():
                 m = _CLIP_FILE.match(f.name)
                 if not m:
-                    if not f.name.startswith("."):
+                    # features_meta.json says which AU estimator made the files beside it.
+                    if not f.name.startswith(".") and f.name != "features_meta.json":
                         logger.warning("%s: ignored (not a per-frame feature file)", f)
                     continue
                 rows.append((participant, session, int(m.group(2)), m.group(1), str(f)))
