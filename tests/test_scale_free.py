@@ -25,6 +25,7 @@ from fergi.datasets import (
 from fergi.preference import (
     RAW_MODEL,
     AnnotationModel,
+    AUcombValence,
     Linear12Valence,
     annotate_reactions,
     check_compatibility,
@@ -241,6 +242,9 @@ def test_compatibility_rules():
         check_compatibility(raw, geometry)
     with pytest.raises(FergiError, match="several AU estimators"):
         check_compatibility(raw, FeatureProvenance("mixed", source="1 file(s) a; 2 file(s) b"))
+    old = AUcombValence(k=0.5, w_au4=0.5, threshold=0.26)  # a model file of fergi 0.1
+    old.features_ = FeatureProvenance("unknown")
+    check_compatibility(old, geometry)  # nothing to compare: a warning, not a refusal
     ir50 = FeatureProvenance("ir50", estimator_version="1", checkpoint_sha256="ab" * 32)
     with pytest.raises(FergiError, match="ir50"):
         check_compatibility(raw, ir50)

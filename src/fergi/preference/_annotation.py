@@ -521,8 +521,10 @@ def check_compatibility(model, provenance: FeatureProvenance, *, where: str = "f
     if provenance.estimator == "mixed":
         message = (f"{where}: features from several AU estimators ({provenance.source}); "
                    f"{model_name} reads raw AU values and needs one scale")
-    elif not provenance.known:
-        logger.warning("%s: %s; cannot check that the AU scale matches %s (fitted on %s)",
+    elif not provenance.known or not fitted.known:
+        # A model file from fergi 0.1 or features without features_meta.json: nothing to
+        # compare, so say so rather than refuse.
+        logger.warning("%s: features %s; cannot check that the AU scale matches %s (fitted on %s)",
                        where, provenance.describe(), model_name, fitted.describe())
         return
     elif provenance.scale == fitted.scale:
