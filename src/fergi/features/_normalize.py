@@ -97,8 +97,9 @@ def baseline_normalize(
     statistic : {"median", "mean"}
         Baseline level (see :func:`baseline_levels`).
     min_baseline_clips : int, default 3
-        Participants with fewer valid baseline clips than this (or whose level of an AU
-        is 0) get NaN activation values: they need the model's fallback.
+        Participants with fewer valid baseline clips than this (or whose level of one of
+        ``aus`` is 0: that AU never moved at rest) get NaN activation values: they need
+        the model's fallback.
 
     Returns
     -------
@@ -120,6 +121,8 @@ def baseline_normalize(
     out[columns] = out[columns].to_numpy(dtype=float) / divisor
     out.attrs = dict(clips.attrs)
     out.attrs["too_few_baselines"] = sorted(levels.index[~usable])
+    # Of those, the ones with enough clips but an AU that never moved at rest.
+    out.attrs["flat_baselines"] = sorted(levels.index[enough & ~usable])
     out.attrs["baseline_clips"] = {str(p): int(n) for p, n in levels["n_baseline_clips"].items()}
     return out
 

@@ -249,9 +249,12 @@ class AnnotationModel:
         self._check_params()
         clips = data.clips
         too_few: list[str] = []
+        flat: list[str] = []
         if self.normalization == "baseline_median":
-            clips = baseline_normalize(clips, min_baseline_clips=self.min_baseline_clips)
-            too_few = clips.attrs["too_few_baselines"]
+            # Only the AUs the valence model reads: an unused AU that never moves at rest
+            # (landmark AUs clip at 0) must not cost a participant their normalisation.
+            clips = baseline_normalize(clips, aus=self._aus(), min_baseline_clips=self.min_baseline_clips)
+            too_few, flat = clips.attrs["too_few_baselines"], clips.attrs["flat_baselines"]
         elif self.normalization == "quantile":
             normalizer = normalizer if normalizer is not None else self.normalizer_
             if data.frames is None:
@@ -267,6 +270,7 @@ class AnnotationModel:
             clips = compute_activation_values(frames, aus=aus)
         table = image_table(data.images, clips, data.invalid)
         table.attrs["too_few_baselines"] = too_few
+        table.attrs["flat_baselines"] = flat
         return table
 
     def _fit_table(self, table: pd.DataFrame, groups=None) -> AnnotationModel:
@@ -361,9 +365,13 @@ class AnnotationModel:
         primary = table[~table["participant"].astype(str).isin(few)]
         parts.append(self._labels(primary, integrate))
         if few:
+            flat = [p for p in few if p in set(table.attrs.get("flat_baselines", []))]
             what = (f"{data.source}: participant(s) {', '.join(few)} have fewer than "
                     f"{self.min_baseline_clips} valid baseline clips for the baseline-median "
                     "normalisation")
+            if flat:
+                what += (f" (of them, {', '.join(flat)} have enough clips but "
+                         f"{'/'.join(self._aus())} never moved in them)")
             if on_few_baselines == "error":
                 raise FergiError(what + " (choose --on-few-baselines fallback or skip)")
             if on_few_baselines == "fallback" and self.fallback_ is not None and data.frames is not None:
