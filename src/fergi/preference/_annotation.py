@@ -366,12 +366,16 @@ class AnnotationModel:
         parts.append(self._labels(primary, integrate))
         if few:
             flat = [p for p in few if p in set(table.attrs.get("flat_baselines", []))]
-            what = (f"{data.source}: participant(s) {', '.join(few)} have fewer than "
-                    f"{self.min_baseline_clips} valid baseline clips for the baseline-median "
-                    "normalisation")
+            short = [p for p in few if p not in flat]
+            reasons = []
+            if short:
+                reasons.append(f"{', '.join(short)} have fewer than {self.min_baseline_clips} "
+                               "valid baseline clips")
             if flat:
-                what += (f" (of them, {', '.join(flat)} have enough clips but "
-                         f"{'/'.join(self._aus())} never moved in them)")
+                reasons.append(f"{', '.join(flat)}: {'/'.join(self._aus())} never moved in "
+                               "their baseline clips")
+            what = (f"{data.source}: no baseline-median normalisation for participant(s) "
+                    f"{'; '.join(reasons)}")
             if on_few_baselines == "error":
                 raise FergiError(what + " (choose --on-few-baselines fallback or skip)")
             if on_few_baselines == "fallback" and self.fallback_ is not None and data.frames is not None:
