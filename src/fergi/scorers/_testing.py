@@ -1,0 +1,157 @@
+"""Random-weight scorer checkpoints in the real files' layouts, for tests and benchmarks.
+
+No weights can be downloaded in CI, so tests and ``benchmarks/bench_scorers.py`` build
+models with the published architectures (``size="full"``) or tiny versions of them
+(``size="tiny"``), save them exactly as the official checkpoints are laid out (OpenAI /
+OpenCLIP state dicts, a transformers folder for PickScore, the aesthetic MLP's
+``layers.*`` keys) and load them back through :func:`fergi.scorers.create_scorer`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+#: A tiny CLIP: the same layout, 2 layers a tower, 16-token context.
+TINY_CLIP = {
+    "projection_dim": 16,
+    "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                    "num_attention_heads": 2, "max_position_embeddings": 16},
+    "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                      "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+}
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2 / CLIP byte-level alphabet: printable bytes map to themselves, the rest
+    # to code points from 256 up.
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
+
+
+def write_tiny_tokenizer(folder: Path) -> dict:
+    """A CLIP BPE tokenizer with the byte alphabet and a few merges (ids < 520).
+
+    Returns the special ids, ``{"bos_token_id", "eos_token_id", "pad_token_id", "vocab_size"}``:
+    as in CLIP's vocabulary, end-of-text is the largest id.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = list(_bytes_to_unicode().values())
+    merges = [("c", "a"), ("ca", "t</w>"), ("d", "o"), ("do", "g</w>"), ("r", "e"), ("re", "d</w>")]
+    vocab = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    eos = len(vocab) - 1
+    return {"bos_token_id": eos - 1, "eos_token_id": eos, "pad_token_id": eos, "vocab_size": len(vocab)}
+
+
+def clip_config(arch: dict, special: dict | None = None) -> dict:
+    """``arch`` with the tokenizer's special ids (and vocabulary size) in its text config."""
+    cfg = copy.deepcopy(arch)
+    if special:
+        cfg["text_config"].update(special)
+        cfg["text_config"]["vocab_size"] = max(special["vocab_size"],
+                                               arch["text_config"].get("vocab_size", 0))
+    return cfg
+
+
+def random_clip(config: dict, seed: int = 0):
+    """A transformers ``CLIPModel`` of ``config`` with seeded random weights."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(seed)
+    model = CLIPModel(CLIPConfig(**config)).eval()
+    with torch.no_grad():
+        # Random init leaves LayerNorms at identity and logit_scale at its default;
+        # perturb them so a wrongly mapped LayerNorm or scale cannot go unnoticed.
+        for name, p in model.named_parameters():
+            if "norm" in name or "logit_scale" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def hf_to_openclip(model) -> dict:
+    """The OpenAI / OpenCLIP state dict of a transformers ``CLIPModel`` (for writing test files)."""
+    import torch
+
+    from fergi.scorers._clip import _BLOCK, _TOP
+
+    sd = model.state_dict()
+    out = {src: sd[dst] for src, dst in _TOP.items()}
+    out["visual.proj"] = sd["visual_projection.weight"].t().contiguous()
+    out["text_projection"] = sd["text_projection.weight"].t().contiguous()
+    for tower, prefix, n in (("visual.transformer", "vision_model", model.config.vision_config.num_hidden_layers),
+                             ("transformer", "text_model", model.config.text_config.num_hidden_layers)):
+        for i in range(n):
+            base = f"{prefix}.encoder.layers.{i}."
+            for kind in ("weight", "bias"):
+                out[f"{tower}.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat(
+                    [sd[f"{base}self_attn.{p}_proj.{kind}"] for p in "qkv"])
+                for stem, hf in _BLOCK.items():
+                    out[f"{tower}.resblocks.{i}.{stem}.{kind}"] = sd[f"{base}{hf}.{kind}"]
+    return {k: v.clone() for k, v in out.items()}
+
+
+def make_scorer_weights(folder: Path, size: str = "tiny", seed: int = 0) -> dict[str, dict]:
+    """Write random weights for every CLIP-family scorer; return ``create_scorer`` options.
+
+    Parameters
+    ----------
+    folder : Path
+        Where the files go.
+    size : {"tiny", "full"}
+        Tiny architectures, or the published ViT-L/14 and ViT-H/14 sizes.
+    seed : int
+
+    Returns
+    -------
+    dict
+        ``name -> {"weights": ..., "tokenizer": ..., "config": ..., ...}`` for
+        :func:`fergi.scorers.create_scorer` (and the CLI's ``--weights``).
+    """
+    import torch
+
+    from fergi.scorers._clip import VIT_H_14, VIT_L_14, aesthetic_mlp
+
+    folder = Path(folder)
+    tok = folder / "tokenizer"
+    special = write_tiny_tokenizer(tok)
+    arch_l = TINY_CLIP if size == "tiny" else VIT_L_14
+    arch_h = TINY_CLIP if size == "tiny" else VIT_H_14
+    cfg_l, cfg_h = clip_config(arch_l, special), clip_config(arch_h, special)
+    if size == "tiny":
+        cfg_l["text_config"]["hidden_act"] = cfg_l["vision_config"]["hidden_act"] = "quick_gelu"
+
+    clip = random_clip(cfg_l, seed)
+    torch.save(hf_to_openclip(clip), folder / "ViT-L-14.pt")
+    head = aesthetic_mlp(cfg_l["projection_dim"])
+    torch.manual_seed(seed + 1)
+    for p in head.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    torch.save(head.state_dict(), folder / "sac+logos+ava1-l14-linearMSE.pth")
+    hps = random_clip(cfg_h, seed + 2)
+    # HPS v2's files wrap the OpenCLIP state dict: {"state_dict": ...}.
+    torch.save({"state_dict": hf_to_openclip(hps)}, folder / "HPS_v2_compressed.pt")
+    pick = random_clip(cfg_h, seed + 3)
+    pick.save_pretrained(folder / "PickScore_v1")
+    for f in ("vocab.json", "merges.txt"):
+        (folder / "PickScore_v1" / f).write_bytes((tok / f).read_bytes())
+    common = {"tokenizer": tok}
+    return {
+        "clip": {"weights": folder / "ViT-L-14.pt", "config": cfg_l, **common},
+        "aesthetic": {"weights": folder / "sac+logos+ava1-l14-linearMSE.pth",
+                      "backbone": folder / "ViT-L-14.pt", "config": cfg_l, **common},
+        "pickscore": {"weights": folder / "PickScore_v1", "config": cfg_h, **common},
+        "hpsv2": {"weights": folder / "HPS_v2_compressed.pt", "config": cfg_h, **common},
+    }
