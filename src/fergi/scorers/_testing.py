@@ -130,8 +130,9 @@ def make_scorer_weights(folder: Path, size: str = "tiny", seed: int = 0) -> dict
     arch_l = TINY_CLIP if size == "tiny" else VIT_L_14
     arch_h = TINY_CLIP if size == "tiny" else VIT_H_14
     cfg_l, cfg_h = clip_config(arch_l, special), clip_config(arch_h, special)
-    if size == "tiny":
-        cfg_l["text_config"]["hidden_act"] = cfg_l["vision_config"]["hidden_act"] = "quick_gelu"
+    if size == "tiny":  # OpenAI's ViT-L/14 uses QuickGELU, OpenCLIP's ViT-H/14 exact GELU
+        for cfg, act in ((cfg_l, "quick_gelu"), (cfg_h, "gelu")):
+            cfg["text_config"]["hidden_act"] = cfg["vision_config"]["hidden_act"] = act
 
     clip = random_clip(cfg_l, seed)
     torch.save(hf_to_openclip(clip), folder / "ViT-L-14.pt")
