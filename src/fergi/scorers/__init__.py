@@ -12,6 +12,7 @@ heavy dependencies come with ``pip install 'fergi[scorers]'``.
 """
 
 from fergi.scorers._base import Scorer
+from fergi.scorers._cache import ScoreCache
 from fergi.scorers._registry import (
     ScorerSpec,
     create_scorer,
@@ -20,6 +21,7 @@ from fergi.scorers._registry import (
     list_scorers,
     register_scorer,
 )
+from fergi.scorers._run import score_folder
 
-__all__ = ["Scorer", "ScorerSpec", "create_scorer", "find_weights", "get_scorer_spec",
-           "list_scorers", "register_scorer"]
+__all__ = ["ScoreCache", "Scorer", "ScorerSpec", "create_scorer", "find_weights",
+           "get_scorer_spec", "list_scorers", "register_scorer", "score_folder"]

@@ -103,7 +103,8 @@ def hf_to_openclip(model) -> dict:
     return {k: v.clone() for k, v in out.items()}
 
 
-def make_scorer_weights(folder: Path, size: str = "tiny", seed: int = 0) -> dict[str, dict]:
+def make_scorer_weights(folder: Path, size: str = "tiny", seed: int = 0,
+                        layout: str = "official") -> dict[str, dict]:
     """Write random weights for every CLIP-family scorer; return ``create_scorer`` options.
 
     Parameters
@@ -113,6 +114,11 @@ def make_scorer_weights(folder: Path, size: str = "tiny", seed: int = 0) -> dict
     size : {"tiny", "full"}
         Tiny architectures, or the published ViT-L/14 and ViT-H/14 sizes.
     seed : int
+    layout : {"official", "hf"}
+        ``official``: the published files (OpenAI ``ViT-L-14.pt``, HPS v2's
+        ``{"state_dict": ...}``), which need ``config`` for a non-published size;
+        ``hf``: transformers folders with their ``config.json`` and tokenizer, which
+        need nothing else (what the command line's ``--weights NAME=PATH`` takes).
 
     Returns
     -------
@@ -148,6 +154,18 @@ def make_scorer_weights(folder: Path, size: str = "tiny", seed: int = 0) -> dict
     pick.save_pretrained(folder / "PickScore_v1")
     for f in ("vocab.json", "merges.txt"):
         (folder / "PickScore_v1" / f).write_bytes((tok / f).read_bytes())
+    if layout == "hf":
+        for name, model in (("clip-vit-large-patch14", clip), ("HPSv2", hps)):
+            model.save_pretrained(folder / name)
+            for f in ("vocab.json", "merges.txt"):
+                (folder / name / f).write_bytes((tok / f).read_bytes())
+        return {
+            "clip": {"weights": folder / "clip-vit-large-patch14"},
+            "aesthetic": {"weights": folder / "sac+logos+ava1-l14-linearMSE.pth",
+                          "backbone": folder / "clip-vit-large-patch14"},
+            "pickscore": {"weights": folder / "PickScore_v1"},
+            "hpsv2": {"weights": folder / "HPSv2"},
+        }
     common = {"tokenizer": tok}
     return {
         "clip": {"weights": folder / "ViT-L-14.pt", "config": cfg_l, **common},
