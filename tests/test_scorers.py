@@ -25,6 +25,7 @@ from fergi.scorers._images import CLIP_MEAN, CLIP_STD
 from fergi.scorers._testing import make_scorer_weights
 
 CLIP_FAMILY = ["clip", "aesthetic", "pickscore", "hpsv2"]
+ALL = ["clip", "aesthetic", "blip", "imagereward", "pickscore", "hpsv2"]
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +45,10 @@ PROMPTS = ["a red cat", "a dog", "a red cat", "cat and dog on a red sofa", "a do
 
 
 def test_registry_lists_the_six_in_release_order_with_their_columns():
-    names = list_scorers()
-    assert set(CLIP_FAMILY) <= set(names)
-    assert [get_scorer_spec(n).column for n in CLIP_FAMILY] == [
-        "CLIP_score", "Aesthetic_score", "PickScore", "HPS_V2_score"]
+    from fergi.datasets._schema import SCORE_COLUMNS
+
+    assert list_scorers() == ALL
+    assert [get_scorer_spec(n).column for n in ALL] == list(SCORE_COLUMNS)
     with pytest.raises(FergiError, match="unknown scorer"):
         create_scorer("clipp")
 
@@ -66,7 +67,7 @@ def test_missing_weights_say_which_file_and_how_to_get_it(tmp_path, monkeypatch)
         create_scorer("clip", weights=bad)
 
 
-@pytest.mark.parametrize("name", CLIP_FAMILY)
+@pytest.mark.parametrize("name", ALL)
 def test_batching_and_reruns_give_the_same_scores(name, weights, images):
     one = create_scorer(name, batch_size=1, **weights[name]).score(images, PROMPTS)
     scorer = create_scorer(name, batch_size=3, num_workers=2, **weights[name])
@@ -90,7 +91,7 @@ def test_long_prompts_are_truncated_to_the_context(name, weights, images):
     assert scorer.score(images[:1], "a dog")[0] != pytest.approx(c[0])
 
 
-@pytest.mark.parametrize("name", CLIP_FAMILY)
+@pytest.mark.parametrize("name", ALL)
 def test_a_corrupt_image_is_one_error_naming_it(name, weights, images, tmp_path):
     good = tmp_path / "good.png"
     images[0].save(good)
@@ -242,3 +243,92 @@ def test_pickscore_matches_transformers_reference_inference(weights, images):
             expected.append((model.logit_scale.exp() * (t @ i.T))[0, 0].item())
     got = create_scorer("pickscore", batch_size=4, **weights["pickscore"]).score(images, PROMPTS)
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["blip", "imagereward"])
+def test_blip_prompts_are_truncated_to_35_tokens(name, weights, images):
+    scorer = create_scorer(name, **weights[name])
+    base = " ".join(["cat"] * 33)  # [CLS] + 33 words + [SEP] = 35
+    a = scorer.score(images[:2], [base + " dog" * 60, base + " red sofa" * 40])
+    np.testing.assert_allclose(a, scorer.score(images[:2], [base, base]), rtol=1e-6)
+
+
+def _bert_layer(x, sd, p, mask, heads, image=None):
+    """One layer of BLIP's med.py BERT (post-LayerNorm), optionally cross-attending to image."""
+    def ln(t, name):
+        return F.layer_norm(t, t.shape[-1:], sd[f"{p}{name}.weight"], sd[f"{p}{name}.bias"], eps=1e-12)
+
+    def lin(t, name):
+        return t @ sd[f"{p}{name}.weight"].T + sd[f"{p}{name}.bias"]
+
+    def attention(q_in, kv_in, kind, add_mask):
+        q, k, v = lin(q_in, f"{kind}.self.query"), lin(kv_in, f"{kind}.self.key"), lin(kv_in, f"{kind}.self.value")
+        b, n, d = q.shape
+        q, k, v = (t.reshape(b, -1, heads, d // heads).transpose(1, 2) for t in (q, k, v))
+        att = q @ k.transpose(-1, -2) / math.sqrt(d // heads)
+        if add_mask is not None:
+            att = att + add_mask
+        ctx = (att.softmax(-1) @ v).transpose(1, 2).reshape(b, n, d)
+        return ln(lin(ctx, f"{kind}.output.dense") + q_in, f"{kind}.output.LayerNorm")
+
+    x = attention(x, x, "attention", mask)
+    if image is not None:
+        x = attention(x, image, "crossattention", None)
+    return ln(lin(F.gelu(lin(x, "intermediate.dense")), "output.dense") + x, "output.LayerNorm")
+
+
+def _blip_reference(sd, pixels, ids, attn_mask, multimodal):
+    """salesforce/BLIP's ViT (timm blocks) and med.py BERT, written out from the state dict."""
+    def ln(t, name, eps=1e-6):
+        return F.layer_norm(t, t.shape[-1:], sd[f"{name}.weight"], sd[f"{name}.bias"], eps=eps)
+
+    conv = sd["visual_encoder.patch_embed.proj.weight"]
+    x = F.conv2d(pixels, conv, sd["visual_encoder.patch_embed.proj.bias"], stride=conv.shape[-1])
+    x = x.flatten(2).transpose(1, 2)
+    x = torch.cat([sd["visual_encoder.cls_token"].expand(len(x), 1, -1), x], 1) + sd["visual_encoder.pos_embed"]
+    for i in range(2):
+        p = f"visual_encoder.blocks.{i}."
+        y = ln(x, p + "norm1")
+        b, n, d = y.shape
+        qkv = (y @ sd[p + "attn.qkv.weight"].T + sd[p + "attn.qkv.bias"]).reshape(b, n, 3, 1, d).permute(2, 0, 3, 1, 4)
+        att = (qkv[0] @ qkv[1].transpose(-1, -2) * d ** -0.5).softmax(-1)
+        y = (att @ qkv[2]).transpose(1, 2).reshape(b, n, d)
+        x = x + y @ sd[p + "attn.proj.weight"].T + sd[p + "attn.proj.bias"]
+        y = F.gelu(ln(x, p + "norm2") @ sd[p + "mlp.fc1.weight"].T + sd[p + "mlp.fc1.bias"])
+        x = x + y @ sd[p + "mlp.fc2.weight"].T + sd[p + "mlp.fc2.bias"]
+    image = ln(x, "visual_encoder.norm")
+
+    t = sd["text_encoder.embeddings.word_embeddings.weight"][ids]
+    t = t + sd["text_encoder.embeddings.position_embeddings.weight"][: ids.shape[1]]
+    t = ln(t, "text_encoder.embeddings.LayerNorm", eps=1e-12)
+    mask = (1.0 - attn_mask[:, None, None, :].float()) * -10000.0  # med.py's extended mask
+    for i in range(2):
+        t = _bert_layer(t, sd, f"text_encoder.encoder.layer.{i}.", mask, 1, image if multimodal else None)
+    return image, t[:, 0]
+
+
+def test_blip_and_imagereward_match_the_published_formulas(weights, images):
+    from transformers import BertTokenizer
+
+    tok = BertTokenizer.from_pretrained(str(weights["blip"]["weights"].parent))
+    text = tok(PROMPTS, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
+    pixels = torch.stack([_reference_pixels(im, 32, "crop") for im in images])
+
+    sd = torch.load(weights["blip"]["weights"], weights_only=True)["model"]
+    with torch.no_grad():
+        image, cls = _blip_reference(sd, pixels, text["input_ids"], text["attention_mask"], False)
+        img = F.normalize(image[:, 0] @ sd["vision_proj.weight"].T + sd["vision_proj.bias"], dim=-1)
+        txt = F.normalize(cls @ sd["text_proj.weight"].T + sd["text_proj.bias"], dim=-1)
+    got = create_scorer("blip", batch_size=2, **weights["blip"]).score(images, PROMPTS)
+    np.testing.assert_allclose(got, (img * txt).sum(-1).numpy(), atol=1e-4)
+
+    full = torch.load(weights["imagereward"]["weights"], weights_only=True)
+    sd = {k.removeprefix("blip."): v for k, v in full.items()}
+    with torch.no_grad():
+        _, cls = _blip_reference(sd, pixels, text["input_ids"], text["attention_mask"], True)
+        x = cls
+        for i in (0, 2, 4, 6, 7):
+            x = x @ sd[f"mlp.layers.{i}.weight"].T + sd[f"mlp.layers.{i}.bias"]
+    expected = (x[:, 0] - 0.16717362830052426) / 1.0333394966054072
+    got = create_scorer("imagereward", batch_size=3, **weights["imagereward"]).score(images, PROMPTS)
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-4, rtol=1e-5)

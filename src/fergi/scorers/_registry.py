@@ -260,6 +260,38 @@ def _make_clip_family(kind, arch, mode):
     return factory
 
 
+_BERT_SOURCES = (("google-bert/bert-base-uncased", None), ("bert-base-uncased", None))
+
+
+def _bert_tokenizer_dir(name: str, tokenizer, weights: Path) -> Path:
+    if tokenizer is not None:
+        return Path(tokenizer).expanduser()
+    for folder in (weights if weights.is_dir() else weights.parent, scorers_dir() / "bert-base-uncased"):
+        if (folder / "vocab.txt").is_file():
+            return folder
+    for repo, _ in _BERT_SOURCES:
+        got = _hf_cached(repo, "vocab.txt")
+        if got is not None:
+            return got.parent
+    raise FergiError(f"{name}: no BERT tokenizer (vocab.txt of bert-base-uncased) in the Hugging Face "
+                     "cache; get it with `huggingface-cli download google-bert/bert-base-uncased "
+                     "vocab.txt` or pass tokenizer=DIR")
+
+
+def _make_blip(kind):
+    def factory(spec, weights, *, config=None, tokenizer=None, **options):
+        from fergi.scorers._blip import BLIPScorer, load_bert_tokenizer, load_blip
+
+        weights = find_weights(spec, weights)
+        model = load_blip(weights, config, spec.name, with_head=kind == "imagereward")
+        tok_dir = _bert_tokenizer_dir(spec.name, tokenizer, weights)
+        scorer = BLIPScorer(model, load_bert_tokenizer(tok_dir), kind, **options)
+        scorer.fingerprint = fingerprint(weights, tok_dir / "vocab.txt")
+        return scorer
+
+    return factory
+
+
 def _register_all():
     from fergi.scorers import _clip
 
@@ -286,6 +318,27 @@ def _register_all():
         reference="ImageReward benchmark's AestheticScore (improved-aesthetic-predictor)",
         local_names=("sac+logos+ava1-l14-linearMSE.pth",),
         local_dirs=("~/.cache/ImageReward",)))
+    register_scorer(ScorerSpec(
+        name="blip", column="BLIP_score", factory=_make_blip("itc"),
+        weights="BLIP ViT-L model_large.pth (storage.googleapis.com/sfr-vision-language-research/"
+                "BLIP/models/model_large.pth) in $FERGI_SCORERS_DIR or ~/.cache/ImageReward, plus "
+                "bert-base-uncased's vocab.txt",
+        preprocessing="bicubic shorter side to 224, centre crop 224, CLIP mean/std; prompt: "
+                      "BERT uncased WordPiece, padded and truncated to 35 tokens",
+        output="cosine similarity of vision_proj(image [CLS]) and text_proj(text [CLS]), the "
+               "text encoded alone (BLIP's image-text contrastive head)",
+        reference="ImageReward benchmark's BLIPScore (salesforce/BLIP, ViT-L)",
+        local_names=("model_large.pth",), local_dirs=("~/.cache/ImageReward",)))
+    register_scorer(ScorerSpec(
+        name="imagereward", column="ImageReward_score", factory=_make_blip("imagereward"),
+        weights="ImageReward.pt from the Hugging Face repo THUDM/ImageReward, plus "
+                "bert-base-uncased's vocab.txt",
+        preprocessing="as blip",
+        output="MLP(768-1024-128-64-16-1) of the text [CLS] encoded with cross-attention to the "
+               "image, standardised: (r - 0.16717) / 1.03334",
+        reference="ImageReward v1.0 (THUDM/ImageReward ImageReward.score)",
+        hf_sources=(("THUDM/ImageReward", "ImageReward.pt"),),
+        local_names=("ImageReward.pt",), local_dirs=("~/.cache/ImageReward",)))
     register_scorer(ScorerSpec(
         name="pickscore", column="PickScore",
         factory=_make_clip_family("logit", _clip.VIT_H_14, "crop-hf"),

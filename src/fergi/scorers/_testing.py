@@ -105,7 +105,7 @@ def hf_to_openclip(model) -> dict:
 
 def make_scorer_weights(folder: Path, size: str = "tiny", seed: int = 0,
                         layout: str = "official") -> dict[str, dict]:
-    """Write random weights for every CLIP-family scorer; return ``create_scorer`` options.
+    """Write random weights for every scorer; return ``create_scorer`` options.
 
     Parameters
     ----------
@@ -154,6 +154,7 @@ def make_scorer_weights(folder: Path, size: str = "tiny", seed: int = 0,
     pick.save_pretrained(folder / "PickScore_v1")
     for f in ("vocab.json", "merges.txt"):
         (folder / "PickScore_v1" / f).write_bytes((tok / f).read_bytes())
+    blip = make_blip_weights(folder, size, seed + 4)
     if layout == "hf":
         for name, model in (("clip-vit-large-patch14", clip), ("HPSv2", hps)):
             model.save_pretrained(folder / name)
@@ -165,6 +166,7 @@ def make_scorer_weights(folder: Path, size: str = "tiny", seed: int = 0,
                           "backbone": folder / "clip-vit-large-patch14"},
             "pickscore": {"weights": folder / "PickScore_v1"},
             "hpsv2": {"weights": folder / "HPSv2"},
+            **blip,
         }
     common = {"tokenizer": tok}
     return {
@@ -173,4 +175,102 @@ def make_scorer_weights(folder: Path, size: str = "tiny", seed: int = 0,
                       "backbone": folder / "ViT-L-14.pt", "config": cfg_l, **common},
         "pickscore": {"weights": folder / "PickScore_v1", "config": cfg_h, **common},
         "hpsv2": {"weights": folder / "HPS_v2_compressed.pt", "config": cfg_h, **common},
+        **blip,
     }
+
+
+#: A tiny BLIP: one 64-wide attention head a layer (heads are width // 64, as inferred).
+TINY_BLIP = {
+    "vision": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+               "num_attention_heads": 1, "image_size": 32, "patch_size": 8,
+               "layer_norm_eps": 1e-6, "hidden_act": "gelu"},
+    "text": {"vocab_size": 40, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 1, "max_position_embeddings": 40, "encoder_hidden_size": 64,
+             "layer_norm_eps": 1e-12, "hidden_act": "gelu"},
+    "embed_dim": 16,
+    "max_length": 35,
+}
+
+_TINY_BERT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "an", "the", "red", "cat",
+                    "dog", "and", "on", "sofa", "of", "in", "blue", "sky", "##s", "!", ",", ".",
+                    "photo", "painting", "house", "tree", "[DEC]", "[ENC]"]
+
+
+def write_tiny_bert_vocab(folder: Path) -> None:
+    """A WordPiece ``vocab.txt`` with BLIP's special tokens and a few words."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / "vocab.txt").write_text("\n".join(_TINY_BERT_VOCAB) + "\n")
+
+
+def hf_to_blip(parts) -> dict:
+    """The salesforce/BLIP state-dict layout of fergi's BLIP parts (inverse of ``blip_to_hf``)."""
+    from fergi.scorers._blip import _VIS_BLOCK
+
+    inverse_block = {v: k for k, v in _VIS_BLOCK.items()}
+    out = {}
+    for key, value in parts.state_dict().items():
+        if key.endswith("position_ids"):
+            continue
+        if key.startswith("head."):
+            out["mlp." + key[len("head."):]] = value
+        elif key.startswith("text."):
+            out["text_encoder." + key[len("text."):]] = value
+        elif key.startswith(("vision_proj.", "text_proj.")):
+            out[key] = value
+        elif key == "vision.embeddings.class_embedding":
+            out["visual_encoder.cls_token"] = value
+        elif key == "vision.embeddings.position_embedding":
+            out["visual_encoder.pos_embed"] = value
+        elif key.startswith("vision.embeddings.patch_embedding."):
+            out["visual_encoder.patch_embed.proj." + key.rsplit(".", 1)[1]] = value
+        elif key.startswith("vision.post_layernorm."):
+            out["visual_encoder.norm." + key.rsplit(".", 1)[1]] = value
+        else:
+            _, _, _, i, rest = key.split(".", 4)
+            stem, kind = rest.rsplit(".", 1)
+            out[f"visual_encoder.blocks.{i}.{inverse_block[stem]}.{kind}"] = value
+    return {k: v.clone() for k, v in out.items()}
+
+
+def random_blip(config: dict, seed: int = 0, with_head: bool = True):
+    """fergi's BLIP parts of ``config`` with seeded random weights (perturbed LayerNorms)."""
+    import torch
+
+    from fergi.scorers._blip import _build
+
+    model = _build(config, with_head).to_empty(device="cpu")
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name.lower():
+                p.copy_(torch.ones_like(p) if name.endswith("weight") else torch.zeros_like(p))
+                p.add_(0.1 * torch.randn_like(p))
+            elif "head." in name:
+                torch.nn.init.normal_(p, std=0.3)
+            else:
+                torch.nn.init.normal_(p, std=0.05)
+        for name, buf in model.named_buffers():
+            if name.endswith("position_ids"):
+                buf.copy_(torch.arange(buf.shape[-1]).expand(buf.shape))
+    return model.eval()
+
+
+def make_blip_weights(folder: Path, size: str = "tiny", seed: int = 0) -> dict[str, dict]:
+    """Random ``model_large.pth`` (BLIP) and ``ImageReward.pt`` files in the official layouts.
+
+    The BERT ``vocab.txt`` is written beside them, where the scorers find it.
+    """
+    import torch
+
+    from fergi.scorers._blip import BLIP_LARGE
+
+    folder = Path(folder)
+    write_tiny_bert_vocab(folder)
+    config = copy.deepcopy(TINY_BLIP if size == "tiny" else BLIP_LARGE)
+    blip = random_blip(config, seed, with_head=False)
+    torch.save({"model": hf_to_blip(blip)}, folder / "model_large.pth")
+    reward = random_blip(config, seed + 1, with_head=True)
+    torch.save({"blip." + k if not k.startswith("mlp.") else k: v
+                for k, v in hf_to_blip(reward).items()}, folder / "ImageReward.pt")
+    return {"blip": {"weights": folder / "model_large.pth"},
+            "imagereward": {"weights": folder / "ImageReward.pt"}}
