@@ -148,10 +148,18 @@ def load_clip_model(weights: Path, config: dict | None, what: str):
 
     weights = Path(weights)
     if weights.is_dir():
+        from transformers.utils import logging as hf_logging
+
+        # transformers' own bar would interleave with fergi's progress bar and errors.
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
         try:
             model = CLIPModel.from_pretrained(str(weights), local_files_only=True)
         except (OSError, ValueError) as exc:
             raise FergiError(f"{weights}: not a transformers CLIP model directory ({exc})") from None
+        finally:
+            if bar:
+                hf_logging.enable_progress_bar()
         return model.float().eval()
     state = read_state_dict(weights)
     try:
