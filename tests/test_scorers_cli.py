@@ -209,3 +209,51 @@ def test_export_score_reproduce_annotate_chain(study_export, weights_args, tmp_p
     flipped = both["preferred_au"] != both["preferred_int"]
     assert flipped.any() and not flipped.all()
     assert (np.sign(expected[flipped]) != np.sign(both["score_difference_au"][flipped])).all()
+
+
+def test_study_worker_score_stage_fills_the_exported_columns(tmp_path):
+    """With --scorers set, processing ends with a `score` stage and exports carry the scores."""
+    from test_study_worker import add_processed_clips
+
+    from fergi.scorers import create_scorer
+
+    w = make_scorer_weights(tmp_path / "w", layout="hf")
+    settings = make_settings(tmp_path, scorers="clip, hpsv2",
+                             scorer_weights={"clip": str(w["clip"]["weights"]), "hpsv2": str(w["hpsv2"]["weights"])})
+    app = create_app(settings)
+    with TestClient(app) as client:
+        p = finished_session(client, app, "001")
+        add_processed_clips(app, p.id)
+    stages: dict = {}
+    with app.state.sessionmaker() as db:
+        sess = db.get(StudySession, p.id)
+        app.state.worker._score_images(db, sess, stages.__setitem__)
+        prompt = sess.prompt
+        paths = [app.state.store.image_path(sess.id, i) for i in (1, 2, 3)]
+    assert stages == {"score": "done"}
+    out = tmp_path / "export"
+    assert main(["export", "--db", settings.resolved_db_url, "--media", str(settings.resolved_media_dir),
+                 "--out", str(out), "--no-raw"]) == 0
+    table = pd.read_csv(out / "preparation" / "preprocessed_image_data" / "001.csv").sort_values("image_index")
+    for name, column in (("clip", "CLIP_score"), ("hpsv2", "HPS_V2_score")):
+        expected = create_scorer(name, **w[name]).score(paths, prompt)
+        np.testing.assert_allclose(table[column], expected, rtol=1e-6)
+    assert table["PickScore"].isna().all()
+
+    # Missing weights: the stage is skipped with the reason, the job is not failed.
+    broken = create_app(make_settings(tmp_path / "b", scorers="hpsv2",
+                                      scorer_weights={"hpsv2": str(tmp_path / "none.pt")}))
+    with TestClient(broken) as client:
+        q = finished_session(client, broken, "002")
+    stages.clear()
+    with broken.state.sessionmaker() as db:
+        broken.state.worker._score_images(db, db.get(StudySession, q.id), stages.__setitem__)
+    assert stages["score"].startswith("skipped: ") and "none.pt: hpsv2 weights not found" in stages["score"]
+
+
+def test_scorer_settings_are_checked(tmp_path):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="unknown scorer 'vqa'"):
+        make_settings(tmp_path, scorers="clip,vqa")
+    assert main(["serve", "--scorers", "clip,vqa", "--data-dir", str(tmp_path)]) == 2
