@@ -42,7 +42,13 @@ def _full_size_scorer(name: str, tok_dir: Path, special: dict, device, batch_siz
     """A scorer at the published size with random weights, built in memory (no 4 GB file)."""
     from fergi.scorers import get_scorer_spec
     from fergi.scorers._blip import BLIP_LARGE, BLIPScorer, load_bert_tokenizer
-    from fergi.scorers._clip import VIT_H_14, VIT_L_14, CLIPFamilyScorer, aesthetic_mlp, load_clip_tokenizer
+    from fergi.scorers._clip import (
+        VIT_H_14,
+        VIT_L_14,
+        CLIPFamilyScorer,
+        aesthetic_mlp,
+        load_clip_tokenizer,
+    )
     from fergi.scorers._testing import clip_config, random_blip, random_clip
 
     options = {"device": device, "batch_size": batch_size}
@@ -77,7 +83,11 @@ def main(argv=None) -> dict:
     import torch
 
     from fergi.scorers import create_scorer
-    from fergi.scorers._testing import make_scorer_weights, write_tiny_bert_vocab, write_tiny_tokenizer
+    from fergi.scorers._testing import (
+        make_scorer_weights,
+        write_tiny_bert_vocab,
+        write_tiny_tokenizer,
+    )
 
     n = args.images or (6 if args.quick else 16)
     devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))

@@ -213,9 +213,8 @@ def test_export_score_reproduce_annotate_chain(study_export, weights_args, tmp_p
 
 def test_study_worker_score_stage_fills_the_exported_columns(tmp_path):
     """With --scorers set, processing ends with a `score` stage and exports carry the scores."""
-    from test_study_worker import add_processed_clips
-
     from fergi.scorers import create_scorer
+    from test_study_worker import add_processed_clips
 
     w = make_scorer_weights(tmp_path / "w", layout="hf")
     settings = make_settings(tmp_path, scorers="clip, hpsv2",
