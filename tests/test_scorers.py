@@ -332,3 +332,15 @@ def test_blip_and_imagereward_match_the_published_formulas(weights, images):
     expected = (x[:, 0] - 0.16717362830052426) / 1.0333394966054072
     got = create_scorer("imagereward", batch_size=3, **weights["imagereward"]).score(images, PROMPTS)
     np.testing.assert_allclose(got, expected.numpy(), atol=1e-4, rtol=1e-5)
+
+
+def test_openai_torchscript_checkpoint_gives_the_same_scores(weights, images, tmp_path):
+    """OpenAI's ViT-L-14.pt is a TorchScript archive with metadata entries; it loads as is."""
+    from fergi.scorers._testing import save_torchscript
+
+    sd = torch.load(weights["clip"]["weights"], weights_only=True)
+    sd["input_resolution"], sd["context_length"], sd["vocab_size"] = (torch.tensor(v) for v in (32, 16, 520))
+    save_torchscript(sd, tmp_path / "ViT-L-14.pt")
+    options = {**weights["clip"], "weights": tmp_path / "ViT-L-14.pt"}
+    np.testing.assert_allclose(create_scorer("clip", **options).score(images, PROMPTS),
+                               create_scorer("clip", **weights["clip"]).score(images, PROMPTS), rtol=1e-6)

@@ -10,6 +10,8 @@ transformers' format and loads as is.
 from __future__ import annotations
 
 import logging
+import warnings
+import zipfile
 from pathlib import Path
 
 from fergi._errors import FergiError
@@ -98,6 +100,13 @@ def openclip_to_hf(state_dict: dict) -> dict:
     return out
 
 
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") or name == "constants.pkl" for name in archive.namelist())
+
+
 def read_state_dict(path: Path) -> dict:
     """Tensors of a checkpoint file: safetensors, a ``torch.save`` dict or a TorchScript archive.
 
@@ -111,13 +120,13 @@ def read_state_dict(path: Path) -> dict:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        try:
+        if _is_torchscript(path):
+            # OpenAI's ViT-L-14.pt is a TorchScript archive: only its tensors are used.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+        else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        except RuntimeError as exc:
-            # OpenAI's ViT-L-14.pt is a TorchScript archive, which torch.load refuses.
-            if "TorchScript" not in str(exc) and "jit" not in str(exc).lower():
-                raise
-            obj = torch.jit.load(str(path), map_location="cpu").state_dict()
     except FergiError:
         raise
     except Exception as exc:

@@ -274,3 +274,32 @@ def make_blip_weights(folder: Path, size: str = "tiny", seed: int = 0) -> dict[s
                 for k, v in hf_to_blip(reward).items()}, folder / "ImageReward.pt")
     return {"blip": {"weights": folder / "model_large.pth"},
             "imagereward": {"weights": folder / "ImageReward.pt"}}
+
+
+def save_torchscript(state_dict: dict, path: Path) -> None:
+    """Save ``state_dict`` as a TorchScript archive, as OpenAI ships ``ViT-L-14.pt``."""
+    import torch
+
+    from torch import nn
+
+    class _Holder(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    root = _Holder()
+    for key, value in state_dict.items():
+        *path_parts, leaf = key.split(".")
+        module = root
+        for part in path_parts:
+            if not isinstance(getattr(module, part, None), nn.Module):
+                module.add_module(part, _Holder())
+            module = getattr(module, part)
+        if value.is_floating_point():
+            module.register_parameter(leaf, nn.Parameter(value.clone(), requires_grad=False))
+        else:
+            module.register_buffer(leaf, value.clone())
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(root).save(str(path))
