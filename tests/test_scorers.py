@@ -28,6 +28,15 @@ CLIP_FAMILY = ["clip", "aesthetic", "pickscore", "hpsv2"]
 ALL = ["clip", "aesthetic", "blip", "imagereward", "pickscore", "hpsv2"]
 
 
+@pytest.fixture(autouse=True)
+def _private_caches(tmp_path, monkeypatch):
+    """Weight fingerprints and scores go to a temporary folder, never the user's cache."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("FERGI_SCORERS_DIR", str(tmp_path / "fergi-scorers"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-hub"))
+
+
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     return make_scorer_weights(tmp_path_factory.mktemp("scorer-weights"))
@@ -54,8 +63,6 @@ def test_registry_lists_the_six_in_release_order_with_their_columns():
 
 
 def test_missing_weights_say_which_file_and_how_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setenv("FERGI_SCORERS_DIR", str(tmp_path))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.raises(FergiError, match="HPS_v2.*xswu/HPSv2"):
         create_scorer("hpsv2")
@@ -65,6 +72,28 @@ def test_missing_weights_say_which_file_and_how_to_get_it(tmp_path, monkeypatch)
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(FergiError, match=r"bad\.pt: cannot read the checkpoint"):
         create_scorer("clip", weights=bad)
+
+
+def test_weights_are_found_in_the_hf_cache_and_the_scorers_folder(weights, images, tmp_path, monkeypatch):
+    """No path given: the Hugging Face cache layout, then $FERGI_SCORERS_DIR by file name."""
+    import shutil
+
+    snapshot = tmp_path / "hf-hub" / "models--xswu--HPSv2" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    shutil.copy(weights["hpsv2"]["weights"], snapshot / "HPS_v2_compressed.pt")
+    (tmp_path / "hf-hub" / "models--xswu--HPSv2" / "refs").mkdir()
+    (tmp_path / "hf-hub" / "models--xswu--HPSv2" / "refs" / "main").write_text("abc123")
+    options = {k: v for k, v in weights["hpsv2"].items() if k != "weights"}
+    found = create_scorer("hpsv2", **options).score(images, PROMPTS)
+    np.testing.assert_array_equal(found, create_scorer("hpsv2", **weights["hpsv2"]).score(images, PROMPTS))
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.cache/ImageReward copy either
+    folder = tmp_path / "fergi-scorers"
+    folder.mkdir(exist_ok=True)
+    shutil.copy(weights["aesthetic"]["weights"], folder / "sac+logos+ava1-l14-linearMSE.pth")
+    options = {k: v for k, v in weights["aesthetic"].items() if k != "weights"}
+    np.testing.assert_array_equal(create_scorer("aesthetic", **options).score(images, PROMPTS),
+                                  create_scorer("aesthetic", **weights["aesthetic"]).score(images, PROMPTS))
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -51,6 +51,15 @@ def _sessions_with_three_images(folder: Path) -> list[Path]:
     return sorted(ok, key=lambda d: int(d.name.split("_")[1]))[:3]
 
 
+@pytest.fixture(autouse=True)
+def _private_caches(tmp_path, monkeypatch):
+    """Weight fingerprints and scores go to a temporary folder, never the user's cache."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("FERGI_SCORERS_DIR", str(tmp_path / "fergi-scorers"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-hub"))
+
+
 @pytest.fixture(scope="module")
 def study_export(tmp_path_factory, fergi_public):
     """4 participants x 3 sessions x 3 ranked images, exported by `fergi export`."""
@@ -127,8 +136,7 @@ def test_score_writes_the_release_columns_and_caches(study_export, weights_args,
 
 
 def test_score_errors_are_one_line(study_export, weights_args, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("FERGI_SCORERS_DIR", str(tmp_path / "none"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HOME", str(tmp_path))
     data = tmp_path / "export"
     shutil.copytree(study_export, data)
 
