@@ -279,7 +279,6 @@ def make_blip_weights(folder: Path, size: str = "tiny", seed: int = 0) -> dict[s
 def save_torchscript(state_dict: dict, path: Path) -> None:
     """Save ``state_dict`` as a TorchScript archive, as OpenAI ships ``ViT-L-14.pt``."""
     import torch
-
     from torch import nn
 
     class _Holder(nn.Module):
