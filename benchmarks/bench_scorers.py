@@ -65,7 +65,7 @@ def _full_size_scorer(name: str, tok_dir: Path, special: dict, device, batch_siz
         mode = {"pickscore": "crop-hf", "hpsv2": "pad"}.get(name, "crop")
         head = aesthetic_mlp(768) if name == "aesthetic" else None
         scorer = CLIPFamilyScorer(model, load_clip_tokenizer(tok_dir), kind, head=head,
-                                  preprocess_mode=mode, **options)
+                                  preprocess_mode=mode, clean_text=kind != "logit", **options)
     scorer.spec = get_scorer_spec(name)
     return scorer
 

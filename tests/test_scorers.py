@@ -120,6 +120,17 @@ def test_long_prompts_are_truncated_to_the_context(name, weights, images):
     assert scorer.score(images[:1], "a dog")[0] != pytest.approx(c[0])
 
 
+def test_html_entities_are_unescaped_as_the_openai_tokenizer_does(weights, images):
+    """CLIP and HPS v2 tokenise like OpenAI/OpenCLIP (``&amp;`` is ``&``); PickScore like
+    transformers, which keeps the entity."""
+    for name in ("clip", "hpsv2"):
+        scorer = create_scorer(name, **weights[name])
+        np.testing.assert_array_equal(scorer.score(images[:2], "cat &amp;amp; dog"),
+                                      scorer.score(images[:2], "cat & dog"))
+    pick = create_scorer("pickscore", **weights["pickscore"])
+    assert not np.allclose(pick.score(images[:2], "cat &amp; dog"), pick.score(images[:2], "cat & dog"))
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_a_corrupt_image_is_one_error_naming_it(name, weights, images, tmp_path):
     good = tmp_path / "good.png"

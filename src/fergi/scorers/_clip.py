@@ -9,6 +9,7 @@ transformers' format and loads as is.
 
 from __future__ import annotations
 
+import html
 import logging
 import warnings
 import zipfile
@@ -210,6 +211,16 @@ def load_clip_tokenizer(path: Path):
         raise FergiError(f"{path}: cannot load the CLIP tokenizer ({exc})") from None
 
 
+def openai_clean(text: str) -> str:
+    """OpenAI CLIP's (and OpenCLIP's) text cleaning before BPE: HTML entities unescaped twice.
+
+    transformers' CLIP tokenizer already lower-cases and collapses whitespace; the
+    reference tokenizers also unescape HTML (``&amp;`` -> ``&``), which it does not.
+    (They also run ``ftfy.fix_text``, which only changes mis-decoded text.)
+    """
+    return html.unescape(html.unescape(text)).strip()
+
+
 class CLIPFamilyScorer(Scorer):
     """Scores from a CLIP model's normalised image and text embeddings.
 
@@ -218,9 +229,13 @@ class CLIPFamilyScorer(Scorer):
     embedding; the prompt is unused).
     """
 
-    def __init__(self, model, tokenizer, kind: str, *, head=None, preprocess_mode="crop", **options):
+    def __init__(self, model, tokenizer, kind: str, *, head=None, preprocess_mode="crop",
+                 clean_text: bool = True, **options):
         super().__init__(**options)
         self.kind = kind
+        # OpenAI/OpenCLIP tokenizers unescape HTML (CLIP, HPS v2); PickScore's reference
+        # tokenises with transformers, which does not.
+        self.clean_text = clean_text
         self.model = model.to(self.device, self.dtype).eval()
         self.tokenizer = tokenizer
         # The aesthetic MLP runs in float32: the reference casts embeddings to float first.
@@ -238,6 +253,8 @@ class CLIPFamilyScorer(Scorer):
     def _text_features(self, prompts: list[str]):
         import torch.nn.functional as F
 
+        if self.clean_text:
+            prompts = [openai_clean(p) for p in prompts]
         tokens = self.tokenizer(prompts, padding="max_length", truncation=True,
                                 max_length=self.context_length, return_tensors="pt")
         ids = tokens["input_ids"].to(self.device)

@@ -252,7 +252,7 @@ def _make_clip_family(kind, arch, mode):
             head = load_aesthetic_head(head_path, model.config.projection_dim)
         tok_dir = _tokenizer_dir(spec.name, tokenizer, weights)
         scorer = CLIPFamilyScorer(model, load_clip_tokenizer(tok_dir), kind, head=head,
-                                  preprocess_mode=mode, **options)
+                                  preprocess_mode=mode, clean_text=kind != "logit", **options)
         scorer.fingerprint = fingerprint(weights, head_path, tok_dir / "vocab.json",
                                          tok_dir / "merges.txt")
         return scorer
