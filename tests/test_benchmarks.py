@@ -149,3 +149,19 @@ def test_labels_quick(fergi_public, capsys):
     assert invariance["baseline_median, x factor"]["agreement"] == 100.0
     assert invariance["quantile, power transform"]["agreement"] == 100.0
     assert invariance["raw (paper), x factor"]["agreement"] < 100.0
+
+
+@pytest.mark.slow
+def test_scorers_quick(capsys):
+    figures = load("bench_scorers").main(["--quick", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert "img/s" in printed and "cache: first run scored" in printed
+    assert [run["scorer"] for run in figures["runs"]] == [
+        "clip", "aesthetic", "blip", "imagereward", "pickscore", "hpsv2"]
+    for run in figures["runs"]:
+        assert run["images"] == 6
+        for key in ("build_s", "images_per_s", "preprocess_images_per_s"):
+            assert positive(run[key]), (key, run)
+    # Two scorers x 6 images scored once, then all reused from the cache.
+    assert figures["cache"]["first_scored"] == 12
+    assert figures["cache"]["second_scored"] == 0 and figures["cache"]["second_cached"] == 12

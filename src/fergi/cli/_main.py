@@ -14,7 +14,7 @@ import sys
 from fergi import FergiError, __version__
 
 # Order is the order shown by ``fergi --help``: the pipeline from study to labels.
-SUBCOMMANDS = ("serve", "export", "extract", "train-au", "reproduce", "fit", "annotate",
+SUBCOMMANDS = ("serve", "export", "extract", "score", "train-au", "reproduce", "fit", "annotate",
                "export-labels")
 
 DESCRIPTION = """\
@@ -24,6 +24,7 @@ preference labels (the FERGI method: Feng, Ma and de Sa).
 Typical use:
   fergi reproduce                      recompute the paper's findings from the public release
   fergi extract videos/ --out feats/   per-frame AU features from face videos
+  fergi score study/                   baseline scores (CLIP ... HPS v2) of every image
   fergi annotate --data study/         pairwise preference labels from reactions
   fergi export-labels study/ --out labels/ --format pickapic
                                        labels as a training dataset (DPO, reward models)

@@ -58,6 +58,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--n-images", type=int, help="images per session (default 5)")
     parser.add_argument("--baseline-s", type=float, help="baseline duration in seconds (default 5)")
     parser.add_argument("--present-s", type=float, help="presentation duration in seconds (default 5)")
+    parser.add_argument("--scorers", help="baseline scores computed after processing and exported "
+                        "(comma-separated, e.g. clip,aesthetic,blip,imagereward,pickscore,hpsv2; "
+                        "see `fergi score --help` for their weights)")
+    parser.add_argument("--scorer-weights", action="append", default=[], metavar="NAME=PATH",
+                        help="weights of one scorer, repeatable (default: the Hugging Face cache)")
     parser.add_argument("--no-worker", action="store_true", help="do not process in this process")
     return parser
 
@@ -88,6 +93,7 @@ def settings_from_args(args):
         ("n_images", "n_images"),
         ("baseline_s", "baseline_s"),
         ("present_s", "present_s"),
+        ("scorers", "scorers"),
     ):
         value = getattr(args, name, None)
         if value is not None:
@@ -100,6 +106,11 @@ def settings_from_args(args):
                 raise FergiError(f"--generator-option {item!r}: expected KEY=VALUE")
             options[key.strip()] = _option_value(value)
         overrides["generator_options"] = options
+    if getattr(args, "scorer_weights", None):
+        from fergi.cli.score import parse_weights
+
+        overrides["scorer_weights"] = {k: v["weights"] for k, v in parse_weights(args.scorer_weights).items()
+                                       if "weights" in v}
     if getattr(args, "no_worker", False):
         overrides["worker"] = False
     try:

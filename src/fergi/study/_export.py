@@ -126,6 +126,8 @@ def image_rows(sess: StudySession) -> list[list[Any]]:
     """Rows of ``preprocessed_image_data`` for one session, in the release's columns."""
     order = list(sess.ranking.order) if sess.ranking is not None else []
     n = len(order)
+    # Baseline scores the worker's score stage stored (fergi.scorers); blank otherwise.
+    scores = {img.index: (img.meta or {}).get("scores", {}) for img in sess.images}
     rows = []
     for answer in sess.answers:
         # rank_score = n_images - position (0-based): the best image gets n_images.
@@ -139,7 +141,7 @@ def image_rows(sess: StudySession) -> list[list[Any]]:
             **{k: k in answer.issues for k in ISSUES},
             **{k: k in answer.emotions for k in EMOTIONS},
             "rank_score": rank,
-            **dict.fromkeys(SCORE_COLUMNS, ""),
+            **{c: scores.get(answer.image_index, {}).get(c, "") for c in SCORE_COLUMNS},
         }
         rows.append([row[c] for c in IMAGE_COLUMNS])
     return rows

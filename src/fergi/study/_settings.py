@@ -84,6 +84,11 @@ class StudySettings(BaseSettings):
     worker_poll_s: float = Field(default=1.0, gt=0)
     max_job_attempts: int = 3
     retention: Literal["keep", "delete_after_features"] = "keep"
+    # Baseline scores (`fergi score`) of each session's images, computed after processing
+    # and exported in the release's score columns: comma-separated scorer names (empty:
+    # none) and, per scorer, its weights (default: the Hugging Face cache).
+    scorers: str = ""
+    scorer_weights: dict[str, str] = Field(default_factory=dict)
 
     # Upload limits.
     max_chunk_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
@@ -93,6 +98,17 @@ class StudySettings(BaseSettings):
     max_snapshot_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
     chunk_ms: int = Field(default=1000, ge=100, le=10000)
     rate_limit_per_minute: int = Field(default=600, ge=1)
+
+    @field_validator("scorers")
+    @classmethod
+    def _known_scorers(cls, value: str) -> str:
+        from fergi.scorers import list_scorers
+
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        unknown = [n for n in names if n not in list_scorers()]
+        if unknown:
+            raise ValueError(f"unknown scorer {unknown[0]!r} (choose from {', '.join(list_scorers())})")
+        return ",".join(names)
 
     @field_validator("emotions")
     @classmethod

@@ -444,6 +444,7 @@ class Worker:
         db.commit()
         on_stage("store", "done")
         shutil.rmtree(work, ignore_errors=True)
+        self._score_images(db, sess, on_stage)
         if self.settings.retention == "delete_after_features":
             # Re-read: chunks or a new segment may have arrived while this job ran.
             db.expire_all()
@@ -455,6 +456,49 @@ class Worker:
             else:
                 logger.info("session %d: raw video kept (%s)", sess.id, reason)
                 on_stage("retention", f"raw video kept: {reason}")
+
+    def _score_images(self, db: Session, sess: StudySession, on_stage) -> None:
+        """The ``score`` stage: baseline scores of the session's images (``fergi score``).
+
+        With ``settings.scorers`` set, each scorer (loaded once per worker) scores the
+        session's images against its prompt; the values go to ``Image.meta["scores"]``
+        under the release's column names, which ``fergi export`` writes. A missing
+        weight file or an unreadable image marks the stage skipped and never fails the
+        job: its features are already stored, and ``fergi score`` on the export can
+        still add the scores.
+        """
+        names = [n for n in self.settings.scorers.split(",") if n]
+        if not names:
+            return
+        from fergi import FergiError
+        from fergi.scorers import create_scorer
+
+        on_stage("score", "running")
+        db.commit()
+        loaded = self.__dict__.setdefault("_loaded_scorers", {})
+        weights = self.settings.scorer_weights
+        images = [img for img in sess.images if self.store.image_path(sess.id, img.index).is_file()]
+        paths = [self.store.image_path(sess.id, img.index) for img in images]
+        try:
+            for name in names:
+                if name not in loaded:
+                    options = {"weights": weights[name]} if weights.get(name) else {}
+                    if name == "aesthetic" and weights.get("clip"):
+                        options["backbone"] = weights["clip"]
+                    loaded[name] = create_scorer(name, **options)
+                scorer = loaded[name]
+                for img, value in zip(images, scorer.score(paths, sess.prompt or ""), strict=True):
+                    meta = dict(img.meta or {})
+                    meta["scores"] = {**meta.get("scores", {}), scorer.spec.column: float(value)}
+                    img.meta = meta
+        except FergiError as exc:
+            db.rollback()
+            logger.warning("session %d: scores skipped: %s", sess.id, exc)
+            on_stage("score", f"skipped: {exc}"[:500])
+            db.commit()
+            return
+        on_stage("score", "done")
+        db.commit()
 
     def _relabel(self, activations, invalid: list[int], frames, sess):
         """Labels over images presented in different recording segments (after a reload)."""

@@ -1,0 +1,92 @@
+"""``fergi score``: the six baseline preference scores of every image in a study export."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+Compute the pre-trained preference scores the FERGI paper compares reactions with
+(Tables 1-2) and integrates with them (eq. 10): CLIP score, LAION Aesthetic, BLIP
+score, ImageReward, PickScore and HPS v2, each reproducing its reference
+implementation's number.
+
+Input: a folder written by `fergi export` (images/<participant>/session_<s>/
+image_<i>.png, prompts in study/prompts.csv). The scores go into the release's
+columns of preparation/preprocessed_image_data/<participant>.csv (CLIP_score,
+Aesthetic_score, BLIP_score, ImageReward_score, PickScore, HPS_V2_score), rewritten
+atomically with every other column kept. Then `fergi reproduce --data DATA` computes
+Tables 1 and 2 and `fergi annotate --integrate` writes integrated labels.
+
+Any folder of images works with --prompts TABLE.csv (columns image, a path relative to
+DATA, and prompt): the table is written to --out with the score columns added.
+
+Weights are never downloaded: each scorer looks in the Hugging Face cache, then in
+$FERGI_SCORERS_DIR (default ~/.cache/fergi/scorers), unless --weights NAME=PATH says
+where they are (a checkpoint file or a transformers folder). The error of a missing
+scorer names the file and how to get it. Needs `pip install 'fergi[scorers]'`.
+
+Scores are cached by (scorer, weights hash, image hash, prompt) in
+$FERGI_SCORERS_DIR/scores.sqlite: a re-run scores only new images.
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "score",
+        help="baseline preference scores (CLIP, Aesthetic, ImageReward, PickScore, HPS v2...)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("data", metavar="DATA", help="folder written by `fergi export` (or of images, "
+                        "with --prompts)")
+    parser.add_argument("--scorers", default=None, metavar="LIST",
+                        help="comma-separated scorers (default: all of them, in the release's order)")
+    parser.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
+                        help="weights of one scorer (repeatable); the aesthetic head's CLIP "
+                             "backbone is clip's weights")
+    parser.add_argument("--prompts", metavar="CSV", help="table with image and prompt columns, for "
+                        "a folder that is not a fergi export")
+    parser.add_argument("--out", metavar="CSV", help="with --prompts: output table (default "
+                        "DATA/scores.csv)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda when "
+                        "available, in fp16)")
+    parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward "
+                        "pass (default 16)")
+    parser.add_argument("--cache", metavar="FILE", help="score cache file (default "
+                        "$FERGI_SCORERS_DIR/scores.sqlite)")
+    parser.add_argument("--no-cache", action="store_true", help="score every image again")
+    return parser
+
+
+def parse_weights(items: list[str]) -> dict[str, dict]:
+    """``["clip=/p/ViT-L-14.pt", ...]`` as ``create_scorer`` options per scorer."""
+    from fergi import FergiError
+    from fergi.scorers import get_scorer_spec
+
+    options: dict[str, dict] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not path:
+            raise FergiError(f"--weights {item!r}: expected NAME=PATH")
+        get_scorer_spec(name.strip())
+        options[name.strip()] = {"weights": path.strip()}
+    if "clip" in options:
+        options.setdefault("aesthetic", {})["backbone"] = options["clip"]["weights"]
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from fergi.scorers import list_scorers, score_folder
+
+    names = [n.strip() for n in args.scorers.split(",") if n.strip()] if args.scorers else list_scorers()
+    summary = score_folder(
+        args.data, names, prompts=args.prompts, out=args.out, weights=parse_weights(args.weights),
+        device=args.device, batch_size=args.batch_size,
+        cache=False if args.no_cache else (args.cache or True), progress=sys.stderr.isatty(),
+    )
+    done = ", ".join(f"{n} {summary['scored'][n]} scored + {summary['cached'][n]} cached" for n in names)
+    missing = f"; {summary['missing']} rows without an image file left blank" if summary["missing"] else ""
+    print(f"{summary['images']} images: {done}{missing}; wrote {len(summary['tables'])} tables")
+    return 0
