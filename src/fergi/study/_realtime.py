@@ -60,8 +60,9 @@ def _read_chunks(chunk_paths: Iterable[Path]) -> bytes:
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:160]
+    from fergi.video._io import _reason as reason
+
+    return reason(exc).replace(": '<none>'", "")
 
 
 class SegmentDecoder:
