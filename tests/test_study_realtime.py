@@ -147,7 +147,7 @@ def test_each_image_is_analysed_during_its_survey_and_equals_a_whole_recording_r
         assert s.sent < len(s.chunks)
         detail = client.get(f"/api/admin/sessions/{s.p.id}", headers=ADMIN).json()
         clips_job = [j for j in detail["jobs"] if j["kind"] == "clips"][-1]
-        assert all(clips_job["stages"][f"image {i}"] == "stored" for i in range(1, N_IMAGES + 1))
+        assert all(clips_job["stages"][f"image {i}"] == "done" for i in range(1, N_IMAGES + 1))
         # no clip video was encoded for a participant who does not share video
         assert not any(app.state.store.clips_dir(s.p.id).glob("*.mp4"))
 

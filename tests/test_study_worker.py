@@ -211,7 +211,7 @@ def _fake_pipeline(monkeypatch):
                             features_file=store.relative(path)))
         db.commit()
         db.refresh(sess)
-        return dict.fromkeys(presented, "stored")
+        return dict.fromkeys(presented, "done")
 
     monkeypatch.setattr(_realtime, "process_ready_clips", fake)
     monkeypatch.setattr(_realtime, "check_segment", lambda paths, source: None)

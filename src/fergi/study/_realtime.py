@@ -487,8 +487,10 @@ def process_ready_clips(
         The recording is over (the session is ranked): decode to the end of each
         segment, and keep a clip the recording ends during (shorter, with a warning).
     on_image : callable, optional
-        ``on_image(image, status)``: ``"running"``, ``"stored"``, ``"waiting for
-        video"``, ``"not in the recording"`` or ``"failed"``.
+        ``on_image(image, status)``: ``"running"``, ``"done"`` (clips analysed and
+        stored), ``"queued"`` (waiting for the video that covers them), ``"skipped"``
+        (the recording ended before them) or ``"failed"``. The admin page shows them
+        as the job's stages ``image <i>``, coloured like job states.
 
     Returns
     -------
@@ -512,7 +514,7 @@ def process_ready_clips(
     todo: dict[int, list[ImageWindows]] = {}
     for image, iw in sorted(windows.items()):
         if all((image, c) in stored for c in CLIP_KINDS):
-            status[image] = "stored"
+            status[image] = "done"
         else:
             todo.setdefault(iw.segment, []).append(iw)
     segments = {seg.index: seg for seg in sess.segments}
@@ -520,7 +522,7 @@ def process_ready_clips(
         seg = segments.get(seg_index)
         if seg is None or seg.n_chunks == 0:
             for iw in items:
-                status[iw.image] = "waiting for video"
+                status[iw.image] = "queued"
                 report(iw.image, status[iw.image])
             continue
         wanted = [((iw.image, c), w.first, w.n) for iw in items for c, w in iw.windows.items()]
@@ -536,13 +538,13 @@ def process_ready_clips(
         for iw in items:
             keys = [(iw.image, clip) for clip in CLIP_KINDS]
             if not all(decoder.done(key) for key in keys):
-                status[iw.image] = "waiting for video"
+                status[iw.image] = "queued"
                 report(iw.image, status[iw.image])
                 continue
             pair = {clip: decoder.pop((iw.image, clip)) for clip in CLIP_KINDS}
             if any(frames is None for frames in pair.values()):
                 logger.warning("session %d: image %d is left out (its clips are not in the recording)", sess.id, iw.image)
-                status[iw.image] = "not in the recording"
+                status[iw.image] = "skipped"
                 report(iw.image, status[iw.image])
                 continue
             for clip, frames in pair.items():
@@ -552,9 +554,14 @@ def process_ready_clips(
                         sess.id, len(frames) / fps, clip, iw.image,
                     )
             report(iw.image, "running")
-            _store_image(db, sess, store, iw.image, pair, estimator=estimator, fps=fps)
-            status[iw.image] = "stored"
-            report(iw.image, "stored")
+            try:
+                _store_image(db, sess, store, iw.image, pair, estimator=estimator, fps=fps)
+            except Exception:
+                db.rollback()
+                report(iw.image, "failed")
+                raise
+            status[iw.image] = "done"
+            report(iw.image, "done")
     return status
 
 
