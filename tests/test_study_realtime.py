@@ -224,3 +224,49 @@ def test_restart_resumes_after_the_last_stored_image(tmp_path, recording, monkey
             assert db.query(Label).filter(Label.session_id == s.p.id).count() >= 1
             process = [j for j in sess.jobs if j.kind == "process"]
             assert [j.status for j in process] == ["done"]
+
+
+@pytest.mark.slow
+def test_a_failed_image_is_one_line_keeps_what_was_stored_and_is_retried(tmp_path, recording, monkeypatch):
+    from fergi import FergiError
+    from fergi.study import _realtime
+
+    original = _realtime._analyse_clip
+    broken = {"image 2"}
+
+    def flaky(frames, baseline, **kwargs):
+        if any(kwargs["source"].endswith(b) for b in broken):
+            raise FergiError("the face analyser ran out of memory")
+        return original(frames, baseline, **kwargs)
+
+    monkeypatch.setattr(_realtime, "_analyse_clip", flaky)
+    app = create_app(settings_for(tmp_path))
+    with TestClient(app) as client:
+        s = Session(client, app, recording)
+        s.upload()
+        s.present_and_answer(1)
+        s.survey_until_analysed(1)
+        s.present_and_answer(2)
+        while True:  # the survey of image 2: chunks arrive until its clips are covered
+            s.upload()
+            app.state.worker.run_pending("clips")
+            detail = client.get(f"/api/admin/sessions/{s.p.id}", headers=ADMIN).json()
+            job = [j for j in detail["jobs"] if j["kind"] == "clips"][-1]
+            if job["status"] != "done":
+                break
+        assert job["status"] == "failed" and "\n" not in job["error"]
+        assert job["error"] == (
+            "FergiError: baseline clip of image 2: the face analyser ran out of memory"
+        )
+        assert job["stages"]["image 1"] == "done" and job["stages"]["image 2"] == "failed"
+        assert sorted(stored_images(app, s.p.id)) == [1]
+        assert s.p.call("GET", "").json()["step"] == "images"  # the participant goes on
+        # more chunks do not decode a failing recording again and again
+        s.upload()
+        detail = client.get(f"/api/admin/sessions/{s.p.id}", headers=ADMIN).json()
+        assert [j["status"] for j in detail["jobs"] if j["kind"] == "clips"] == ["failed"]
+        # the admin retries once the cause is fixed; image 1 is not analysed again
+        broken.clear()
+        assert client.post(f"/api/admin/jobs/{job['id']}/retry", headers=ADMIN).status_code == 200
+        app.state.worker.run_pending("clips")
+        assert sorted(stored_images(app, s.p.id)) == [1, 2]

@@ -37,13 +37,15 @@ class SegmentRequest(BaseModel):
     height: int | None = Field(default=None, ge=1, le=8192)
 
 
-def _queue_clips(request: Request, db, sess: StudySession) -> None:
+def _queue_clips(request: Request, db, sess: StudySession, *, new_image: bool = False) -> None:
     """Real-time processing: an image presented and not yet analysed may now be covered."""
     db.refresh(sess)
     if not needs_clips(sess):
         return
-    enqueue(db, sess.id, "clips")
+    job = enqueue(db, sess.id, "clips", revive=new_image)
     db.commit()
+    if job.status != "queued":
+        return
     worker = getattr(request.app.state, "worker", None)
     if worker is not None:
         worker.wake("clips")
@@ -172,7 +174,9 @@ class CompleteRequest(BaseModel):
 
 
 @router.post("/recording/{segment}/complete")
-def complete_segment(segment: SegmentIndex, body: CompleteRequest, sess: CurrentSession, db: DB) -> dict[str, Any]:
+def complete_segment(
+    segment: SegmentIndex, body: CompleteRequest, request: Request, sess: CurrentSession, db: DB
+) -> dict[str, Any]:
     """Mark a segment as fully uploaded (the recorder stopped and every chunk arrived)."""
     seg = _segment(db, sess, segment)
     if body.n_chunks != seg.n_chunks:
@@ -185,6 +189,8 @@ def complete_segment(segment: SegmentIndex, body: CompleteRequest, sess: Current
         raise HTTPException(409, f"segment {segment} has no chunks")
     seg.complete = True
     db.commit()
+    # the stream's last packet is whole now: the last image's clips can be finished
+    _queue_clips(request, db, sess)
     return segment_info(seg)
 
 
@@ -232,5 +238,5 @@ def post_event(body: EventRequest, request: Request, sess: CurrentSession, db: D
     db.add(ev)
     db.commit()
     if body.kind == "image_hidden":
-        _queue_clips(request, db, sess)
+        _queue_clips(request, db, sess, new_image=True)
     return {"id": ev.id, "duplicate": False}

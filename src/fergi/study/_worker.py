@@ -30,12 +30,14 @@ JOB_KINDS = ("generate", "clips", "process")
 EVENT_KINDS = ("baseline_start", "image_shown", "image_hidden")
 
 
-def enqueue(db: Session, session_id: int, kind: str) -> Job:
+def enqueue(db: Session, session_id: int, kind: str, *, revive: bool = True) -> Job:
     """Queue a job (the caller commits); an already queued/running job of the kind is reused.
 
     A ``clips`` job is different: new video may have arrived after a running one read
     the chunks, so a running one gets a queued successor, and a finished one is queued
-    again (one row per session, its stages the images' status).
+    again (one row per session, its stages the images' status). A failed one is queued
+    again only with ``revive`` (a new image was presented), not for every new chunk, so
+    a broken recording is not decoded again each second.
     """
     if kind not in JOB_KINDS:
         raise ValueError(f"unknown job kind {kind!r}")
@@ -46,6 +48,8 @@ def enqueue(db: Session, session_id: int, kind: str) -> Job:
         queued = next((j for j in jobs if j.status == "queued"), None)
         if queued is not None:
             return queued
+        if jobs and jobs[0].status == "failed" and not revive:
+            return jobs[0]
         if jobs and jobs[0].status != "running":
             job = jobs[0]
             job.status, job.error, job.finished_at, job.attempts = "queued", None, None, 0
@@ -485,6 +489,7 @@ class Worker:
 
     def _delete_raw_video(self, db: Session, sess: StudySession) -> None:
         """Retention: features are extracted, so the face video itself goes."""
+        self.live.drop(sess.id)
         shutil.rmtree(self.store.session_dir(sess.id) / "segments", ignore_errors=True)
         shutil.rmtree(self.store.clips_dir(sess.id), ignore_errors=True)
         for clip in db.scalars(select(Clip).where(Clip.session_id == sess.id)):
