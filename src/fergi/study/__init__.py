@@ -32,7 +32,6 @@ from fergi.study._generators import (
 )
 from fergi.study._media import assemble_chunks, clip_windows, cut_clips, standardize_video
 from fergi.study._pipeline import STAGES, SessionResult, StageError, process_session_media
-from fergi.study._realtime import SegmentDecoder, extract_recording_features
 from fergi.study._prompting import (
     ComposedPrompt,
     OpenAIPromptComposer,
@@ -42,6 +41,7 @@ from fergi.study._prompting import (
     create_prompt_composer,
     parse_structured_input,
 )
+from fergi.study._realtime import SegmentDecoder, extract_recording_features
 from fergi.study._settings import StudySettings, get_settings
 from fergi.study._worker import Worker
 
