@@ -168,7 +168,7 @@ class SegmentDecoder:
         import av
 
         try:
-            container = av.open(io.BytesIO(data), mode="r", format="webm" if data[:4] == b"\x1a\x45\xdf\xa3" else None)
+            container = av.open(io.BytesIO(data), mode="r")
         except (av.error.FFmpegError, OSError, ValueError) as exc:
             raise FergiError(f"{self.source}: not a readable video ({_reason(exc)})") from None
         if not container.streams.video:

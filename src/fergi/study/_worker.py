@@ -378,6 +378,15 @@ class Worker:
                 on_image=lambda image, state: on_stage(f"image {image}", state),
             )
         logger.info("session %d: clips %s", sess.id, status)
+        # A finished clips job is superseded by this one (its stages are the images' status
+        # now): one row per session on the admin page, failures kept until retried.
+        for old in db.scalars(
+            select(Job).where(
+                Job.session_id == sess.id, Job.kind == "clips", Job.id < job.id, Job.status == "done"
+            )
+        ):
+            db.delete(old)
+        db.commit()
 
     def _process(self, db: Session, job: Job) -> None:
         """After the ranking: the images not stored yet, then the session's labels."""
