@@ -433,8 +433,14 @@ class LiveDecoders:
     (every image already stored is skipped, so nothing is analysed twice).
     """
 
+    #: Decoders kept at most (the least recently used goes first): an abandoned session
+    #: must not hold its frames for ever.
+    MAX_DECODERS = 16
+
     def __init__(self):
-        self._decoders: dict[tuple[int, int], SegmentDecoder] = {}
+        from collections import OrderedDict
+
+        self._decoders: OrderedDict[tuple[int, int], SegmentDecoder] = OrderedDict()
         self._locks: dict[int, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -449,14 +455,19 @@ class LiveDecoders:
         fresh = decoder is None or decoder.fps != fps or decoder.finished or not all(
             w in decoder._windows or decoder.can_serve(first) for w, first, _ in windows
         )
-        if fresh:
-            decoder = SegmentDecoder(fps, f"session {session_id} segment {segment}")
-            self._decoders[key] = decoder
+        with self._guard:
+            if fresh:
+                decoder = SegmentDecoder(fps, f"session {session_id} segment {segment}")
+                self._decoders[key] = decoder
+            self._decoders.move_to_end(key)
+            while len(self._decoders) > self.MAX_DECODERS:
+                self._decoders.popitem(last=False)
         return decoder
 
     def drop(self, session_id: int) -> None:
-        for key in [k for k in self._decoders if k[0] == session_id]:
-            del self._decoders[key]
+        with self._guard:
+            for key in [k for k in self._decoders if k[0] == session_id]:
+                del self._decoders[key]
 
 
 OnImage = Callable[[int, str], None]
@@ -567,6 +578,7 @@ def process_ready_clips(
 
 def _store_image(db, sess, store, image: int, pair, *, estimator, fps: float) -> None:
     """Analyse both clips of an image and store their files and rows in one commit."""
+    import pandas as pd
     from sqlalchemy import delete
 
     from fergi.au import write_features
@@ -581,7 +593,9 @@ def _store_image(db, sess, store, image: int, pair, *, estimator, fps: float) ->
     for clip, table in tables.items():
         path = folder / f"{clip}_clip_{image}_features.csv"
         write_features(table, path, decimals=2 if clip == "baseline" else 3)
-        frames = _rounded(table, clip)
+        # continue from the file as saved (release rounding), as a recomputation from an
+        # export would
+        frames = pd.read_csv(path)
         act = compute_activation_values(
             _frames_table({(image, clip): frames}, participant=sess.participant_id, session=sess.index)
         )
