@@ -138,6 +138,11 @@ def test_each_image_is_analysed_during_its_survey_and_equals_a_whole_recording_r
         for image in range(1, N_IMAGES + 1):
             assert image not in stored_images(app, s.p.id)
             s.present_and_answer(image)
+            if image == 1:
+                # the admin sees the image waiting for its video, then analysed
+                app.state.worker.run_pending("clips")
+                detail = client.get(f"/api/admin/sessions/{s.p.id}", headers=ADMIN).json()
+                assert [j["stages"] for j in detail["jobs"] if j["kind"] == "clips"] == [{"image 1": "queued"}]
             s.survey_until_analysed(image)
             # the activation values are stored before the next image is shown
             values = stored_images(app, s.p.id)[image]

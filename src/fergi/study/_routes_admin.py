@@ -203,7 +203,8 @@ def retry(job_id: DbId, request: Request, db: DB) -> dict[str, Any]:
 
 @router.post("/sessions/{session_id}/process", status_code=202)
 def process(session_id: DbId, request: Request, db: DB) -> dict[str, Any]:
-    """Queue (again) the processing of a finished session."""
+    """Queue (again) the processing of a finished session: the images not analysed yet,
+    then the labels (images already analysed in real time are kept)."""
     sess = _session(db, session_id)
     if sess.finished_at is None:
         # Its recording may still be growing; processing (and retention) waits for the end.
