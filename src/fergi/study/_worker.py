@@ -157,6 +157,8 @@ class Worker:
 
         self.live = LiveDecoders()
         self._estimator = None
+        # not the generator's lock: loading a diffusion model must not hold up analysis
+        self._estimator_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
     def recover(self) -> int:
@@ -356,7 +358,7 @@ class Worker:
     @property
     def estimator(self):
         """The AU estimator, created once (a learned one loads its weights only once)."""
-        with self._generator_lock:
+        with self._estimator_lock:
             if self._estimator is None:
                 from fergi.au import create_au_estimator
 
