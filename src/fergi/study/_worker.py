@@ -5,6 +5,13 @@ atomic ``UPDATE ... WHERE status = 'queued'`` and record every stage's status in
 so the admin sees progress, a crash leaves a visible trace, and a restart picks up
 what was queued or interrupted. Processing only reads the uploaded chunks; its
 outputs go to separate files, so a failed or retried job never loses a raw upload.
+
+Job kinds: ``generate`` (the session's images), ``clips`` (real time: queued by an
+``image_hidden`` event and by each chunk while a presented image is not analysed yet;
+it analyses and stores every image whose video is on the server, see
+:mod:`fergi.study._realtime`) and ``process`` (queued by the ranking: any image left,
+then the session's labels). Work is idempotent per image: an image's feature files and
+clip rows are committed together, and a stored image is never analysed again.
 """
 
 from __future__ import annotations
