@@ -387,6 +387,8 @@ class Worker:
                 on_image=lambda image, state: on_stage(f"image {image}", state),
             )
         logger.info("session %d: clips %s", sess.id, status)
+        # every image's status, also those stored by an earlier job
+        job.stages = {f"image {image}": state for image, state in sorted(status.items())}
         # A finished clips job is superseded by this one (its stages are the images' status
         # now): one row per session on the admin page, failures kept until retried.
         for old in db.scalars(
@@ -436,7 +438,7 @@ class Worker:
                     _realtime.check_segment(paths, f"segment {seg_index}")
 
             stages.run("assemble", assemble)
-            stages.run(
+            status = stages.run(
                 "clips",
                 lambda: _realtime.process_ready_clips(
                     db, sess, self.store, self.settings, self.live,
@@ -446,6 +448,8 @@ class Worker:
                 ),
             )
             self.live.drop(sess.id)
+        for image, state in sorted(status.items()):
+            on_stage(f"image {image}", state)
         db.refresh(sess)
         frames = {}
         for clip in sess.clips:
