@@ -96,7 +96,8 @@ class SegmentDecoder:
         self._last_t = -math.inf
         self._prev = None  # (av.VideoFrame, cached rgb or None)
         self._windows: dict[Any, tuple[int, int]] = {}
-        self._frames: dict[Any, list[np.ndarray]] = {}
+        # per window: a (n, H, W, 3) array filled in tick order, and how much is filled
+        self._frames: dict[Any, list] = {}
 
     # ------------------------------------------------------------------ windows
     def can_serve(self, first: int) -> bool:
@@ -110,17 +111,17 @@ class SegmentDecoder:
         if not self.can_serve(first):
             raise ValueError(f"tick {first} was already decoded (now at {self.k})")
         self._windows[key] = (first, n)
-        self._frames[key] = []
+        self._frames[key] = [None, 0]
 
     def done(self, key: Any) -> bool:
         first, n = self._windows[key]
-        return self.finished or len(self._frames[key]) >= n
+        return self.finished or self._frames[key][1] >= n
 
     def pop(self, key: Any) -> np.ndarray | None:
         """The frames of a finished window (None when the recording holds none of it)."""
         self._windows.pop(key)
-        frames = self._frames.pop(key)
-        return np.stack(frames) if frames else None
+        frames, filled = self._frames.pop(key)
+        return frames[:filled] if filled else None
 
     @property
     def until(self) -> int:
@@ -141,7 +142,19 @@ class SegmentDecoder:
         k = self.k
         for key, (first, n) in self._windows.items():
             if first <= k < first + n:
-                self._frames[key].append(self._rgb())
+                slot = self._frames[key]
+                rgb = self._rgb()
+                if slot[0] is None:
+                    # one array per clip, filled in place: no list of frames to stack
+                    slot[0] = np.empty((n, *rgb.shape), dtype=rgb.dtype)
+                elif slot[0].shape[1:] != rgb.shape:
+                    raise FergiError(
+                        f"{self.source}: the frame size changes from "
+                        f"{slot[0].shape[2]}x{slot[0].shape[1]} to {rgb.shape[1]}x{rgb.shape[0]} "
+                        f"within a clip ({k / self.fps:.2f} s)"
+                    )
+                slot[0][slot[1]] = rgb
+                slot[1] += 1
         self.k += 1
 
     def _on_frame(self, frame) -> None:
