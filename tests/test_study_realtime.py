@@ -229,6 +229,17 @@ def test_restart_resumes_after_the_last_stored_image(tmp_path, recording, monkey
             assert db.query(Label).filter(Label.session_id == s.p.id).count() >= 1
             process = [j for j in sess.jobs if j.kind == "process"]
             assert [j.status for j in process] == ["done"]
+        # decoding again from the start after the restart changes nothing either
+        monkeypatch.setattr(_realtime, "_analyse_clip", original)
+        events = [ev for image in range(1, N_IMAGES + 1) for ev in events_of(s.starts, image)]
+        chunk_paths = [second.state.store.chunk_path(s.p.id, s.seg, i) for i in range(s.sent)]
+        whole = _realtime.extract_recording_features(
+            chunk_paths, events, baseline_s=1.0, reaction_s=1.0, fps=FPS
+        )
+        features = second.state.store.features_dir(s.p.id)
+        for (image, clip), expected in whole.items():
+            got = pd.read_csv(features / f"{clip}_clip_{image}_features.csv")
+            pd.testing.assert_frame_equal(got, expected, check_exact=False, atol=1e-6, rtol=0)
 
 
 @pytest.mark.slow
