@@ -11,7 +11,9 @@ fergi's target is at least 60 fps per worker.
 
 Usage::
 
-    python benchmarks/bench_extract.py [--seconds 10] [--videos 4] [--codec webm]
+    python benchmarks/bench_extract.py [--seconds 10] [--videos 4] [--codec webm] [--quick]
+
+``--quick`` (what the test suite runs): two 2 s clips, the same 1- and 2-worker runs.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+
+QUICK_SECONDS, QUICK_VIDEOS = 2.0, 2
 
 
 def _make_clips(folder: Path, seconds: float, n_videos: int, codec: str) -> list[Path]:
@@ -55,8 +59,9 @@ def _run(clips: list[Path], out: Path, workers: int) -> dict:
         }
         for c in clips
     ]
+    records: list[dict] = []
     t = time.perf_counter()
-    records = _run_jobs(jobs, "geometry", None, workers)
+    _run_jobs(jobs, "geometry", None, workers, records)
     wall = time.perf_counter() - t
     failed = [r for r in records if r["status"] != "ok"]
     if failed:
@@ -96,7 +101,8 @@ def _detection_only_ms(clip: Path) -> float:
         return 1000 * (time.perf_counter() - t) / len(frames)
 
 
-def main() -> None:
+def main(argv=None) -> dict:
+    """Print the figures; return them as ``{"detect_ms": ..., "runs": [one dict per run]}``."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -104,7 +110,12 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=4, help="clips per run (default 4)")
     parser.add_argument("--codec", choices=("webm", "mp4"), default="webm")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    args = parser.parse_args()
+    parser.add_argument(
+        "--quick", action="store_true", help=f"{QUICK_SECONDS:g} s clips, {QUICK_VIDEOS} per run (for tests)"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.videos = QUICK_SECONDS, QUICK_VIDEOS
 
     import logging
 
@@ -125,6 +136,7 @@ def main() -> None:
         )
         print(header)
         print("-" * len(header))
+        runs = []
         for workers in args.workers:
             r = _run(clips, folder / f"out_{workers}", workers)
             n = r["frames"]
@@ -133,6 +145,17 @@ def main() -> None:
             fps = n / r["wall"]
             # Per worker: frames over the time the workers were busy with videos.
             fps_worker = n / r["busy"]
+            runs.append(
+                {
+                    "workers": workers,
+                    "frames": n,
+                    "wall_s": r["wall"],
+                    "fps": fps,
+                    "fps_per_worker": fps_worker,
+                    "fps_per_cpu_s": n / r["cpu"],
+                    "ms_per_frame": {**per_frame, "other": other},
+                }
+            )
             print(
                 f"{workers:>7} {n:>6} {r['wall']:>7.2f} {fps:>6.1f} {fps_worker:>10.1f} "
                 f"{n / r['cpu']:>9.1f} | "
@@ -146,6 +169,7 @@ def main() -> None:
             "used by the workers (what one free core would give); detect: BlazeFace alone, measured in this "
             "process; mesh: the face graph's time minus detect; other: writing, bookkeeping."
         )
+    return {"detect_ms": detection_ms, "runs": runs}
 
 
 if __name__ == "__main__":

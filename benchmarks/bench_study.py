@@ -1,10 +1,13 @@
 """Study server figures: chunk upload throughput and latency under concurrent participants,
 and processing time of an uploaded session.
 
-    python benchmarks/bench_study.py [--participants 8] [--chunks 60] [--chunk-kb 250]
+    python benchmarks/bench_study.py [--participants 8] [--chunks 60] [--chunk-kb 250] [--quick]
 
 A MediaRecorder at 2.5 Mbit/s with 1 s chunks sends ~310 kB per second per participant,
 so the upload figure says how many participants one server process carries.
+``--quick`` (what the test suite runs): 2 participants x 5 chunks of 64 kB, then the same
+processed session. The server listens on 127.0.0.1 only and is stopped before the
+processing figure.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ import uvicorn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
+QUICK = {"participants": 2, "chunks": 5, "chunk_kb": 64}
+
+
 def start_server(app):
     import socket
 
@@ -30,19 +36,27 @@ def start_server(app):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
     while not server.started:
+        if not thread.is_alive():
+            raise SystemExit(f"benchmark server did not start on 127.0.0.1:{port}")
         time.sleep(0.05)
-    return server, f"http://127.0.0.1:{port}"
+    return server, thread, f"http://127.0.0.1:{port}"
 
 
-def participant(base: str, pid: str, n_chunks: int, chunk: bytes, latencies: list[float]) -> None:
+def stop_server(server, thread) -> None:
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def participant(base: str, pid: str, n_chunks: int, chunk: bytes, latencies: list[float], ready) -> None:
     with httpx.Client(base_url=base, timeout=60) as client:
         r = client.post("/api/sessions", json={"participant_id": pid}).json()
         sid, headers = r["session_id"], {"X-Session-Token": r["token"]}
         client.post(f"/api/sessions/{sid}/consent", json={"agree": True, "consent_version": "1"}, headers=headers)
         # Skip the UI's prompt/webcam steps: mark the webcam as checked in the database directly.
-        BENCH_READY(sid)
+        ready(sid)
         seg = client.post(f"/api/sessions/{sid}/recording/segments", json={"mime_type": "video/webm"}, headers=headers).json()["segment"]
         for seq in range(n_chunks):
             body = (b"\x1a\x45\xdf\xa3" if seq == 0 else b"") + chunk
@@ -52,19 +66,26 @@ def participant(base: str, pid: str, n_chunks: int, chunk: bytes, latencies: lis
             response.raise_for_status()
 
 
-def main() -> None:
+def main(argv=None) -> dict:
+    """Print the figures and return them (upload throughput and latency, processing time)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--participants", type=int, default=8)
     parser.add_argument("--chunks", type=int, default=60)
     parser.add_argument("--chunk-kb", type=int, default=250)
     parser.add_argument("--skip-processing", action="store_true")
     parser.add_argument("--data", help="unused (the study benchmark makes its own data); accepted for `make bench`")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK} (for tests)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        vars(args).update(QUICK)
+    with tempfile.TemporaryDirectory(prefix="fergi-bench-") as tmp:
+        return _bench(args, Path(tmp))
 
+
+def _bench(args, tmp: Path) -> dict:
     from fergi.study import StudySettings, create_app
     from fergi.study._db import StudySession, utcnow
 
-    tmp = Path(tempfile.mkdtemp(prefix="fergi-bench-"))
     settings = StudySettings(data_dir=tmp / "study", worker=False, rate_limit_per_minute=100_000)
     app = create_app(settings)
 
@@ -74,31 +95,47 @@ def main() -> None:
             sess.prompt, sess.webcam_ok_at = "bench", utcnow()
             db.commit()
 
-    global BENCH_READY
-    BENCH_READY = ready
-    server, base = start_server(app)
+    server, server_thread, base = start_server(app)
     chunk = bytes(args.chunk_kb * 1024)
     latencies: list[float] = []
-    threads = [
-        threading.Thread(target=participant, args=(base, f"p{i:03d}", args.chunks, chunk, latencies))
-        for i in range(args.participants)
-    ]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    errors: list[BaseException] = []
+
+    def upload(pid: str) -> None:
+        try:
+            participant(base, pid, args.chunks, chunk, latencies, ready)
+        except BaseException as exc:  # reported after the other participants finish
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upload, args=(f"p{i:03d}",)) for i in range(args.participants)]
+    try:
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+    finally:
+        # Its lifespan exit disposes of the database engine.
+        stop_server(server, server_thread)
+    if errors:
+        raise SystemExit(f"benchmark upload failed: {errors[0]!r}")
     total_mb = len(latencies) * len(chunk) / 1e6
     lat = sorted(latencies)
     print(f"uploads: {args.participants} participants x {args.chunks} chunks of {args.chunk_kb} kB (SQLite WAL, one process)")
     print(f"  {len(latencies) / wall:.0f} chunks/s, {total_mb / wall:.1f} MB/s")
     print(f"  chunk PUT latency p50 {1000 * statistics.median(lat):.1f} ms, p95 {1000 * lat[int(0.95 * len(lat))]:.1f} ms")
     print(f"  = about {total_mb / wall / 0.31:.0f} participants recording at 2.5 Mbit/s in real time")
-    server.should_exit = True
+    figures = {
+        "chunks": len(latencies),
+        "chunks_per_s": len(latencies) / wall,
+        "mb_per_s": total_mb / wall,
+        "latency_p50_ms": 1000 * statistics.median(lat),
+        "latency_p95_ms": 1000 * lat[int(0.95 * len(lat))],
+        "participants_real_time": total_mb / wall / 0.31,
+    }
 
     if args.skip_processing:
-        return
+        return figures
     from fastapi.testclient import TestClient
     from skimage import data
 
@@ -116,9 +153,9 @@ def main() -> None:
         "session through the API incl. processing (5.0 s 640x480 VP9 recording, 2 images, "
         f"4 clips of 1 s, geometry estimator): {elapsed:.1f} s wall"
     )
+    figures["processing_s"] = elapsed
+    return figures
 
-
-BENCH_READY = None
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,130 @@
+"""Every benchmark's --quick mode runs and prints sane figures (never a timed assertion).
+
+Each benchmark under ``benchmarks/`` exposes ``main(argv)`` returning its figures; these
+tests run it with ``--quick`` (the same code paths on the smallest input that exercises
+them) so none rots unnoticed. Only that the figures exist, are finite and positive and
+count the right things is checked: how fast they are is for a person to read.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import threading
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+# Benchmarks whose --quick mode is tested elsewhere.
+TESTED_ELSEWHERE = {"bench_geometry_crosstalk"}  # tests/test_geometry_reference.py
+
+
+def load(name: str):
+    """Import ``benchmarks/<name>.py`` by path (``benchmarks/`` is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def positive(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_every_benchmark_has_a_quick_mode_test():
+    tested = {name[len("test_"):-len("_quick")] for name in globals() if name.endswith("_quick")}
+    found = {path.stem for path in BENCHMARKS.glob("bench_*.py")}
+    assert found - TESTED_ELSEWHERE == {f"bench_{name}" for name in tested}
+    for path in BENCHMARKS.glob("bench_*.py"):
+        text = path.read_text()
+        assert '"--quick"' in text and "def main(argv" in text, path.name
+
+
+@pytest.mark.slow
+def test_extract_quick(capsys):
+    figures = load("bench_extract").main(["--quick"])
+    printed = capsys.readouterr().out
+    assert "2 clips per run" in printed and "fps/worker" in printed
+    assert positive(figures["detect_ms"])
+    assert [run["workers"] for run in figures["runs"]] == [1, 2]
+    for run in figures["runs"]:
+        # Two 2 s clips at 30 fps, every frame read, by one worker and by two.
+        assert run["frames"] == 2 * 2 * 30
+        for key in ("wall_s", "fps", "fps_per_worker", "fps_per_cpu_s"):
+            assert positive(run[key]), (key, run)
+        assert set(run["ms_per_frame"]) == {"decode", "face", "au", "other"}
+        for stage in ("decode", "face", "au"):
+            assert positive(run["ms_per_frame"][stage]), (stage, run)
+        assert math.isfinite(run["ms_per_frame"]["other"])
+
+
+def test_foundation_quick(fergi_public, capsys):
+    figures = load("bench_foundation").main(["--quick", "--data", str(fergi_public)])
+    printed = capsys.readouterr().out
+    assert "quick: participants 001, 002, 005" in printed and "peak RSS" in printed
+    for key in ("load_frames_cold_s", "load_frames_warm_s", "load_images_s",
+                "compute_activation_values_s", "screen_participants_s", "image_table_s",
+                "reaction_statistics_s", "peak_rss_mib"):
+        assert positive(figures[key]), key
+    # Only the three participants' files are read, and their clips only.
+    assert figures["files_evicted"] > 0
+    files = [f for p in ("001", "002", "005")
+             for f in (fergi_public / "data" / p).glob("session_*/*_clip_*_features.csv")]
+    assert figures["clips"] == len(files)
+    assert figures["excluded"] == ["002"]  # AU4 at rest, as in the full release
+    assert 0 < figures["valid_reaction_clips"] <= figures["images"] < figures["clips"]
+    assert figures["tests"] > 0 and 0 <= figures["significant"] <= figures["tests"]
+
+
+@pytest.mark.slow
+def test_preference_quick(fergi_public, monkeypatch, capsys):
+    monkeypatch.setenv("FERGI_DATA", str(fergi_public))
+    figures = load("bench_preference").main(["--quick"])
+    printed = capsys.readouterr().out
+    for line in ("Tables 1 and 2", "FAU-Net LOPO ( 3 folds", "annotate_pairs (raw AUcomb",
+                 "annotate_reactions (default scale-free model)", "whole reproduce"):
+        assert line in printed, line
+    for key in ("load_s", "tables_s", "faunet_s", "reproduce_paper_tables_s", "fit_s", "lopo_s",
+                "annotate_pairs_s", "load_reaction_data_s", "annotate_reactions_s", "reproduce_s"):
+        assert positive(figures[key]), key
+    assert figures["excluded"] == ["002"] and figures["lopo_folds"] == 2
+    for key in ("aucomb_accuracy", "faunet_accuracy", "ensemble_with_faunet_accuracy",
+                "lopo_accuracy"):
+        assert 0 <= figures[key] <= 100, key
+    assert 0 < figures["aucomb_n_selected"]
+    # Both annotators label every within-session pair of the three participants' images.
+    assert figures["annotate_pairs_pairs"] > 0
+    assert figures["annotate_reactions_pairs"] >= figures["annotate_pairs_pairs"]
+    assert 0 <= figures["annotate_reactions_confident"] <= figures["annotate_reactions_pairs"]
+    assert {"load", "features", "statistics", "preference tables"} <= set(figures["reproduce_steps"])
+
+
+@pytest.mark.slow
+def test_study_quick(capsys):
+    before = set(threading.enumerate())
+    figures = load("bench_study").main(["--quick"])
+    printed = capsys.readouterr().out
+    assert "2 participants x 5 chunks of 64 kB" in printed
+    assert figures["chunks"] == 2 * 5
+    for key in ("chunks_per_s", "mb_per_s", "latency_p50_ms", "latency_p95_ms",
+                "participants_real_time", "processing_s"):
+        assert positive(figures[key]), key
+    assert figures["latency_p50_ms"] <= figures["latency_p95_ms"]
+    # The upload server (and every participant thread) is stopped before main returns.
+    left = [t for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert not left, left
+
+
+@pytest.mark.slow
+def test_studylib_quick(capsys):
+    figures = load("bench_studylib").main(["--quick"])
+    printed = capsys.readouterr().out
+    assert "recording:" in printed and "total" in printed
+    assert set(figures["stages_s"]) == {"standardize", "clips", "features", "activations", "labels"}
+    assert all(math.isfinite(s) and s >= 0 for s in figures["stages_s"].values())
+    for key in ("recording_s", "frames", "megabytes", "total_s"):
+        assert positive(figures[key]), key
+    # Two images, a smile then a frown: one pair, the smile preferred.
+    labels = figures["labels"]
+    assert len(labels) == 1 and int(labels["preferred"].iloc[0]) == 1
