@@ -132,6 +132,16 @@ def test_studylib_quick(capsys):
     # Two images, a smile then a frown: one pair, the smile preferred.
     labels = figures["labels"]
     assert len(labels) == 1 and int(labels["preferred"].iloc[0]) == 1
+    # Before and after real-time processing, through the study's HTTP API.
+    assert "ranking to stored labels" in printed and "sessions per hour, one worker" in printed
+    for part in ("before", "after"):
+        for key in ("ranking_to_labels_s", "cpu_s", "sessions_per_hour"):
+            assert positive(figures[part][key]), (part, key)
+    after = figures["after"]
+    assert positive(after["worker_s"]) and after["labels"] == 1
+    # each image was analysed from the chunks uploaded so far, image 1 before the end
+    assert sorted(after["analysed_after_chunk"]) == [1, 2]
+    assert after["analysed_after_chunk"][1] < after["chunks"]
 
 
 @pytest.mark.slow

@@ -263,3 +263,32 @@ def test_write_features_parquet_and_checks(tmp_path, canvas):
     with pytest.raises(FergiError, match="suffix"):
         write_features(table, tmp_path / "x.json")
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_analysed_baseline_frames_are_not_analysed_again(analyzer, monkeypatch):
+    """A baseline clip analysed before (the study's own) gives the same reference, for free."""
+    import fergi.au._extract as extract
+    from fergi.video import VideoFrames
+
+    face = data.astronaut()
+    neutral = np.stack(list(reaction_frames(face, neutral_s=0.3, expression_s=0)))
+    smile = np.stack(list(reaction_frames(face, neutral_s=0.1, expression_s=0.3, smile=1.0)))
+
+    def clip(frames, name):
+        return VideoFrames(frames, np.arange(len(frames)) / 30, 30.0, name)
+
+    baseline = clip(neutral, "baseline")
+    extract_features(baseline, baseline=baseline, analyzer=analyzer)
+    calls = []
+    original = extract._analyse
+    monkeypatch.setattr(extract, "_analyse", lambda frames, *a: calls.append(1) or original(frames, *a))
+    reused = extract_features(clip(smile, "reaction"), baseline=baseline, analyzer=analyzer)
+    assert len(calls) == 1  # the reaction clip only
+    fresh = extract_features(clip(smile, "reaction"), baseline=clip(neutral, "copy"), analyzer=analyzer)
+    assert len(calls) == 3
+    pd.testing.assert_frame_equal(reused, fresh)
+    assert reused.attrs["neutral_reference"] == "baseline_clip"
+    # another analyser's landmarks are not taken for this one's
+    with FaceAnalyzer() as other:
+        extract_features(clip(smile, "reaction"), baseline=baseline, analyzer=other)
+    assert len(calls) == 5

@@ -179,8 +179,9 @@ def test_whole_session_through_the_api(client, app):
     assert detail["ranking"] == {"order": [3, 1, 2], "method": "keyboard"}
     assert detail["consent_version"] == "1" and detail["share_video"] is True
     assert detail["segments"] == [{"segment": 0, "mime_type": "video/webm;codecs=vp9", "n_chunks": 3, "n_bytes": 3004, "complete": True}]
-    assert [j["kind"] for j in detail["jobs"]] == ["generate", "process"]
-    assert detail["jobs"][1]["status"] == "queued"
+    # each presented image queued its real-time processing; the ranking queued the labels
+    assert [j["kind"] for j in detail["jobs"]] == ["generate", "clips", "process"]
+    assert detail["jobs"][1]["status"] == detail["jobs"][2]["status"] == "queued"
     assert detail["structured_input"]["animate_objects"][1]["name"] == "bird"
 
 

@@ -198,16 +198,23 @@ def test_background_worker_generates_while_requests_are_served(tmp_path):
 
 def _fake_pipeline(monkeypatch):
     """Processing without video decoding: every presented image gets both clips."""
-    from types import SimpleNamespace
+    from fergi.study import _realtime
 
-    import fergi.study._pipeline as pipeline
+    def fake(db, sess, store, settings, live, **kwargs):
+        presented = {e.image_index for e in sess.events if e.kind == "image_hidden"}
+        for image in sorted(presented - {c.image_index for c in sess.clips}):
+            for clip in ("baseline", "reaction"):
+                path = store.features_dir(sess.id) / f"{clip}_clip_{image}_features.csv"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fake_features(30, image).to_csv(path, index=False)
+                db.add(Clip(session_id=sess.id, image_index=image, clip=clip, n_frames=30,
+                            features_file=store.relative(path)))
+        db.commit()
+        db.refresh(sess)
+        return dict.fromkeys(presented, "done")
 
-    def fake(chunk_paths, events, work, **kwargs):
-        images = sorted({e["image_index"] for e in events})
-        frames = {(i, c): fake_features(30, i) for i in images for c in ("baseline", "reaction")}
-        return SimpleNamespace(feature_files={}, clips={}, frames=frames, activations=None, labels=None)
-
-    monkeypatch.setattr(pipeline, "process_session_media", fake)
+    monkeypatch.setattr(_realtime, "process_ready_clips", fake)
+    monkeypatch.setattr(_realtime, "check_segment", lambda paths, source: None)
 
 
 def test_retention_never_deletes_video_of_a_session_still_recording(tmp_path, monkeypatch):

@@ -188,6 +188,7 @@ def extract_features(
 
     t0 = time.perf_counter()
     lms = clip.landmark_array()
+    _remember_landmarks(video, analyzer, lms)
     pir, yir = pose_ratios(lms)
     aus = np.full((n, len(AU_NAMES)), np.nan)
     times = np.asarray(clip.times)
@@ -246,6 +247,26 @@ def _same_video(baseline, video) -> bool:
     return False
 
 
+def _remember_landmarks(video, analyzer, lms: np.ndarray) -> None:
+    """Keep the landmarks of decoded frames with them, for use as another clip's baseline.
+
+    The study measures each reaction clip against its image's baseline clip, which it
+    has just analysed: this spares analysing those frames a second time. Landmarks do
+    not depend on the AU estimator, only on the analyser (kept by identity).
+    """
+    from fergi.video import VideoFrames
+
+    if isinstance(video, VideoFrames):
+        video.__dict__["_fergi_landmarks"] = (id(analyzer), lms)
+
+
+def _known_landmarks(baseline, analyzer) -> np.ndarray | None:
+    known = getattr(baseline, "__dict__", {}).get("_fergi_landmarks")
+    if known is not None and known[0] == id(analyzer) and len(known[1]) == len(baseline):
+        return known[1]
+    return None
+
+
 def _neutral_reference(
     estimator, lms, times, baseline, baseline_seconds, fps, analyzer, timings, source, same=False
 ):
@@ -257,8 +278,11 @@ def _neutral_reference(
     baseline clips), whose landmarks are already at hand.
     """
     if baseline is not None:
+        known = _known_landmarks(baseline, analyzer)
         if same:
             reference, base_source = lms, source
+        elif known is not None:
+            reference, base_source = known, baseline.source
         else:
             base_frames, base_source = _frames_of(baseline, fps)
             ref_timings = dict.fromkeys(STAGES, 0.0)

@@ -12,7 +12,10 @@ Building blocks, usable on their own:
 * prompt composition for structured sessions: :class:`StructuredInput`,
   :func:`compose_prompt_template`, :func:`create_prompt_composer`;
 * media: :func:`assemble_chunks`, :func:`standardize_video`, :func:`cut_clips`;
-* processing: :func:`process_session_media` (clips -> features -> activations -> labels).
+* processing of a whole recording: :func:`process_session_media` (clips -> features ->
+  activations -> labels, with clip files);
+* the server's real-time processing (each image while its survey is answered, decoded
+  once, in memory): :class:`SegmentDecoder`, :func:`extract_recording_features`.
 """
 
 from fergi.study._app import create_app
@@ -38,6 +41,7 @@ from fergi.study._prompting import (
     create_prompt_composer,
     parse_structured_input,
 )
+from fergi.study._realtime import SegmentDecoder, extract_recording_features
 from fergi.study._settings import StudySettings, get_settings
 from fergi.study._worker import Worker
 
@@ -49,6 +53,7 @@ __all__ = [
     "GeneratedImage",
     "OpenAIPromptComposer",
     "PlaceholderGenerator",
+    "SegmentDecoder",
     "SessionResult",
     "StageError",
     "StructuredInput",
@@ -64,6 +69,7 @@ __all__ = [
     "create_prompt_composer",
     "cut_clips",
     "export_study",
+    "extract_recording_features",
     "get_settings",
     "is_black_image",
     "make_engine",

@@ -253,6 +253,7 @@ def _export_into(
     engine, media: Path, out: Path, include_raw: bool, estimator: str
 ) -> dict[str, Any]:
     from fergi.datasets import META_NAME, write_features_meta
+    from fergi.study._realtime import clip_video
 
     store = MediaStore(media)
     factory = make_sessionmaker(engine)
@@ -283,9 +284,10 @@ def _export_into(
                     if not source.is_file():
                         raise FergiError(f"--media {media}: missing feature file {clip.features_file}")
                     shutil.copyfile(source, session_dir / f"{clip.clip}_clip_{clip.image_index}_features.csv")
-                    if include_raw and sess.share_video and clip.video_file:
-                        video = store.resolve(clip.video_file)
-                        if video.is_file():
+                    if include_raw and sess.share_video:
+                        # encoded from the raw upload now, unless an admin already watched it
+                        video = clip_video(db, sess, store, clip.image_index, clip.clip)
+                        if video is not None and video.is_file():
                             target = out / "raw" / pid / f"session_{s}" / f"{clip.clip}_clip_{clip.image_index}{video.suffix}"
                             target.parent.mkdir(parents=True, exist_ok=True)
                             shutil.copyfile(video, target)

@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from fergi._errors import FergiError
 from fergi.study._db import Job, Participant, StudySession
 from fergi.study._deps import DB, MAX_DB_INT, Settings, Store, require_admin
 from fergi.study._routes_sessions import PARTICIPANT_ID, session_state
@@ -128,8 +129,10 @@ def _session(db, session_id: int) -> StudySession:
 
 
 @router.get("/sessions/{session_id}")
-def session_detail(session_id: DbId, db: DB, settings: Settings) -> dict[str, Any]:
+def session_detail(session_id: DbId, db: DB, settings: Settings, store: Store) -> dict[str, Any]:
     sess = _session(db, session_id)
+    # Clip videos are encoded on demand from the raw upload, while it is kept.
+    raw = (store.session_dir(sess.id) / "segments").is_dir()
     return {
         **session_summary(sess, settings),
         "structured_input": sess.structured_input,
@@ -166,7 +169,7 @@ def session_detail(session_id: DbId, db: DB, settings: Settings) -> dict[str, An
                 "valid_frame_share": c.valid_frame_share,
                 "clip_valid": c.clip_valid,
                 "activations": c.activations,
-                "has_video": c.video_file is not None,
+                "has_video": c.video_file is not None or raw,
             }
             for c in sorted(sess.clips, key=lambda c: (c.image_index, c.clip))
         ],
@@ -200,7 +203,8 @@ def retry(job_id: DbId, request: Request, db: DB) -> dict[str, Any]:
 
 @router.post("/sessions/{session_id}/process", status_code=202)
 def process(session_id: DbId, request: Request, db: DB) -> dict[str, Any]:
-    """Queue (again) the processing of a finished session."""
+    """Queue (again) the processing of a finished session: the images not analysed yet,
+    then the labels (images already analysed in real time are kept)."""
     sess = _session(db, session_id)
     if sess.finished_at is None:
         # Its recording may still be growing; processing (and retention) waits for the end.
@@ -225,13 +229,25 @@ def admin_image(session_id: DbId, index: ImageIndex, db: DB, store: Store) -> Fi
 
 @router.get("/sessions/{session_id}/clips/{index}/{clip}")
 def admin_clip(
-    session_id: DbId, index: ImageIndex, clip: Literal["baseline", "reaction"], db: DB, store: Store
+    session_id: DbId,
+    index: ImageIndex,
+    clip: Literal["baseline", "reaction"],
+    db: DB,
+    store: Store,
+    settings: Settings,
 ) -> FileResponse:
-    """A cut face-video clip (biometric data: admin only, never cached)."""
+    """A cut face-video clip (biometric data: admin only, never cached by the browser).
+
+    Encoded from the raw upload on the first request and kept for the next ones.
+    """
+    from fergi.study._realtime import clip_video
+
     sess = _session(db, session_id)
-    row = next((c for c in sess.clips if c.image_index == index and c.clip == clip), None)
-    if row is None or row.video_file is None:
+    try:
+        path = clip_video(db, sess, store, index, clip, fps=settings.fps)
+    except FergiError as exc:
+        raise HTTPException(422, f"session {session_id}: {exc}") from None
+    if path is None:
         raise HTTPException(404, f"session {session_id} has no stored {clip} clip of image {index}")
-    path = store.resolve(row.video_file)
     media = {".mp4": "video/mp4", ".webm": "video/webm"}.get(path.suffix, "application/octet-stream")
     return FileResponse(path, media_type=media, headers={"Cache-Control": "private, no-store"})

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from fergi.study._db import Chunk, Event, Segment, StudySession
 from fergi.study._deps import DB, MAX_DB_INT, CurrentSession, Settings, Store, read_body_limited
 from fergi.study._storage import write_atomic
+from fergi.study._worker import enqueue, needs_clips
 
 router = APIRouter(prefix="/api/sessions/{session_id}", tags=["recording"])
 
@@ -34,6 +35,20 @@ class SegmentRequest(BaseModel):
     mime_type: str = Field(max_length=100)
     width: int | None = Field(default=None, ge=1, le=8192)
     height: int | None = Field(default=None, ge=1, le=8192)
+
+
+def _queue_clips(request: Request, db, sess: StudySession, *, new_image: bool = False) -> None:
+    """Real-time processing: an image presented and not yet analysed may now be covered."""
+    db.refresh(sess)
+    if not needs_clips(sess):
+        return
+    job = enqueue(db, sess.id, "clips", revive=new_image)
+    db.commit()
+    if job.status != "queued":
+        return
+    worker = getattr(request.app.state, "worker", None)
+    if worker is not None:
+        worker.wake("clips")
 
 
 def _segment(db, sess: StudySession, segment: int) -> Segment:
@@ -150,6 +165,7 @@ async def put_chunk(
         db.rollback()
         db.refresh(seg)
         return {"seq": seq, "duplicate": True, **segment_info(seg)}
+    _queue_clips(request, db, sess)
     return {"seq": seq, "duplicate": False, **segment_info(seg)}
 
 
@@ -158,7 +174,9 @@ class CompleteRequest(BaseModel):
 
 
 @router.post("/recording/{segment}/complete")
-def complete_segment(segment: SegmentIndex, body: CompleteRequest, sess: CurrentSession, db: DB) -> dict[str, Any]:
+def complete_segment(
+    segment: SegmentIndex, body: CompleteRequest, request: Request, sess: CurrentSession, db: DB
+) -> dict[str, Any]:
     """Mark a segment as fully uploaded (the recorder stopped and every chunk arrived)."""
     seg = _segment(db, sess, segment)
     if body.n_chunks != seg.n_chunks:
@@ -171,6 +189,8 @@ def complete_segment(segment: SegmentIndex, body: CompleteRequest, sess: Current
         raise HTTPException(409, f"segment {segment} has no chunks")
     seg.complete = True
     db.commit()
+    # the stream's last packet is whole now: the last image's clips can be finished
+    _queue_clips(request, db, sess)
     return segment_info(seg)
 
 
@@ -182,7 +202,7 @@ class EventRequest(BaseModel):
 
 
 @router.post("/events")
-def post_event(body: EventRequest, sess: CurrentSession, db: DB) -> dict[str, Any]:
+def post_event(body: EventRequest, request: Request, sess: CurrentSession, db: DB) -> dict[str, Any]:
     """Record when the baseline started / the image appeared / disappeared, in seconds of
     video time (zero = capture time of the segment's first recorded frame)."""
     if body.image_index > sess.n_images:
@@ -217,4 +237,6 @@ def post_event(body: EventRequest, sess: CurrentSession, db: DB) -> dict[str, An
     )
     db.add(ev)
     db.commit()
+    if body.kind == "image_hidden":
+        _queue_clips(request, db, sess, new_image=True)
     return {"id": ev.id, "duplicate": False}

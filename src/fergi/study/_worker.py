@@ -5,6 +5,13 @@ atomic ``UPDATE ... WHERE status = 'queued'`` and record every stage's status in
 so the admin sees progress, a crash leaves a visible trace, and a restart picks up
 what was queued or interrupted. Processing only reads the uploaded chunks; its
 outputs go to separate files, so a failed or retried job never loses a raw upload.
+
+Job kinds: ``generate`` (the session's images), ``clips`` (real time: queued by an
+``image_hidden`` event and by each chunk while a presented image is not analysed yet;
+it analyses and stores every image whose video is on the server, see
+:mod:`fergi.study._realtime`) and ``process`` (queued by the ranking: any image left,
+then the session's labels). Work is idempotent per image: an image's feature files and
+clip rows are committed together, and a stored image is never analysed again.
 """
 
 from __future__ import annotations
@@ -15,7 +22,6 @@ import shutil
 import threading
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
@@ -27,14 +33,37 @@ from fergi.study._storage import MediaStore, write_atomic
 
 logger = logging.getLogger(__name__)
 
-JOB_KINDS = ("generate", "process")
+JOB_KINDS = ("generate", "clips", "process")
 EVENT_KINDS = ("baseline_start", "image_shown", "image_hidden")
 
 
-def enqueue(db: Session, session_id: int, kind: str) -> Job:
-    """Queue a job (the caller commits); an already queued/running job of the kind is reused."""
+def enqueue(db: Session, session_id: int, kind: str, *, revive: bool = True) -> Job:
+    """Queue a job (the caller commits); an already queued/running job of the kind is reused.
+
+    A ``clips`` job is different: new video may have arrived after a running one read
+    the chunks, so a running one gets a queued successor, and a finished one is queued
+    again (one row per session, its stages the images' status). A failed one is queued
+    again only with ``revive`` (a new image was presented), not for every new chunk, so
+    a broken recording is not decoded again each second.
+    """
     if kind not in JOB_KINDS:
         raise ValueError(f"unknown job kind {kind!r}")
+    if kind == "clips":
+        jobs = db.scalars(
+            select(Job).where(Job.session_id == session_id, Job.kind == kind).order_by(Job.id.desc())
+        ).all()
+        queued = next((j for j in jobs if j.status == "queued"), None)
+        if queued is not None:
+            return queued
+        if jobs and jobs[0].status == "failed" and not revive:
+            return jobs[0]
+        if jobs and jobs[0].status != "running":
+            job = jobs[0]
+            job.status, job.error, job.finished_at, job.attempts = "queued", None, None, 0
+            return job
+        job = Job(session_id=session_id, kind=kind, status="queued", stages=dict(jobs[0].stages) if jobs else {})
+        db.add(job)
+        return job
     job = db.scalar(
         select(Job).where(
             Job.session_id == session_id, Job.kind == kind, Job.status.in_(("queued", "running"))
@@ -80,6 +109,15 @@ def select_image_events(events: list[Any], n_images: int) -> dict[int, tuple[int
     return chosen
 
 
+def needs_clips(sess: StudySession) -> bool:
+    """Whether an image of an unfinished session was presented but has no stored clips."""
+    if sess.finished_at is not None:
+        return False  # the ranking queued the session's processing, which does the rest
+    hidden = {e.image_index for e in sess.events if e.kind == "image_hidden"}
+    stored = {c.image_index for c in sess.clips if c.features_file}
+    return bool(hidden - stored)
+
+
 def retention_blocker(sess: StudySession) -> str | None:
     """Why the raw video of a session may not be deleted yet; None when it may.
 
@@ -122,6 +160,12 @@ class Worker:
         self._stop = threading.Event()
         self._wake = {kind: threading.Event() for kind in JOB_KINDS}
         self._threads: list[threading.Thread] = []
+        from fergi.study._realtime import LiveDecoders
+
+        self.live = LiveDecoders()
+        self._estimator = None
+        # not the generator's lock: loading a diffusion model must not hold up analysis
+        self._estimator_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
     def recover(self) -> int:
@@ -221,6 +265,8 @@ class Worker:
         try:
             if job.kind == "generate":
                 self._generate(db, job)
+            elif job.kind == "clips":
+                self._clips(db, job)
             else:
                 self._process(db, job)
         except Exception as exc:
@@ -316,134 +362,141 @@ class Worker:
 
         return load_model(self.settings.annotation_model)
 
+    @property
+    def estimator(self):
+        """The AU estimator, created once (a learned one loads its weights only once)."""
+        with self._estimator_lock:
+            if self._estimator is None:
+                from fergi.au import create_au_estimator
+
+                self._estimator = create_au_estimator(self.settings.estimator)
+            return self._estimator
+
+    def _clips(self, db: Session, job: Job) -> None:
+        """Real time: cut, analyse and store every image of the session that is ready."""
+        from fergi.study import _realtime
+
+        sess = db.get(StudySession, job.session_id)
+        on_stage = self._stage(db, job)
+        with self.live.lock(sess.id):
+            db.refresh(sess)
+            status = _realtime.process_ready_clips(
+                db, sess, self.store, self.settings, self.live,
+                estimator=self.estimator,
+                final=False,
+                on_image=lambda image, state: on_stage(f"image {image}", state),
+            )
+        logger.info("session %d: clips %s", sess.id, status)
+        # every image's status, also those stored by an earlier job
+        job.stages = {f"image {image}": state for image, state in sorted(status.items())}
+        # A finished clips job is superseded by this one (its stages are the images' status
+        # now): one row per session on the admin page, failures kept until retried.
+        for old in db.scalars(
+            select(Job).where(
+                Job.session_id == sess.id, Job.kind == "clips", Job.id < job.id, Job.status == "done"
+            )
+        ):
+            db.delete(old)
+        db.commit()
+
     def _process(self, db: Session, job: Job) -> None:
+        """After the ranking: the images not stored yet, then the session's labels."""
         import pandas as pd
 
-        from fergi.study._pipeline import process_session_media
+        from fergi.study import _realtime
+        from fergi.study._pipeline import (
+            _activations_stage,
+            _frames_table,
+            _labels_stage,
+            _Stages,
+            session_provenance,
+        )
 
         sess = db.get(StudySession, job.session_id)
         on_stage = self._stage(db, job)
         job.stages = {}
         db.commit()
+        stages = _Stages(on_stage)
         chosen = select_image_events(list(sess.events), sess.n_images)
         if not chosen:
             raise RuntimeError("no image has a complete presentation (baseline, shown, hidden) on record")
         missing = sorted(set(range(1, sess.n_images + 1)) - set(chosen))
         if missing:
             logger.warning("session %d: images %s have no complete presentation", sess.id, missing)
-        segments = {seg.index: seg for seg in sess.segments}
-        work = self.store.work_dir(sess.id)
-        clips_dir = self.store.clips_dir(sess.id)
-        features_dir = self.store.features_dir(sess.id)
-        for folder in (work, clips_dir, features_dir):
-            folder.mkdir(parents=True, exist_ok=True)
-
-        clip_files: dict[tuple[int, str], Path] = {}
-        feature_files: dict[tuple[int, str], Path] = {}
         invalid = sorted(img.index for img in sess.images if img.invalid)
-        frames: dict[tuple[int, str], Any] = {}
-        activations = []
-        labels = []
-        groups: dict[int, list[dict]] = {}
-        for _image, (seg_index, events) in sorted(chosen.items()):
-            groups.setdefault(seg_index, []).extend(events)
-        for seg_index, events in sorted(groups.items()):
-            seg: Segment | None = segments.get(seg_index)
-            if seg is None or seg.n_chunks == 0:
-                raise RuntimeError(f"segment {seg_index} has no uploaded video")
-            chunk_paths = [self.store.chunk_path(sess.id, seg_index, c.seq) for c in seg.chunks]
-            lost = [p.name for p in chunk_paths if not p.is_file()]
-            if lost:
-                raise RuntimeError(f"segment {seg_index}: chunk files missing on disk: {lost[:3]}")
-            prefix = "" if len(groups) == 1 else f"segment {seg_index}: "
+        with self.live.lock(sess.id):
+            db.refresh(sess)
+            stored = {c.image_index for c in sess.clips if c.features_file}
+            segments = {seg.index: seg for seg in sess.segments}
 
-            def seg_stage(name: str, status: str, prefix: str = prefix) -> None:
-                on_stage(f"{prefix}{name}", status)
+            def assemble() -> None:
+                for seg_index in sorted({seg for image, (seg, _) in chosen.items() if image not in stored}):
+                    seg: Segment | None = segments.get(seg_index)
+                    if seg is None or seg.n_chunks == 0:
+                        raise RuntimeError(f"segment {seg_index} has no uploaded video")
+                    paths = [self.store.chunk_path(sess.id, seg_index, c.seq) for c in seg.chunks]
+                    _realtime.check_segment(paths, f"segment {seg_index}")
 
-            result = process_session_media(
-                chunk_paths,
-                events,
-                work / f"segment_{seg_index:03d}",
-                estimator=self.settings.estimator,
-                model=self._annotation_model(),
-                fps=self.settings.fps,
-                on_stage=seg_stage,
-                baseline_s=self.settings.baseline_s,
-                reaction_s=self.settings.present_s,
-                participant=sess.participant_id,
-                session=sess.index,
-                invalid_images=invalid,
-                # A retry reuses the feature files an earlier attempt finished.
-                resume=job.attempts > 1,
+            stages.run("assemble", assemble)
+            status = stages.run(
+                "clips",
+                lambda: _realtime.process_ready_clips(
+                    db, sess, self.store, self.settings, self.live,
+                    estimator=self.estimator,
+                    final=True,
+                    on_image=lambda image, state: on_stage(f"image {image}", state),
+                ),
             )
-            feature_files.update({(int(i), c): Path(p) for (i, c), p in result.feature_files.items()})
-            for image, kinds in result.clips.items():
-                for clip, path in kinds.items():
-                    clip_files[(int(image), clip)] = Path(path)
-            frames.update({(int(i), c): table for (i, c), table in result.frames.items()})
-            if result.activations is not None and len(result.activations):
-                activations.append(result.activations)
-            if result.labels is not None:
-                labels.append(result.labels)
-
+            self.live.drop(sess.id)
+        for image, state in sorted(status.items()):
+            on_stage(f"image {image}", state)
+        db.refresh(sess)
+        frames = {}
+        for clip in sess.clips:
+            if clip.features_file:
+                frames[(clip.image_index, clip.clip)] = pd.read_csv(self.store.resolve(clip.features_file))
+        act = stages.run(
+            "activations",
+            lambda: _activations_stage(frames, participant=sess.participant_id, session=sess.index),
+        )
+        labels = stages.run(
+            "labels",
+            lambda: _labels_stage(
+                act,
+                model=self._annotation_model(),
+                invalid_images=invalid,
+                frames=_frames_table(frames, participant=sess.participant_id, session=sess.index),
+                provenance=session_provenance(self.settings.estimator),
+            ),
+        )
         on_stage("store", "running")
-        act = pd.concat(activations, ignore_index=True) if activations else pd.DataFrame()
-        if len(groups) > 1 and len(act):
-            labels = [self._relabel(act, invalid, frames, sess)]
-        for old in list(sess.clips) + list(sess.labels):
+        for old in list(sess.labels):
             db.delete(old)
         db.flush()
-        for (image, clip), table in sorted(frames.items()):
-            feature_path = features_dir / f"{clip}_clip_{image}_features.csv"
-            if (image, clip) in feature_files and feature_files[(image, clip)].is_file():
-                shutil.copyfile(feature_files[(image, clip)], feature_path)
-            else:
-                from fergi.au import write_features
-
-                write_features(table, feature_path, decimals=2 if clip == "baseline" else 3)
-            video_file = None
-            source = clip_files.get((image, clip))
-            if source is not None and source.is_file():
-                target = clips_dir / f"{clip}_clip_{image}{source.suffix}"
-                shutil.copyfile(source, target)
-                video_file = self.store.relative(target)
-            row = _activation_row(act, image, clip)
+        for rec in labels.to_dict("records"):
+            a, b = int(rec["image_a"]), int(rec["image_b"])
+            if a in invalid or b in invalid:
+                continue
             db.add(
-                Clip(
+                Label(
                     session_id=sess.id,
-                    image_index=image,
-                    clip=clip,
-                    n_frames=len(table),
-                    valid_frame_share=_float(row.get("valid_frame_share")),
-                    clip_valid=None if row.get("clip_valid") is None else bool(row["clip_valid"]),
-                    activations={k: _float(v) for k, v in row.items() if k.endswith("_activation_value")},
-                    video_file=video_file,
-                    features_file=self.store.relative(feature_path),
+                    image_a=a,
+                    image_b=b,
+                    preferred=_preferred(rec.get("preferred"), a, b),
+                    score_difference=float(rec.get("score_difference", 0.0)),
+                    confident=bool(rec.get("confident", False)),
                 )
             )
-        for table in labels:
-            for rec in table.to_dict("records"):
-                a, b = int(rec["image_a"]), int(rec["image_b"])
-                if a in invalid or b in invalid:
-                    continue
-                db.add(
-                    Label(
-                        session_id=sess.id,
-                        image_a=a,
-                        image_b=b,
-                        preferred=_preferred(rec.get("preferred"), a, b),
-                        score_difference=float(rec.get("score_difference", 0.0)),
-                        confident=bool(rec.get("confident", False)),
-                    )
-                )
         from fergi.datasets import write_features_meta
         from fergi.study._export import session_features_provenance
 
         # Beside the files, so that the session's features say which AU scale they are on.
+        features_dir = self.store.features_dir(sess.id)
+        features_dir.mkdir(parents=True, exist_ok=True)
         write_features_meta(features_dir, session_features_provenance(self.settings.estimator))
         db.commit()
         on_stage("store", "done")
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(self.store.work_dir(sess.id), ignore_errors=True)
         self._score_images(db, sess, on_stage)
         if self.settings.retention == "delete_after_features":
             # Re-read: chunks or a new segment may have arrived while this job ran.
@@ -500,20 +553,9 @@ class Worker:
         on_stage("score", "done")
         db.commit()
 
-    def _relabel(self, activations, invalid: list[int], frames, sess):
-        """Labels over images presented in different recording segments (after a reload)."""
-        from fergi.study._pipeline import _frames_table, _labels_stage, session_provenance
-
-        return _labels_stage(
-            activations,
-            model=self._annotation_model(),
-            invalid_images=invalid,
-            frames=_frames_table(frames, participant=sess.participant_id, session=sess.index),
-            provenance=session_provenance(self.settings.estimator),
-        )
-
     def _delete_raw_video(self, db: Session, sess: StudySession) -> None:
         """Retention: features are extracted, so the face video itself goes."""
+        self.live.drop(sess.id)
         shutil.rmtree(self.store.session_dir(sess.id) / "segments", ignore_errors=True)
         shutil.rmtree(self.store.clips_dir(sess.id), ignore_errors=True)
         for clip in db.scalars(select(Clip).where(Clip.session_id == sess.id)):
@@ -531,13 +573,6 @@ def _float(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if out != out else out
-
-
-def _activation_row(act, image: int, clip: str) -> dict[str, Any]:
-    if act is None or not len(act) or "image" not in act:
-        return {}
-    rows = act[(act["image"].astype(int) == image) & (act["clip"] == clip)]
-    return rows.iloc[0].to_dict() if len(rows) else {}
 
 
 def _preferred(value: Any, a: int, b: int) -> int | None:
