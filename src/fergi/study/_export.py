@@ -286,7 +286,15 @@ def _export_into(
                     shutil.copyfile(source, session_dir / f"{clip.clip}_clip_{clip.image_index}_features.csv")
                     if include_raw and sess.share_video:
                         # encoded from the raw upload now, unless an admin already watched it
-                        video = clip_video(db, sess, store, clip.image_index, clip.clip)
+                        try:
+                            video = clip_video(db, sess, store, clip.image_index, clip.clip)
+                        except FergiError as exc:
+                            # An unreadable raw upload costs its clip videos, never the
+                            # export: the features are already copied.
+                            logger.warning("%s/session_%s: clip video not exported (%s)", pid, s, exc)
+                            summary.setdefault("raw_clips_failed", []).append(
+                                f"{pid}/session_{s}/{clip.clip}_clip_{clip.image_index}")
+                            continue
                         if video is not None and video.is_file():
                             target = out / "raw" / pid / f"session_{s}" / f"{clip.clip}_clip_{clip.image_index}{video.suffix}"
                             target.parent.mkdir(parents=True, exist_ok=True)
