@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fergi._errors import FergiError
+from fergi._registry import Registry
 
 
 @dataclass(frozen=True)
@@ -40,17 +41,17 @@ class AUEstimatorSpec:
     version: str = "1"
 
 
-_REGISTRY: dict[str, AUEstimatorSpec] = {}
+_REGISTRY: Registry[AUEstimatorSpec] = Registry("AU estimator", "--estimator", sort=True)
 
 
 def register_au_estimator(spec: AUEstimatorSpec) -> None:
     """Add (or replace) an estimator in the registry."""
-    _REGISTRY[spec.name] = spec
+    _REGISTRY.register(spec)
 
 
 def list_au_estimators() -> list[str]:
     """Names accepted by :func:`create_au_estimator`."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_au_estimator_spec(name: str) -> AUEstimatorSpec:
@@ -61,12 +62,7 @@ def get_au_estimator_spec(name: str) -> AUEstimatorSpec:
     fergi.FergiError
         Unknown name.
     """
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise FergiError(
-            f"--estimator {name!r}: unknown AU estimator (choose from {', '.join(list_au_estimators())})"
-        ) from None
+    return _REGISTRY.get(name)
 
 
 def create_au_estimator(name: str = "geometry", **options):

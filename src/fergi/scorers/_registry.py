@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fergi._errors import FergiError
+from fergi._registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -55,17 +56,17 @@ class ScorerSpec:
     local_dirs: tuple = field(default=())
 
 
-_REGISTRY: dict[str, ScorerSpec] = {}
+_REGISTRY: Registry[ScorerSpec] = Registry("scorer", "--scorers")
 
 
 def register_scorer(spec: ScorerSpec) -> None:
     """Add (or replace) a scorer in the registry."""
-    _REGISTRY[spec.name] = spec
+    _REGISTRY.register(spec)
 
 
 def list_scorers() -> list[str]:
     """Names accepted by :func:`create_scorer`, in the release's column order."""
-    return list(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_scorer_spec(name: str) -> ScorerSpec:
@@ -76,10 +77,7 @@ def get_scorer_spec(name: str) -> ScorerSpec:
     fergi.FergiError
         Unknown name.
     """
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise FergiError(f"--scorers {name!r}: unknown scorer (choose from {', '.join(_REGISTRY)})") from None
+    return _REGISTRY.get(name)
 
 
 def scorers_dir() -> Path:
