@@ -24,11 +24,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fergi._atomic import publish, temporary_beside
 from fergi._errors import FergiError
 
 logger = logging.getLogger(__name__)
@@ -165,24 +165,16 @@ def write_features_meta(folder: str | os.PathLike, provenance: FeatureProvenance
     document.pop("scale")
     if document.get("fergi_version") is None:
         document["fergi_version"] = __version__
-    folder = Path(folder)
-    path = folder / META_NAME
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".features_meta-", suffix=".json", dir=folder)
-    except OSError as exc:
-        raise FergiError(f"{path}: cannot write ({exc.strerror})") from None
+    path = Path(folder) / META_NAME
+    fd, tmp = temporary_beside(path, ".features_meta-", ".json")
     try:
         with os.fdopen(fd, "w") as handle:
             json.dump(document, handle, indent=1)
             handle.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise FergiError(f"{path}: cannot write ({exc.strerror})") from None
+    publish(tmp, path)
     return path
 
 

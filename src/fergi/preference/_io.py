@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from fergi._atomic import publish as _publish
+from fergi._atomic import temporary_beside as _temporary_beside
 from fergi._errors import FergiError
 from fergi.datasets._provenance import UNKNOWN_PROVENANCE, FeatureProvenance
 from fergi.preference._annotation import AnnotationModel, ReactionData, check_compatibility
@@ -31,27 +32,6 @@ DEFAULT_MODEL = "aucomb_baseline_fergi30.json"
 RAW_MODEL = "aucomb_raw_fergi30.json"
 KINDS = {"AUcombValence": AUcombValence, "FAUNet": FAUNet, "Linear12Valence": Linear12Valence,
          "AnnotationModel": AnnotationModel}
-
-
-def _publish(tmp: str, path: Path) -> None:
-    """Give the temporary file ordinary permissions and move it into place atomically."""
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise FergiError(f"{path}: cannot write ({exc.strerror})") from None
-
-
-def _temporary_beside(path: Path, prefix: str, suffix: str) -> tuple[int, str]:
-    """A temporary file in ``path``'s folder (created if needed), for an atomic write."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
-    except OSError as exc:
-        raise FergiError(f"{path}: cannot write ({exc.strerror})") from None
 
 
 def default_model_path(name: str = DEFAULT_MODEL) -> Path:
