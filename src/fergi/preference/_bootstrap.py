@@ -24,6 +24,13 @@ def _draws(n_groups: int, n_boot: int, seed: int) -> np.ndarray:
     return counts
 
 
+def _interval(replicates: np.ndarray, level: float) -> tuple[float, float]:
+    """Percentile interval of bootstrap replicates, in percent, 2 decimals."""
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(replicates, [alpha, 1.0 - alpha])
+    return (round(float(low), 2), round(float(high), 2))
+
+
 def bootstrap_ratio(numerator, denominator, *, n_boot: int = N_BOOT, seed: int = SEED,
                     level: float = 0.95) -> tuple[float, float]:
     """Percentile interval of ``sum(numerator) / sum(denominator)`` over participants.
@@ -46,8 +53,7 @@ def bootstrap_ratio(numerator, denominator, *, n_boot: int = N_BOOT, seed: int =
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = 100.0 * top / bottom
     ratio = ratio[np.isfinite(ratio)]
-    alpha = (1.0 - level) / 2.0
-    return (round(float(np.quantile(ratio, alpha)), 2), round(float(np.quantile(ratio, 1 - alpha)), 2))
+    return _interval(ratio, level)
 
 
 def selective_accuracy(diff, sign, percent: float) -> float:
@@ -89,8 +95,7 @@ def bootstrap_selective(diff, sign, group, percent: float, *, n_boot: int = N_BO
     rows = np.arange(len(pos))
     # Take whole pairs up to pos (a drawn-twice pair counts twice).
     acc = 100.0 * cum_ok[rows, pos] / cum_w[rows, pos]
-    alpha = (1.0 - level) / 2.0
-    return (round(float(np.quantile(acc, alpha)), 2), round(float(np.quantile(acc, 1 - alpha)), 2))
+    return _interval(acc, level)
 
 
 def paired_difference(correct_a, correct_b, n_pairs, *, n_boot: int = N_BOOT, seed: int = SEED,
@@ -115,6 +120,5 @@ def paired_difference(correct_a, correct_b, n_pairs, *, n_boot: int = N_BOOT, se
         return {"difference": float("nan"), "ci": (float("nan"), float("nan"))}
     counts = _draws(len(n), n_boot, seed)
     boot = 100.0 * (counts @ (a - b)) / (counts @ n)
-    alpha = (1.0 - level) / 2.0
     return {"difference": round(100.0 * float((a - b).sum() / n.sum()), 2),
-            "ci": (round(float(np.quantile(boot, alpha)), 2), round(float(np.quantile(boot, 1 - alpha)), 2))}
+            "ci": _interval(boot, level)}
