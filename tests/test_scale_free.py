@@ -245,6 +245,8 @@ def test_compatibility_rules():
     old = AUcombValence(k=0.5, w_au4=0.5, threshold=0.26)  # a model file of fergi 0.1
     old.features_ = FeatureProvenance("unknown")
     check_compatibility(old, geometry)  # nothing to compare: a warning, not a refusal
+    # Nor does a valence model fitted in the library on the user's own features.
+    check_compatibility(AUcombValence(k=0.5, w_au4=0.5, threshold=0.26), geometry)
     ir50 = FeatureProvenance("ir50", estimator_version="1", checkpoint_sha256="ab" * 32)
     with pytest.raises(FergiError, match="ir50"):
         check_compatibility(raw, ir50)

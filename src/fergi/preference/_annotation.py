@@ -529,7 +529,8 @@ def check_compatibility(model, provenance: FeatureProvenance, *, where: str = "f
                         provenance.describe(), model_name, model.features_.describe(),
                         model.normalization)
         return
-    fitted = model.features_ if isinstance(model, AnnotationModel) else getattr(model, "features_", RELEASE)
+    # A valence model fitted in the library carries no provenance: nothing to compare.
+    fitted = getattr(model, "features_", UNKNOWN_PROVENANCE)
     if provenance.estimator == "mixed":
         message = (f"{where}: features from several AU estimators ({provenance.source}); "
                    f"{model_name} reads raw AU values and needs one scale")
