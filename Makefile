@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 DATA ?= $(firstword $(wildcard ../shared/fergi-public))
 OUT ?= fergi-results
 
-.PHONY: demo test venv browser lint bench clean
+.PHONY: demo test venv browser postgres lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "fergi needs Python >= 3.11"'
@@ -31,7 +31,13 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; \
 	  else echo "note: chromium missing and not root; the browser test will be skipped (install Debian's chromium)"; fi; }
 
-test: venv browser
+# Debian's PostgreSQL server binaries: the tests start a throwaway cluster with them.
+postgres:
+	@test -x "$$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | tail -1)" || command -v initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
+	  else echo "note: PostgreSQL missing and not root; the PostgreSQL tests will be skipped (install Debian's postgresql)"; fi; }
+
+test: venv browser postgres
 	$(BIN)/python -m pytest
 
 lint: venv

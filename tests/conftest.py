@@ -76,3 +76,23 @@ def make_release(root: Path, clips: dict, images: dict | None = None) -> Path:
     for participant, table in (images or {}).items():
         table.to_csv(prep / "preprocessed_image_data" / f"{participant}.csv", index=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL (initdb + pg_ctl on 127.0.0.1) for the test session.
+
+    ``FERGI_TEST_DB_URL`` points at an existing server instead. Skipped, with the reason
+    printed by ``-ra``, where the PostgreSQL binaries or psycopg are missing.
+    """
+    from _services import postgres_missing, throwaway_postgres
+
+    existing = os.environ.get("FERGI_TEST_DB_URL", "")
+    if existing.startswith("postgresql"):
+        yield existing
+        return
+    reason = postgres_missing()
+    if reason:
+        pytest.skip(reason)
+    with throwaway_postgres() as url:
+        yield url
