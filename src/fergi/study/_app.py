@@ -205,6 +205,9 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
 
     for module in (_routes_sessions, _routes_prompts, _routes_recording, _routes_answers, _routes_admin):
         app.include_router(module.router)
+    from fergi.study._routes_admin_science import router as admin_science_router  # AU curves, overview
+
+    app.include_router(admin_science_router)
 
     # Innermost: the refusals it sends still get the security headers.
     app.add_middleware(JsonBodyLimit, limit=MAX_JSON_BYTES)
