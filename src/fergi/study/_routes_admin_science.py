@@ -185,7 +185,9 @@ def clip_curves(table, aus: list[str], start_s: float) -> dict[str, Any]:
     dict
         ``t`` (seconds from the onset), ``valid`` (frame validity), ``invalid_why``
         (``"face"``: no confident face, ``"pose"``: head turned; None when valid),
-        ``confidence`` and ``values`` (``{au: [...]}``), NaN as None.
+        ``confidence`` and ``values`` (``{au: [...]}``, as stored, NaN as None; a frame
+        without a face holds the release's placeholder -1, so plot only frames whose
+        ``invalid_why`` is not ``"face"``).
     """
     import numpy as np
 

@@ -29,9 +29,22 @@ function formatBytes(n) {
   return `${n} B`;
 }
 
+// Sessions whose processing details are expanded: kept open across refreshes.
+const openJobs = new Set();
+
+function abandonedAfter() { return Number($("abandoned-after").value) || 60; }
+
+async function retryJob(job) {
+  try { await api("POST", `api/admin/jobs/${job.id}/retry`); refresh(); } catch (e) { banner(e.message); }
+}
+
 async function refresh() {
   try {
-    const [participants, sessions] = await Promise.all([api("GET", "api/admin/participants"), api("GET", "api/admin/sessions")]);
+    const [participants, sessions, overview] = await Promise.all([
+      api("GET", "api/admin/participants"), api("GET", "api/admin/sessions"),
+      api("GET", `api/admin/overview?abandoned_after_min=${abandonedAfter()}`),
+    ]);
+    const activity = Object.fromEntries(overview.session_rows.map((r) => [r.id, r]));
     const pBody = $("participants"); pBody.replaceChildren();
     for (const p of participants) {
       const row = pBody.insertRow();
@@ -39,6 +52,7 @@ async function refresh() {
       row.insertCell().textContent = p.n_sessions;
       row.insertCell().textContent = `${p.n_structured} / ${p.n_free}`;
       row.insertCell().textContent = p.n_finished;
+      row.insertCell().append(FergiAdmin.when(p.created_at));
       row.insertCell().append(el("span", p.link || "—", "mono"));
     }
     const sBody = $("sessions"); sBody.replaceChildren();
@@ -47,29 +61,25 @@ async function refresh() {
       row.insertCell().textContent = s.id;
       row.insertCell().textContent = `${s.participant_id} · ${s.session_index}`;
       row.insertCell().textContent = s.session_type;
-      row.insertCell().append(pill(s.step, s.step === "done" ? "done" : "running"));
+      const act = activity[s.id];
+      const status = act ? act.status : (s.finished_at ? "finished" : "in progress");
+      row.insertCell().append(pill(s.step, s.step === "done" ? "done" : status === "abandoned" ? "failed" : "running"));
+      row.insertCell().append(FergiAdmin.when(s.created_at));
+      const end = row.insertCell();
+      if (s.finished_at) end.append(FergiAdmin.when(s.finished_at), el("div", `took ${FergiAdmin.duration(s.created_at, s.finished_at)}`, "muted"));
+      else {
+        end.append(pill(status, status === "abandoned" ? "failed" : "running"));
+        if (act) end.append(el("div", "last activity", "muted"), FergiAdmin.when(act.last_activity_at));
+      }
       row.insertCell().textContent = (s.prompt || "—").slice(0, 80);
       row.insertCell().textContent = s.n_chunks ? `${s.n_segments} seg · ${s.n_chunks} chunks · ${formatBytes(s.n_bytes)}` : "—";
       const jobs = row.insertCell();
-      for (const job of s.jobs) {
-        const line = el("div");
-        line.append(pill(`${job.kind}: ${job.status}`, job.status));
-        for (const [stage, status] of Object.entries(job.stages)) {
-          if (stage === "base_seed") continue;
-          line.append(pill(`${stage}`, String(status)));
-        }
-        if (job.error) line.append(el("div", job.error, "mono"));
-        if (job.status === "failed") {
-          const retry = el("button", "Retry", "secondary");
-          retry.addEventListener("click", async () => { try { await api("POST", `api/admin/jobs/${job.id}/retry`); refresh(); } catch (e) { banner(e.message); } });
-          line.append(retry);
-        }
-        jobs.append(line);
-      }
-      if (s.n_labels) jobs.append(el("div", `${s.n_clips} clips · ${s.n_labels} labels`, "meta"));
+      // One badge per job kind (worst state wins); stages, errors and retry on expand.
+      jobs.append(FergiAdmin.jobStatus(s.jobs, { onRetry: retryJob, openKey: s.id, openSet: openJobs }));
+      if (s.n_labels) jobs.append(el("div", `${s.n_clips} clips · ${s.n_labels} labels`, "muted"));
       const actions = row.insertCell();
-      const details = el("button", "Details", "link");
-      details.addEventListener("click", () => showDetail(s.id));
+      const details = el("a", "Open", "link");
+      details.href = `#/session/${s.id}`;
       actions.append(details);
     }
     $("refreshed").textContent = `updated ${new Date().toLocaleTimeString()}`;
@@ -80,7 +90,7 @@ async function refresh() {
 async function showDetail(id) {
   const d = await api("GET", `api/admin/sessions/${id}`);
   $("detail-card").hidden = false;
-  $("detail-title").textContent = `Session ${d.id}: participant ${d.participant_id}, session ${d.session_index} (${d.session_type})`;
+  $("detail-title").textContent = `Answers, ranking and clip videos of session ${d.id}`;
   const box = $("detail"); box.replaceChildren();
   box.append(el("p", `Prompt: ${d.prompt || "—"}`));
   box.append(el("p", `Consent: ${d.consent_at || "—"} (version ${d.consent_version || "—"}), video sharing ${d.share_video ? "allowed" : "not allowed"}`, "meta"));
@@ -130,7 +140,34 @@ async function showDetail(id) {
     box.append(el("p", `Automatic labels: ${d.labels.length} pair${d.labels.length === 1 ? "" : "s"}, ${confident.length} confident` +
       (pairs.length ? `: ${pairs.join("; ")}` : ""), "meta"));
   }
-  $("detail-card").scrollIntoView({ behavior: "smooth" });
+}
+
+// ------------------------------------------------------------------ views (#/, #/overview, #/session/<id>)
+function route() {
+  const hash = location.hash.replace(/^#\/?/, "");
+  const m = hash.match(/^session\/(\d+)/);
+  if (m) return { view: "session", id: Number(m[1]) };
+  if (hash.startsWith("overview")) return { view: "overview" };
+  return { view: "list" };
+}
+
+async function show(force) {
+  const r = route();
+  for (const v of ["list", "overview", "session"]) $(`view-${v}`).hidden = v !== r.view;
+  for (const a of document.querySelectorAll("#admin-nav a")) a.classList.toggle("current", a.dataset.view === r.view);
+  $("nav-session").hidden = r.view !== "session";
+  $("nav-session").textContent = r.view === "session" ? `Session ${r.id}` : "";
+  try {
+    if (r.view === "list") await refresh();
+    else if (r.view === "overview") await FergiAdmin.renderOverview($("overview"), abandonedAfter(), (id) => { location.hash = `#/session/${id}`; });
+    else {
+      const { changed } = await FergiAdmin.renderSession(r.id, $("science"), { force });
+      if (changed || force) await showDetail(r.id);
+      document.body.dataset.ready = "session";
+    }
+    $("refreshed").textContent = `updated ${new Date().toLocaleTimeString()}`;
+    if (r.view !== "list") banner("");
+  } catch (err) { banner(err.message); }
 }
 
 $("new-participant").addEventListener("submit", async (event) => {
@@ -143,5 +180,8 @@ $("new-participant").addEventListener("submit", async (event) => {
   } catch (err) { banner(err.message); }
 });
 
-refresh();
-setInterval(refresh, 3000);
+$("overview-form").addEventListener("submit", (event) => { event.preventDefault(); show(true); });
+window.addEventListener("hashchange", () => { window.scrollTo(0, 0); show(true); });
+show(true);
+// The list refreshes often; a session page redraws only when its data changed.
+setInterval(() => show(false), 3000);
