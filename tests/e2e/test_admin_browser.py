@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_study_browser import _free_port, chromium  # noqa: F401  (a fixture)
+
+from test_study_admin import processed_session  # tests/ is on sys.path (conftest)
+from test_study_api import make_settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-from test_study_admin import processed_session  # noqa: E402  (tests/ is on sys.path)
-from test_study_api import make_settings  # noqa: E402
-from test_study_browser import _free_port, chromium  # noqa: E402,F401  (fixture)
 
 FPS = 30
 #: (image, baseline_start): 1 s baseline, then 1 s on screen.
@@ -112,7 +112,7 @@ def _assert_not_blank(path: Path) -> None:
     assert (np.abs(pixels - np.median(pixels)) > 40).mean() > 0.01
 
 
-def test_admin_session_page_shows_au_curves(chromium, admin_server, tmp_path):
+def test_admin_session_page_shows_au_curves(chromium, admin_server, tmp_path):  # noqa: F811
     from playwright.sync_api import sync_playwright
 
     base, app, session_id = admin_server

@@ -205,7 +205,7 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
 
     for module in (_routes_sessions, _routes_prompts, _routes_recording, _routes_answers, _routes_admin):
         app.include_router(module.router)
-    from fergi.study._routes_admin_science import router as admin_science_router  # AU curves, overview
+    from fergi.study._routes_admin_science import router as admin_science_router
 
     app.include_router(admin_science_router)
 

@@ -71,7 +71,10 @@ async function refresh() {
         end.append(pill(status, status === "abandoned" ? "failed" : "running"));
         if (act) end.append(el("div", "last activity", "muted"), FergiAdmin.when(act.last_activity_at));
       }
-      row.insertCell().textContent = (s.prompt || "—").slice(0, 80);
+      const prompt = row.insertCell();
+      prompt.textContent = (s.prompt || "—").slice(0, 80);
+      prompt.className = "prompt-cell";
+      prompt.title = s.prompt || "";
       row.insertCell().textContent = s.n_chunks ? `${s.n_segments} seg · ${s.n_chunks} chunks · ${formatBytes(s.n_bytes)}` : "—";
       const jobs = row.insertCell();
       // One badge per job kind (worst state wins); stages, errors and retry on expand.

@@ -473,6 +473,8 @@
     idx.forEach(([p, i], k) => { line += `${k ? "L" : "M"}${X(i).toFixed(1)},${Y(p.share).toFixed(1)}`; });
     root.append(svg("path", { d: line, class: "share-line" }));
     for (const [p, i] of idx) {
+      // The interval of each point as a whisker too: a band is invisible for one point.
+      root.append(svg("line", { x1: X(i), x2: X(i), y1: Y(p.ci_low), y2: Y(p.ci_high), class: "ci-whisker" }));
       const dot = svg("circle", { cx: X(i), cy: Y(p.share), r: 3, class: "share-dot" });
       dot.append(svg("title", {}, `after session ${p.session_id}: ${p.agree}/${p.n} = ${pct(p.share, 1)} [${pct(p.ci_low, 1)}, ${pct(p.ci_high, 1)}]`));
       root.append(dot);
