@@ -206,6 +206,19 @@ def client(app):
 
 
 def test_overview_agreement_matches_a_hand_count(client, app):
+    _check_hand_count(client, app)
+
+
+def test_overview_on_postgresql(postgres_url, tmp_path, monkeypatch):
+    # The aggregate queries (latest activity per session) and the rest, on PostgreSQL.
+    monkeypatch.setenv("FERGI_TEST_DB_URL", postgres_url)
+    app = create_app(make_settings(tmp_path))
+    with TestClient(app) as client:
+        _check_hand_count(client, app)
+    app.state.engine.dispose()
+
+
+def _check_hand_count(client, app):
     # Session A ranks 2 > 3 > 1, session B 1 > 2 > 3.
     a = finished_session(client, app, "001", order=(2, 3, 1))
     b = finished_session(client, app, "002", order=(1, 2, 3))

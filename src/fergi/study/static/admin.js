@@ -35,7 +35,7 @@ const openJobs = new Set();
 function abandonedAfter() { return Number($("abandoned-after").value) || 60; }
 
 async function retryJob(job) {
-  try { await api("POST", `api/admin/jobs/${job.id}/retry`); refresh(); } catch (e) { banner(e.message); }
+  try { await api("POST", `api/admin/jobs/${job.id}/retry`); show(true); } catch (e) { banner(e.message); }
 }
 
 async function refresh() {
@@ -133,7 +133,7 @@ async function showDetail(id) {
   if (d.segments.length && d.finished_at) {
     const again = el("button", "Process again", "secondary");
     again.addEventListener("click", async () => {
-      try { await api("POST", `api/admin/sessions/${d.id}/process`); refresh(); } catch (e) { banner(e.message); }
+      try { await api("POST", `api/admin/sessions/${d.id}/process`); show(true); } catch (e) { banner(e.message); }
     });
     box.append(again);
   }
@@ -164,7 +164,12 @@ async function show(force) {
     if (r.view === "list") await refresh();
     else if (r.view === "overview") await FergiAdmin.renderOverview($("overview"), abandonedAfter(), (id) => { location.hash = `#/session/${id}`; });
     else {
-      const { changed } = await FergiAdmin.renderSession(r.id, $("science"), { force });
+      // A processed session does not change by itself: poll only while something may.
+      const known = FergiAdmin.sessionState;
+      const settled = known.id === r.id && known.summary && known.summary.finished_at &&
+        known.summary.jobs.every((j) => j.status === "done" || j.status === "failed");
+      if (!force && settled) return;
+      const { changed } = await FergiAdmin.renderSession(r.id, $("science"), { force, onRetry: retryJob });
       if (changed || force) await showDetail(r.id);
       document.body.dataset.ready = "session";
     }

@@ -259,7 +259,12 @@
   function clipRows(image, aus) {
     const table = el("table", null, "clip-table");
     const head = table.createTHead().insertRow();
-    for (const h of ["Clip", "Frames", "Valid frames", ...aus.map((a) => `${a} act.`)]) head.append(el("th", h));
+    for (const h of ["Clip", "Frames", "Valid frames"]) head.append(el("th", h));
+    for (const au of aus) {
+      const th = el("th", au, "num");
+      th.title = `${au} activation value`;
+      head.append(th);
+    }
     const body = table.createTBody();
     for (const kind of ["baseline", "reaction"]) {
       const clip = image.clips[kind];
@@ -394,7 +399,7 @@
   // ------------------------------------------------------------------ session page
   const sessionState = { id: null, science: null, summary: null, key: "" };
 
-  function drawSession(box, summary, data, aus) {
+  function drawSession(box, summary, data, aus, onRetry) {
     box.replaceChildren();
     const head = el("div", null, "session-head");
     head.append(el("h2", `Session ${summary.id}: participant ${summary.participant_id}, session ${summary.session_index} (${summary.session_type})`));
@@ -404,10 +409,10 @@
     if (summary.finished_at) times.append(el("span", ` (${duration(summary.created_at, summary.finished_at)})`, "muted"));
     head.append(times);
     const status = el("div", null, "status-line");
-    status.append(el("span", "Processing ", "muted"), jobStatus(summary.jobs));
+    status.append(el("span", "Processing ", "muted"), jobStatus(summary.jobs, { onRetry }));
     head.append(status);
     box.append(head);
-    box.append(auSelector(data.available_aus, aus, (next) => drawSession(box, summary, data, next)));
+    box.append(auSelector(data.available_aus, aus, (next) => drawSession(box, summary, data, next, onRetry)));
     const legend = el("p", null, "legend");
     for (const au of aus) {
       const item = el("span", null, "legend-item");
@@ -418,7 +423,7 @@
     }
     const inv = el("span", null, "legend-item"); inv.append(el("span", null, "legend-box face"), "no confident face");
     const pose = el("span", null, "legend-item"); pose.append(el("span", null, "legend-box pose"), "head pose out of range");
-    legend.append(inv, pose, el("span", `frame valid: confidence ≥ ${data.rules.min_confidence}, pitch ${data.rules.pitch_range.join("–")}, yaw ${data.rules.yaw_range.join("–")}; clip valid: ≥ ${pct(data.rules.min_valid_share)} of frames`, "muted"));
+    legend.append(inv, pose, el("span", `AU columns: activation values (largest minus first 0.1 s moving mean over valid frames) · frame valid: confidence ≥ ${data.rules.min_confidence}, pitch ${data.rules.pitch_range.join("–")}, yaw ${data.rules.yaw_range.join("–")}; clip valid: ≥ ${pct(data.rules.min_valid_share)} of frames`, "muted"));
     box.append(legend);
     const grid = el("div", null, "image-grid");
     grid.id = "au-grid";
@@ -429,12 +434,12 @@
     box.append(pairsTable(data));
   }
 
-  async function renderSession(id, box, { force } = {}) {
+  async function renderSession(id, box, { force, onRetry } = {}) {
     const [summary, data] = await Promise.all([api(`api/admin/sessions/${id}`), api(`api/admin/sessions/${id}/science?aus=all`)]);
     const key = JSON.stringify([summary.jobs, summary.finished_at, data]);
     if (!force && sessionState.id === id && sessionState.key === key) return { summary, changed: false };
     Object.assign(sessionState, { id, science: data, summary, key });
-    drawSession(box, summary, data, selectedAus(data.available_aus));
+    drawSession(box, summary, data, selectedAus(data.available_aus), onRetry);
     return { summary, changed: true };
   }
 
