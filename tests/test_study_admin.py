@@ -288,15 +288,31 @@ def test_sessions_are_finished_abandoned_or_in_progress(client, app):
     # The time is configurable: after 3 h, a 2 h pause is still in progress.
     later = client.get("/api/admin/overview?abandoned_after_min=180", headers=ADMIN).json()
     assert {r["id"]: r["status"] for r in later["session_rows"]}[stale.id] == "in progress"
+    # The sessions list's light endpoint says the same.
+    light = client.get("/api/admin/activity", headers=ADMIN).json()["sessions"]
+    assert {int(k): v["status"] for k, v in light.items()} == {r["id"]: r["status"] for r in body["session_rows"]}
+    assert light[str(stale.id)]["last_activity_at"] == rows[stale.id]["last_activity_at"]
+    assert light[str(done.id)]["last_activity_at"] == rows[done.id]["last_activity_at"]
+    later = client.get("/api/admin/activity?abandoned_after_min=180", headers=ADMIN).json()["sessions"]
+    assert later[str(stale.id)]["status"] == "in progress"
     assert client.get("/api/admin/overview?abandoned_after_min=0", headers=ADMIN).status_code == 422
     assert client.get("/api/admin/overview").status_code == 401
 
 
 def test_binomial_interval_wilson_and_exact():
-    from scipy.stats import beta
+    from scipy.stats import beta, binomtest
 
     assert binomial_ci(0, 0) is None
     assert binomial_ci(7, 10) == pytest.approx(_wilson(7, 10))
+    # The same as scipy's, for every k of a few n.
+    for n in (1, 2, 9, 40):
+        for k in range(n + 1):
+            for method in ("wilson", "exact"):
+                ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method=method)
+                assert binomial_ci(k, n, method=method) == pytest.approx((ci.low, ci.high), abs=1e-9)
+    assert binomial_ci(3, 4, level=0.99)[0] < binomial_ci(3, 4)[0]
+    with pytest.raises(ValueError):
+        binomial_ci(5, 4)
     # Clopper-Pearson from the beta quantiles.
     low, high = binomial_ci(7, 10, method="exact")
     assert low == pytest.approx(beta.ppf(0.025, 7, 4)) and high == pytest.approx(beta.ppf(0.975, 8, 3))

@@ -26,6 +26,7 @@ from fergi.study._db import (
     Chunk,
     Event,
     Participant,
+    Ranking,
     Segment,
     StudySession,
     utcnow,
@@ -76,7 +77,9 @@ def binomial_ci(k: int, n: int, level: float = CI_LEVEL, method: str = CI_METHOD
     level : float, default 0.95
     method : {"wilson", "exact"}
         Wilson score interval (no continuity correction) or the exact
-        Clopper-Pearson interval, both as :func:`scipy.stats.binomtest` computes them.
+        Clopper-Pearson interval (the same values as
+        ``scipy.stats.binomtest(k, n).proportion_ci(level, method)``, without its
+        p-value, which costs milliseconds per call on a page that draws hundreds).
 
     Returns
     -------
@@ -84,10 +87,25 @@ def binomial_ci(k: int, n: int, level: float = CI_LEVEL, method: str = CI_METHOD
     """
     if n <= 0:
         return None
-    from scipy.stats import binomtest
+    if not 0 <= k <= n:
+        raise ValueError(f"k must be between 0 and n, got k={k}, n={n}")
+    alpha = 1.0 - level
+    if method == "wilson":
+        from statistics import NormalDist
 
-    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method=method)
-    return float(ci.low), float(ci.high)
+        z = NormalDist().inv_cdf(1.0 - alpha / 2)
+        p = k / n
+        denominator = 1.0 + z * z / n
+        centre = (p + z * z / (2 * n)) / denominator
+        half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n)) / denominator
+        return max(0.0, centre - half), min(1.0, centre + half)
+    if method == "exact":
+        from scipy.stats import beta
+
+        low = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+        high = 1.0 if k == n else float(beta.ppf(1.0 - alpha / 2, k + 1, n - k))
+        return low, high
+    raise ValueError(f"method must be 'wilson' or 'exact', got {method!r}")
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -244,8 +262,11 @@ def agreement(pairs: list[dict[str, Any]], *, confident_only: bool = True) -> di
     order the two images.
     """
     judged = [p for p in pairs if p["agrees"] is not None and (p["confident"] or not confident_only)]
-    n = len(judged)
-    k = sum(bool(p["agrees"]) for p in judged)
+    return agreement_counts(sum(bool(p["agrees"]) for p in judged), len(judged))
+
+
+def agreement_counts(k: int, n: int) -> dict[str, Any]:
+    """``k`` of ``n`` pairs agree: the share and its binomial 95 % CI."""
     ci = binomial_ci(k, n)
     return {
         "n": n,
@@ -346,13 +367,29 @@ def session_science(
 
 # --------------------------------------------------------------------------- overview
 def last_activity(db) -> dict[int, dt.datetime]:
-    """The latest thing each session did: answers, events, chunks, segments (one query each)."""
+    """The latest thing each session did: its own steps, answers, ranking, events,
+    segments and chunks (one aggregate query each, no rows loaded)."""
     latest: dict[int, dt.datetime] = {}
 
     def merge(rows) -> None:
-        for session_id, when in rows:
-            if when is not None and (session_id not in latest or when > latest[session_id]):
-                latest[session_id] = when
+        for session_id, *times in rows:
+            for when in times:
+                if when is not None and (session_id not in latest or when > latest[session_id]):
+                    latest[session_id] = when
+
+    merge(
+        db.execute(
+            select(
+                StudySession.id,
+                StudySession.created_at,
+                StudySession.consent_at,
+                StudySession.prompt_at,
+                StudySession.webcam_ok_at,
+                StudySession.finished_at,
+            )
+        )
+    )
+    merge(db.execute(select(Ranking.session_id, Ranking.ranked_at)))
 
     merge(db.execute(select(Answer.session_id, func.max(Answer.answered_at)).group_by(Answer.session_id)))
     merge(db.execute(select(Event.session_id, func.max(Event.received_at)).group_by(Event.session_id)))
@@ -367,26 +404,44 @@ def last_activity(db) -> dict[int, dt.datetime]:
     return latest
 
 
-def session_status(sess, latest: dt.datetime | None, now: dt.datetime, abandoned_after: dt.timedelta) -> tuple[str, dt.datetime]:
-    """``("finished" | "abandoned" | "in progress", last activity)`` of a session."""
-    times = [
-        t
-        for t in (
-            sess.created_at, sess.consent_at, sess.prompt_at, sess.webcam_ok_at, sess.finished_at, latest,
-            None if sess.ranking is None else sess.ranking.ranked_at,
-        )
-        if t is not None
-    ]
-    last = max(times)
-    if sess.finished_at is not None:
-        return "finished", last
-    return ("abandoned" if now - last > abandoned_after else "in progress"), last
+def session_status(
+    finished_at: dt.datetime | None, last: dt.datetime, now: dt.datetime, abandoned_after: dt.timedelta
+) -> str:
+    """``"finished"``, ``"abandoned"`` (not finished, nothing for ``abandoned_after``) or
+    ``"in progress"``."""
+    if finished_at is not None:
+        return "finished"
+    return "abandoned" if now - last > abandoned_after else "in progress"
+
+
+AbandonedAfter = Annotated[float, Query(gt=0, le=60 * 24 * 365, description="minutes")]
+
+
+@router.get("/activity")
+def activity(db: DB, abandoned_after_min: AbandonedAfter = DEFAULT_ABANDONED_AFTER_MIN) -> dict[str, Any]:
+    """Each session's status (finished, abandoned, in progress) and last activity: the
+    sessions list's light companion of :func:`overview` (aggregate queries only)."""
+    now = utcnow()
+    after = dt.timedelta(minutes=abandoned_after_min)
+    latest = last_activity(db)
+    rows = db.execute(select(StudySession.id, StudySession.created_at, StudySession.finished_at)).all()
+    return {
+        "generated_at": _iso(now),
+        "abandoned_after_min": abandoned_after_min,
+        "sessions": {
+            str(sid): {
+                "status": session_status(finished, latest.get(sid, created), now, after),
+                "last_activity_at": _iso(latest.get(sid, created)),
+            }
+            for sid, created, finished in rows
+        },
+    }
 
 
 @router.get("/overview")
 def overview(
     db: DB,
-    abandoned_after_min: Annotated[float, Query(gt=0, le=60 * 24 * 365)] = DEFAULT_ABANDONED_AFTER_MIN,
+    abandoned_after_min: AbandonedAfter = DEFAULT_ABANDONED_AFTER_MIN,
 ) -> dict[str, Any]:
     """The study so far: participants, sessions (started, finished, abandoned) with
     their times, the share of valid clips, and the running agreement of the confident
@@ -400,7 +455,6 @@ def overview(
             selectinload(StudySession.clips),
             selectinload(StudySession.labels),
             selectinload(StudySession.ranking),
-            selectinload(StudySession.jobs),
         )
         .order_by(StudySession.id)
     ).all()
@@ -410,7 +464,8 @@ def overview(
     clip_counts = {kind: {"n": 0, "valid": 0} for kind in ("baseline", "reaction")}
     pairs_by_session = {}
     for sess in sessions:
-        status, last = session_status(sess, latest.get(sess.id), now, after)
+        last = latest.get(sess.id, sess.created_at)
+        status = session_status(sess.finished_at, last, now, after)
         counts[status] += 1
         clips = [c for c in sess.clips if c.features_file]
         for c in clips:
@@ -420,7 +475,7 @@ def overview(
         reaction = [c for c in clips if c.clip == "reaction"]
         pairs = session_pairs(sess)
         pairs_by_session[sess.id] = pairs
-        mine = agreement(pairs)
+        judged = [p for p in pairs if p["confident"] and p["agrees"] is not None]
         rows.append(
             {
                 "id": sess.id,
@@ -435,18 +490,19 @@ def overview(
                 "n_reaction_valid": sum(bool(clip_valid(c)) for c in reaction),
                 "n_pairs": len(pairs),
                 "n_confident": sum(p["confident"] for p in pairs),
-                "agree": mine["agree"],
-                "n_judged": mine["n"],
+                "agree": sum(bool(p["agrees"]) for p in judged),
+                "n_judged": len(judged),
             }
         )
     # The running agreement, session by session in the order they were finished.
+    rows_by_id = {row["id"]: row for row in rows}
     running = []
-    every: list[dict[str, Any]] = []
+    k = n = 0
     done = sorted((s for s in sessions if s.finished_at is not None), key=lambda s: (s.finished_at, s.id))
     for sess in done:
-        every.extend(pairs_by_session[sess.id])
-        point = agreement(every)
-        running.append({"session_id": sess.id, "finished_at": _iso(sess.finished_at), **point})
+        row = rows_by_id[sess.id]
+        k, n = k + row["agree"], n + row["n_judged"]
+        running.append({"session_id": sess.id, "finished_at": _iso(sess.finished_at), **agreement_counts(k, n)})
     everything = [p for pairs in pairs_by_session.values() for p in pairs]
     created = [s.created_at for s in sessions]
     finished = [s.finished_at for s in sessions if s.finished_at is not None]

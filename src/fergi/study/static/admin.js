@@ -40,11 +40,10 @@ async function retryJob(job) {
 
 async function refresh() {
   try {
-    const [participants, sessions, overview] = await Promise.all([
+    const [participants, sessions, activity] = await Promise.all([
       api("GET", "api/admin/participants"), api("GET", "api/admin/sessions"),
-      api("GET", `api/admin/overview?abandoned_after_min=${abandonedAfter()}`),
+      api("GET", `api/admin/activity?abandoned_after_min=${abandonedAfter()}`).then((a) => a.sessions),
     ]);
-    const activity = Object.fromEntries(overview.session_rows.map((r) => [r.id, r]));
     const pBody = $("participants"); pBody.replaceChildren();
     for (const p of participants) {
       const row = pBody.insertRow();
@@ -154,6 +153,8 @@ function route() {
   return { view: "list" };
 }
 
+let lastOverview = 0;
+
 async function show(force) {
   const r = route();
   for (const v of ["list", "overview", "session"]) $(`view-${v}`).hidden = v !== r.view;
@@ -162,7 +163,12 @@ async function show(force) {
   $("nav-session").textContent = r.view === "session" ? `Session ${r.id}` : "";
   try {
     if (r.view === "list") await refresh();
-    else if (r.view === "overview") await FergiAdmin.renderOverview($("overview"), abandonedAfter(), (id) => { location.hash = `#/session/${id}`; });
+    else if (r.view === "overview") {
+      // The overview reads every session: redrawn every 15 s, not at every tick.
+      if (!force && Date.now() - lastOverview < 15000) return;
+      lastOverview = Date.now();
+      await FergiAdmin.renderOverview($("overview"), abandonedAfter(), (id) => { location.hash = `#/session/${id}`; });
+    }
     else {
       // A processed session does not change by itself: poll only while something may.
       const known = FergiAdmin.sessionState;
