@@ -196,6 +196,10 @@ def test_admin_session_page_shows_au_curves(chromium, admin_server, tmp_path):  
                 assert f"{pair['image_a']} vs {pair['image_b']}" in text
                 assert f"{pair['score_difference']:.3f}" in text
                 assert ("agrees" if pair["agrees"] else "disagrees" if pair["agrees"] is False else "—") in text
+            # Answers with their times, below the science.
+            page.wait_for_selector("#detail-card:not([hidden])")
+            assert page.locator("#detail tbody tr").count() == len(images)
+            assert page.locator("#detail tbody .when").count() >= len(images)
             shot = _save(page, tmp_path, "admin_session.png")
             _assert_not_blank(shot)
 

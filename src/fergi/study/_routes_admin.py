@@ -149,10 +149,12 @@ def session_detail(session_id: DbId, db: DB, settings: Settings, store: Store) -
                 "fidelity_rating": a.fidelity_rating,
                 "issues": a.issues,
                 "emotions": a.emotions,
+                "answered_at": a.answered_at.isoformat() + "Z",
             }
             for a in sess.answers
         ],
-        "ranking": None if sess.ranking is None else {"order": sess.ranking.order, "method": sess.ranking.method},
+        "ranking": None if sess.ranking is None else {"order": sess.ranking.order, "method": sess.ranking.method,
+                                                      "ranked_at": sess.ranking.ranked_at.isoformat() + "Z"},
         "events": [
             {"segment": e.segment, "image_index": e.image_index, "kind": e.kind, "video_time": e.video_time}
             for e in sess.events

@@ -95,10 +95,12 @@ async function showDetail(id) {
   $("detail-title").textContent = `Answers, ranking and clip videos of session ${d.id}`;
   const box = $("detail"); box.replaceChildren();
   box.append(el("p", `Prompt: ${d.prompt || "—"}`));
-  box.append(el("p", `Consent: ${d.consent_at || "—"} (version ${d.consent_version || "—"}), video sharing ${d.share_video ? "allowed" : "not allowed"}`, "meta"));
+  const consent = el("p", "Consent: ", "meta");
+  consent.append(FergiAdmin.when(d.consent_at), ` (version ${d.consent_version || "—"}), video sharing ${d.share_video ? "allowed" : "not allowed"}`);
+  box.append(consent);
   const table = el("table");
   const head = table.createTHead().insertRow();
-  for (const h of ["", "Image", "Ratings (overall / alignment / fidelity)", "Issues", "Emotions", "Missing", "Reaction clip", "Baseline clip"]) head.append(el("th", h));
+  for (const h of ["", "Image", "Ratings (overall / alignment / fidelity)", "Issues", "Emotions", "Missing", "Answered", "Reaction clip", "Baseline clip"]) head.append(el("th", h));
   const body = table.createTBody();
   for (const a of d.answers) {
     const row = body.insertRow();
@@ -112,6 +114,7 @@ async function showDetail(id) {
     row.insertCell().textContent = a.issues.join(", ") || "—";
     row.insertCell().textContent = a.emotions.join(", ") || "—";
     row.insertCell().textContent = a.missing_elements || "—";
+    row.insertCell().append(FergiAdmin.when(a.answered_at));
     for (const kind of ["reaction", "baseline"]) {
       const clip = d.clips.find((c) => c.image_index === a.image_index && c.clip === kind);
       const cell = row.insertCell();
@@ -127,7 +130,11 @@ async function showDetail(id) {
     }
   }
   box.append(table);
-  if (d.ranking) box.append(el("p", `Ranking (best first): ${d.ranking.order.join(" > ")} (${d.ranking.method})`));
+  if (d.ranking) {
+    const line = el("p", `Ranking (best first): ${d.ranking.order.join(" > ")} (${d.ranking.method}) · `);
+    line.append(FergiAdmin.when(d.ranking.ranked_at));
+    box.append(line);
+  }
   // Only a finished session can be processed: its recording may still be growing.
   if (d.segments.length && d.finished_at) {
     const again = el("button", "Process again", "secondary");
