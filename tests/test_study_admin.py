@@ -298,8 +298,9 @@ def test_sessions_are_finished_abandoned_or_in_progress(client, app):
     # Timestamps of the answers and the ranking, on the session's detail.
     detail = client.get(f"/api/admin/sessions/{done.id}", headers=ADMIN).json()
     assert all(dt.datetime.fromisoformat(a["answered_at"][:-1]) >= two_hours_ago for a in detail["answers"])
+    science = client.get(f"/api/admin/sessions/{done.id}/science", headers=ADMIN).json()
     last = rows[done.id]["last_activity_at"]
-    assert detail["ranking"]["ranked_at"] <= last and detail["finished_at"] <= last
+    assert science["ranked_at"] <= last and detail["finished_at"] <= last
     assert client.get("/api/admin/overview?abandoned_after_min=0", headers=ADMIN).status_code == 422
     assert client.get("/api/admin/overview").status_code == 401
 

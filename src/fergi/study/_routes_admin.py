@@ -153,8 +153,7 @@ def session_detail(session_id: DbId, db: DB, settings: Settings, store: Store) -
             }
             for a in sess.answers
         ],
-        "ranking": None if sess.ranking is None else {"order": sess.ranking.order, "method": sess.ranking.method,
-                                                      "ranked_at": sess.ranking.ranked_at.isoformat() + "Z"},
+        "ranking": None if sess.ranking is None else {"order": sess.ranking.order, "method": sess.ranking.method},
         "events": [
             {"segment": e.segment, "image_index": e.image_index, "kind": e.kind, "video_time": e.video_time}
             for e in sess.events

@@ -358,6 +358,7 @@ def session_science(
         "available_aus": list(AU_NAMES),
         "rules": rules,
         "ranking": order or None,
+        "ranked_at": None if sess.ranking is None else _iso(sess.ranking.ranked_at),
         "images": images_out,
         "pairs": pairs,
         "agreement": agreement(pairs),

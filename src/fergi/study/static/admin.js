@@ -130,11 +130,7 @@ async function showDetail(id) {
     }
   }
   box.append(table);
-  if (d.ranking) {
-    const line = el("p", `Ranking (best first): ${d.ranking.order.join(" > ")} (${d.ranking.method}) · `);
-    line.append(FergiAdmin.when(d.ranking.ranked_at));
-    box.append(line);
-  }
+  if (d.ranking) box.append(el("p", `Ranking (best first): ${d.ranking.order.join(" > ")} (${d.ranking.method})`));
   // Only a finished session can be processed: its recording may still be growing.
   if (d.segments.length && d.finished_at) {
     const again = el("button", "Process again", "secondary");

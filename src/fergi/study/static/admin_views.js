@@ -405,6 +405,7 @@
     head.append(el("h2", `Session ${summary.id}: participant ${summary.participant_id}, session ${summary.session_index} (${summary.session_type})`));
     const times = el("div", null, "times");
     times.append(el("span", "Created ", "muted"), when(summary.created_at), el("span", " · Consent ", "muted"), when(summary.consent_at),
+      el("span", " · Ranked ", "muted"), when(data.ranked_at, "not yet"),
       el("span", " · Finished ", "muted"), when(summary.finished_at, "not finished"));
     if (summary.finished_at) times.append(el("span", ` (${duration(summary.created_at, summary.finished_at)})`, "muted"));
     head.append(times);
