@@ -219,6 +219,36 @@ def test_admin_session_page_shows_au_curves(chromium, admin_server, tmp_path):  
             assert "Valid reaction clips" in tiles and "3 of 4" in tiles
             assert page.locator("#running-chart").count() == 1
             _assert_not_blank(_save(page, tmp_path, "admin_overview.png"))
+
+            # A failed stage makes its kind's one badge red; details and Retry on expand.
+            from fergi.study._db import Job
+
+            with app.state.sessionmaker() as db:
+                failed = Job(session_id=session_id, kind="clips", status="failed", attempts=1,
+                             stages={"image 1": "done", "image 2": "failed"}, error="FergiError: chunk 3 missing")
+                db.add(failed)
+                db.commit()
+                failed_id = failed.id
+            page.goto(f"{base}/admin#/")
+            badge = page.locator("#sessions tr").first.locator(".jobs-compact summary .pill[data-kind=clips]")
+            badge.wait_for()
+            deadline = time.monotonic() + 30
+            while "failed" not in (badge.get_attribute("class") or ""):
+                assert time.monotonic() < deadline, badge.get_attribute("class")
+                time.sleep(0.2)
+            assert badge.inner_text() == "clips: failed"
+            assert page.locator("#sessions tr").first.locator(".jobs-compact summary .pill").count() == 3
+            page.locator("#sessions tr").first.locator(".jobs-compact summary").click()
+            details = page.locator("#sessions tr").first.locator(".job-list")
+            assert "chunk 3 missing" in details.inner_text() and "image 2: failed" in details.inner_text()
+            details.locator("button", has_text="Retry").click()
+            deadline = time.monotonic() + 30
+            while True:
+                with app.state.sessionmaker() as db:
+                    if db.get(Job, failed_id).status == "queued":
+                        break
+                assert time.monotonic() < deadline, "Retry did not requeue the job"
+                time.sleep(0.2)
         finally:
             browser.close()
     assert not [line for line in console if line.startswith(("pageerror", "error"))], console

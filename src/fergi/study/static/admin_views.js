@@ -102,15 +102,16 @@
     const latest = {};
     for (const job of jobs) if (!latest[job.kind] || job.id > latest[job.kind].id) latest[job.kind] = job;
     const list = el("div", null, "job-list");
-    for (const kind of ["generate", "clips", "process", ...Object.keys(latest)]) {
+    const kinds = [...new Set(["generate", "clips", "process", ...Object.keys(latest)])];
+    for (const kind of kinds) {
       const job = latest[kind];
-      if (!job || job.shown) continue;
-      job.shown = true;
+      if (!job) continue;
       const stages = Object.entries(job.stages || {}).filter(([name]) => name !== "base_seed");
       const jobState = job.status === "done" ? "done" : job.status;
       const state = worst([jobState, ...stages.map(([, v]) => stageState(v))].map((s) => (s in SEVERITY ? s : "done")));
       const counts = {};
       for (const [, v] of stages) { const s = stageState(v); counts[s] = (counts[s] || 0) + 1; }
+      // "done*": finished, with a stage skipped or kept back (hover or expand for which).
       const badge = pill(`${kind}: ${state === "warn" ? "done*" : state}`, state);
       badge.dataset.kind = kind;
       badge.title = stages.map(([n, v]) => `${n}: ${v}`).join("\n") || job.status;
@@ -138,7 +139,6 @@
       }
       list.append(item);
     }
-    for (const job of jobs) delete job.shown;
     // Older jobs of a kind (a process run before "Process again"): listed, not badged.
     const older = jobs.filter((j) => latest[j.kind] && latest[j.kind].id !== j.id);
     if (older.length) list.append(el("div", `earlier: ${older.map((j) => `${j.kind} #${j.id} ${j.status}`).join(", ")}`, "muted"));
