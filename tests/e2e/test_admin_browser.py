@@ -112,6 +112,14 @@ def _assert_not_blank(path: Path) -> None:
     assert (np.abs(pixels - np.median(pixels)) > 40).mean() > 0.01
 
 
+def _colour_pixels(path: Path, rgb: tuple[int, int, int], tolerance: int = 24) -> int:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"), dtype=int)
+    return int((np.abs(pixels - np.array(rgb)).max(axis=-1) <= tolerance).sum())
+
+
 def test_admin_session_page_shows_au_curves(chromium, admin_server, tmp_path):  # noqa: F811
     from playwright.sync_api import sync_playwright
 
@@ -202,6 +210,9 @@ def test_admin_session_page_shows_au_curves(chromium, admin_server, tmp_path):  
             assert page.locator("#detail tbody .when").count() >= len(images)
             shot = _save(page, tmp_path, "admin_session.png")
             _assert_not_blank(shot)
+            # The curves are on the picture: pixels of AU4's and AU12's colours.
+            for au, rgb in (("AU4", (213, 94, 0)), ("AU12", (0, 114, 178))):
+                assert _colour_pixels(shot, rgb) > 300, au
 
             # Any AU: AU4 off, AU25 on.
             page.click("#au-selector label:has(input[value=AU4])")
