@@ -17,7 +17,7 @@ from fergi.features import compute_activation_values, frame_validity
 from fergi.study import create_app
 from fergi.study._db import Clip, Label, StudySession
 from fergi.study._routes_admin_science import binomial_ci, clip_reasons, clip_valid, validity_rules
-from test_study_api import ADMIN, ANSWER, Participant, make_settings
+from test_study_api import ADMIN, ANSWER, WEBM_HEAD, Participant, make_settings, ready_participant
 from test_study_worker import fake_features, finished_session
 
 FPS = 30
@@ -283,8 +283,6 @@ def test_sessions_are_finished_abandoned_or_in_progress(client, app):
     assert body["participants"] == {"n": 3, "n_with_sessions": 3, "n_with_finished": 1}
     assert rows[done.id]["finished_at"].endswith("Z") and rows[stale.id]["finished_at"] is None
     assert rows[stale.id]["last_activity_at"] == two_hours_ago.isoformat() + "Z"
-    # The last chunk, answer or event counts as activity.
-    assert rows[done.id]["last_activity_at"] >= rows[done.id]["created_at"]
     # The time is configurable: after 3 h, a 2 h pause is still in progress.
     later = client.get("/api/admin/overview?abandoned_after_min=180", headers=ADMIN).json()
     assert {r["id"]: r["status"] for r in later["session_rows"]}[stale.id] == "in progress"
@@ -303,6 +301,35 @@ def test_sessions_are_finished_abandoned_or_in_progress(client, app):
     assert science["ranked_at"] <= last and detail["finished_at"] <= last
     assert client.get("/api/admin/overview?abandoned_after_min=0", headers=ADMIN).status_code == 422
     assert client.get("/api/admin/overview").status_code == 401
+    # The last chunk counts as activity: a session begun 2 h ago, recording until 10 min ago.
+    recording = ready_participant(client, app, "004")
+    seg = recording.start_segment()
+    assert recording.chunk(seg, 0, WEBM_HEAD + b"a" * 10).status_code == 200
+    ten_min_ago = two_hours_ago + dt.timedelta(minutes=110)
+    with app.state.sessionmaker() as db:
+        sess = db.get(StudySession, recording.id)
+        sess.created_at = sess.consent_at = sess.prompt_at = sess.webcam_ok_at = two_hours_ago
+        for segment in sess.segments:
+            segment.started_at = two_hours_ago
+            for chunk in segment.chunks:
+                chunk.received_at = ten_min_ago
+        db.commit()
+    row = {r["id"]: r for r in client.get("/api/admin/overview", headers=ADMIN).json()["session_rows"]}[recording.id]
+    assert row["status"] == "in progress" and row["last_activity_at"] == ten_min_ago.isoformat() + "Z"
+    # ... and so does an answer: image 1 answered 5 min ago.
+    recording.present(seg, 1, 0.0)
+    assert recording.call("PUT", "/images/1/answer", json=ANSWER).status_code == 200
+    five_min_ago = ten_min_ago + dt.timedelta(minutes=5)
+    with app.state.sessionmaker() as db:
+        sess = db.get(StudySession, recording.id)
+        for event in sess.events:
+            event.received_at = two_hours_ago
+        sess.answers[0].answered_at = five_min_ago
+        db.commit()
+    row = {r["id"]: r for r in client.get("/api/admin/overview", headers=ADMIN).json()["session_rows"]}[recording.id]
+    assert row["last_activity_at"] == five_min_ago.isoformat() + "Z"
+    light = client.get("/api/admin/activity?abandoned_after_min=3", headers=ADMIN).json()["sessions"]
+    assert light[str(recording.id)] == {"status": "abandoned", "last_activity_at": five_min_ago.isoformat() + "Z"}
 
 
 def test_binomial_interval_wilson_and_exact():
