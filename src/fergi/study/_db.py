@@ -158,6 +158,10 @@ class Segment(Base):
     n_bytes: Mapped[int] = mapped_column(Integer, default=0)
     complete: Mapped[bool] = mapped_column(Boolean, default=False)
     started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # Set when the segment can never complete (its stream start was refused, no upload for
+    # ``abandoned_segment_after_s``, or the session was processed without it complete).
+    abandoned_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    abandon_reason: Mapped[str | None] = mapped_column(Text)
 
     chunks: Mapped[list[Chunk]] = relationship(order_by="Chunk.seq", cascade="all")
 
@@ -214,6 +218,12 @@ class Clip(Base):
     n_frames: Mapped[int] = mapped_column(Integer, default=0)
     valid_frame_share: Mapped[float | None] = mapped_column(Float)
     clip_valid: Mapped[bool | None] = mapped_column(Boolean)
+    # Why the clip is invalid (frame count, face visibility); None when valid.
+    invalid_reason: Mapped[str | None] = mapped_column(Text)
+    # The frames its window should hold (duration x fps) and the segment it was cut from:
+    # a replay of the image in a later segment replaces it.
+    expected_frames: Mapped[int | None] = mapped_column(Integer)
+    segment: Mapped[int | None] = mapped_column(Integer)
     activations: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     video_file: Mapped[str | None] = mapped_column(String(255))  # relative to media dir
     features_file: Mapped[str | None] = mapped_column(String(255))

@@ -189,7 +189,9 @@ class SegmentDecoder:
             raise FergiError(f"{self.source}: contains no video stream")
         return container
 
-    def advance(self, data: bytes, *, final: bool = False, until: int | None = None) -> None:
+    def advance(
+        self, data: bytes, *, final: bool = False, until: int | None = None, cut_tail_ok: bool = False
+    ) -> None:
         """Decode the packets of ``data`` not decoded yet, up to tick ``until``.
 
         Parameters
@@ -202,6 +204,10 @@ class SegmentDecoder:
         until : int, optional
             Stop once this tick is emitted (default: the end of the registered windows),
             so frames nobody asked for yet are not decoded ahead of need.
+        cut_tail_ok : bool
+            With ``final``: the stream may end mid-packet (an upload that stopped, a
+            segment that was abandoned), so a last packet that does not decode is
+            dropped instead of failing.
 
         Raises
         ------
@@ -247,7 +253,12 @@ class SegmentDecoder:
                 logger.debug("%s: demuxing stopped after %d packets (%s)", self.source, index, _reason(exc))
             if final and not stopped:
                 if held is not None:
-                    self._feed(held)
+                    try:
+                        self._feed(held)
+                    except FergiError as exc:
+                        if not cut_tail_ok:
+                            raise
+                        logger.info("%s: the last packet is cut and left out (%s)", self.source, exc)
                 self._flush()
         finally:
             container.close()
@@ -355,13 +366,16 @@ class ImageWindows:
     windows: dict[str, Any] = field(default_factory=dict)  # clip -> ClipWindow
 
 
-def image_windows(events: list[Any], n_images: int, *, baseline_s, reaction_s, fps) -> dict[int, ImageWindows]:
-    """The clip windows of every image whose presentation is complete (latest segment wins)."""
+def image_windows(
+    events: list[Any], n_images: int, *, baseline_s, reaction_s, fps, skip_segments: Iterable[int] = ()
+) -> dict[int, ImageWindows]:
+    """The clip windows of every image whose presentation is complete (latest segment wins;
+    ``skip_segments``: segments without video, see :func:`fergi.study._worker.unusable_segments`)."""
     from fergi.study._media import clip_windows
     from fergi.study._worker import select_image_events
 
     out = {}
-    for image, (segment, evs) in select_image_events(events, n_images).items():
+    for image, (segment, evs) in select_image_events(events, n_images, skip_segments).items():
         windows = clip_windows(evs, baseline_s=baseline_s, reaction_s=reaction_s, fps=fps)
         if len(windows) == 2:
             out[image] = ImageWindows(image, segment, {w.kind: w for w in windows})
@@ -527,17 +541,22 @@ def process_ready_clips(
         Unreadable video, missing chunk files or a failed analysis (one line, naming the
         image). Everything stored before stays.
     """
+    from fergi.study._worker import unusable_segments
+
     report = on_image or (lambda image, status: None)
     fps = float(settings.fps)
     windows = image_windows(
         list(sess.events), sess.n_images,
         baseline_s=settings.baseline_s, reaction_s=settings.present_s, fps=fps,
+        skip_segments=unusable_segments(sess),
     )
-    stored = {(c.image_index, c.clip) for c in sess.clips if c.features_file}
+    # (image, clip) -> the segment it was cut from; a replay in a later segment redoes it
+    stored = {(c.image_index, c.clip): c.segment for c in sess.clips if c.features_file}
     status: dict[int, str] = {}
     todo: dict[int, list[ImageWindows]] = {}
     for image, iw in sorted(windows.items()):
-        if all((image, c) in stored for c in CLIP_KINDS):
+        # rows stored before clips recorded their segment (None) stay
+        if all((image, c) in stored and stored[(image, c)] in (iw.segment, None) for c in CLIP_KINDS):
             status[image] = "done"
         else:
             todo.setdefault(iw.segment, []).append(iw)
@@ -557,8 +576,10 @@ def process_ready_clips(
         lost = [p.name for p in paths if not p.is_file()]
         if lost:
             raise FergiError(f"segment {seg_index}: chunk files missing on disk: {lost[:3]}")
-        seg_final = final or seg.complete
-        decoder.advance(_read_chunks(paths), final=seg_final)
+        # An abandoned segment never grows again: what it holds is final. Its last packet
+        # (and that of a segment still open at the final processing) may be cut mid-way.
+        seg_final = final or seg.complete or seg.abandoned_at is not None
+        decoder.advance(_read_chunks(paths), final=seg_final, cut_tail_ok=not seg.complete)
         for iw in items:
             keys = [(iw.image, clip) for clip in CLIP_KINDS]
             if not all(decoder.done(key) for key in keys):
@@ -579,7 +600,12 @@ def process_ready_clips(
                     )
             report(iw.image, "running")
             try:
-                _store_image(db, sess, store, iw.image, pair, estimator=estimator, fps=fps)
+                _store_image(
+                    db, sess, store, iw.image, pair, estimator=estimator, fps=fps,
+                    segment=iw.segment,
+                    expected={clip: w.n for clip, w in iw.windows.items()},
+                    min_frame_share=float(getattr(settings, "clip_min_frame_share", 0.8)),
+                )
             except Exception:
                 db.rollback()
                 report(iw.image, "failed")
@@ -589,7 +615,61 @@ def process_ready_clips(
     return status
 
 
-def _store_image(db, sess, store, image: int, pair, *, estimator, fps: float) -> None:
+def clip_validity(
+    frames, *, expected: int | None, min_frame_share: float = 0.8, min_valid_share: float = 0.8
+) -> tuple[bool, str | None]:
+    """Whether a clip is usable, and why not.
+
+    A clip is invalid when it holds fewer than ``min_frame_share`` of the ``expected``
+    frames of its window (the camera stopped or froze: the recording has no frames for
+    the rest of it), or when fewer than ``min_valid_share`` of its frames show a
+    confident, frontal face (the release's rule, :func:`fergi.features.frame_validity`).
+
+    Parameters
+    ----------
+    frames : pandas.DataFrame
+        The clip's per-frame features (release columns).
+    expected : int or None
+        Frames of the clip's window (duration x fps); None skips the frame-count rule.
+    min_frame_share, min_valid_share : float
+
+    Returns
+    -------
+    (bool, str or None)
+        Validity and a one-line reason (None when valid), e.g.
+        ``"9 of 150 frames (6 %): the camera stopped?"`` or ``"no face in 70 % of frames"``.
+    """
+    from fergi.features import frame_validity
+
+    n = len(frames)
+    if expected and n < min_frame_share * expected:
+        return False, (
+            f"{n} of {expected} frames ({100 * n / expected:.0f} %): the camera stopped? "
+            f"(at least {100 * min_frame_share:.0f} % needed)"
+        )
+    if n == 0:
+        return False, "no frames"
+    valid = frame_validity(frames).to_numpy()
+    share = float(valid.mean())
+    if share >= min_valid_share:
+        return True, None
+    no_face = float((frames["face_detection_confidence_score"].to_numpy(dtype=float) < 0.9).mean())
+    if no_face >= (1 - share) / 2:
+        what = f"no face in {100 * no_face:.0f} % of frames"
+    else:
+        what = f"face turned away or unclear in {100 * (1 - share):.0f} % of frames"
+    return False, f"{what} (a usable face in {100 * min_valid_share:.0f} % needed)"
+
+
+def is_short_clip(clip, min_frame_share: float) -> bool:
+    """Whether a stored clip row fails the frame-count rule (camera stopped or froze)."""
+    return bool(clip.expected_frames) and clip.n_frames < min_frame_share * clip.expected_frames
+
+
+def _store_image(
+    db, sess, store, image: int, pair, *, estimator, fps: float,
+    segment: int | None = None, expected: Mapping[str, int] | None = None, min_frame_share: float = 0.8,
+) -> None:
     """Analyse both clips of an image and store their files and rows in one commit."""
     import pandas as pd
     from sqlalchemy import delete
@@ -613,6 +693,10 @@ def _store_image(db, sess, store, image: int, pair, *, estimator, fps: float) ->
             _frames_table({(image, clip): frames}, participant=sess.participant_id, session=sess.index)
         )
         row = act.iloc[0].to_dict()
+        n_expected = (expected or {}).get(clip)
+        valid, reason = clip_validity(frames, expected=n_expected, min_frame_share=min_frame_share)
+        if reason is not None:
+            logger.warning("session %d: %s clip of image %d is invalid: %s", sess.id, clip, image, reason)
         rows.append(
             Clip(
                 session_id=sess.id,
@@ -620,7 +704,10 @@ def _store_image(db, sess, store, image: int, pair, *, estimator, fps: float) ->
                 clip=clip,
                 n_frames=len(frames),
                 valid_frame_share=_float(row.get("valid_frame_share")),
-                clip_valid=None if row.get("clip_valid") is None else bool(row["clip_valid"]),
+                clip_valid=valid,
+                invalid_reason=reason,
+                expected_frames=n_expected,
+                segment=segment,
                 activations={k: _float(v) for k, v in row.items() if k.endswith("_activation_value")},
                 video_file=None,
                 features_file=store.relative(path),
@@ -676,7 +763,13 @@ def clip_video(db, sess, store, image: int, clip: str, *, fps: float = 30) -> Pa
         path = store.resolve(row.video_file)
         if path.is_file():
             return path
-    chosen = select_image_events(list(sess.events), sess.n_images).get(image)
+    from fergi.study._worker import unusable_segments
+
+    events = list(sess.events)
+    if row.segment is not None:
+        # the presentation the clip was analysed from (a replay may not be analysed yet)
+        events = [e for e in events if e.segment == row.segment]
+    chosen = select_image_events(events, sess.n_images, unusable_segments(sess)).get(image)
     seg = next((s for s in sess.segments if chosen is not None and s.index == chosen[0]), None)
     if seg is None or seg.n_chunks == 0 or not row.n_frames:
         return None
