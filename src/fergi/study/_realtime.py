@@ -189,9 +189,7 @@ class SegmentDecoder:
             raise FergiError(f"{self.source}: contains no video stream")
         return container
 
-    def advance(
-        self, data: bytes, *, final: bool = False, until: int | None = None, cut_tail_ok: bool = False
-    ) -> None:
+    def advance(self, data: bytes, *, final: bool = False, until: int | None = None) -> None:
         """Decode the packets of ``data`` not decoded yet, up to tick ``until``.
 
         Parameters
@@ -204,10 +202,6 @@ class SegmentDecoder:
         until : int, optional
             Stop once this tick is emitted (default: the end of the registered windows),
             so frames nobody asked for yet are not decoded ahead of need.
-        cut_tail_ok : bool
-            With ``final``: the stream may end mid-packet (an upload that stopped, a
-            segment that was abandoned), so a last packet that does not decode is
-            dropped instead of failing.
 
         Raises
         ------
@@ -253,12 +247,7 @@ class SegmentDecoder:
                 logger.debug("%s: demuxing stopped after %d packets (%s)", self.source, index, _reason(exc))
             if final and not stopped:
                 if held is not None:
-                    try:
-                        self._feed(held)
-                    except FergiError as exc:
-                        if not cut_tail_ok:
-                            raise
-                        logger.info("%s: the last packet is cut and left out (%s)", self.source, exc)
+                    self._feed(held)
                 self._flush()
         finally:
             container.close()
@@ -576,10 +565,9 @@ def process_ready_clips(
         lost = [p.name for p in paths if not p.is_file()]
         if lost:
             raise FergiError(f"segment {seg_index}: chunk files missing on disk: {lost[:3]}")
-        # An abandoned segment never grows again: what it holds is final. Its last packet
-        # (and that of a segment still open at the final processing) may be cut mid-way.
+        # An abandoned segment never grows again: what it holds is final.
         seg_final = final or seg.complete or seg.abandoned_at is not None
-        decoder.advance(_read_chunks(paths), final=seg_final, cut_tail_ok=not seg.complete)
+        decoder.advance(_read_chunks(paths), final=seg_final)
         for iw in items:
             keys = [(iw.image, clip) for clip in CLIP_KINDS]
             if not all(decoder.done(key) for key in keys):
