@@ -52,6 +52,14 @@ def segments(tmp_path_factory):
     return out
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, monkeypatch):
+    """Run a test on SQLite and on the throwaway PostgreSQL (``make_settings`` reads the URL)."""
+    if request.param == "postgresql":
+        monkeypatch.setenv("FERGI_TEST_DB_URL", request.getfixturevalue("postgres_url"))
+    return request.param
+
+
 def settings_for(tmp_path, **overrides):
     return make_settings(tmp_path, baseline_s=1.0, present_s=1.0, **overrides)
 
@@ -164,7 +172,7 @@ def test_camera_stopped_clip_is_invalid_and_left_out_of_labels_export_and_annota
 # --------------------------------------------------------------------------- replays
 
 
-def test_a_replay_in_a_new_segment_replaces_the_interrupted_attempt(tmp_path, segments):
+def test_a_replay_in_a_new_segment_replaces_the_interrupted_attempt(tmp_path, segments, backend):
     app = create_app(settings_for(tmp_path))
     worker = app.state.worker
     with TestClient(app) as client:
@@ -247,7 +255,7 @@ def test_a_segment_per_image_with_retries_stays_under_the_segment_limit(tmp_path
 # --------------------------------------------------------------------------- refused stream starts
 
 
-def test_a_refused_stream_start_abandons_the_segment_and_the_session_finishes(tmp_path, segments):
+def test_a_refused_stream_start_abandons_the_segment_and_the_session_finishes(tmp_path, segments, backend):
     app = create_app(settings_for(tmp_path, n_images=2, retention="delete_after_features"))
     store = app.state.store
     with TestClient(app) as client:
@@ -295,7 +303,7 @@ def _age(app, session_id, seconds):
         db.commit()
 
 
-def test_an_incomplete_segment_without_uploads_is_abandoned_after_the_configured_time(tmp_path):
+def test_an_incomplete_segment_without_uploads_is_abandoned_after_the_configured_time(tmp_path, backend):
     from fergi.study._worker import retention_blocker
 
     app = create_app(make_settings(tmp_path, abandoned_segment_after_s=600))
@@ -387,3 +395,15 @@ def test_the_consent_text_says_exactly_what_is_recorded(tmp_path):
     assert "baseline" in text
     assert "Nothing is recorded while you answer the questions, rank the images or write the prompt" in text
     assert "no sound" in text
+
+
+def test_the_pipeline_of_a_whole_recording_applies_the_frame_count_rule(tmp_path, segments):
+    from fergi.study import process_session_media
+
+    recording = tmp_path / "stopped.webm"
+    recording.write_bytes(b"".join(segments["stopped"]))
+    events = [{"image_index": 1, "kind": k, "video_time": t} for k, t in EVENTS]
+    result = process_session_media(recording, events, tmp_path / "work", baseline_s=1.0, reaction_s=1.0)
+    act = result.activations.set_index("clip")
+    assert act.loc["reaction", "n_frames"] == 9 and not act.loc["reaction", "clip_valid"]
+    assert act.loc["baseline", "n_frames"] == FPS and act.loc["baseline", "clip_valid"]
