@@ -49,6 +49,11 @@ def segments(tmp_path_factory):
         path = write_video(folder / f"{name}.webm", frames)
         data_bytes = path.read_bytes()
         out[name] = [data_bytes[i : i + CHUNK_BYTES] for i in range(0, len(data_bytes), CHUNK_BYTES)]
+    # ``frozen``: no camera frame from 1.1 s to 2.1 s (a muted track), then frames again
+    frames = list(reaction_frames(face, neutral_s=1.0, expression_s=1.3, smile=1.0))
+    times = [i / FPS + (1.0 if i >= 34 else 0.0) for i in range(len(frames))]
+    data_bytes = write_video(folder / "frozen.webm", frames, timestamps=times).read_bytes()
+    out["frozen"] = [data_bytes[i : i + CHUNK_BYTES] for i in range(0, len(data_bytes), CHUNK_BYTES)]
     return out
 
 
@@ -121,6 +126,9 @@ def test_clip_validity_names_the_reason():
     assert not valid and reason.startswith("no face in 70 % of frames")
     valid, reason = clip_validity(_frames(100, turned=40), expected=100)
     assert not valid and reason.startswith("face turned away or unclear in 40 % of frames")
+    assert clip_validity(_frames(150), expected=150, still_s=1.0)[0]
+    valid, reason = clip_validity(_frames(150), expected=150, still_s=1.4)
+    assert not valid and reason.startswith("no new camera frame for 1.4 s: the camera froze?")
 
 
 def test_camera_stopped_clip_is_invalid_and_left_out_of_labels_export_and_annotation(tmp_path, segments):
@@ -167,6 +175,20 @@ def test_camera_stopped_clip_is_invalid_and_left_out_of_labels_export_and_annota
     assert main(["annotate", "--data", str(out), "--out", str(labels)]) in (0, None)
     pairs = [json.loads(line) for line in labels.read_text().splitlines()]
     assert [(r["image_a"], r["image_b"]) for r in pairs] == [(1, 3)]
+
+
+def test_a_clip_the_camera_froze_in_is_invalid(tmp_path, segments):
+    app = create_app(settings_for(tmp_path, clip_max_still_s=0.5))
+    with TestClient(app) as client:
+        p = ready_participant(client, app)
+        record(p, segments["frozen"], 1)
+        assert app.state.worker.run_pending("clips") == 1
+        clips = clips_of(client, p.id)
+        frozen = clips[(1, "reaction")]
+        # every tick of the grid is there, but 27 of them repeat one camera frame
+        assert frozen["n_frames"] == FPS and frozen["clip_valid"] is False
+        assert frozen["invalid_reason"].startswith("no new camera frame for 0.9 s: the camera froze?")
+        assert clips[(1, "baseline")]["clip_valid"] is True
 
 
 # --------------------------------------------------------------------------- replays

@@ -98,6 +98,8 @@ class SegmentDecoder:
         self._windows: dict[Any, tuple[int, int]] = {}
         # per window: a (n, H, W, 3) array filled in tick order, and how much is filled
         self._frames: dict[Any, list] = {}
+        # per window: [native frame of the last tick, ticks it has lasted, the longest run]
+        self._runs: dict[Any, list] = {}
 
     # ------------------------------------------------------------------ windows
     def can_serve(self, first: int) -> bool:
@@ -112,14 +114,21 @@ class SegmentDecoder:
             raise ValueError(f"tick {first} was already decoded (now at {self.k})")
         self._windows[key] = (first, n)
         self._frames[key] = [None, 0]
+        self._runs[key] = [None, 0, 0]
 
     def done(self, key: Any) -> bool:
         first, n = self._windows[key]
         return self.finished or self._frames[key][1] >= n
 
+    def longest_still(self, key: Any) -> int:
+        """The most consecutive ticks of a window that show one camera frame (a camera
+        that froze, or delivered no frames for a while); call before :meth:`pop`."""
+        return self._runs[key][2]
+
     def pop(self, key: Any) -> np.ndarray | None:
         """The frames of a finished window (None when the recording holds none of it)."""
         self._windows.pop(key)
+        self._runs.pop(key, None)
         frames, filled = self._frames.pop(key)
         return frames[:filled] if filled else None
 
@@ -155,6 +164,13 @@ class SegmentDecoder:
                     )
                 slot[0][slot[1]] = rgb
                 slot[1] += 1
+                # the tick shows the newest native frame so far (number n_frames - 1)
+                run = self._runs[key]
+                if run[0] == self.n_frames - 1:
+                    run[1] += 1
+                else:
+                    run[0], run[1] = self.n_frames - 1, 1
+                run[2] = max(run[2], run[1])
         self.k += 1
 
     def _on_frame(self, frame) -> None:
@@ -574,6 +590,7 @@ def process_ready_clips(
                 status[iw.image] = "queued"
                 report(iw.image, status[iw.image])
                 continue
+            still = {clip: decoder.longest_still((iw.image, clip)) / fps for clip in CLIP_KINDS}
             pair = {clip: decoder.pop((iw.image, clip)) for clip in CLIP_KINDS}
             if any(frames is None for frames in pair.values()):
                 logger.warning("session %d: image %d is left out (its clips are not in the recording)", sess.id, iw.image)
@@ -593,6 +610,8 @@ def process_ready_clips(
                     segment=iw.segment,
                     expected={clip: w.n for clip, w in iw.windows.items()},
                     min_frame_share=float(getattr(settings, "clip_min_frame_share", 0.8)),
+                    still_s=still,
+                    max_still_s=float(getattr(settings, "clip_max_still_s", 1.0)),
                 )
             except Exception:
                 db.rollback()
@@ -604,14 +623,22 @@ def process_ready_clips(
 
 
 def clip_validity(
-    frames, *, expected: int | None, min_frame_share: float = 0.8, min_valid_share: float = 0.8
+    frames,
+    *,
+    expected: int | None,
+    min_frame_share: float = 0.8,
+    min_valid_share: float = 0.8,
+    still_s: float | None = None,
+    max_still_s: float = 1.0,
 ) -> tuple[bool, str | None]:
     """Whether a clip is usable, and why not.
 
     A clip is invalid when it holds fewer than ``min_frame_share`` of the ``expected``
-    frames of its window (the camera stopped or froze: the recording has no frames for
-    the rest of it), or when fewer than ``min_valid_share`` of its frames show a
-    confident, frontal face (the release's rule, :func:`fergi.features.frame_validity`).
+    frames of its window (the camera stopped: the recording has no frames for the rest
+    of it), when the camera delivered no new frame for more than ``max_still_s`` seconds
+    within it (``still_s``: it froze, and the constant-rate grid repeats one frame), or
+    when fewer than ``min_valid_share`` of its frames show a confident, frontal face
+    (the release's rule, :func:`fergi.features.frame_validity`).
 
     Parameters
     ----------
@@ -620,6 +647,9 @@ def clip_validity(
     expected : int or None
         Frames of the clip's window (duration x fps); None skips the frame-count rule.
     min_frame_share, min_valid_share : float
+    still_s : float, optional
+        The longest time within the clip that one camera frame was shown.
+    max_still_s : float
 
     Returns
     -------
@@ -637,6 +667,8 @@ def clip_validity(
         )
     if n == 0:
         return False, "no frames"
+    if still_s is not None and still_s > max_still_s:
+        return False, f"no new camera frame for {still_s:.1f} s: the camera froze? (at most {max_still_s:g} s)"
     valid = frame_validity(frames).to_numpy()
     share = float(valid.mean())
     if share >= min_valid_share:
@@ -657,6 +689,7 @@ def is_short_clip(clip, min_frame_share: float) -> bool:
 def _store_image(
     db, sess, store, image: int, pair, *, estimator, fps: float,
     segment: int | None = None, expected: Mapping[str, int] | None = None, min_frame_share: float = 0.8,
+    still_s: Mapping[str, float] | None = None, max_still_s: float = 1.0,
 ) -> None:
     """Analyse both clips of an image and store their files and rows in one commit."""
     import pandas as pd
@@ -682,7 +715,10 @@ def _store_image(
         )
         row = act.iloc[0].to_dict()
         n_expected = (expected or {}).get(clip)
-        valid, reason = clip_validity(frames, expected=n_expected, min_frame_share=min_frame_share)
+        valid, reason = clip_validity(
+            frames, expected=n_expected, min_frame_share=min_frame_share,
+            still_s=(still_s or {}).get(clip), max_still_s=max_still_s,
+        )
         if reason is not None:
             logger.warning("session %d: %s clip of image %d is invalid: %s", sess.id, clip, image, reason)
         rows.append(

@@ -90,6 +90,8 @@ class StudySettings(BaseSettings):
     # A clip with fewer frames than this share of its window (duration x fps) is invalid:
     # the camera stopped or froze during it.
     clip_min_frame_share: float = Field(default=0.8, gt=0, le=1)
+    # ... and so is a clip in which the camera delivered no new frame for longer than this.
+    clip_max_still_s: float = Field(default=1.0, gt=0)
     retention: Literal["keep", "delete_after_features"] = "keep"
     # Baseline scores (`fergi score`) of each session's images, computed after processing
     # and exported in the release's score columns: comma-separated scorer names (empty:
