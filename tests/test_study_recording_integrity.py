@@ -189,6 +189,20 @@ def test_a_clip_the_camera_froze_in_is_invalid(tmp_path, segments):
         assert frozen["n_frames"] == FPS and frozen["clip_valid"] is False
         assert frozen["invalid_reason"].startswith("no new camera frame for 0.9 s: the camera froze?")
         assert clips[(1, "baseline")]["clip_valid"] is True
+        record(p, segments["smile"], 2)
+        record(p, segments["frown"], 3)
+        answer_and_rank(p, (1, 3, 2))
+        assert app.state.worker.run_pending("process") == 1
+        detail = client.get(f"/api/admin/sessions/{p.id}", headers=ADMIN).json()
+        assert [(lab["image_a"], lab["image_b"]) for lab in detail["labels"]] == [(2, 3)]
+    # its per-frame file looks like a valid clip: the export leaves it out, image listed invalid
+    summary = export_study(
+        app.state.settings.resolved_db_url, app.state.settings.resolved_media_dir, tmp_path / "export",
+        clip_min_frame_share=0.8,
+    )
+    assert list(summary["invalid_clips"]) == ["001/session_1/reaction_clip_1"]
+    assert load_invalid_images(tmp_path / "export") == {("001", 1, 1)}
+    assert not (tmp_path / "export" / "data" / "001" / "session_1" / "reaction_clip_1_features.csv").exists()
 
 
 # --------------------------------------------------------------------------- replays

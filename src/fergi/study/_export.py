@@ -12,18 +12,18 @@ The output runs through ``fergi.datasets.load_frames`` / ``load_images`` and so 
     study/{sessions,prompts,images,answers,labels}.csv     what the release does not hold
     study/clips.csv                                          every clip's frame count, validity
                                                              and the reason it is invalid
-
-A clip the camera stopped in (fewer frames than ``clip_min_frame_share`` of its window)
-cannot be read as invalid from its per-frame file, so it is marked the way the release
-marks images that must not be labelled: its image is listed in ``invalid_images.json``
-(``fergi annotate``, ``fit`` and ``reproduce`` skip it), and its own feature file is left
-out (a few frames of a baseline must not enter participant screening or normalisation).
-The same holds for an image whose stored clips come from a presentation that a later
-replay superseded.
     images/<participant>/session_<s>/image_<i>.png           the generated images
     raw/<participant>/session_<s>/{baseline,reaction}_clip_<i>.<ext>
                                                              face videos, only of sessions
                                                              whose participant allowed sharing
+
+A clip the camera stopped in (fewer frames than ``clip_min_frame_share`` of its window)
+or froze in cannot be read as invalid from its per-frame file, so it is marked the way
+the release marks images that must not be labelled: its image is listed in
+``invalid_images.json`` (``fergi annotate``, ``fit`` and ``reproduce`` skip it), and its
+own feature file is left out (a few frames of a baseline must not enter participant
+screening or normalisation). An image whose stored clips come from a presentation that
+a later replay superseded is listed there too.
 """
 
 from __future__ import annotations
@@ -189,8 +189,9 @@ def export_study(
         folder gets a ``features_meta.json``: the session's own, else one for this.
     clip_min_frame_share : float, optional
         The frame-count rule of clip validity (default the study settings',
-        ``FERGI_CLIP_MIN_FRAME_SHARE``, else 0.8): images with a clip under it are
-        listed in ``invalid_images.json`` and that clip's features are not exported.
+        ``FERGI_CLIP_MIN_FRAME_SHARE``, else 0.8): images with a clip under it (or
+        one the camera froze in) are listed in ``invalid_images.json`` and that clip's
+        features are not exported.
 
     Returns
     -------
@@ -273,7 +274,7 @@ def _export_into(
     engine, media: Path, out: Path, include_raw: bool, estimator: str, min_frame_share: float = 0.8
 ) -> dict[str, Any]:
     from fergi.datasets import META_NAME, write_features_meta
-    from fergi.study._realtime import clip_video, is_short_clip
+    from fergi.study._realtime import clip_video, has_recording_fault
     from fergi.study._worker import stale_images
 
     store = MediaStore(media)
@@ -305,7 +306,7 @@ def _export_into(
                 session_dir = out / "data" / pid / f"session_{s}"
                 session_dir.mkdir(parents=True, exist_ok=True)
                 superseded = set(stale_images(sess))
-                short = {(c.image_index, c.clip) for c in sess.clips if is_short_clip(c, min_frame_share)}
+                short = {(c.image_index, c.clip) for c in sess.clips if has_recording_fault(c, min_frame_share)}
                 left_out = {image for image, _ in short} | superseded
                 for clip in sorted(sess.clips, key=lambda c: (c.image_index, c.clip)):
                     reason = clip.invalid_reason

@@ -682,8 +682,19 @@ def clip_validity(
 
 
 def is_short_clip(clip, min_frame_share: float) -> bool:
-    """Whether a stored clip row fails the frame-count rule (camera stopped or froze)."""
+    """Whether a stored clip row fails the frame-count rule (the camera stopped)."""
     return bool(clip.expected_frames) and clip.n_frames < min_frame_share * clip.expected_frames
+
+
+def has_recording_fault(clip, min_frame_share: float, min_valid_share: float = 0.8) -> bool:
+    """Whether a stored clip row is invalid for a reason its per-frame features cannot
+    show: too few frames (the camera stopped), or stored invalid although enough of its
+    frames show a face (the camera froze). Such a clip's image gets no label and is
+    listed as invalid in an export."""
+    if is_short_clip(clip, min_frame_share):
+        return True
+    share = clip.valid_frame_share
+    return clip.clip_valid is False and share is not None and share >= min_valid_share
 
 
 def _store_image(

@@ -606,7 +606,7 @@ class Worker:
             session_provenance,
         )
 
-        from fergi.study._realtime import is_short_clip
+        from fergi.study._realtime import has_recording_fault
 
         sess = db.get(StudySession, job.session_id)
         on_stage = self._stage(db, job)
@@ -652,11 +652,11 @@ class Worker:
         for image, state in sorted(status.items()):
             on_stage(f"image {image}", state)
         db.refresh(sess)
-        # Left out of the labels: a clip the camera stopped in (too few frames, the
+        # Left out of the labels: an image with a clip the camera stopped or froze in (a
         # reaction then lacks its neutral reference too) and clips of a presentation
         # that a replay superseded but whose own video holds no clip.
         min_share = self.settings.clip_min_frame_share
-        unusable = {c.image_index for c in sess.clips if c.features_file and is_short_clip(c, min_share)}
+        unusable = {c.image_index for c in sess.clips if c.features_file and has_recording_fault(c, min_share)}
         unusable |= set(stale_images(sess)) & {c.image_index for c in sess.clips}
         if unusable:
             logger.info("session %d: images %s left out (invalid clips)", sess.id, sorted(unusable))
