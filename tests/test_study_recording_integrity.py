@@ -150,6 +150,8 @@ def test_camera_stopped_clip_is_invalid_and_left_out_of_labels_export_and_annota
         assert stopped["n_frames"] == 9 and stopped["clip_valid"] is False
         assert stopped["expected_frames"] == FPS
         assert stopped["invalid_reason"].startswith("9 of 30 frames (30 %): the camera stopped?")
+        listed = {s["id"]: s for s in client.get("/api/admin/sessions", headers=ADMIN).json()}
+        assert listed[p.id]["n_invalid_clips"] == 1 and listed[p.id]["n_abandoned_segments"] == 0
         others = [c for key, c in clips.items() if key != (2, "reaction")]
         assert all(c["clip_valid"] and c["invalid_reason"] is None and c["n_frames"] == FPS for c in others)
         # the labels pair only the images whose clips are valid

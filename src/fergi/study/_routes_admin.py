@@ -61,6 +61,8 @@ def session_summary(sess: StudySession, settings) -> dict[str, Any]:
         "n_chunks": sum(s.n_chunks for s in sess.segments),
         "n_bytes": sum(s.n_bytes for s in sess.segments),
         "n_clips": len(sess.clips),
+        "n_invalid_clips": sum(c.clip_valid is False for c in sess.clips),
+        "n_abandoned_segments": sum(s.abandoned_at is not None for s in sess.segments),
         "n_labels": len(sess.labels),
         "jobs": [job_info(j) for j in sess.jobs],
     }

@@ -17,10 +17,16 @@ The client's contract
 * **Replaying an image.** When the camera stops (track ``ended``/``mute``, no frames)
   or the server refuses the stream (below), stop that recorder, re-acquire the camera,
   start a NEW segment and replay the image from its baseline, posting its three events
-  again in the new segment. The server uses, per image, the last segment that holds all
-  three events; clips already stored from an earlier attempt are replaced. A replay in
-  the same segment is not possible (a repeated event of a segment is taken as a retry
-  and the first one is kept).
+  again in the new segment (video times from that segment's own first frame). The server
+  uses, per image, the last segment that holds all three events; clips already stored
+  from an earlier attempt are replaced. Do not post ``image_hidden`` for an interrupted
+  attempt: an image with all three events counts as presented (the session state then
+  says ``survey`` after a reload). A replay in the same segment is not possible (a
+  repeated event of a segment is taken as a retry and the first one is kept).
+* **Validity is the server's.** A clip with fewer than ``clip_min_frame_share`` of its
+  frames, or without a new camera frame for over ``clip_max_still_s``, is stored as
+  invalid with a reason (admin API ``clips[].invalid_reason``) and left out of the
+  labels and the export; a replay is what makes such an image valid again.
 * **Refusals the client acts on.** Such an error body carries a ``code`` beside
   ``detail``: ``{"detail": "...", "code": "..."}``.
 
@@ -31,8 +37,9 @@ The client's contract
     events and ``complete`` of it are refused. Open a new segment and replay the image.
 
   Other 409s (``chunk ... out of order``) are answered as before: ``GET
-  recording/{segment}`` says ``next_seq``. An abandoned segment never blocks finishing
-  or processing the session, and its video is deleted by retention.
+  recording/{segment}`` says ``next_seq`` (and ``abandoned``, ``abandon_reason``). An
+  abandoned segment never blocks finishing or processing the session, and its video is
+  deleted by retention.
 """
 
 from __future__ import annotations
