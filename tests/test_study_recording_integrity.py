@@ -445,3 +445,32 @@ def test_the_pipeline_of_a_whole_recording_applies_the_frame_count_rule(tmp_path
     act = result.activations.set_index("clip")
     assert act.loc["reaction", "n_frames"] == 9 and not act.loc["reaction", "clip_valid"]
     assert act.loc["baseline", "n_frames"] == FPS and act.loc["baseline", "clip_valid"]
+
+
+# --------------------------------------------------------------------------- older databases
+
+
+def test_a_database_of_an_earlier_version_gets_the_new_columns(tmp_path, backend):
+    from sqlalchemy import inspect
+
+    from fergi.study._db import make_engine
+
+    settings = make_settings(tmp_path)
+    engine = make_engine(settings.resolved_db_url)
+    new = {"segments": ["abandoned_at", "abandon_reason"], "clips": ["invalid_reason", "expected_frames", "segment"]}
+    with engine.begin() as conn:  # the tables as an earlier fergi made them
+        for table, columns in new.items():
+            for column in columns:
+                conn.exec_driver_sql(f'ALTER TABLE {table} DROP COLUMN "{column}"')
+    assert "abandoned_at" not in {c["name"] for c in inspect(engine).get_columns("segments")}
+    engine.dispose()
+    app = create_app(settings)
+    with TestClient(app) as client:
+        p = ready_participant(client, app)
+        seg = p.start_segment()
+        response = p.chunk(seg, 0, b"no header")
+        assert response.status_code == 415 and response.json()["code"] == "bad_stream_start"
+        assert client.get(f"/api/admin/sessions/{p.id}", headers=ADMIN).json()["segments"][0]["abandoned"] is True
+    inspector = inspect(app.state.engine)
+    for table, columns in new.items():
+        assert set(columns) <= {c["name"] for c in inspector.get_columns(table)}

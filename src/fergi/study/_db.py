@@ -251,6 +251,34 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+def _add_missing_columns(engine: Engine) -> list[str]:
+    """Add the nullable columns a newer fergi defines to the tables of an older database.
+
+    ``create_all`` creates missing tables only; a study database made by an earlier
+    version would otherwise fail on every query that names a new column. Only nullable
+    columns without a default are added, which every column added since is.
+    """
+    from sqlalchemy import inspect
+
+    added = []
+    inspector = inspect(engine)
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            if not inspector.has_table(table.name):
+                continue
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present or not column.nullable or column.primary_key:
+                    continue
+                kind = column.type.compile(dialect=engine.dialect)
+                preparer = engine.dialect.identifier_preparer
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {preparer.quote(table.name)} ADD COLUMN {preparer.quote(column.name)} {kind}"
+                )
+                added.append(f"{table.name}.{column.name}")
+    return added
+
+
 def make_engine(url: str) -> Engine:
     """Create the engine for ``url`` and the tables if they are missing.
 
@@ -287,6 +315,7 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
         Base.metadata.create_all(engine)
+        _add_missing_columns(engine)
     except Exception as exc:
         raise FergiError(
             f"--db {parsed.render_as_string(hide_password=True)}: cannot open the database ({exc.__class__.__name__}: {str(exc).splitlines()[0]})"
