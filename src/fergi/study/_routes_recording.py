@@ -44,9 +44,8 @@ The client's contract
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
-
 from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi import Path as PathParam

@@ -265,7 +265,7 @@ def clean_temporary_files(root: Path, *, older_than_s: float = 60.0) -> int:
         return 0
     cutoff = time.time() - older_than_s
     removed = 0
-    for folder, dirs, files in os.walk(root, followlinks=False):
+    for folder, _dirs, files in os.walk(root, followlinks=False):
         for name in files:
             if not _TEMPORARY_NAME.match(name):
                 continue
@@ -605,7 +605,6 @@ class Worker:
             _Stages,
             session_provenance,
         )
-
         from fergi.study._realtime import has_recording_fault
 
         sess = db.get(StudySession, job.session_id)
