@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from fergi.datasets import FRAME_COLUMNS, load_invalid_images
 from fergi.study import create_app, export_study
-from fergi.study._db import Chunk, Segment, StudySession
+from fergi.study._db import Chunk, Event, Segment, StudySession
 from test_study_api import ADMIN, ANSWER, WEBM_HEAD, make_settings, ready_participant
 
 FPS = 30
@@ -331,13 +331,15 @@ def test_a_refused_stream_start_abandons_the_segment_and_the_session_finishes(tm
 
 
 def _age(app, session_id, seconds):
-    """Make a session's segments look ``seconds`` old (start and chunks)."""
+    """Make a session's recording look ``seconds`` old (segments, chunks, events)."""
     past = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(seconds=seconds)
     with app.state.sessionmaker() as db:
         for seg in db.query(Segment).filter(Segment.session_id == session_id):
             seg.started_at = past
             for chunk in db.query(Chunk).filter(Chunk.segment_id == seg.id):
                 chunk.received_at = past
+        for event in db.query(Event).filter(Event.session_id == session_id):
+            event.received_at = past
         db.commit()
 
 
@@ -388,6 +390,45 @@ def test_the_sweep_deletes_the_video_that_an_open_segment_held_after_processing(
         _age(app, p.id, 601)
         assert app.state.worker.sweep_segments() == 1
         assert not store.chunk_path(p.id, seg, 0).exists()
+
+
+def test_the_video_of_a_session_the_participant_left_is_analysed_then_deleted(tmp_path, segments):
+    app = create_app(settings_for(tmp_path, retention="delete_after_features", abandoned_segment_after_s=600))
+    store, worker = app.state.store, app.state.worker
+    with TestClient(app) as client:
+        p = ready_participant(client, app)
+        record(p, segments["smile"], 1)
+        # image 2: the camera stopped and the participant closed the page; the segment
+        # stays incomplete and its reaction clip waits for video that never comes
+        second = record(p, segments["stopped"], 2, complete=False)
+        worker.run_pending("clips")
+        assert set(clips_of(client, p.id)) == {(1, "baseline"), (1, "reaction")}
+        assert worker.sweep_segments() == 0
+        assert store.chunk_path(p.id, second, 0).is_file()
+
+        _age(app, p.id, 601)
+        # abandoned: what it holds is final, so a clips job analyses image 2 first
+        assert worker.sweep_segments() == 1
+        assert store.chunk_path(p.id, second, 0).is_file()
+        assert worker.run_pending("clips") == 1
+        clips = clips_of(client, p.id)
+        assert clips[(2, "reaction")]["n_frames"] == 9 and clips[(2, "reaction")]["clip_valid"] is False
+        # then the raw video goes; the features stay
+        assert worker.sweep_segments() == 0
+        assert not (store.session_dir(p.id) / "segments").exists()
+        assert (store.features_dir(p.id) / "reaction_clip_2_features.csv").is_file()
+        assert all(c["has_video"] is False for c in clips_of(client, p.id).values())
+
+
+def test_retention_keeps_the_video_of_an_unfinished_session_still_in_use(tmp_path, segments):
+    app = create_app(settings_for(tmp_path, retention="delete_after_features", abandoned_segment_after_s=600))
+    with TestClient(app) as client:
+        p = ready_participant(client, app)
+        seg = record(p, segments["smile"], 1)
+        app.state.worker.run_pending("clips")
+        # the participant is answering the survey: recent activity, nothing deleted
+        assert app.state.worker.sweep_segments() == 0
+        assert app.state.store.chunk_path(p.id, seg, 0).is_file()
 
 
 # --------------------------------------------------------------------------- temporary files

@@ -334,10 +334,14 @@ class Worker:
         return len(jobs)
 
     def sweep_segments(self) -> int:
-        """Abandon the incomplete segments without an upload for ``abandoned_segment_after_s``
-        and, with ``retention=delete_after_features``, delete the raw video of finished,
-        processed sessions that an open segment held up. Run at start-up and then
-        periodically by the process thread.
+        """Abandon the incomplete segments without an upload for ``abandoned_segment_after_s``;
+        with ``retention=delete_after_features``, delete the raw video that such segments
+        held up. Run at start-up and then periodically by the process thread.
+
+        A finished, processed session loses its raw video at once. An unfinished one (the
+        participant left) loses it once it has been idle for ``abandoned_segment_after_s``
+        and a clips job has analysed, after that, everything its video holds (the sweep
+        queues one when needed; the abandoned segments count as complete then).
 
         Returns
         -------
@@ -348,28 +352,66 @@ class Worker:
 
         self._last_sweep = time.monotonic()
         after = self.settings.abandoned_segment_after_s
+        retention = self.settings.retention == "delete_after_features"
         abandoned = 0
         with self.factory() as db:
-            ids = db.scalars(
+            ids = set(db.scalars(
                 select(SegmentRow.session_id).where(
                     SegmentRow.complete.is_(False), SegmentRow.abandoned_at.is_(None)
                 ).distinct()
-            ).all()
-            for session_id in ids:
+            ).all())
+            if retention:
+                ids |= set(db.scalars(
+                    select(SegmentRow.session_id)
+                    .join(StudySession, StudySession.id == SegmentRow.session_id)
+                    .where(StudySession.finished_at.is_(None))
+                    .distinct()
+                ).all())
+            for session_id in sorted(ids):
                 sess = db.get(StudySession, session_id)
                 stale = abandon_stale_segments(sess, after)
-                if not stale:
+                if stale:
+                    abandoned += len(stale)
+                    db.commit()
+                    logger.info("session %d: segment(s) %s abandoned (no upload for %g s)", sess.id, stale, after)
+                if not retention:
                     continue
-                abandoned += len(stale)
-                db.commit()
-                logger.info("session %d: segment(s) %s abandoned (no upload for %g s)", sess.id, stale, after)
-                if self.settings.retention != "delete_after_features" or sess.finished_at is None:
-                    continue
-                processed = any(j.kind == "process" and j.status == "done" for j in sess.jobs)
-                if processed and retention_blocker(sess, processed=True) is None:
-                    self._delete_raw_video(db, sess)
-                    logger.info("session %d: raw video deleted (retention)", sess.id)
+                if sess.finished_at is None:
+                    self._retire_idle_session(db, sess, after)
+                elif stale and any(j.kind == "process" and j.status == "done" for j in sess.jobs):
+                    if retention_blocker(sess, processed=True) is None:
+                        self._delete_raw_video(db, sess)
+                        logger.info("session %d: raw video deleted (retention)", sess.id)
         return abandoned
+
+    def _retire_idle_session(self, db: Session, sess: StudySession, after: float) -> None:
+        """Retention of an unfinished session idle for ``after`` seconds (see sweep_segments)."""
+        if not (self.store.session_dir(sess.id) / "segments").is_dir() or not sess.segments:
+            return
+        if any(segment_is_open(seg, abandoned_after_s=after) for seg in sess.segments):
+            return
+        times = [segment_last_activity(seg) for seg in sess.segments]
+        times += [e.received_at for e in sess.events if e.received_at is not None]
+        last = max(times)
+        if (utcnow() - last).total_seconds() < after:
+            return
+        if stale_images(sess):
+            # analysed since its segments closed (abandoned ones count as complete then)?
+            closed = max([last, *(seg.abandoned_at for seg in sess.segments if seg.abandoned_at is not None)])
+            jobs = [j for j in sess.jobs if j.kind == "clips"]
+            latest = jobs[-1] if jobs else None
+            analysed = (
+                latest is not None and latest.status == "done"
+                and latest.finished_at is not None and latest.finished_at >= closed
+            )
+            if not analysed:
+                if latest is None or latest.status not in ("queued", "running", "failed"):
+                    enqueue(db, sess.id, "clips", revive=True)
+                    db.commit()
+                    self.wake("clips")
+                return
+        self._delete_raw_video(db, sess)
+        logger.info("session %d: unfinished and idle for %g s: raw video deleted (retention)", sess.id, after)
 
     def start(self) -> None:
         self.recover()
