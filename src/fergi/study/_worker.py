@@ -813,10 +813,20 @@ class Worker:
         db.commit()
 
     def _delete_raw_video(self, db: Session, sess: StudySession) -> None:
-        """Retention: features are extracted, so the face video itself goes."""
-        self.live.drop(sess.id)
-        shutil.rmtree(self.store.session_dir(sess.id) / "segments", ignore_errors=True)
-        shutil.rmtree(self.store.clips_dir(sess.id), ignore_errors=True)
+        """Retention: features are extracted, so the face video itself goes.
+
+        Segment by segment, the ones on record: a segment a returning participant starts
+        at this moment keeps its chunks (the folder goes only once it is empty).
+        """
+        with self.live.lock(sess.id):  # not while a clips job of the session decodes them
+            self.live.drop(sess.id)
+            for seg in sess.segments:
+                shutil.rmtree(self.store.segment_dir(sess.id, seg.index), ignore_errors=True)
+            try:
+                (self.store.session_dir(sess.id) / "segments").rmdir()
+            except OSError:  # not empty (a new segment), or already gone
+                pass
+            shutil.rmtree(self.store.clips_dir(sess.id), ignore_errors=True)
         for clip in db.scalars(select(Clip).where(Clip.session_id == sess.id)):
             clip.video_file = None
         db.commit()
