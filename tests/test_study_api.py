@@ -178,7 +178,8 @@ def test_whole_session_through_the_api(client, app):
     assert detail["answers"][0]["emotions"] == ["amused", "surprised"]
     assert detail["ranking"] == {"order": [3, 1, 2], "method": "keyboard"}
     assert detail["consent_version"] == "1" and detail["share_video"] is True
-    assert detail["segments"] == [{"segment": 0, "mime_type": "video/webm;codecs=vp9", "n_chunks": 3, "n_bytes": 3004, "complete": True}]
+    expected = {"segment": 0, "mime_type": "video/webm;codecs=vp9", "n_chunks": 3, "n_bytes": 3004, "complete": True, "abandoned": False}
+    assert [{k: s[k] for k in expected} for s in detail["segments"]] == [expected]
     # each presented image queued its real-time processing; the ranking queued the labels
     assert [j["kind"] for j in detail["jobs"]] == ["generate", "clips", "process"]
     assert detail["jobs"][1]["status"] == detail["jobs"][2]["status"] == "queued"

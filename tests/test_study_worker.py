@@ -245,21 +245,24 @@ def test_retention_never_deletes_video_of_a_session_still_recording(tmp_path, mo
         response = client.post(f"/api/admin/sessions/{p.id}/process", headers=ADMIN)
         assert response.status_code == 409 and "not finished" in response.json()["detail"]
 
-        # Finished, but the last segment is not complete: still kept.
+        # Finished with its segment still incomplete: before processing that segment holds
+        # the video; processing abandons it (the session is over), and the video goes.
         done = finished_session(client, app, "002")
-        assert app.state.worker.run_pending("process") == 1
         with app.state.sessionmaker() as db:
             assert retention_blocker(db.get(StudySession, done.id)) == "segment 0 not complete"
-        assert store.chunk_path(done.id, 0, 0).is_file()
-        # Complete: processed again, the raw video goes, the features stay.
-        assert done.call("POST", "/recording/0/complete", json={"n_chunks": 1}).status_code == 200
-        assert client.post(f"/api/admin/sessions/{done.id}/process", headers=ADMIN).status_code == 202
         assert app.state.worker.run_pending("process") == 1
         detail = client.get(f"/api/admin/sessions/{done.id}", headers=ADMIN).json()
         job = [j for j in detail["jobs"] if j["kind"] == "process"][-1]
         assert job["stages"]["retention"] == "raw video deleted", job
+        assert detail["segments"][0]["abandoned"] is True
         assert not store.chunk_path(done.id, 0, 0).exists()
         assert (store.features_dir(done.id) / "reaction_clip_3_features.csv").is_file()
+        # A late chunk or completion is refused with a code, and stores nothing.
+        late = done.chunk(0, 1, b"b" * 10)
+        assert late.status_code == 409 and late.json()["code"] == "segment_abandoned"
+        assert not store.chunk_path(done.id, 0, 1).exists()
+        late = done.call("POST", "/recording/0/complete", json={"n_chunks": 1})
+        assert late.status_code == 409 and late.json()["code"] == "segment_abandoned"
 
 
 def test_simultaneous_answers_and_rankings_do_not_fail(client, app, monkeypatch):

@@ -158,6 +158,10 @@ class Segment(Base):
     n_bytes: Mapped[int] = mapped_column(Integer, default=0)
     complete: Mapped[bool] = mapped_column(Boolean, default=False)
     started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # Set when the segment can never complete (its stream start was refused, no upload for
+    # ``abandoned_segment_after_s``, or the session was processed without it complete).
+    abandoned_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    abandon_reason: Mapped[str | None] = mapped_column(Text)
 
     chunks: Mapped[list[Chunk]] = relationship(order_by="Chunk.seq", cascade="all")
 
@@ -214,6 +218,12 @@ class Clip(Base):
     n_frames: Mapped[int] = mapped_column(Integer, default=0)
     valid_frame_share: Mapped[float | None] = mapped_column(Float)
     clip_valid: Mapped[bool | None] = mapped_column(Boolean)
+    # Why the clip is invalid (frame count, face visibility); None when valid.
+    invalid_reason: Mapped[str | None] = mapped_column(Text)
+    # The frames its window should hold (duration x fps) and the segment it was cut from:
+    # a replay of the image in a later segment replaces it.
+    expected_frames: Mapped[int | None] = mapped_column(Integer)
+    segment: Mapped[int | None] = mapped_column(Integer)
     activations: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     video_file: Mapped[str | None] = mapped_column(String(255))  # relative to media dir
     features_file: Mapped[str | None] = mapped_column(String(255))
@@ -239,6 +249,34 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+def _add_missing_columns(engine: Engine) -> list[str]:
+    """Add the nullable columns a newer fergi defines to the tables of an older database.
+
+    ``create_all`` creates missing tables only; a study database made by an earlier
+    version would otherwise fail on every query that names a new column. Only nullable
+    columns without a default are added, which every column added since is.
+    """
+    from sqlalchemy import inspect
+
+    added = []
+    inspector = inspect(engine)
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            if not inspector.has_table(table.name):
+                continue
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present or not column.nullable or column.primary_key:
+                    continue
+                kind = column.type.compile(dialect=engine.dialect)
+                preparer = engine.dialect.identifier_preparer
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {preparer.quote(table.name)} ADD COLUMN {preparer.quote(column.name)} {kind}"
+                )
+                added.append(f"{table.name}.{column.name}")
+    return added
 
 
 def make_engine(url: str) -> Engine:
@@ -277,6 +315,7 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
         Base.metadata.create_all(engine)
+        _add_missing_columns(engine)
     except Exception as exc:
         raise FergiError(
             f"--db {parsed.render_as_string(hide_password=True)}: cannot open the database ({exc.__class__.__name__}: {str(exc).splitlines()[0]})"

@@ -6,13 +6,24 @@ The output runs through ``fergi.datasets.load_frames`` / ``load_images`` and so 
     data/<participant>/session_<s>/{baseline,reaction}_clip_<i>_features.csv
     data/<participant>/session_<s>/features_meta.json      which AU estimator made them
     preparation/valid_sessions.json
-    preparation/invalid_images.json
+    preparation/invalid_images.json                          all-black images, and images
+                                                             with an invalid clip (below)
     preparation/preprocessed_image_data/<participant>.csv
     study/{sessions,prompts,images,answers,labels}.csv     what the release does not hold
+    study/clips.csv                                          every clip's frame count, validity
+                                                             and the reason it is invalid
     images/<participant>/session_<s>/image_<i>.png           the generated images
     raw/<participant>/session_<s>/{baseline,reaction}_clip_<i>.<ext>
                                                              face videos, only of sessions
                                                              whose participant allowed sharing
+
+A clip the camera stopped in (fewer frames than ``clip_min_frame_share`` of its window)
+or froze in cannot be read as invalid from its per-frame file, so it is marked the way
+the release marks images that must not be labelled: its image is listed in
+``invalid_images.json`` (``fergi annotate``, ``fit`` and ``reproduce`` skip it), and its
+own feature file is left out (a few frames of a baseline must not enter participant
+screening or normalisation). An image whose stored clips come from a presentation that
+a later replay superseded is listed there too.
 """
 
 from __future__ import annotations
@@ -155,6 +166,7 @@ def export_study(
     overwrite: bool = False,
     include_raw: bool = True,
     estimator: str | None = None,
+    clip_min_frame_share: float | None = None,
 ) -> dict[str, Any]:
     """Export the finished, processed sessions of a study in the public release's layout.
 
@@ -175,12 +187,18 @@ def export_study(
         ``features_meta.json`` (processed by an older fergi); default the study
         settings' (``FERGI_ESTIMATOR``, else ``geometry``). Each exported session
         folder gets a ``features_meta.json``: the session's own, else one for this.
+    clip_min_frame_share : float, optional
+        The frame-count rule of clip validity (default the study settings',
+        ``FERGI_CLIP_MIN_FRAME_SHARE``, else 0.8): images with a clip under it (or
+        one the camera froze in) are listed in ``invalid_images.json`` and that clip's
+        features are not exported.
 
     Returns
     -------
     dict
         Summary: ``participants``, ``sessions``, ``images``, ``skipped`` (session ->
-        reason), ``raw_clips``, ``out``.
+        reason), ``raw_clips``, ``invalid_clips`` (``"<p>/session_<s>/<clip>_clip_<i>"``
+        -> reason), ``out``.
 
     Raises
     ------
@@ -211,12 +229,15 @@ def export_study(
     except FergiError:
         engine.dispose()
         raise
-    if estimator is None:
+    if estimator is None or clip_min_frame_share is None:
         from fergi.study._settings import StudySettings
 
-        estimator = StudySettings().estimator
+        defaults = StudySettings()
+        estimator = defaults.estimator if estimator is None else estimator
+        if clip_min_frame_share is None:
+            clip_min_frame_share = defaults.clip_min_frame_share
     try:
-        summary = _export_into(engine, media, out, include_raw, estimator)
+        summary = _export_into(engine, media, out, include_raw, estimator, clip_min_frame_share)
         _swap_in(out, final)
     except OSError as exc:
         shutil.rmtree(out, ignore_errors=True)
@@ -250,17 +271,22 @@ def _swap_in(staged: Path, final: Path) -> None:
 
 
 def _export_into(
-    engine, media: Path, out: Path, include_raw: bool, estimator: str
+    engine, media: Path, out: Path, include_raw: bool, estimator: str, min_frame_share: float = 0.8
 ) -> dict[str, Any]:
     from fergi.datasets import META_NAME, write_features_meta
-    from fergi.study._realtime import clip_video
+    from fergi.study._realtime import clip_video, has_recording_fault
+    from fergi.study._worker import stale_images
 
     store = MediaStore(media)
     factory = make_sessionmaker(engine)
-    summary: dict[str, Any] = {"participants": 0, "sessions": 0, "images": 0, "raw_clips": 0, "skipped": {}}
+    summary: dict[str, Any] = {
+        "participants": 0, "sessions": 0, "images": 0, "raw_clips": 0, "skipped": {}, "invalid_clips": {},
+    }
     valid_sessions: dict[str, list[int]] = {}
     invalid_images: dict[str, dict[str, list[int]]] = {}
-    tables: dict[str, list[list[Any]]] = {k: [] for k in ("sessions", "prompts", "images", "answers", "labels")}
+    tables: dict[str, list[list[Any]]] = {
+        k: [] for k in ("sessions", "prompts", "images", "answers", "labels", "clips")
+    }
     try:
         with factory() as db:
             sessions = db.scalars(
@@ -279,7 +305,24 @@ def _export_into(
                     continue
                 session_dir = out / "data" / pid / f"session_{s}"
                 session_dir.mkdir(parents=True, exist_ok=True)
-                for clip in sess.clips:
+                superseded = set(stale_images(sess))
+                short = {(c.image_index, c.clip) for c in sess.clips if has_recording_fault(c, min_frame_share)}
+                left_out = {image for image, _ in short} | superseded
+                for clip in sorted(sess.clips, key=lambda c: (c.image_index, c.clip)):
+                    reason = clip.invalid_reason
+                    if clip.image_index in superseded:
+                        reason = "superseded by a later presentation that holds no clip"
+                    exported = (clip.image_index, clip.clip) not in short
+                    tables["clips"].append(
+                        [pid, s, clip.image_index, clip.clip, clip.n_frames,
+                         "" if clip.expected_frames is None else clip.expected_frames,
+                         "" if clip.valid_frame_share is None else clip.valid_frame_share,
+                         "" if clip.clip_valid is None else clip.clip_valid, reason or "", exported]
+                    )
+                    if reason and (clip.image_index in left_out):
+                        summary["invalid_clips"][f"{pid}/session_{s}/{clip.clip}_clip_{clip.image_index}"] = reason
+                    if not exported:
+                        continue
                     source = store.resolve(clip.features_file)
                     if not source.is_file():
                         raise FergiError(f"--media {media}: missing feature file {clip.features_file}")
@@ -308,7 +351,9 @@ def _export_into(
                 else:
                     write_features_meta(session_dir, session_features_provenance(estimator))
                 valid_sessions.setdefault(pid, []).append(s)
-                invalid_images.setdefault(pid, {})[str(s)] = sorted(i.index for i in sess.images if i.invalid)
+                invalid_images.setdefault(pid, {})[str(s)] = sorted(
+                    {i.index for i in sess.images if i.invalid} | left_out
+                )
                 image_data.setdefault(pid, []).extend(image_rows(sess))
                 summary["sessions"] += 1
                 summary["images"] += sess.n_images
@@ -353,6 +398,8 @@ def _export_into(
                     "alignment_rating", "fidelity_rating", "issues", "emotions"],
         "labels": ["participant", "session", "image_a", "image_b", "preferred",
                    "score_difference", "confident"],
+        "clips": ["participant", "session", "image", "clip", "n_frames", "expected_frames",
+                  "valid_frame_share", "clip_valid", "invalid_reason", "exported"],
     }
     for name, rows in tables.items():
         _write_csv(out / "study" / f"{name}.csv", headers[name], rows)

@@ -281,6 +281,7 @@ def process_session_media(
     session: int = 1,
     invalid_images: Iterable[int] = (),
     resume: bool = False,
+    min_frame_share: float = 0.8,
 ) -> SessionResult:
     """Process one session recording into clips, features, activations and labels.
 
@@ -317,6 +318,10 @@ def process_session_media(
         Reuse the outputs of an earlier run in ``work_dir`` that are at least as new
         as their inputs (like make), so a retry after a failed stage only redoes
         what is needed. Stages that reuse outputs still report running/done.
+    min_frame_share : float
+        A clip with fewer frames than this share of its window (``baseline_s`` or
+        ``reaction_s`` times ``fps``: the recording ended or the camera stopped during
+        it) is invalid (``clip_valid`` false), and its image gets no label.
 
     Returns
     -------
@@ -390,15 +395,23 @@ def process_session_media(
             resume=resume,
         ),
     )
-    activations = stages.run(
-        "activations", lambda: _activations_stage(frames, participant=participant, session=session)
-    )
+    expected = {"baseline": round(baseline_s * fps), "reaction": round(reaction_s * fps)}
+
+    def activations_stage():
+        act = _activations_stage(frames, participant=participant, session=session)
+        short = act["n_frames"].to_numpy() < min_frame_share * act["clip"].map(expected).to_numpy()
+        act["clip_valid"] = act["clip_valid"].astype(bool).to_numpy() & ~short
+        for image, clip, n in act.loc[short, ["image", "clip", "n_frames"]].itertuples(index=False):
+            logger.warning("%s clip of image %d: %d of %d frames, invalid", clip, image, n, expected[clip])
+        return act, {int(i) for i in act.loc[short, "image"]}
+
+    activations, short_images = stages.run("activations", activations_stage)
     labels = stages.run(
         "labels",
         lambda: _labels_stage(
             activations,
             model=model,
-            invalid_images=invalid_images,
+            invalid_images=sorted(set(invalid_images) | short_images),
             frames=_frames_table(frames, participant=participant, session=session),
             provenance=session_provenance(estimator, checkpoint),
         ),

@@ -98,6 +98,8 @@ class SegmentDecoder:
         self._windows: dict[Any, tuple[int, int]] = {}
         # per window: a (n, H, W, 3) array filled in tick order, and how much is filled
         self._frames: dict[Any, list] = {}
+        # per window: [native frame of the last tick, ticks it has lasted, the longest run]
+        self._runs: dict[Any, list] = {}
 
     # ------------------------------------------------------------------ windows
     def can_serve(self, first: int) -> bool:
@@ -112,14 +114,21 @@ class SegmentDecoder:
             raise ValueError(f"tick {first} was already decoded (now at {self.k})")
         self._windows[key] = (first, n)
         self._frames[key] = [None, 0]
+        self._runs[key] = [None, 0, 0]
 
     def done(self, key: Any) -> bool:
         first, n = self._windows[key]
         return self.finished or self._frames[key][1] >= n
 
+    def longest_still(self, key: Any) -> int:
+        """The most consecutive ticks of a window that show one camera frame (a camera
+        that froze, or delivered no frames for a while); call before :meth:`pop`."""
+        return self._runs[key][2]
+
     def pop(self, key: Any) -> np.ndarray | None:
         """The frames of a finished window (None when the recording holds none of it)."""
         self._windows.pop(key)
+        self._runs.pop(key, None)
         frames, filled = self._frames.pop(key)
         return frames[:filled] if filled else None
 
@@ -155,6 +164,13 @@ class SegmentDecoder:
                     )
                 slot[0][slot[1]] = rgb
                 slot[1] += 1
+                # the tick shows the newest native frame so far (number n_frames - 1)
+                run = self._runs[key]
+                if run[0] == self.n_frames - 1:
+                    run[1] += 1
+                else:
+                    run[0], run[1] = self.n_frames - 1, 1
+                run[2] = max(run[2], run[1])
         self.k += 1
 
     def _on_frame(self, frame) -> None:
@@ -355,13 +371,16 @@ class ImageWindows:
     windows: dict[str, Any] = field(default_factory=dict)  # clip -> ClipWindow
 
 
-def image_windows(events: list[Any], n_images: int, *, baseline_s, reaction_s, fps) -> dict[int, ImageWindows]:
-    """The clip windows of every image whose presentation is complete (latest segment wins)."""
+def image_windows(
+    events: list[Any], n_images: int, *, baseline_s, reaction_s, fps, skip_segments: Iterable[int] = ()
+) -> dict[int, ImageWindows]:
+    """The clip windows of every image whose presentation is complete (latest segment wins;
+    ``skip_segments``: segments without video, see :func:`fergi.study._worker.unusable_segments`)."""
     from fergi.study._media import clip_windows
     from fergi.study._worker import select_image_events
 
     out = {}
-    for image, (segment, evs) in select_image_events(events, n_images).items():
+    for image, (segment, evs) in select_image_events(events, n_images, skip_segments).items():
         windows = clip_windows(evs, baseline_s=baseline_s, reaction_s=reaction_s, fps=fps)
         if len(windows) == 2:
             out[image] = ImageWindows(image, segment, {w.kind: w for w in windows})
@@ -527,17 +546,22 @@ def process_ready_clips(
         Unreadable video, missing chunk files or a failed analysis (one line, naming the
         image). Everything stored before stays.
     """
+    from fergi.study._worker import unusable_segments
+
     report = on_image or (lambda image, status: None)
     fps = float(settings.fps)
     windows = image_windows(
         list(sess.events), sess.n_images,
         baseline_s=settings.baseline_s, reaction_s=settings.present_s, fps=fps,
+        skip_segments=unusable_segments(sess),
     )
-    stored = {(c.image_index, c.clip) for c in sess.clips if c.features_file}
+    # (image, clip) -> the segment it was cut from; a replay in a later segment redoes it
+    stored = {(c.image_index, c.clip): c.segment for c in sess.clips if c.features_file}
     status: dict[int, str] = {}
     todo: dict[int, list[ImageWindows]] = {}
     for image, iw in sorted(windows.items()):
-        if all((image, c) in stored for c in CLIP_KINDS):
+        # rows stored before clips recorded their segment (None) stay
+        if all((image, c) in stored and stored[(image, c)] in (iw.segment, None) for c in CLIP_KINDS):
             status[image] = "done"
         else:
             todo.setdefault(iw.segment, []).append(iw)
@@ -557,7 +581,8 @@ def process_ready_clips(
         lost = [p.name for p in paths if not p.is_file()]
         if lost:
             raise FergiError(f"segment {seg_index}: chunk files missing on disk: {lost[:3]}")
-        seg_final = final or seg.complete
+        # An abandoned segment never grows again: what it holds is final.
+        seg_final = final or seg.complete or seg.abandoned_at is not None
         decoder.advance(_read_chunks(paths), final=seg_final)
         for iw in items:
             keys = [(iw.image, clip) for clip in CLIP_KINDS]
@@ -565,6 +590,7 @@ def process_ready_clips(
                 status[iw.image] = "queued"
                 report(iw.image, status[iw.image])
                 continue
+            still = {clip: decoder.longest_still((iw.image, clip)) / fps for clip in CLIP_KINDS}
             pair = {clip: decoder.pop((iw.image, clip)) for clip in CLIP_KINDS}
             if any(frames is None for frames in pair.values()):
                 logger.warning("session %d: image %d is left out (its clips are not in the recording)", sess.id, iw.image)
@@ -579,7 +605,14 @@ def process_ready_clips(
                     )
             report(iw.image, "running")
             try:
-                _store_image(db, sess, store, iw.image, pair, estimator=estimator, fps=fps)
+                _store_image(
+                    db, sess, store, iw.image, pair, estimator=estimator, fps=fps,
+                    segment=iw.segment,
+                    expected={clip: w.n for clip, w in iw.windows.items()},
+                    min_frame_share=float(getattr(settings, "clip_min_frame_share", 0.8)),
+                    still_s=still,
+                    max_still_s=float(getattr(settings, "clip_max_still_s", 1.0)),
+                )
             except Exception:
                 db.rollback()
                 report(iw.image, "failed")
@@ -589,7 +622,86 @@ def process_ready_clips(
     return status
 
 
-def _store_image(db, sess, store, image: int, pair, *, estimator, fps: float) -> None:
+def clip_validity(
+    frames,
+    *,
+    expected: int | None,
+    min_frame_share: float = 0.8,
+    min_valid_share: float = 0.8,
+    still_s: float | None = None,
+    max_still_s: float = 1.0,
+) -> tuple[bool, str | None]:
+    """Whether a clip is usable, and why not.
+
+    A clip is invalid when it holds fewer than ``min_frame_share`` of the ``expected``
+    frames of its window (the camera stopped: the recording has no frames for the rest
+    of it), when the camera delivered no new frame for more than ``max_still_s`` seconds
+    within it (``still_s``: it froze, and the constant-rate grid repeats one frame), or
+    when fewer than ``min_valid_share`` of its frames show a confident, frontal face
+    (the release's rule, :func:`fergi.features.frame_validity`).
+
+    Parameters
+    ----------
+    frames : pandas.DataFrame
+        The clip's per-frame features (release columns).
+    expected : int or None
+        Frames of the clip's window (duration x fps); None skips the frame-count rule.
+    min_frame_share, min_valid_share : float
+    still_s : float, optional
+        The longest time within the clip that one camera frame was shown.
+    max_still_s : float
+
+    Returns
+    -------
+    (bool, str or None)
+        Validity and a one-line reason (None when valid), e.g.
+        ``"9 of 150 frames (6 %): the camera stopped?"`` or ``"no face in 70 % of frames"``.
+    """
+    from fergi.features import frame_validity
+
+    n = len(frames)
+    if expected and n < min_frame_share * expected:
+        return False, (
+            f"{n} of {expected} frames ({100 * n / expected:.0f} %): the camera stopped? "
+            f"(at least {100 * min_frame_share:.0f} % needed)"
+        )
+    if n == 0:
+        return False, "no frames"
+    if still_s is not None and still_s > max_still_s:
+        return False, f"no new camera frame for {still_s:.1f} s: the camera froze? (at most {max_still_s:g} s)"
+    valid = frame_validity(frames).to_numpy()
+    share = float(valid.mean())
+    if share >= min_valid_share:
+        return True, None
+    no_face = float((frames["face_detection_confidence_score"].to_numpy(dtype=float) < 0.9).mean())
+    if no_face >= (1 - share) / 2:
+        what = f"no face in {100 * no_face:.0f} % of frames"
+    else:
+        what = f"face turned away or unclear in {100 * (1 - share):.0f} % of frames"
+    return False, f"{what} (a usable face in {100 * min_valid_share:.0f} % needed)"
+
+
+def is_short_clip(clip, min_frame_share: float) -> bool:
+    """Whether a stored clip row fails the frame-count rule (the camera stopped)."""
+    return bool(clip.expected_frames) and clip.n_frames < min_frame_share * clip.expected_frames
+
+
+def has_recording_fault(clip, min_frame_share: float, min_valid_share: float = 0.8) -> bool:
+    """Whether a stored clip row is invalid for a reason its per-frame features cannot
+    show: too few frames (the camera stopped), or stored invalid although enough of its
+    frames show a face (the camera froze). Such a clip's image gets no label and is
+    listed as invalid in an export."""
+    if is_short_clip(clip, min_frame_share):
+        return True
+    share = clip.valid_frame_share
+    return clip.clip_valid is False and share is not None and share >= min_valid_share
+
+
+def _store_image(
+    db, sess, store, image: int, pair, *, estimator, fps: float,
+    segment: int | None = None, expected: Mapping[str, int] | None = None, min_frame_share: float = 0.8,
+    still_s: Mapping[str, float] | None = None, max_still_s: float = 1.0,
+) -> None:
     """Analyse both clips of an image and store their files and rows in one commit."""
     import pandas as pd
     from sqlalchemy import delete
@@ -613,6 +725,13 @@ def _store_image(db, sess, store, image: int, pair, *, estimator, fps: float) ->
             _frames_table({(image, clip): frames}, participant=sess.participant_id, session=sess.index)
         )
         row = act.iloc[0].to_dict()
+        n_expected = (expected or {}).get(clip)
+        valid, reason = clip_validity(
+            frames, expected=n_expected, min_frame_share=min_frame_share,
+            still_s=(still_s or {}).get(clip), max_still_s=max_still_s,
+        )
+        if reason is not None:
+            logger.warning("session %d: %s clip of image %d is invalid: %s", sess.id, clip, image, reason)
         rows.append(
             Clip(
                 session_id=sess.id,
@@ -620,7 +739,10 @@ def _store_image(db, sess, store, image: int, pair, *, estimator, fps: float) ->
                 clip=clip,
                 n_frames=len(frames),
                 valid_frame_share=_float(row.get("valid_frame_share")),
-                clip_valid=None if row.get("clip_valid") is None else bool(row["clip_valid"]),
+                clip_valid=valid,
+                invalid_reason=reason,
+                expected_frames=n_expected,
+                segment=segment,
                 activations={k: _float(v) for k, v in row.items() if k.endswith("_activation_value")},
                 video_file=None,
                 features_file=store.relative(path),
@@ -676,7 +798,13 @@ def clip_video(db, sess, store, image: int, clip: str, *, fps: float = 30) -> Pa
         path = store.resolve(row.video_file)
         if path.is_file():
             return path
-    chosen = select_image_events(list(sess.events), sess.n_images).get(image)
+    from fergi.study._worker import unusable_segments
+
+    events = list(sess.events)
+    if row.segment is not None:
+        # the presentation the clip was analysed from (a replay may not be analysed yet)
+        events = [e for e in events if e.segment == row.segment]
+    chosen = select_image_events(events, sess.n_images, unusable_segments(sess)).get(image)
     seg = next((s for s in sess.segments if chosen is not None and s.index == chosen[0]), None)
     if seg is None or seg.n_chunks == 0 or not row.n_frames:
         return None

@@ -15,7 +15,7 @@ from fergi._errors import FergiError
 from fergi.study._db import Job, Participant, StudySession
 from fergi.study._deps import DB, MAX_DB_INT, Settings, Store, require_admin
 from fergi.study._routes_sessions import PARTICIPANT_ID, session_state
-from fergi.study._worker import enqueue, retry_job
+from fergi.study._worker import enqueue, retry_job, stale_images
 
 # Ids beyond the databases' INTEGER overflow the driver: refused as 422 before any query.
 DbId = Annotated[int, PathParam(ge=1, le=MAX_DB_INT)]
@@ -61,6 +61,8 @@ def session_summary(sess: StudySession, settings) -> dict[str, Any]:
         "n_chunks": sum(s.n_chunks for s in sess.segments),
         "n_bytes": sum(s.n_bytes for s in sess.segments),
         "n_clips": len(sess.clips),
+        "n_invalid_clips": sum(c.clip_valid is False for c in sess.clips),
+        "n_abandoned_segments": sum(s.abandoned_at is not None for s in sess.segments),
         "n_labels": len(sess.labels),
         "jobs": [job_info(j) for j in sess.jobs],
     }
@@ -133,6 +135,7 @@ def session_detail(session_id: DbId, db: DB, settings: Settings, store: Store) -
     sess = _session(db, session_id)
     # Clip videos are encoded on demand from the raw upload, while it is kept.
     raw = (store.session_dir(sess.id) / "segments").is_dir()
+    superseded = set(stale_images(sess))
     return {
         **session_summary(sess, settings),
         "structured_input": sess.structured_input,
@@ -159,7 +162,14 @@ def session_detail(session_id: DbId, db: DB, settings: Settings, store: Store) -
             for e in sess.events
         ],
         "segments": [
-            {"segment": s.index, "mime_type": s.mime_type, "n_chunks": s.n_chunks, "n_bytes": s.n_bytes, "complete": s.complete}
+            {
+                "segment": s.index, "mime_type": s.mime_type, "n_chunks": s.n_chunks, "n_bytes": s.n_bytes,
+                "complete": s.complete,
+                "started_at": s.started_at.isoformat() + "Z",
+                "abandoned": s.abandoned_at is not None,
+                "abandoned_at": None if s.abandoned_at is None else s.abandoned_at.isoformat() + "Z",
+                "abandon_reason": s.abandon_reason,
+            }
             for s in sess.segments
         ],
         "clips": [
@@ -171,6 +181,12 @@ def session_detail(session_id: DbId, db: DB, settings: Settings, store: Store) -
                 "clip_valid": c.clip_valid,
                 "activations": c.activations,
                 "has_video": c.video_file is not None or raw,
+                # why the clip is left out of activations, labels and the export (None: valid)
+                "invalid_reason": c.invalid_reason,
+                "expected_frames": c.expected_frames,
+                "segment": c.segment,
+                # a later presentation of the image (a replay) is not analysed yet
+                "superseded": c.image_index in superseded,
             }
             for c in sorted(sess.clips, key=lambda c: (c.image_index, c.clip))
         ],

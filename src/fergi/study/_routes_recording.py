@@ -4,14 +4,53 @@ A segment is one MediaRecorder stream. Chunks are uploaded in order while record
 a chunk sent twice (a retry after a dropped response) is accepted once and answered
 200 again, anything else out of order is refused, so the stored chunks of a segment
 always concatenate to a playable prefix of the stream.
+
+The client's contract
+---------------------
+* **One segment per image.** For each image: ``POST recording/segments``, start a new
+  MediaRecorder (its own WebM header), post ``baseline_start``, ``image_shown`` and
+  ``image_hidden`` of that image with the new segment's index and video times, stop the
+  recorder, upload the remaining chunks and ``POST recording/{segment}/complete``.
+  Nothing is recorded during surveys, the prompt or the ranking. Complete (or give up)
+  every segment before ``PUT ranking``: a segment still incomplete when the finished
+  session is processed is abandoned, and later chunks of it are refused.
+* **Replaying an image.** When the camera stops (track ``ended``/``mute``, no frames)
+  or the server refuses the stream (below), stop that recorder, re-acquire the camera,
+  start a NEW segment and replay the image from its baseline, posting its three events
+  again in the new segment (video times from that segment's own first frame). The server
+  uses, per image, the last segment that holds all three events; clips already stored
+  from an earlier attempt are replaced. Do not post ``image_hidden`` for an interrupted
+  attempt: an image with all three events counts as presented (the session state then
+  says ``survey`` after a reload). A replay in the same segment is not possible (a
+  repeated event of a segment is taken as a retry and the first one is kept).
+* **Validity is the server's.** A clip with fewer than ``clip_min_frame_share`` of its
+  frames, or without a new camera frame for over ``clip_max_still_s``, is stored as
+  invalid with a reason (admin API ``clips[].invalid_reason``) and left out of the
+  labels and the export; a replay is what makes such an image valid again.
+* **Refusals the client acts on.** Such an error body carries a ``code`` beside
+  ``detail``: ``{"detail": "...", "code": "..."}``.
+
+  - ``415 bad_stream_start``: chunk 0 does not begin with a WebM (EBML) header. The
+    segment is abandoned at once; open a new segment (new recorder) and replay the image.
+  - ``409 segment_abandoned``: the segment was abandoned (a refused stream start, no
+    upload for ``abandoned_segment_after_s``, or the session was processed); chunks,
+    events and ``complete`` of it are refused. Open a new segment and replay the image.
+
+  Other 409s (``chunk ... out of order``) are answered as before: ``GET
+  recording/{segment}`` says ``next_seq`` (and ``abandoned``, ``abandon_reason``). An
+  abandoned segment never blocks finishing or processing the session, and its video is
+  deleted by retention.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -19,9 +58,33 @@ from sqlalchemy.exc import IntegrityError
 from fergi.study._db import Chunk, Event, Segment, StudySession
 from fergi.study._deps import DB, MAX_DB_INT, CurrentSession, Settings, Store, read_body_limited
 from fergi.study._storage import write_atomic
-from fergi.study._worker import enqueue, needs_clips
+from fergi.study._worker import abandon_segment, enqueue, needs_clips
 
-router = APIRouter(prefix="/api/sessions/{session_id}", tags=["recording"])
+
+class RecordingRefused(HTTPException):
+    """A refusal the client acts on: answered ``{"detail": ..., "code": ...}``."""
+
+    def __init__(self, status_code: int, detail: str, code: str):
+        super().__init__(status_code, detail)
+        self.code = code
+
+
+class _CodedRoute(APIRoute):
+    """Routes that answer a :class:`RecordingRefused` with its ``code`` in the body."""
+
+    def get_route_handler(self) -> Callable:
+        handler = super().get_route_handler()
+
+        async def route_handler(request: Request):
+            try:
+                return await handler(request)
+            except RecordingRefused as exc:
+                return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.status_code)
+
+        return route_handler
+
+
+router = APIRouter(prefix="/api/sessions/{session_id}", tags=["recording"], route_class=_CodedRoute)
 
 WEBM_MAGIC = b"\x1a\x45\xdf\xa3"
 EVENT_KINDS = ("baseline_start", "image_shown", "image_hidden")
@@ -51,10 +114,18 @@ def _queue_clips(request: Request, db, sess: StudySession, *, new_image: bool = 
         worker.wake("clips")
 
 
-def _segment(db, sess: StudySession, segment: int) -> Segment:
+def _segment(db, sess: StudySession, segment: int, *, abandoned_ok: bool = False) -> Segment:
+    """The segment; an abandoned one is refused (``segment_abandoned``) unless ``abandoned_ok``."""
     seg = db.scalar(select(Segment).where(Segment.session_id == sess.id, Segment.index == segment))
     if seg is None:
         raise HTTPException(404, f"recording segment {segment} was not started for this session")
+    if seg.abandoned_at is not None and not abandoned_ok:
+        raise RecordingRefused(
+            409,
+            f"segment {segment} was abandoned ({seg.abandon_reason}); start a new segment "
+            "and replay the image from its baseline",
+            "segment_abandoned",
+        )
     return seg
 
 
@@ -66,6 +137,8 @@ def segment_info(seg: Segment) -> dict[str, Any]:
         "n_bytes": seg.n_bytes,
         "next_seq": seg.n_chunks,
         "complete": seg.complete,
+        "abandoned": seg.abandoned_at is not None,
+        "abandon_reason": seg.abandon_reason,
     }
 
 
@@ -107,7 +180,7 @@ SegmentIndex = Annotated[int, PathParam(ge=0, le=MAX_DB_INT)]
 @router.get("/recording/{segment}")
 def get_segment(segment: SegmentIndex, sess: CurrentSession, db: DB) -> dict[str, Any]:
     """What the server has of a segment: resume uploading at ``next_seq``."""
-    return segment_info(_segment(db, sess, segment))
+    return segment_info(_segment(db, sess, segment, abandoned_ok=True))
 
 
 @router.put("/recording/{segment}/chunks/{seq}")
@@ -143,7 +216,16 @@ async def put_chunk(
             409, f"chunk {seq} is out of order: the server expects chunk {seg.n_chunks} next"
         )
     if seq == 0 and not data.startswith(WEBM_MAGIC):
-        raise HTTPException(415, "chunk 0 is not a WebM stream (no EBML header)")
+        # Nothing can follow a stream without its header: abandon the segment, so that it
+        # blocks nothing, and tell the client to open a new one.
+        abandon_segment(seg, "chunk 0 is not a WebM stream (no EBML header)")
+        db.commit()
+        raise RecordingRefused(
+            415,
+            "chunk 0 is not a WebM stream (no EBML header); segment abandoned: start a new "
+            "segment (new recorder) and replay the image from its baseline",
+            "bad_stream_start",
+        )
     if seg.n_bytes + len(data) > settings.max_recording_bytes:
         raise HTTPException(
             413, f"recording exceeds the limit of {settings.max_recording_bytes} bytes per segment"

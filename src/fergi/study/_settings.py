@@ -31,9 +31,13 @@ DEFAULT_EMOTIONS: tuple[str, ...] = (
 )
 DEFAULT_CONSENT_TEXT = (
     "In this study you write a text prompt, look at images generated from it and rate them. "
-    "Your webcam records your face while the images are shown; the video is used to measure "
-    "facial expressions (action units) and is stored on the study server only. You can stop "
-    "at any time by closing the page. Recording starts only after you agree below."
+    "Your webcam records your face only while each image is on screen: for every image, a "
+    "few seconds of a neutral screen just before it (the baseline) and the seconds the image "
+    "is shown. Nothing is recorded while you answer the questions, rank the images or write "
+    "the prompt, and no sound is recorded. If the camera stops during an image, that image "
+    "is shown again and recorded again. The video is used to measure facial expressions "
+    "(action units) and is stored on the study server only. You can stop at any time by "
+    "closing the page. Recording starts only after you agree below."
 )
 EXAMPLE_PROMPT = "A painting of a dog in the style of Van Gogh. highly detailed, night, dreamy"
 
@@ -83,6 +87,11 @@ class StudySettings(BaseSettings):
     worker: bool = True
     worker_poll_s: float = Field(default=1.0, gt=0)
     max_job_attempts: int = 3
+    # A clip with fewer frames than this share of its window (duration x fps) is invalid:
+    # the camera stopped or froze during it.
+    clip_min_frame_share: float = Field(default=0.8, gt=0, le=1)
+    # ... and so is a clip in which the camera delivered no new frame for longer than this.
+    clip_max_still_s: float = Field(default=1.0, gt=0)
     retention: Literal["keep", "delete_after_features"] = "keep"
     # Baseline scores (`fergi score`) of each session's images, computed after processing
     # and exported in the release's score columns: comma-separated scorer names (empty:
@@ -94,7 +103,12 @@ class StudySettings(BaseSettings):
     max_chunk_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     max_recording_bytes: int = Field(default=1024 * 1024 * 1024, gt=0)  # per segment
     max_session_recording_bytes: int = Field(default=4 * 1024 * 1024 * 1024, gt=0)
-    max_segments_per_session: int = Field(default=100, ge=1)
+    # One segment per image (baseline and presentation), and a new one for each replay
+    # after a camera interruption or a refused stream start: 20 images x 10 attempts.
+    max_segments_per_session: int = Field(default=200, ge=1)
+    # An incomplete segment without an upload for this long can never complete: it no
+    # longer holds up retention, and its late chunks are refused.
+    abandoned_segment_after_s: float = Field(default=3600.0, gt=0)
     max_snapshot_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
     chunk_ms: int = Field(default=1000, ge=100, le=10000)
     rate_limit_per_minute: int = Field(default=600, ge=1)

@@ -16,12 +16,18 @@ clip rows are committed together, and a stored image is never analysed again.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import os
+import re
 import secrets
 import shutil
+import stat
 import threading
+import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
@@ -84,17 +90,37 @@ def retry_job(db: Session, job: Job) -> Job:
     return job
 
 
-def select_image_events(events: list[Any], n_images: int) -> dict[int, tuple[int, list[dict]]]:
+def select_image_events(
+    events: list[Any], n_images: int, skip_segments: Iterable[int] = ()
+) -> dict[int, tuple[int, list[dict]]]:
     """For each image, the segment and events of its last complete presentation.
 
-    A reload during a presentation starts a new recording segment and presents the
-    image again, so the latest segment with all three events wins.
+    A presentation is complete when ``baseline_start``, ``image_shown`` and
+    ``image_hidden`` of the image are all on record in one segment. The client records
+    a new segment for each image, and after a camera interruption or a reload it replays
+    the image from its baseline in a new segment, so the latest segment with all three
+    events wins: an interrupted earlier attempt is superseded.
+
+    Parameters
+    ----------
+    events : list
+        The session's events (rows or objects with ``segment``, ``image_index``,
+        ``kind``, ``video_time``).
+    n_images : int
+    skip_segments : iterable of int
+        Segments that hold no video and never will (see :func:`unusable_segments`).
+
+    Returns
+    -------
+    dict
+        ``{image: (segment, [event dicts in EVENT_KINDS order])}``.
     """
+    skip = set(skip_segments)
     chosen: dict[int, tuple[int, list[dict]]] = {}
     for image in range(1, n_images + 1):
         by_segment: dict[int, dict[str, float]] = {}
         for ev in events:
-            if ev.image_index == image:
+            if ev.image_index == image and ev.segment not in skip:
                 by_segment.setdefault(ev.segment, {}).setdefault(ev.kind, ev.video_time)
         complete = [s for s, kinds in by_segment.items() if all(k in kinds for k in EVENT_KINDS)]
         if complete:
@@ -109,26 +135,103 @@ def select_image_events(events: list[Any], n_images: int) -> dict[int, tuple[int
     return chosen
 
 
+def unusable_segments(sess: StudySession) -> set[int]:
+    """Segments that hold no video and never will: abandoned without an accepted chunk
+    (a refused stream start). Their events do not count as a presentation."""
+    return {seg.index for seg in sess.segments if seg.abandoned_at is not None and seg.n_chunks == 0}
+
+
+def chosen_presentations(sess: StudySession) -> dict[int, tuple[int, list[dict]]]:
+    """:func:`select_image_events` of a session, its unusable segments left out."""
+    return select_image_events(list(sess.events), sess.n_images, unusable_segments(sess))
+
+
+def stale_images(sess: StudySession) -> list[int]:
+    """Images presented (completely) whose stored clips are missing or come from an
+    earlier, superseded presentation."""
+    stored: dict[int, set] = {}
+    for c in sess.clips:
+        if c.features_file:
+            stored.setdefault(c.image_index, set()).add(c.segment)
+    out = []
+    for image, (segment, _) in sorted(chosen_presentations(sess).items()):
+        have = stored.get(image)
+        # rows stored before clips recorded their segment (None) stay valid
+        if not have or not have <= {segment, None}:
+            out.append(image)
+    return out
+
+
 def needs_clips(sess: StudySession) -> bool:
-    """Whether an image of an unfinished session was presented but has no stored clips."""
+    """Whether an image of an unfinished session was presented but has no stored clips
+    (or only clips of an attempt that a replay superseded)."""
     if sess.finished_at is not None:
         return False  # the ranking queued the session's processing, which does the rest
-    hidden = {e.image_index for e in sess.events if e.kind == "image_hidden"}
-    stored = {c.image_index for c in sess.clips if c.features_file}
-    return bool(hidden - stored)
+    return bool(stale_images(sess))
 
 
-def retention_blocker(sess: StudySession) -> str | None:
+def segment_last_activity(seg: Segment) -> dt.datetime:
+    """When the segment last received something (its start, or its newest chunk)."""
+    times = [seg.started_at, *(c.received_at for c in seg.chunks if c.received_at is not None)]
+    return max(t for t in times if t is not None)
+
+
+def segment_is_open(seg: Segment, *, now: dt.datetime | None = None, abandoned_after_s: float | None = None) -> bool:
+    """Whether more chunks may still arrive for a segment: not complete, not abandoned,
+    and (with ``abandoned_after_s``) an upload within that many seconds."""
+    if seg.complete or seg.abandoned_at is not None:
+        return False
+    if abandoned_after_s is None:
+        return True
+    now = now or utcnow()
+    return (now - segment_last_activity(seg)).total_seconds() < abandoned_after_s
+
+
+def abandon_segment(seg: Segment, reason: str) -> None:
+    """Mark a segment as one that can never complete (the caller commits)."""
+    if seg.abandoned_at is None and not seg.complete:
+        seg.abandoned_at = utcnow()
+        seg.abandon_reason = reason[:500]
+
+
+def abandon_stale_segments(sess: StudySession, abandoned_after_s: float, *, now: dt.datetime | None = None) -> list[int]:
+    """Abandon the incomplete segments of ``sess`` without an upload for ``abandoned_after_s``
+    seconds (the caller commits); returns their indices."""
+    now = now or utcnow()
+    out = []
+    for seg in sess.segments:
+        if seg.complete or seg.abandoned_at is not None:
+            continue
+        if not segment_is_open(seg, now=now, abandoned_after_s=abandoned_after_s):
+            abandon_segment(seg, f"no upload for {abandoned_after_s:g} s")
+            out.append(seg.index)
+    return out
+
+
+def retention_blocker(
+    sess: StudySession,
+    *,
+    processed: bool = False,
+    abandoned_after_s: float | None = None,
+    now: dt.datetime | None = None,
+) -> str | None:
     """Why the raw video of a session may not be deleted yet; None when it may.
 
-    Only a finished session whose every segment is complete (no chunk can still be
-    accepted) and whose every image has both clips loses its raw upload.
+    Only a finished session loses its raw upload. A segment still open (incomplete, not
+    abandoned, and with ``abandoned_after_s`` an upload within that time) holds it up,
+    and so does an image without both clips, until the session is ``processed``: the
+    final processing analyses everything the uploaded video holds, so after it no missing
+    clip can appear any more, and a segment incomplete then is abandoned.
     """
     if sess.finished_at is None:
         return "session not finished"
     if not sess.segments:
         return "no recording"
-    open_segments = [seg.index for seg in sess.segments if not seg.complete]
+    if processed:
+        return None
+    open_segments = [
+        seg.index for seg in sess.segments if segment_is_open(seg, now=now, abandoned_after_s=abandoned_after_s)
+    ]
     if open_segments:
         return f"segment {open_segments[0]} not complete"
     have = {(c.image_index, c.clip) for c in sess.clips if c.features_file}
@@ -138,6 +241,45 @@ def retention_blocker(sess: StudySession) -> str | None:
     if missing:
         return f"image {missing[0]} has no clips"
     return None
+
+
+#: Temporary names of the atomic writes in the media folder (write_atomic, write_features,
+#: clip videos, features meta files): never a finished file.
+_TEMPORARY_NAME = re.compile(r"^\.(tmp-.*|.*\.partial(\.[^.]+)?|.*\.tmp|features_meta-.*\.json)$")
+
+
+def clean_temporary_files(root: Path, *, older_than_s: float = 60.0) -> int:
+    """Delete the temporary files a killed process left in the media folder.
+
+    Only files named like the atomic writes' temporary files, older than
+    ``older_than_s`` (a write in progress in another process is younger), directly
+    inside ``root`` or its subfolders; symbolic links are not followed.
+
+    Returns
+    -------
+    int
+        The number of files deleted.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return 0
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for folder, _dirs, files in os.walk(root, followlinks=False):
+        for name in files:
+            if not _TEMPORARY_NAME.match(name):
+                continue
+            path = Path(folder) / name
+            try:
+                info = path.lstat()
+                if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except OSError as exc:  # gone meanwhile, or not ours to delete
+                logger.debug("%s: not removed (%s)", path, exc)
+    if removed:
+        logger.info("removed %d temporary file(s) left by an interrupted write in %s", removed, root)
+    return removed
 
 
 class Worker:
@@ -166,6 +308,8 @@ class Worker:
         self._estimator = None
         # not the generator's lock: loading a diffusion model must not hold up analysis
         self._estimator_lock = threading.Lock()
+        self._last_sweep = time.monotonic()
+        self._sweep_every_s = min(300.0, settings.abandoned_segment_after_s / 4)
 
     # ------------------------------------------------------------------ lifecycle
     def recover(self) -> int:
@@ -181,7 +325,93 @@ class Worker:
             db.commit()
             if jobs:
                 logger.info("requeued %d job(s) interrupted by a restart", len(jobs))
-            return len(jobs)
+        # A killed process leaves the temporary files of its atomic writes behind.
+        try:
+            clean_temporary_files(self.store.root)
+        except OSError as exc:
+            logger.warning("%s: temporary files not cleaned (%s)", self.store.root, exc)
+        self.sweep_segments()
+        return len(jobs)
+
+    def sweep_segments(self) -> int:
+        """Abandon the incomplete segments without an upload for ``abandoned_segment_after_s``;
+        with ``retention=delete_after_features``, delete the raw video that such segments
+        held up. Run at start-up and then periodically by the process thread.
+
+        A finished, processed session loses its raw video at once. An unfinished one (the
+        participant left) loses it once it has been idle for ``abandoned_segment_after_s``
+        and a clips job has analysed, after that, everything its video holds (the sweep
+        queues one when needed; the abandoned segments count as complete then).
+
+        Returns
+        -------
+        int
+            Segments abandoned.
+        """
+        from fergi.study._db import Segment as SegmentRow
+
+        self._last_sweep = time.monotonic()
+        after = self.settings.abandoned_segment_after_s
+        retention = self.settings.retention == "delete_after_features"
+        abandoned = 0
+        with self.factory() as db:
+            ids = set(db.scalars(
+                select(SegmentRow.session_id).where(
+                    SegmentRow.complete.is_(False), SegmentRow.abandoned_at.is_(None)
+                ).distinct()
+            ).all())
+            if retention:
+                ids |= set(db.scalars(
+                    select(SegmentRow.session_id)
+                    .join(StudySession, StudySession.id == SegmentRow.session_id)
+                    .where(StudySession.finished_at.is_(None))
+                    .distinct()
+                ).all())
+            for session_id in sorted(ids):
+                sess = db.get(StudySession, session_id)
+                stale = abandon_stale_segments(sess, after)
+                if stale:
+                    abandoned += len(stale)
+                    db.commit()
+                    logger.info("session %d: segment(s) %s abandoned (no upload for %g s)", sess.id, stale, after)
+                if not retention:
+                    continue
+                if sess.finished_at is None:
+                    self._retire_idle_session(db, sess, after)
+                elif stale and any(j.kind == "process" and j.status == "done" for j in sess.jobs):
+                    if retention_blocker(sess, processed=True) is None:
+                        self._delete_raw_video(db, sess)
+                        logger.info("session %d: raw video deleted (retention)", sess.id)
+        return abandoned
+
+    def _retire_idle_session(self, db: Session, sess: StudySession, after: float) -> None:
+        """Retention of an unfinished session idle for ``after`` seconds (see sweep_segments)."""
+        if not (self.store.session_dir(sess.id) / "segments").is_dir() or not sess.segments:
+            return
+        if any(segment_is_open(seg, abandoned_after_s=after) for seg in sess.segments):
+            return
+        times = [segment_last_activity(seg) for seg in sess.segments]
+        times += [e.received_at for e in sess.events if e.received_at is not None]
+        last = max(times)
+        if (utcnow() - last).total_seconds() < after:
+            return
+        if stale_images(sess):
+            # analysed since its segments closed (abandoned ones count as complete then)?
+            closed = max([last, *(seg.abandoned_at for seg in sess.segments if seg.abandoned_at is not None)])
+            jobs = [j for j in sess.jobs if j.kind == "clips"]
+            latest = jobs[-1] if jobs else None
+            analysed = (
+                latest is not None and latest.status == "done"
+                and latest.finished_at is not None and latest.finished_at >= closed
+            )
+            if not analysed:
+                if latest is None or latest.status not in ("queued", "running", "failed"):
+                    enqueue(db, sess.id, "clips", revive=True)
+                    db.commit()
+                    self.wake("clips")
+                return
+        self._delete_raw_video(db, sess)
+        logger.info("session %d: unfinished and idle for %g s: raw video deleted (retention)", sess.id, after)
 
     def start(self) -> None:
         self.recover()
@@ -223,6 +453,11 @@ class Worker:
             except Exception:  # a broken database must not kill the thread
                 logger.exception("worker %s: polling failed", kind)
                 ran = False
+            if kind == "process" and not ran and time.monotonic() - self._last_sweep > self._sweep_every_s:
+                try:
+                    self.sweep_segments()
+                except Exception:
+                    logger.exception("worker: segment sweep failed")
             if not ran:
                 self._wake[kind].wait(self.settings.worker_poll_s)
                 self._wake[kind].clear()
@@ -401,6 +636,7 @@ class Worker:
 
     def _process(self, db: Session, job: Job) -> None:
         """After the ranking: the images not stored yet, then the session's labels."""
+        import numpy as np
         import pandas as pd
 
         from fergi.study import _realtime
@@ -411,13 +647,19 @@ class Worker:
             _Stages,
             session_provenance,
         )
+        from fergi.study._realtime import has_recording_fault
 
         sess = db.get(StudySession, job.session_id)
         on_stage = self._stage(db, job)
         job.stages = {}
+        if sess.finished_at is not None:
+            # The session is over: a segment still incomplete now can never complete (the
+            # client completes each one before the ranking); its video is final as it is.
+            for seg in sess.segments:
+                abandon_segment(seg, "incomplete when the finished session was processed")
         db.commit()
         stages = _Stages(on_stage)
-        chosen = select_image_events(list(sess.events), sess.n_images)
+        chosen = chosen_presentations(sess)
         if not chosen:
             raise RuntimeError("no image has a complete presentation (baseline, shown, hidden) on record")
         missing = sorted(set(range(1, sess.n_images + 1)) - set(chosen))
@@ -426,11 +668,11 @@ class Worker:
         invalid = sorted(img.index for img in sess.images if img.invalid)
         with self.live.lock(sess.id):
             db.refresh(sess)
-            stored = {c.image_index for c in sess.clips if c.features_file}
+            todo = set(stale_images(sess))
             segments = {seg.index: seg for seg in sess.segments}
 
             def assemble() -> None:
-                for seg_index in sorted({seg for image, (seg, _) in chosen.items() if image not in stored}):
+                for seg_index in sorted({seg for image, (seg, _) in chosen.items() if image in todo}):
                     seg: Segment | None = segments.get(seg_index)
                     if seg is None or seg.n_chunks == 0:
                         raise RuntimeError(f"segment {seg_index} has no uploaded video")
@@ -451,14 +693,31 @@ class Worker:
         for image, state in sorted(status.items()):
             on_stage(f"image {image}", state)
         db.refresh(sess)
+        # Left out of the labels: an image with a clip the camera stopped or froze in (a
+        # reaction then lacks its neutral reference too) and clips of a presentation
+        # that a replay superseded but whose own video holds no clip.
+        min_share = self.settings.clip_min_frame_share
+        unusable = {c.image_index for c in sess.clips if c.features_file and has_recording_fault(c, min_share)}
+        unusable |= set(stale_images(sess)) & {c.image_index for c in sess.clips}
+        if unusable:
+            logger.info("session %d: images %s left out (invalid clips)", sess.id, sorted(unusable))
+        invalid = sorted(set(invalid) | unusable)
         frames = {}
+        stored_valid = {}
         for clip in sess.clips:
             if clip.features_file:
                 frames[(clip.image_index, clip.clip)] = pd.read_csv(self.store.resolve(clip.features_file))
-        act = stages.run(
-            "activations",
-            lambda: _activations_stage(frames, participant=sess.participant_id, session=sess.index),
-        )
+                stored_valid[(clip.image_index, clip.clip)] = clip.clip_valid is not False
+
+        def activations():
+            act = _activations_stage(frames, participant=sess.participant_id, session=sess.index)
+            # The stored validity adds the frame-count rule to the face rule recomputed here.
+            keys = zip(act["image"].astype(int), act["clip"].astype(str), strict=True)
+            stored = np.array([stored_valid.get(k, True) for k in keys], dtype=bool)
+            act["clip_valid"] = act["clip_valid"].astype(bool).to_numpy() & stored
+            return act
+
+        act = stages.run("activations", activations)
         labels = stages.run(
             "labels",
             lambda: _labels_stage(
@@ -502,7 +761,7 @@ class Worker:
             # Re-read: chunks or a new segment may have arrived while this job ran.
             db.expire_all()
             sess = db.get(StudySession, job.session_id)
-            reason = retention_blocker(sess)
+            reason = retention_blocker(sess, processed=True)
             if reason is None:
                 self._delete_raw_video(db, sess)
                 on_stage("retention", "raw video deleted")
@@ -554,10 +813,20 @@ class Worker:
         db.commit()
 
     def _delete_raw_video(self, db: Session, sess: StudySession) -> None:
-        """Retention: features are extracted, so the face video itself goes."""
-        self.live.drop(sess.id)
-        shutil.rmtree(self.store.session_dir(sess.id) / "segments", ignore_errors=True)
-        shutil.rmtree(self.store.clips_dir(sess.id), ignore_errors=True)
+        """Retention: features are extracted, so the face video itself goes.
+
+        Segment by segment, the ones on record: a segment a returning participant starts
+        at this moment keeps its chunks (the folder goes only once it is empty).
+        """
+        with self.live.lock(sess.id):  # not while a clips job of the session decodes them
+            self.live.drop(sess.id)
+            for seg in sess.segments:
+                shutil.rmtree(self.store.segment_dir(sess.id, seg.index), ignore_errors=True)
+            try:
+                (self.store.session_dir(sess.id) / "segments").rmdir()
+            except OSError:  # not empty (a new segment), or already gone
+                pass
+            shutil.rmtree(self.store.clips_dir(sess.id), ignore_errors=True)
         for clip in db.scalars(select(Clip).where(Clip.session_id == sess.id)):
             clip.video_file = None
         db.commit()
