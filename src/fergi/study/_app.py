@@ -20,7 +20,7 @@ from fergi._errors import FergiError
 from fergi.study._db import make_engine, make_sessionmaker
 from fergi.study._deps import ADMIN_COOKIE, RateLimiter, is_admin
 from fergi.study._settings import StudySettings
-from fergi.study._storage import MediaStore
+from fergi.study._storage import open_store
 from fergi.study._worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -151,23 +151,33 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
     """
     from fergi.study._prompting import create_prompt_composer
 
+    from fergi.study import _queue
+
     settings = settings or StudySettings()
-    media = settings.resolved_media_dir
-    try:
-        media.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FergiError(f"--media {media}: cannot create the media folder ({exc.strerror})") from None
-    engine = make_engine(settings.resolved_db_url)
+    media = settings.media_location
+    key = settings.media_key.get_secret_value() if settings.media_key else None
+    store = open_store(media, key=key, options=settings.media_options)
+    if _queue.is_postgres(settings.resolved_db_url):
+        # a server and workers starting at once must not race to create the tables
+        with _queue.schema_lock(settings.resolved_db_url):
+            engine = make_engine(settings.resolved_db_url)
+    else:
+        engine = make_engine(settings.resolved_db_url)
     factory = make_sessionmaker(engine)
-    store = MediaStore(media)
-    worker = Worker(factory, settings, store)
+    dispatcher = None
+    if _queue.uses_queue(settings):
+        # PostgreSQL: jobs go to `fergi worker` processes (procrastinate); none run here
+        dispatcher = _queue.QueueDispatcher(factory, settings.resolved_db_url)
+    worker = Worker(factory, settings, store, dispatcher=dispatcher)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         logger.info("study database: %s", redacted_url(settings.resolved_db_url))
-        logger.info("study media folder: %s", media)
+        logger.info("study media: %s", store.location)
         if settings.worker:
             worker.start()
+            if dispatcher is not None:
+                logger.info("jobs are run by `fergi worker` processes (procrastinate queue)")
         try:
             yield
         finally:
