@@ -222,6 +222,19 @@ class ChunkStream(io.RawIOBase):
             self._current = (index, data)
         return self._current[1]
 
+    def read(self, size: int = -1) -> bytes:
+        # whole reads across chunk boundaries (a raw read may stop at one)
+        if size is None or size < 0:
+            size = max(0, self.size - self._pos)
+        out = bytearray()
+        while len(out) < size:
+            buffer = bytearray(size - len(out))
+            n = self.readinto(buffer)
+            if not n:
+                break
+            out += buffer[:n]
+        return bytes(out)
+
     def readinto(self, buffer) -> int:
         if self._pos >= self.size:
             return 0
