@@ -1,7 +1,7 @@
 """A study spread over OS processes, for the distributed test and ``bench_scale``.
 
 One ``fergi serve`` and any number of ``fergi worker`` processes (``python -m
-fergi.cli``) against one PostgreSQL database, with media in a folder or on an S3
+fergi.cli._main``) against one PostgreSQL database, with media in a folder or on an S3
 server (moto's, in this process), and participants simulated over HTTP with real
 WebM recordings. Nothing here is a fake: every request and job goes through the
 real server and workers.
@@ -20,13 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+#: The `fergi` command, as the installed entry point runs it.
+FERGI = "import sys; from fergi.cli._main import main; sys.exit(main(sys.argv[1:]))"
 ADMIN_TOKEN = "test-admin"
 N_IMAGES = 2
 CHUNK_BYTES = 24_000
 #: (image, first event time): 1 s baseline and 1 s presentation each (settings below).
 PRESENTATIONS = ((1, 0.2), (2, 2.6))
 FORM = {
-    "animate_objects": [{"name": "cat", "quantity": 1, "activity": "sleep", "characteristics": "furry"}],
+    "animate_objects": [{"name": "cat", "quantity": 1, "activity": "", "characteristics": "furry"}],
     "inanimate_objects": [{"name": "flower", "quantity": 1}],
     "interactional_relations": [{"entity1": "animate:0", "entity2": "inanimate:0", "relation": "looking at"}],
     "positional_relations": [],
@@ -150,7 +152,7 @@ class StudyCluster:
         log = self.root / f"{name}.log"
         handle = log.open("wb")
         popen = subprocess.Popen(
-            [sys.executable, "-m", "fergi.cli", "-v", *args, "--data-dir", str(data)],
+            [sys.executable, "-c", FERGI, "-v", *args, "--data-dir", str(data)],
             cwd=self.root, env=self.env(tmp), stdout=handle, stderr=subprocess.STDOUT,
         )
         proc = Proc(name, popen, log, tmp)
