@@ -79,7 +79,7 @@ def _run_batch(study, cluster, recording: bytes, n_workers: int, n_sessions: int
     finally:
         engine.dispose()
         for proc in workers:
-            proc.popen.terminate()
+            proc.terminate()
         for proc in workers:
             proc.popen.wait(30)
     return {"seconds": seconds, "sessions_per_min": 60.0 * n_sessions / seconds,

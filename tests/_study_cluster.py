@@ -113,6 +113,12 @@ class Proc:
     popen: subprocess.Popen
     log: Path
     tmp: Path
+    stopped: bool = False  # stopped on purpose (not a crash)
+
+    def terminate(self) -> None:
+        self.stopped = True
+        if self.popen.poll() is None:
+            self.popen.terminate()
 
     def text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -190,7 +196,7 @@ class StudyCluster:
         deadline = time.monotonic() + timeout
         while True:
             for proc in self.procs:
-                if proc.name != "serve" and proc.popen.poll() is not None:
+                if proc.name != "serve" and not proc.stopped and proc.popen.poll() is not None:
                     raise RuntimeError(f"{proc.name} exited:\n{proc.text()[-3000:]}")
             try:
                 with psycopg.connect(libpq_url(self.db_url)) as conn:

@@ -222,6 +222,7 @@ def test_sessions_survive_a_killed_worker_with_media_on_s3(tmp_path, postgres_ur
                 job_id = running[0][0]
                 row = next(r for r in cluster.job_rows(db_url) if r["id"] == job_id)
                 if row["status"] == "running" and not _finished(proc.text(), job_id):
+                    proc.stopped = True
                     os.kill(proc.popen.pid, signal.SIGKILL)
                     proc.popen.wait(10)
                     killed = (proc, job_id)
@@ -263,6 +264,16 @@ def test_sessions_survive_a_killed_worker_with_media_on_s3(tmp_path, postgres_ur
             # media served from the bucket
             image = client.get(f"/api/admin/sessions/{p.id}/images/1", headers=ADMIN)
             assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+        # a clip video is encoded on demand in scratch space and kept in the bucket
+        video = client.get(f"/api/admin/sessions/{participants[0].id}/clips/1/reaction", headers=ADMIN)
+        assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+        assert fs.isfile(f"{s3.bucket}/study/sessions/{participants[0].id:06d}/clips/reaction_clip_1.mp4")
+        # and the study exports straight from the bucket
+        from fergi.study import export_study
+
+        summary = export_study(db_url, f"s3://{s3.bucket}/study", tmp_path / "export", include_raw=False)
+        assert summary["sessions"] == 6
+        assert len(list((tmp_path / "export" / "data").rglob("reaction_clip_*_features.csv"))) == 12
     finally:
         study.stop()
     # all media in the bucket, none on local disk

@@ -60,7 +60,7 @@ def run(args) -> int:
     from fergi.study import _queue
     from fergi.study._app import redacted_url
     from fergi.study._db import make_sessionmaker
-    from fergi.study._storage import open_store
+    from fergi.study._storage import store_from_settings
     from fergi.study._worker import Worker
 
     if args.concurrency < 1:
@@ -78,8 +78,7 @@ def run(args) -> int:
         from fergi.study import create_generator
 
         create_generator(settings.generator, **dict(settings.generator_options))
-    key = settings.media_key.get_secret_value() if settings.media_key else None
-    store = open_store(settings.media_location, key=key, options=settings.media_options)
+    store = store_from_settings(settings)
     engine = _queue.prepare_database(url)
     worker = Worker(make_sessionmaker(engine), settings, store)
     print(f"fergi worker: database {redacted_url(url)}", flush=True)

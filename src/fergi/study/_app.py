@@ -20,7 +20,7 @@ from fergi._errors import FergiError
 from fergi.study._db import make_engine, make_sessionmaker
 from fergi.study._deps import ADMIN_COOKIE, RateLimiter, is_admin
 from fergi.study._settings import StudySettings
-from fergi.study._storage import open_store
+from fergi.study._storage import store_from_settings
 from fergi.study._worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -154,9 +154,7 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
     from fergi.study import _queue
 
     settings = settings or StudySettings()
-    media = settings.media_location
-    key = settings.media_key.get_secret_value() if settings.media_key else None
-    store = open_store(media, key=key, options=settings.media_options)
+    store = store_from_settings(settings)
     if _queue.is_postgres(settings.resolved_db_url):
         # a server and workers starting at once must not race to create the tables
         with _queue.schema_lock(settings.resolved_db_url):

@@ -593,6 +593,13 @@ def open_store(
     return MediaStore(root, key=key)
 
 
+def store_from_settings(settings) -> MediaStore:
+    """The media store a :class:`~fergi.study.StudySettings` names (``media_url`` or the
+    media folder, ``media_key``, ``media_options``)."""
+    key = settings.media_key.get_secret_value() if settings.media_key is not None else ""
+    return open_store(settings.media_location, key=key.strip() or None, options=settings.media_options)
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
