@@ -176,6 +176,69 @@ def test_raw_video_is_encrypted_at_rest_and_still_processed(tmp_path, recording)
         assert app.state.store.chunk_path(p.id, seg, 0).read_bytes() == stored
 
 
+# --------------------------------------------------------------------------- the queue
+
+
+def test_postgres_server_only_enqueues_and_a_job_runs_once(tmp_path, postgres_url):
+    """The server defers one procrastinate job per queued row (never two waiting), runs
+    nothing itself, and the job function claims a row once; a row left running by a
+    dead worker is run again, and failed once it was interrupted too often."""
+    pytest.importorskip("procrastinate")
+    import psycopg
+    from sqlalchemy import select
+
+    from fergi.study._db import Job
+    from fergi.study._queue import libpq_url
+    from fergi.study._worker import Worker
+
+    db_url = cluster.fresh_database(postgres_url)
+    settings = make_settings(tmp_path, db_url=db_url, worker=True, max_job_attempts=2)
+    app = create_app(settings)
+    with TestClient(app) as client:
+        assert app.state.worker.dispatcher is not None and not app.state.worker._threads
+        p = Participant(client)
+        p.consent()
+        p.write_prompt()
+        app.state.worker.wake("generate")  # again: already waiting, nothing new
+        with psycopg.connect(libpq_url(db_url)) as conn:
+            waiting = conn.execute(
+                "SELECT lock, queueing_lock, args FROM procrastinate_jobs WHERE status = 'todo'").fetchall()
+        with app.state.sessionmaker() as db:
+            job = db.scalars(select(Job).where(Job.session_id == p.id, Job.kind == "generate")).one()
+            job_id = job.id
+            assert job.status == "queued"  # nothing runs in the server
+        assert waiting == [(f"fergi:{p.id}:generate", f"fergi-job:{job_id}", {"job_id": job_id})]
+
+        # what `fergi worker` runs for that procrastinate job
+        worker = Worker(app.state.sessionmaker, settings, app.state.store)
+        assert worker.run_job(job_id) is True
+        assert worker.run_job(job_id) is False  # a duplicate delivery does nothing
+        with app.state.sessionmaker() as db:
+            job = db.get(Job, job_id)
+            assert (job.status, job.attempts) == ("done", 1)
+            # a worker died while running it: run again once, then failed
+            job.status = "running"
+            db.commit()
+        assert worker.run_job(job_id) is True
+        with app.state.sessionmaker() as db:
+            job = db.get(Job, job_id)
+            assert (job.status, job.attempts) == ("done", 2)
+            job.status = "running"
+            db.commit()
+        assert worker.run_job(job_id) is False
+        with app.state.sessionmaker() as db:
+            job = db.get(Job, job_id)
+            assert job.status == "failed" and "interrupted too often" in job.error
+
+
+def test_worker_refuses_sqlite_with_one_line(tmp_path, capsys):
+    from fergi.cli._main import main
+
+    assert main(["worker", "--db", f"sqlite:///{tmp_path / 'x.sqlite3'}", "--media", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --db sqlite:") and "PostgreSQL" in err and err.count("\n") == 1
+
+
 # --------------------------------------------------------------------------- the distributed study
 
 

@@ -130,9 +130,17 @@ def _locks(job_id: int, session_id: int, kind: str) -> dict[str, str]:
 
 
 def queued_jobs(factory: sessionmaker[Session], kind: str | None = None) -> list[tuple[int, int, str]]:
-    """``(job id, session id, kind)`` of the rows waiting in the jobs table."""
+    """``(job id, session id, kind)`` of the queued rows that have no waiting
+    procrastinate job yet (one query: every chunk upload asks)."""
+    from sqlalchemy import String, cast, column, exists, literal, literal_column, table
+
+    waiting = table("procrastinate_jobs", column("status"), column("queueing_lock"))
+    pending = exists().where(
+        waiting.c.status == literal_column("'todo'"),  # an enum: an untyped literal
+        waiting.c.queueing_lock == literal("fergi-job:") + cast(Job.id, String),
+    )
     with factory() as db:
-        query = select(Job.id, Job.session_id, Job.kind).where(Job.status == "queued").order_by(Job.id)
+        query = select(Job.id, Job.session_id, Job.kind).where(Job.status == "queued", ~pending).order_by(Job.id)
         if kind:
             query = query.where(Job.kind == kind)
         return [tuple(row) for row in db.execute(query).all()]
