@@ -14,12 +14,10 @@ from pathlib import Path, PurePath
 import pytest
 from fastapi.testclient import TestClient
 
+import _study_cluster as cluster
 from fergi import FergiError
 from fergi.study import create_app
 from test_study_api import ADMIN, Participant, make_settings
-
-sys.path.insert(0, str(Path(__file__).parent))
-import _study_cluster as cluster  # noqa: E402
 
 MEDIA_SUFFIXES = {".webm", ".mp4", ".png", ".csv", ".json", ".part"}
 
@@ -192,7 +190,7 @@ def test_postgres_server_only_enqueues_and_a_job_runs_once(tmp_path, postgres_ur
     from fergi.study._worker import Worker
 
     db_url = cluster.fresh_database(postgres_url)
-    settings = make_settings(tmp_path, db_url=db_url, worker=True, max_job_attempts=2)
+    settings = make_settings(tmp_path, db_url=db_url, worker=True, max_job_attempts=2, queue="procrastinate")
     app = create_app(settings)
     with TestClient(app) as client:
         assert app.state.worker.dispatcher is not None and not app.state.worker._threads
@@ -355,3 +353,19 @@ def test_scale_figures_quick():
     assert figures["workers"] == [1, 2]
     assert all(v > 0 for v in figures["sessions_per_min"])
     assert figures["ratio"][0] == 1.0 and figures["ratio"][1] > 0
+
+
+def test_serve_hands_jobs_to_workers_only_with_postgres(tmp_path, monkeypatch):
+    from fergi.cli._main import build_parser
+    from fergi.cli.serve import settings_from_args
+
+    monkeypatch.setenv("FERGI_ADMIN_TOKEN", "x")
+    parse = build_parser().parse_args
+    base = ["serve", "--data-dir", str(tmp_path)]
+    assert settings_from_args(parse(base)).queue == "threads"
+    pg = [*base, "--db", "postgresql+psycopg://fergi@db.invalid/fergi"]
+    assert settings_from_args(parse(pg)).queue == "procrastinate"
+    assert settings_from_args(parse([*pg, "--no-worker"])).queue == "threads"
+    assert settings_from_args(parse([*pg, "--queue", "threads"])).queue == "threads"
+    s3 = settings_from_args(parse([*base, "--media", "s3://bucket/prefix"]))
+    assert s3.media_url == "s3://bucket/prefix" and s3.media_location == "s3://bucket/prefix"

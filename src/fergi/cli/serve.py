@@ -133,6 +133,10 @@ def settings_from_args(args, *, keep_admin_token: bool = True):
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise FergiError(f"setting {where}: {err['msg']}") from None
+    if settings.queue == "auto":
+        from fergi.study._queue import resolve_queue
+
+        settings.queue = resolve_queue(settings)
     if keep_admin_token and "FERGI_ADMIN_TOKEN" not in os.environ:
         settings.admin_token = _stored_admin_token(settings.data_dir, settings.admin_token)
     return settings

@@ -149,9 +149,8 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
     >>> app = FastAPI(lifespan=study.router.lifespan_context)  # doctest: +SKIP
     >>> app.mount("/study", study)  # doctest: +SKIP
     """
-    from fergi.study._prompting import create_prompt_composer
-
     from fergi.study import _queue
+    from fergi.study._prompting import create_prompt_composer
 
     settings = settings or StudySettings()
     store = store_from_settings(settings)

@@ -57,20 +57,25 @@ def is_postgres(url: str) -> bool:
 
 
 def uses_queue(settings) -> bool:
-    """Whether ``fergi serve`` hands its jobs to procrastinate (else: threads in-process).
+    """Whether the app hands its jobs to procrastinate (else: threads in-process).
 
-    ``queue="auto"`` (the default): with a PostgreSQL database and the worker on; an
-    SQLite study (the zero-configuration default) keeps its in-process worker.
+    ``queue="procrastinate"`` (what ``fergi serve`` picks for a PostgreSQL database
+    unless told otherwise, see :func:`resolve_queue`); ``"auto"`` and ``"threads"``
+    keep the in-process worker, as an embedded app always had.
     """
-    mode = getattr(settings, "queue", "auto")
-    if mode == "threads":
+    if getattr(settings, "queue", "auto") != "procrastinate":
         return False
-    postgres = is_postgres(settings.resolved_db_url)
-    if mode == "procrastinate":
-        if not postgres:
-            raise FergiError("--queue procrastinate needs a PostgreSQL --db (postgresql+psycopg://...)")
-        return True
-    return postgres and bool(settings.worker)
+    if not is_postgres(settings.resolved_db_url):
+        raise FergiError("--queue procrastinate needs a PostgreSQL --db (postgresql+psycopg://...)")
+    return True
+
+
+def resolve_queue(settings) -> str:
+    """``fergi serve``'s choice for ``queue="auto"``: procrastinate with a PostgreSQL
+    database and the worker on, threads otherwise (SQLite, the zero-config default)."""
+    if settings.queue != "auto":
+        return settings.queue
+    return "procrastinate" if is_postgres(settings.resolved_db_url) and settings.worker else "threads"
 
 
 def libpq_url(url: str) -> str:

@@ -89,8 +89,9 @@ class StudySettings(BaseSettings):
     worker: bool = True
     worker_poll_s: float = Field(default=1.0, gt=0)
     max_job_attempts: int = 3
-    # Who runs jobs: "auto" = `fergi worker` processes through procrastinate with a
-    # PostgreSQL database (when `worker` is on), threads in this process with SQLite.
+    # Who runs jobs: "procrastinate" = `fergi worker` processes through a PostgreSQL
+    # queue (this process only enqueues); "threads" = this process. "auto": `fergi serve`
+    # picks procrastinate for a PostgreSQL database, an embedded app keeps threads.
     queue: Literal["auto", "threads", "procrastinate"] = "auto"
     retention: Literal["keep", "delete_after_features"] = "keep"
     # Baseline scores (`fergi score`) of each session's images, computed after processing
