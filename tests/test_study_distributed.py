@@ -118,6 +118,13 @@ def test_local_chunks_keep_their_layout(tmp_path):
         folder = app.state.store.segment_dir(p.id, seg)
         assert sorted(f.name for f in folder.iterdir()) == ["chunk_000000.webm"]
         assert (folder / "chunk_000000.webm").read_bytes() == body
+        # The server stopped between the chunk's database commit and its rename: the
+        # client's retry (it never got an answer) finishes the commit.
+        staged = app.state.store.staged_chunk_path(p.id, seg, 0, hashlib.sha256(body).hexdigest())
+        (folder / "chunk_000000.webm").rename(staged)
+        assert p.chunk(seg, 0, body).json()["duplicate"] is True
+        assert sorted(f.name for f in folder.iterdir()) == ["chunk_000000.webm"]
+        assert (folder / "chunk_000000.webm").read_bytes() == body
 
 
 def test_missing_cryptography_names_the_extra(monkeypatch):

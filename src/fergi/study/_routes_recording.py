@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -134,9 +135,7 @@ async def put_chunk(
     if existing is not None:
         if existing.sha256 == digest:
             # a retry after a lost response: finish the commit the first request began
-            staged = store.staged_chunk_path(sess.id, segment, seq, digest)
-            if staged.exists():
-                store.commit_chunk(staged, sess.id, segment, seq)
+            await run_in_threadpool(store.finish_commit, sess.id, segment, seq, digest)
             return {"seq": seq, "duplicate": True, **segment_info(seg)}
         raise HTTPException(409, f"chunk {seq} was already received with different content")
     if seg.complete:
@@ -160,7 +159,8 @@ async def put_chunk(
     # The bytes are durable (under a temporary name) before the database says the chunk
     # exists, and get their final name only once its row is committed: an accepted
     # chunk is never lost, and a racing request's bytes never replace the winner's.
-    staged = store.stage_chunk(sess.id, segment, seq, data, digest)
+    # (in a thread: on object storage these are network round trips)
+    staged = await run_in_threadpool(store.stage_chunk, sess.id, segment, seq, data, digest)
     db.add(Chunk(segment_id=seg.id, seq=seq, size=len(data), sha256=digest))
     seg.n_chunks = seq + 1
     seg.n_bytes += len(data)
@@ -172,7 +172,7 @@ async def put_chunk(
             store.discard(staged)  # (same bytes: same staged name, the winner commits it)
         db.refresh(seg)
         return {"seq": seq, "duplicate": True, **segment_info(seg)}
-    store.commit_chunk(staged, sess.id, segment, seq)
+    await run_in_threadpool(store.commit_chunk, staged, sess.id, segment, seq)
     _queue_clips(request, db, sess)
     return {"seq": seq, "duplicate": False, **segment_info(seg)}
 

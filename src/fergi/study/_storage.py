@@ -20,6 +20,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -459,6 +460,13 @@ class MediaStore:
             return
         _fsync_dir(final.parent)
 
+    def finish_commit(self, session_id: int, segment: int, seq: int, sha256: str) -> None:
+        """A chunk sent again whose row exists: commit its staged bytes if the first
+        request stopped between its database commit and its rename."""
+        staged = self.staged_chunk_path(session_id, segment, seq, sha256)
+        if staged.exists():
+            self.commit_chunk(staged, session_id, segment, seq)
+
     def discard(self, staged: StorePath) -> None:
         """Remove a staged chunk that lost a race (or whose row was refused)."""
         staged.unlink(missing_ok=True)
@@ -489,7 +497,7 @@ class MediaStore:
             raise FergiError(f"{path}: recording chunk does not exist") from None
         if self._cipher is not None:
             data = self._cipher.decrypt(data, str(path))
-        elif data.startswith(_FERNET_PREFIX):
+        elif data.startswith(_FERNET_PREFIX) and re.fullmatch(rb"[A-Za-z0-9_=-]+", data):
             raise FergiError(f"{path}: the recording chunk is encrypted; set FERGI_MEDIA_KEY to read it")
         if cache_key is not None:
             with self._cache_lock:
