@@ -236,6 +236,27 @@ def test_postgres_server_only_enqueues_and_a_job_runs_once(tmp_path, postgres_ur
             assert job.status == "failed" and "interrupted too often" in job.error
 
 
+def test_schema_is_created_once_by_processes_starting_together(postgres_url):
+    """Server and workers start at once: each creates what is missing, none fails."""
+    pytest.importorskip("procrastinate")
+    import subprocess
+
+    db_url = cluster.fresh_database(postgres_url)
+    code = "import sys; from fergi.study._queue import prepare_database; prepare_database(sys.argv[1]).dispose()"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    procs = [subprocess.Popen([sys.executable, "-c", code, db_url], env=env, stderr=subprocess.PIPE)
+             for _ in range(3)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    import psycopg
+
+    from fergi.study._queue import libpq_url
+
+    with psycopg.connect(libpq_url(db_url)) as conn:
+        tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert {"jobs", "sessions", "procrastinate_jobs", "procrastinate_workers"} <= tables
+
+
 def test_worker_refuses_sqlite_with_one_line(tmp_path, capsys):
     from fergi.cli._main import main
 
