@@ -212,7 +212,7 @@ def test_postgres_server_only_enqueues_and_a_job_runs_once(tmp_path, postgres_ur
             job = db.scalars(select(Job).where(Job.session_id == p.id, Job.kind == "generate")).one()
             job_id = job.id
             assert job.status == "queued"  # nothing runs in the server
-        assert waiting == [(f"fergi:{p.id}:generate", f"fergi-job:{job_id}", {"job_id": job_id})]
+        assert waiting == [(f"fergi:session:{p.id}", f"fergi-job:{job_id}", {"job_id": job_id})]
 
         # what `fergi worker` runs for that procrastinate job
         worker = Worker(app.state.sessionmaker, settings, app.state.store)

@@ -8,9 +8,11 @@ on any machines, take them. The job functions are the same as the in-process wor
 
 Guarantees:
 
-* a job never runs twice at once: every procrastinate job of one session and kind
-  carries the lock ``fergi:<session>:<kind>``, and a row is claimed with an atomic
-  ``UPDATE`` on its status;
+* a job never runs twice at once: every procrastinate job of a session carries the
+  lock ``fergi:session:<id>`` (so its jobs, of every kind, run one after another, as
+  the in-process worker's per-session lock has them: a clips job and the session's
+  processing never analyse the same image at once), and a row is claimed with an
+  atomic ``UPDATE`` on its status;
 * at most one procrastinate job waits per row (queueing lock ``fergi-job:<id>``);
   a duplicate that slips through finds the row done and does nothing;
 * a job of a killed worker is picked up again: workers send heartbeats, and each
@@ -131,7 +133,8 @@ def prepare_database(url: str):
 
 
 def _locks(job_id: int, session_id: int, kind: str) -> dict[str, str]:
-    return {"lock": f"fergi:{session_id}:{kind}", "queueing_lock": f"fergi-job:{job_id}"}
+    # kind is in the row, which the task reads; the lock is the session's
+    return {"lock": f"fergi:session:{session_id}", "queueing_lock": f"fergi-job:{job_id}"}
 
 
 def queued_jobs(factory: sessionmaker[Session], kind: str | None = None) -> list[tuple[int, int, str]]:
