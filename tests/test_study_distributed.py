@@ -127,6 +127,19 @@ def test_local_chunks_keep_their_layout(tmp_path):
         assert (folder / "chunk_000000.webm").read_bytes() == body
 
 
+def test_object_store_without_its_package_names_the_extra(monkeypatch):
+    import fsspec.core
+
+    from fergi.study._storage import open_store
+
+    def missing(url, **options):
+        raise ImportError("Install s3fs to access S3", name="s3fs")
+
+    monkeypatch.setattr(fsspec.core, "url_to_fs", missing)
+    with pytest.raises(FergiError, match=r"s3://b/p: needs the s3fs package \(pip install 'fergi\[distributed\]'\)"):
+        open_store("s3://b/p")
+
+
 def test_missing_cryptography_names_the_extra(monkeypatch):
     from fergi.study._storage import MediaStore
 
