@@ -14,7 +14,7 @@ import sys
 from fergi import FergiError, __version__
 
 # Order is the order shown by ``fergi --help``: the pipeline from study to labels.
-SUBCOMMANDS = ("serve", "export", "extract", "score", "train-au", "reproduce", "fit", "annotate",
+SUBCOMMANDS = ("serve", "worker", "export", "extract", "score", "train-au", "reproduce", "fit", "annotate",
                "export-labels")
 
 DESCRIPTION = """\
@@ -30,6 +30,7 @@ Typical use:
                                        labels as a training dataset (DPO, reward models)
   fergi train-au --disfa DISFA/ --out fergi_ir50.pth   train the paper's AU model
   fergi serve                          run the web study that records reactions
+  fergi worker --db postgresql+psycopg://...   process its sessions on other machines
 """
 
 

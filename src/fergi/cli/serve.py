@@ -22,9 +22,16 @@ Upload limits: FERGI_MAX_CHUNK_BYTES, FERGI_MAX_RECORDING_BYTES (per segment),
 FERGI_MAX_SESSION_RECORDING_BYTES, FERGI_MAX_SEGMENTS_PER_SESSION,
 FERGI_RATE_LIMIT_PER_MINUTE.
 
+With a PostgreSQL --db, this process runs no processing: jobs are queued in
+PostgreSQL (procrastinate) and run by `fergi worker` processes on any machines; media
+can then live on object storage (--media s3://bucket/prefix, endpoint and keys from
+AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY). FERGI_MEDIA_KEY (a Fernet
+key) encrypts raw video at rest.
+
 Examples:
   fergi serve
   fergi serve --host 0.0.0.0 --port 8080 --db postgresql+psycopg://fergi@db/fergi
+  fergi serve --db postgresql+psycopg://fergi@db/fergi --media s3://study-media/fergi
   fergi serve --generator diffusers --generator-option model=CompVis/stable-diffusion-v1-4
   fergi serve --prompt-llm openai --llm-base-url http://127.0.0.1:8001/v1 --llm-model gpt-3.5-turbo
 """
@@ -41,7 +48,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--data-dir", help="folder for the default database and media (default ./fergi-study)")
     parser.add_argument("--db", help="database URL (default sqlite:///<data-dir>/study.sqlite3)")
-    parser.add_argument("--media", help="media folder for recordings, clips and images (default <data-dir>/media)")
+    parser.add_argument("--media", help="media folder for recordings, clips and images (default "
+                        "<data-dir>/media), or an object-store URL such as s3://bucket/prefix")
     parser.add_argument(
         "--generator", help="image generator: placeholder (default), diffusers or folder"
     )
@@ -64,6 +72,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--scorer-weights", action="append", default=[], metavar="NAME=PATH",
                         help="weights of one scorer, repeatable (default: the Hugging Face cache)")
     parser.add_argument("--no-worker", action="store_true", help="do not process in this process")
+    parser.add_argument("--queue", choices=("auto", "threads", "procrastinate"),
+                        help="who runs processing jobs: auto (default: `fergi worker` processes through "
+                        "PostgreSQL when --db is PostgreSQL, threads here with SQLite), threads, procrastinate")
     return parser
 
 
@@ -74,8 +85,9 @@ def _option_value(text: str):
         return text
 
 
-def settings_from_args(args):
-    """StudySettings from CLI options over environment variables."""
+def settings_from_args(args, *, keep_admin_token: bool = True):
+    """StudySettings from CLI options over environment variables (``fergi serve`` and
+    ``fergi worker``; a worker keeps no admin token)."""
     from pydantic import ValidationError
 
     from fergi import FergiError
@@ -94,11 +106,13 @@ def settings_from_args(args):
         ("baseline_s", "baseline_s"),
         ("present_s", "present_s"),
         ("scorers", "scorers"),
+        ("queue", "queue"),
+        ("estimator", "estimator"),
     ):
         value = getattr(args, name, None)
         if value is not None:
             overrides[key] = value
-    if args.generator_option:
+    if getattr(args, "generator_option", None):
         options = {}
         for item in args.generator_option:
             key, sep, value = item.partition("=")
@@ -119,7 +133,11 @@ def settings_from_args(args):
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise FergiError(f"setting {where}: {err['msg']}") from None
-    if "FERGI_ADMIN_TOKEN" not in os.environ:
+    if settings.queue == "auto":
+        from fergi.study._queue import resolve_queue
+
+        settings.queue = resolve_queue(settings)
+    if keep_admin_token and "FERGI_ADMIN_TOKEN" not in os.environ:
         settings.admin_token = _stored_admin_token(settings.data_dir, settings.admin_token)
     return settings
 
@@ -179,7 +197,10 @@ def run(args) -> int:
     base = settings.public_url or f"http://{shown}:{args.port}"
     log = logging.getLogger("fergi.serve")
     print(f"fergi study: database {redacted_url(settings.resolved_db_url)}", flush=True)
-    print(f"fergi study: media folder {settings.resolved_media_dir}", flush=True)
+    if settings.media_url:
+        print(f"fergi study: media {settings.media_url}", flush=True)
+    else:
+        print(f"fergi study: media folder {settings.resolved_media_dir}", flush=True)
     print(f"fergi study: participants open {base}/", flush=True)
     print(f"fergi study: admin page {base}/admin?token={settings.admin_token}", flush=True)
     log.info("serving on %s:%d", host, args.port)

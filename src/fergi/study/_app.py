@@ -20,7 +20,7 @@ from fergi._errors import FergiError
 from fergi.study._db import make_engine, make_sessionmaker
 from fergi.study._deps import ADMIN_COOKIE, RateLimiter, is_admin
 from fergi.study._settings import StudySettings
-from fergi.study._storage import MediaStore
+from fergi.study._storage import store_from_settings
 from fergi.study._worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -149,25 +149,32 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
     >>> app = FastAPI(lifespan=study.router.lifespan_context)  # doctest: +SKIP
     >>> app.mount("/study", study)  # doctest: +SKIP
     """
+    from fergi.study import _queue
     from fergi.study._prompting import create_prompt_composer
 
     settings = settings or StudySettings()
-    media = settings.resolved_media_dir
-    try:
-        media.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FergiError(f"--media {media}: cannot create the media folder ({exc.strerror})") from None
-    engine = make_engine(settings.resolved_db_url)
+    store = store_from_settings(settings)
+    if _queue.is_postgres(settings.resolved_db_url):
+        # a server and workers starting at once must not race to create the tables
+        with _queue.schema_lock(settings.resolved_db_url):
+            engine = make_engine(settings.resolved_db_url)
+    else:
+        engine = make_engine(settings.resolved_db_url)
     factory = make_sessionmaker(engine)
-    store = MediaStore(media)
-    worker = Worker(factory, settings, store)
+    dispatcher = None
+    if _queue.uses_queue(settings):
+        # PostgreSQL: jobs go to `fergi worker` processes (procrastinate); none run here
+        dispatcher = _queue.QueueDispatcher(factory, settings.resolved_db_url)
+    worker = Worker(factory, settings, store, dispatcher=dispatcher)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         logger.info("study database: %s", redacted_url(settings.resolved_db_url))
-        logger.info("study media folder: %s", media)
+        logger.info("study media: %s", store.location)
         if settings.worker:
             worker.start()
+            if dispatcher is not None:
+                logger.info("jobs are run by `fergi worker` processes (procrastinate queue)")
         try:
             yield
         finally:

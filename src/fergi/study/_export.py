@@ -63,10 +63,11 @@ def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _check_out_is_safe(out: Path, db_url: str, media: Path) -> None:
-    """Refuse an output folder whose replacement would delete the study's own data."""
+def _check_out_is_safe(out: Path, db_url: str, media: Path | None) -> None:
+    """Refuse an output folder whose replacement would delete the study's own data
+    (``media`` None: the media are on object storage)."""
     target = out.resolve()
-    protected = [("media folder", media.resolve())]
+    protected = [("media folder", media.resolve())] if media is not None else []
     db_file = _sqlite_file(db_url)
     if db_file is not None:
         protected.append(("database folder", db_file.parent))
@@ -175,7 +176,8 @@ def export_study(
     db_url : str
         The study database (SQLAlchemy URL, or the path of the SQLite file).
     media_dir : str or Path
-        The study's media folder (``fergi serve --media``).
+        The study's media folder (``fergi serve --media``), or its object-store URL
+        (``s3://bucket/prefix``). Encrypted raw video is read with ``FERGI_MEDIA_KEY``.
     out : str or Path
         Output folder; it must not exist or be empty unless ``overwrite``.
     overwrite : bool
@@ -206,14 +208,23 @@ def export_study(
         Missing database or media folder, non-empty output folder, or an output
         folder that is, contains or lies inside the database's or media folder.
     """
+    from fergi.study._storage import is_url, open_store
+
     engine = _open_db(db_url)
-    media = Path(media_dir).expanduser()
-    if not media.is_dir():
+    key = os.environ.get("FERGI_MEDIA_KEY", "").strip() or None
+    remote = is_url(media_dir)
+    media = media_dir if remote else Path(media_dir).expanduser()
+    if not remote and not media.is_dir():
         engine.dispose()
         raise FergiError(f"--media {media}: no such folder")
+    try:
+        store = open_store(media_dir, key=key) if remote else MediaStore(media, key=key)
+    except FergiError:
+        engine.dispose()
+        raise
     final = Path(out).expanduser()
     try:
-        _check_out_is_safe(final, db_url, media)
+        _check_out_is_safe(final, db_url, None if remote else media)
         if final.exists() and not final.is_dir():
             raise FergiError(f"--out {final}: exists and is not a folder")
         if final.is_dir() and any(final.iterdir()) and not overwrite:
@@ -237,7 +248,7 @@ def export_study(
         if clip_min_frame_share is None:
             clip_min_frame_share = defaults.clip_min_frame_share
     try:
-        summary = _export_into(engine, media, out, include_raw, estimator, clip_min_frame_share)
+        summary = _export_into(engine, store, out, include_raw, estimator, clip_min_frame_share)
         _swap_in(out, final)
     except OSError as exc:
         shutil.rmtree(out, ignore_errors=True)
@@ -271,13 +282,13 @@ def _swap_in(staged: Path, final: Path) -> None:
 
 
 def _export_into(
-    engine, media: Path, out: Path, include_raw: bool, estimator: str, min_frame_share: float = 0.8
+    engine, store: MediaStore, out: Path, include_raw: bool, estimator: str, min_frame_share: float = 0.8
 ) -> dict[str, Any]:
     from fergi.datasets import META_NAME, write_features_meta
     from fergi.study._realtime import clip_video, has_recording_fault
     from fergi.study._worker import stale_images
 
-    store = MediaStore(media)
+    media = store.location
     factory = make_sessionmaker(engine)
     summary: dict[str, Any] = {
         "participants": 0, "sessions": 0, "images": 0, "raw_clips": 0, "skipped": {}, "invalid_clips": {},
@@ -326,7 +337,7 @@ def _export_into(
                     source = store.resolve(clip.features_file)
                     if not source.is_file():
                         raise FergiError(f"--media {media}: missing feature file {clip.features_file}")
-                    shutil.copyfile(source, session_dir / f"{clip.clip}_clip_{clip.image_index}_features.csv")
+                    store.copy_to(source, session_dir / f"{clip.clip}_clip_{clip.image_index}_features.csv")
                     if include_raw and sess.share_video:
                         # encoded from the raw upload now, unless an admin already watched it
                         try:
@@ -341,13 +352,13 @@ def _export_into(
                         if video is not None and video.is_file():
                             target = out / "raw" / pid / f"session_{s}" / f"{clip.clip}_clip_{clip.image_index}{video.suffix}"
                             target.parent.mkdir(parents=True, exist_ok=True)
-                            shutil.copyfile(video, target)
+                            store.copy_to(video, target)
                             summary["raw_clips"] += 1
                 # The release's CSV schema has no room for provenance: the meta file
                 # tells downstream models which AU scale these files are on.
                 meta = store.features_dir(sess.id) / META_NAME
                 if meta.is_file():
-                    shutil.copyfile(meta, session_dir / META_NAME)
+                    store.copy_to(meta, session_dir / META_NAME)
                 else:
                     write_features_meta(session_dir, session_features_provenance(estimator))
                 valid_sessions.setdefault(pid, []).append(s)
@@ -367,7 +378,7 @@ def _export_into(
                     if source.is_file():
                         target = out / "images" / pid / f"session_{s}" / f"image_{img.index}.png"
                         target.parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copyfile(source, target)
+                        store.copy_to(source, target)
                     tables["images"].append([pid, s, img.index, img.seed, img.invalid, json.dumps(img.meta)])
                 for a in sess.answers:
                     tables["answers"].append(

@@ -193,11 +193,14 @@ class SegmentDecoder:
         self._last_t = t
         self.n_frames += 1
 
-    def _open(self, data: bytes):
+    def _open(self, data):
         import av
 
+        # bytes, or a seekable file (a store's ChunkStream: never the whole video in memory)
+        source = io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else data
+        source.seek(0)
         try:
-            container = av.open(io.BytesIO(data), mode="r")
+            container = av.open(source, mode="r")
         except (av.error.FFmpegError, OSError, ValueError) as exc:
             raise FergiError(f"{self.source}: not a readable video ({_reason(exc)})") from None
         if not container.streams.video:
@@ -205,12 +208,12 @@ class SegmentDecoder:
             raise FergiError(f"{self.source}: contains no video stream")
         return container
 
-    def advance(self, data: bytes, *, final: bool = False, until: int | None = None) -> None:
+    def advance(self, data, *, final: bool = False, until: int | None = None) -> None:
         """Decode the packets of ``data`` not decoded yet, up to tick ``until``.
 
         Parameters
         ----------
-        data : bytes
+        data : bytes or seekable binary file
             The segment's stream as uploaded so far (a prefix of the final stream).
         final : bool
             The stream is complete: its last packet is decoded too, and the last frame
@@ -442,15 +445,22 @@ def extract_recording_features(
 # --------------------------------------------------------------------------- the worker's side
 
 
-def check_segment(chunk_paths: Iterable[Path], source: str) -> None:
+def check_segment(chunks, source: str) -> None:
     """Raise a one-line :class:`~fergi.FergiError` when a segment's stored chunks are
-    missing or do not open as a video (the ``assemble`` stage)."""
-    paths = [Path(p) for p in chunk_paths]
-    lost = [p.name for p in paths if not p.is_file()]
-    if lost:
-        raise FergiError(f"{source}: chunk files missing on disk: {lost[:3]}")
-    data = _read_chunks(paths)
-    decoder = SegmentDecoder(source=f"{source} (assembled from {len(paths)} chunks)")
+    missing or do not open as a video (the ``assemble`` stage).
+
+    ``chunks``: the chunk files in order, or a seekable stream of the whole segment
+    (:meth:`fergi.study._storage.MediaStore.segment_stream`, read chunk by chunk).
+    """
+    if hasattr(chunks, "read"):
+        data, n = chunks, len(getattr(chunks, "_loaders", ())) or 1
+    else:
+        paths = [Path(p) for p in chunks]
+        lost = [p.name for p in paths if not p.is_file()]
+        if lost:
+            raise FergiError(f"{source}: chunk files missing on disk: {lost[:3]}")
+        data, n = _read_chunks(paths), len(paths)
+    decoder = SegmentDecoder(source=f"{source} (assembled from {n} chunks)")
     decoder._open(data).close()
     decoder.want("first", 0, 1)
     decoder.advance(data, final=True)
@@ -577,13 +587,12 @@ def process_ready_clips(
         decoder = live.get(sess.id, seg_index, wanted, fps)
         for key, first, n in wanted:
             decoder.want(key, first, n)
-        paths = [store.chunk_path(sess.id, seg_index, c.seq) for c in seg.chunks]
-        lost = [p.name for p in paths if not p.is_file()]
+        lost = store.missing_chunks(sess.id, seg_index, [c.seq for c in seg.chunks])
         if lost:
             raise FergiError(f"segment {seg_index}: chunk files missing on disk: {lost[:3]}")
         # An abandoned segment never grows again: what it holds is final.
         seg_final = final or seg.complete or seg.abandoned_at is not None
-        decoder.advance(_read_chunks(paths), final=seg_final)
+        decoder.advance(store.segment_stream(sess.id, seg_index, seg.chunks), final=seg_final)
         for iw in items:
             keys = [(iw.image, clip) for clip in CLIP_KINDS]
             if not all(decoder.done(key) for key in keys):
@@ -717,10 +726,12 @@ def _store_image(
     rows = []
     for clip, table in tables.items():
         path = folder / f"{clip}_clip_{image}_features.csv"
-        write_features(table, path, decimals=2 if clip == "baseline" else 3)
-        # continue from the file as saved (release rounding), as a recomputation from an
-        # export would
-        frames = pd.read_csv(path)
+        # (on object storage: written to a scratch file, uploaded when the block ends)
+        with store.output(path) as local:
+            write_features(table, local, decimals=2 if clip == "baseline" else 3)
+            # continue from the file as saved (release rounding), as a recomputation from
+            # an export would
+            frames = pd.read_csv(local)
         act = compute_activation_values(
             _frames_table({(image, clip): frames}, participant=sess.participant_id, session=sess.index)
         )
@@ -766,7 +777,7 @@ def _float(value: Any) -> float | None:
 # --------------------------------------------------------------------------- clip videos on demand
 
 
-def clip_video(db, sess, store, image: int, clip: str, *, fps: float = 30) -> Path | None:
+def clip_video(db, sess, store, image: int, clip: str, *, fps: float = 30):
     """The video file of one clip, encoded from the raw upload on first use and kept.
 
     Only the sharing export and the admin's playback ask for one, so a session whose
@@ -784,7 +795,7 @@ def clip_video(db, sess, store, image: int, clip: str, *, fps: float = 30) -> Pa
 
     Returns
     -------
-    pathlib.Path or None
+    pathlib.Path or RemotePath or None
         None when the clip was not analysed, or its raw video is gone (retention).
     """
     from fergi.study._media import clip_windows
@@ -808,8 +819,7 @@ def clip_video(db, sess, store, image: int, clip: str, *, fps: float = 30) -> Pa
     seg = next((s for s in sess.segments if chosen is not None and s.index == chosen[0]), None)
     if seg is None or seg.n_chunks == 0 or not row.n_frames:
         return None
-    paths = [store.chunk_path(sess.id, seg.index, c.seq) for c in seg.chunks]
-    if not all(p.is_file() for p in paths):
+    if store.missing_chunks(sess.id, seg.index, [c.seq for c in seg.chunks]):
         return None
     # the clip's own length, as analysed (durations are the study's, or shorter at the end)
     seconds = row.n_frames / fps
@@ -819,17 +829,18 @@ def clip_video(db, sess, store, image: int, clip: str, *, fps: float = 30) -> Pa
     )
     decoder = SegmentDecoder(fps, f"session {sess.id} segment {seg.index}")
     decoder.want(clip, window.first, row.n_frames)
-    decoder.advance(_read_chunks(paths), final=True)
+    decoder.advance(store.segment_stream(sess.id, seg.index, seg.chunks), final=True)
     frames = decoder.pop(clip)
     if frames is None:
         return None
     target = store.clips_dir(sess.id) / f"{clip}_clip_{image}.mp4"
-    partial = target.with_name(f".{target.stem}.partial.mp4")
-    try:
-        write_video(partial, frames, fps=fps)
-        partial.replace(target)
-    finally:
-        partial.unlink(missing_ok=True)
+    with store.output(target) as local:
+        partial = local.with_name(f".{local.stem}.partial.mp4")
+        try:
+            write_video(partial, frames, fps=fps)
+            partial.replace(local)
+        finally:
+            partial.unlink(missing_ok=True)
     row.video_file = store.relative(target)
     db.commit()
     return target

@@ -15,6 +15,7 @@ from fergi._errors import FergiError
 from fergi.study._db import Job, Participant, StudySession
 from fergi.study._deps import DB, MAX_DB_INT, Settings, Store, require_admin
 from fergi.study._routes_sessions import PARTICIPANT_ID, session_state
+from fergi.study._storage import file_response
 from fergi.study._worker import enqueue, retry_job, stale_images
 
 # Ids beyond the databases' INTEGER overflow the driver: refused as 422 before any query.
@@ -241,7 +242,7 @@ def admin_image(session_id: DbId, index: ImageIndex, db: DB, store: Store) -> Fi
     sess = _session(db, session_id)
     if not any(i.index == index for i in sess.images):
         raise HTTPException(404, f"session {session_id} has no image {index}")
-    return FileResponse(store.image_path(sess.id, index), media_type="image/png")
+    return file_response(store.image_path(sess.id, index), media_type="image/png")
 
 
 @router.get("/sessions/{session_id}/clips/{index}/{clip}")
@@ -267,4 +268,4 @@ def admin_clip(
     if path is None:
         raise HTTPException(404, f"session {session_id} has no stored {clip} clip of image {index}")
     media = {".mp4": "video/mp4", ".webm": "video/webm"}.get(path.suffix, "application/octet-stream")
-    return FileResponse(path, media_type=media, headers={"Cache-Control": "private, no-store"})
+    return file_response(path, media_type=media, headers={"Cache-Control": "private, no-store"})

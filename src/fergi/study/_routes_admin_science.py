@@ -340,7 +340,8 @@ def session_science(
             }
             if clip.features_file:
                 try:
-                    table = pd.read_csv(store.resolve(clip.features_file))
+                    with store.open_read(store.resolve(clip.features_file)) as handle:
+                        table = pd.read_csv(handle)
                     info["curves"] = clip_curves(table, names, start)
                 except (OSError, ValueError, KeyError) as exc:
                     info["reasons"].append(f"feature file unreadable ({type(exc).__name__})")

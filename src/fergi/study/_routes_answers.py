@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from fergi.study._db import Answer, Ranking, utcnow
 from fergi.study._deps import DB, MAX_DB_INT, CurrentSession, Settings, Store
 from fergi.study._routes_sessions import session_state
+from fergi.study._storage import file_response
 from fergi.study._worker import enqueue
 
 router = APIRouter(prefix="/api/sessions/{session_id}", tags=["answers"])
@@ -26,7 +27,7 @@ def get_image(sess: CurrentSession, store: Store, index: int = PathParam(ge=1, l
     if not any(img.index == index for img in sess.images):
         raise HTTPException(404, f"image {index} is still being generated")
     path = store.image_path(sess.id, index)
-    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, no-store"})
+    return file_response(path, media_type="image/png", headers={"Cache-Control": "private, no-store"})
 
 
 class AnswerRequest(BaseModel):

@@ -49,6 +49,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
@@ -57,7 +58,6 @@ from sqlalchemy.exc import IntegrityError
 
 from fergi.study._db import Chunk, Event, Segment, StudySession
 from fergi.study._deps import DB, MAX_DB_INT, CurrentSession, Settings, Store, read_body_limited
-from fergi.study._storage import write_atomic
 from fergi.study._worker import abandon_segment, enqueue, needs_clips
 
 
@@ -207,6 +207,8 @@ async def put_chunk(
     existing = db.scalar(select(Chunk).where(Chunk.segment_id == seg.id, Chunk.seq == seq))
     if existing is not None:
         if existing.sha256 == digest:
+            # a retry after a lost response: finish the commit the first request began
+            await run_in_threadpool(store.finish_commit, sess.id, segment, seq, digest)
             return {"seq": seq, "duplicate": True, **segment_info(seg)}
         raise HTTPException(409, f"chunk {seq} was already received with different content")
     if seg.complete:
@@ -236,8 +238,11 @@ async def put_chunk(
             413,
             f"recording exceeds the limit of {settings.max_session_recording_bytes} bytes per session",
         )
-    # The file is durable before the database says it exists: an accepted chunk is never lost.
-    write_atomic(store.chunk_path(sess.id, segment, seq), data)
+    # The bytes are durable (under a temporary name) before the database says the chunk
+    # exists, and get their final name only once its row is committed: an accepted
+    # chunk is never lost, and a racing request's bytes never replace the winner's.
+    # (in a thread: on object storage these are network round trips)
+    staged = await run_in_threadpool(store.stage_chunk, sess.id, segment, seq, data, digest)
     db.add(Chunk(segment_id=seg.id, seq=seq, size=len(data), sha256=digest))
     seg.n_chunks = seq + 1
     seg.n_bytes += len(data)
@@ -245,8 +250,11 @@ async def put_chunk(
         db.commit()
     except IntegrityError:  # the same chunk raced in twice; the first one won
         db.rollback()
+        if db.scalar(select(Chunk.sha256).where(Chunk.segment_id == seg.id, Chunk.seq == seq)) != digest:
+            store.discard(staged)  # (same bytes: same staged name, the winner commits it)
         db.refresh(seg)
         return {"seq": seq, "duplicate": True, **segment_info(seg)}
+    await run_in_threadpool(store.commit_chunk, staged, sess.id, segment, seq)
     _queue_clips(request, db, sess)
     return {"seq": seq, "duplicate": False, **segment_info(seg)}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from fastapi import Request
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Issue options of the annotation survey (Fig. S6), keyed by the release's column names.
@@ -54,6 +54,12 @@ class StudySettings(BaseSettings):
     data_dir: Path = Path("fergi-study")
     db_url: str | None = None
     media_dir: Path | None = None
+    # Media on object storage (``s3://bucket/prefix``, through fsspec): FERGI_MEDIA_DIR or
+    # --media with a URL lands here; media_options are fsspec's storage options (else the
+    # AWS_* variables). media_key (FERGI_MEDIA_KEY): Fernet key(s) that encrypt raw video.
+    media_url: str | None = None
+    media_options: dict = Field(default_factory=dict)
+    media_key: SecretStr | None = None
     admin_token: str = Field(default_factory=lambda: secrets.token_urlsafe(24))
     public_url: str | None = None
 
@@ -92,6 +98,10 @@ class StudySettings(BaseSettings):
     clip_min_frame_share: float = Field(default=0.8, gt=0, le=1)
     # ... and so is a clip in which the camera delivered no new frame for longer than this.
     clip_max_still_s: float = Field(default=1.0, gt=0)
+    # Who runs jobs: "procrastinate" = `fergi worker` processes through a PostgreSQL
+    # queue (this process only enqueues); "threads" = this process. "auto": `fergi serve`
+    # picks procrastinate for a PostgreSQL database, an embedded app keeps threads.
+    queue: Literal["auto", "threads", "procrastinate"] = "auto"
     retention: Literal["keep", "delete_after_features"] = "keep"
     # Baseline scores (`fergi score`) of each session's images, computed after processing
     # and exported in the release's score columns: comma-separated scorer names (empty:
@@ -112,6 +122,17 @@ class StudySettings(BaseSettings):
     max_snapshot_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
     chunk_ms: int = Field(default=1000, ge=100, le=10000)
     rate_limit_per_minute: int = Field(default=600, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _media_url_from_dir(cls, values):
+        # `--media s3://...` / FERGI_MEDIA_DIR=s3://...: a URL, not a folder (a Path
+        # would fold its "//")
+        if isinstance(values, dict):
+            media = values.get("media_dir")
+            if isinstance(media, str) and "://" in media and not media.startswith("file://"):
+                values = {**values, "media_url": media, "media_dir": None}
+        return values
 
     @field_validator("scorers")
     @classmethod
@@ -137,6 +158,11 @@ class StudySettings(BaseSettings):
         if self.db_url:
             return self.db_url
         return f"sqlite:///{(self.data_dir / 'study.sqlite3').resolve()}"
+
+    @property
+    def media_location(self) -> str | Path:
+        """The media URL (object storage) or the resolved media folder."""
+        return self.media_url or self.resolved_media_dir
 
     @property
     def resolved_media_dir(self) -> Path:

@@ -1,16 +1,257 @@
 """Where the study keeps its files. Every path is built from database ids, never from
-anything a client sends."""
+anything a client sends.
+
+The media live in a local folder (the default) or on object storage through
+``fsspec`` (``s3://bucket/prefix``, with ``s3fs``), so that the server and any number
+of ``fergi worker`` processes on other machines share nothing but the database and the
+bucket. A local store hands out :class:`pathlib.Path` objects exactly as before; an
+object store hands out :class:`RemotePath` objects with the same method names
+(``/``, ``name``, ``is_file``, ``read_bytes`` ...). Work that needs real files (video
+encoding, CSV writing) goes through :meth:`MediaStore.output`, which gives a local
+scratch file and uploads it.
+
+Raw video can be encrypted at rest (``FERGI_MEDIA_KEY``, a Fernet key): recording
+chunks are stored encrypted and decrypted only in memory when processing reads them.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import io
+import logging
 import os
+import re
+import shutil
 import tempfile
-from pathlib import Path
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from fergi._errors import FergiError
+
+logger = logging.getLogger(__name__)
+
+#: Start of a Fernet token (version byte 0x80, base64url): an encrypted chunk.
+_FERNET_PREFIX = b"gAAAAA"
+
+
+def is_url(location: str | os.PathLike) -> bool:
+    """Whether a media location is an fsspec URL (``s3://...``) rather than a folder."""
+    text = str(location)
+    return "://" in text and not text.startswith("file://")
+
+
+class RemotePath:
+    """A path on an fsspec filesystem with the pathlib methods the study uses.
+
+    Object stores have no folders: :meth:`mkdir` does nothing and a "folder" exists
+    while an object lies under it.
+    """
+
+    def __init__(self, fs, path: str) -> None:
+        self.fs = fs
+        self.path = path.rstrip("/")
+
+    # ---------------------------------------------------------------- pure parts
+    def __truediv__(self, other: str) -> RemotePath:
+        return RemotePath(self.fs, f"{self.path}/{other}")
+
+    @property
+    def _pure(self) -> PurePosixPath:
+        return PurePosixPath(self.path)
+
+    @property
+    def name(self) -> str:
+        return self._pure.name
+
+    @property
+    def stem(self) -> str:
+        return self._pure.stem
+
+    @property
+    def suffix(self) -> str:
+        return self._pure.suffix
+
+    @property
+    def parent(self) -> RemotePath:
+        return RemotePath(self.fs, str(self._pure.parent))
+
+    def with_name(self, name: str) -> RemotePath:
+        return RemotePath(self.fs, str(self._pure.with_name(name)))
+
+    def as_posix(self) -> str:
+        return self.path
+
+    def __str__(self) -> str:
+        return self.fs.unstrip_protocol(self.path)
+
+    def __repr__(self) -> str:
+        return f"RemotePath({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RemotePath) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    # ---------------------------------------------------------------- filesystem
+    def is_file(self) -> bool:
+        return self.fs.isfile(self.path)
+
+    def is_dir(self) -> bool:
+        return self.fs.isdir(self.path)
+
+    def exists(self) -> bool:
+        return self.fs.exists(self.path)
+
+    def read_bytes(self) -> bytes:
+        return self.fs.cat_file(self.path)
+
+    def write_bytes(self, data: bytes) -> int:
+        self.fs.pipe_file(self.path, data)
+        return len(data)
+
+    def open(self, mode: str = "rb"):
+        return self.fs.open(self.path, mode)
+
+    def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
+        return None  # no folders on an object store
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        try:
+            self.fs.rm_file(self.path)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+
+    def iterdir(self) -> Iterator[RemotePath]:
+        try:
+            names = self.fs.ls(self.path, detail=False)
+        except FileNotFoundError:
+            return iter(())
+        return iter(RemotePath(self.fs, n) for n in names if n.rstrip("/") != self.path)
+
+    def glob(self, pattern: str) -> Iterator[RemotePath]:
+        return iter(RemotePath(self.fs, n) for n in self.fs.glob(f"{self.path}/{pattern}"))
+
+
+StorePath = Path | RemotePath
+
+
+class _Cipher:
+    """Fernet encryption of raw video at rest (``FERGI_MEDIA_KEY``; comma-separated keys
+    are tried in turn, the first encrypts, so a key can be rotated)."""
+
+    def __init__(self, key: str) -> None:
+        try:
+            from cryptography.fernet import Fernet, MultiFernet
+        except ImportError:
+            raise FergiError(
+                "FERGI_MEDIA_KEY is set but the cryptography package is missing: "
+                "pip install 'fergi[encryption]'"
+            ) from None
+        try:
+            self._fernet = MultiFernet([Fernet(k.strip().encode()) for k in key.split(",") if k.strip()])
+        except (ValueError, TypeError):
+            raise FergiError(
+                "FERGI_MEDIA_KEY is not a Fernet key (32 url-safe base64-encoded bytes; make one with "
+                "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')"
+            ) from None
+
+    def encrypt(self, data: bytes) -> bytes:
+        return self._fernet.encrypt(data)
+
+    def decrypt(self, data: bytes, where: str) -> bytes:
+        from cryptography.fernet import InvalidToken
+
+        try:
+            return self._fernet.decrypt(data)
+        except InvalidToken:
+            raise FergiError(
+                f"{where}: cannot decrypt the recording chunk: wrong FERGI_MEDIA_KEY "
+                "(or the chunk was tampered with)"
+            ) from None
+
+
+class ChunkStream(io.RawIOBase):
+    """A read-only, seekable file over a segment's chunks, as if they were one file.
+
+    Only one chunk is held in memory at a time (the assembled recording never is).
+
+    Parameters
+    ----------
+    parts : sequence of (callable, int)
+        For each chunk, a function returning its (decrypted) bytes and its size.
+    """
+
+    def __init__(self, parts: Sequence[tuple[Callable[[], bytes], int]]) -> None:
+        super().__init__()
+        self._loaders = [load for load, _ in parts]
+        self._starts = [0]
+        for _, size in parts:
+            self._starts.append(self._starts[-1] + int(size))
+        self._pos = 0
+        self._current: tuple[int, bytes] | None = None
+
+    @property
+    def size(self) -> int:
+        return self._starts[-1]
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def _part(self, index: int) -> bytes:
+        if self._current is None or self._current[0] != index:
+            data = self._loaders[index]()
+            expected = self._starts[index + 1] - self._starts[index]
+            if len(data) != expected:
+                raise FergiError(f"recording chunk {index} has {len(data)} bytes, {expected} were recorded")
+            self._current = (index, data)
+        return self._current[1]
+
+    def read(self, size: int = -1) -> bytes:
+        # whole reads across chunk boundaries (a raw read may stop at one)
+        if size is None or size < 0:
+            size = max(0, self.size - self._pos)
+        out = bytearray()
+        while len(out) < size:
+            buffer = bytearray(size - len(out))
+            n = self.readinto(buffer)
+            if not n:
+                break
+            out += buffer[:n]
+        return bytes(out)
+
+    def readinto(self, buffer) -> int:
+        if self._pos >= self.size:
+            return 0
+        import bisect
+
+        index = bisect.bisect_right(self._starts, self._pos) - 1
+        data = self._part(index)
+        offset = self._pos - self._starts[index]
+        n = min(len(buffer), len(data) - offset)
+        buffer[:n] = data[offset : offset + n]
+        self._pos += n
+        return n
 
 
 class MediaStore:
-    """The media folder of a study.
+    """The media folder (or object-store prefix) of a study.
 
     Layout::
 
@@ -19,44 +260,372 @@ class MediaStore:
         sessions/<session id>/work/                                 processing scratch
         sessions/<session id>/clips/{baseline,reaction}_clip_<i>.mp4
         sessions/<session id>/features/{baseline,reaction}_clip_<i>_features.csv
+
+    Parameters
+    ----------
+    root : path
+        The local media folder (use :func:`open_store` for a URL).
+    key : str, optional
+        Fernet key(s) of the raw video's encryption at rest (``FERGI_MEDIA_KEY``).
     """
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+    #: Decrypted/downloaded chunks of an object store kept in memory, at most (bytes):
+    #: a live decoder re-reads its segment from the start on every new chunk.
+    CACHE_BYTES = 256 * 1024 * 1024
 
-    def session_dir(self, session_id: int) -> Path:
+    def __init__(self, root: Path | RemotePath, *, key: str | None = None) -> None:
+        self.root = root if isinstance(root, RemotePath) else Path(root)
+        self._cipher = _Cipher(key) if key else None
+        self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self._cache_bytes = 0
+        self._cache_lock = threading.Lock()
+
+    @property
+    def is_remote(self) -> bool:
+        """Whether the media are on object storage."""
+        return isinstance(self.root, RemotePath)
+
+    @property
+    def location(self) -> str:
+        """The folder or URL, for messages."""
+        return str(self.root)
+
+    @property
+    def encrypted(self) -> bool:
+        return self._cipher is not None
+
+    def session_dir(self, session_id: int) -> StorePath:
         return self.root / "sessions" / f"{int(session_id):06d}"
 
-    def segment_dir(self, session_id: int, segment: int) -> Path:
+    def segment_dir(self, session_id: int, segment: int) -> StorePath:
         return self.session_dir(session_id) / "segments" / f"{int(segment):03d}"
 
-    def chunk_path(self, session_id: int, segment: int, seq: int) -> Path:
+    def chunk_path(self, session_id: int, segment: int, seq: int) -> StorePath:
         return self.segment_dir(session_id, segment) / f"chunk_{int(seq):06d}.webm"
 
-    def image_path(self, session_id: int, index: int) -> Path:
+    def image_path(self, session_id: int, index: int) -> StorePath:
         return self.session_dir(session_id) / "images" / f"image_{int(index)}.png"
 
-    def work_dir(self, session_id: int) -> Path:
+    def work_dir(self, session_id: int) -> StorePath:
         return self.session_dir(session_id) / "work"
 
-    def clips_dir(self, session_id: int) -> Path:
+    def clips_dir(self, session_id: int) -> StorePath:
         return self.session_dir(session_id) / "clips"
 
-    def features_dir(self, session_id: int) -> Path:
+    def features_dir(self, session_id: int) -> StorePath:
         return self.session_dir(session_id) / "features"
 
-    def relative(self, path: Path) -> str:
+    def relative(self, path: StorePath) -> str:
+        if self.is_remote:
+            return PurePosixPath(path.path).relative_to(self.root.path).as_posix()
         return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
 
-    def resolve(self, relative: str) -> Path:
+    def resolve(self, relative: str) -> StorePath:
         """Absolute path of a stored relative path, refusing anything outside the store."""
+        if self.is_remote:
+            parts = PurePosixPath(relative).parts
+            if not parts or ".." in parts or PurePosixPath(relative).is_absolute():
+                raise ValueError(f"{relative!r} is outside the media store")
+            return self.root / PurePosixPath(relative).as_posix()
         path = (self.root / relative).resolve()
         path.relative_to(self.root.resolve())
         return path
 
+    # ---------------------------------------------------------------- files
+    def write_bytes(self, path: StorePath, data: bytes) -> str:
+        """Store ``data`` durably at ``path`` (local: temp file, fsync, rename; an object
+        store's PUT is atomic) and return its sha256."""
+        if isinstance(path, RemotePath):
+            path.write_bytes(data)
+            return hashlib.sha256(data).hexdigest()
+        return write_atomic(path, data)
+
+    def open_read(self, path: StorePath):
+        """A binary file object of a stored file."""
+        return path.open("rb")
+
+    @contextmanager
+    def output(self, path: StorePath) -> Iterator[Path]:
+        """A local file to write ``path`` into; stored when the block ends without error.
+
+        A local store yields ``path`` itself (its folder created), so writers keep their
+        own atomic renames; an object store yields a scratch file and uploads it.
+        """
+        if not isinstance(path, RemotePath):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            yield path
+            return
+        scratch = Path(tempfile.mkdtemp(prefix="fergi-media-"))
+        try:
+            local = scratch / path.name
+            yield local
+            if local.exists():
+                path.fs.put_file(str(local), path.path)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    @contextmanager
+    def output_dir(self, folder: StorePath) -> Iterator[Path]:
+        """A local folder whose files are stored under ``folder`` when the block ends."""
+        if not isinstance(folder, RemotePath):
+            folder.mkdir(parents=True, exist_ok=True)
+            yield folder
+            return
+        scratch = Path(tempfile.mkdtemp(prefix="fergi-media-"))
+        try:
+            yield scratch
+            for local in sorted(scratch.iterdir()):
+                if local.is_file() and not local.name.startswith("."):
+                    folder.fs.put_file(str(local), (folder / local.name).path)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    @contextmanager
+    def local_copies(self, paths: Sequence[StorePath]) -> Iterator[list[Path]]:
+        """Local files of stored ones (themselves on a local store; a scratch copy else)."""
+        if not self.is_remote:
+            yield [Path(p) for p in paths]
+            return
+        scratch = Path(tempfile.mkdtemp(prefix="fergi-media-"))
+        try:
+            out = []
+            for i, path in enumerate(paths):
+                local = scratch / f"{i}_{path.name}"
+                path.fs.get_file(path.path, str(local))
+                out.append(local)
+            yield out
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def copy_to(self, path: StorePath, target: Path) -> None:
+        """Copy a stored file to a local file."""
+        if isinstance(path, RemotePath):
+            path.fs.get_file(path.path, str(target))
+        else:
+            shutil.copyfile(path, target)
+
+    def remove_tree(self, path: StorePath) -> None:
+        """Delete a folder (prefix) and everything under it; nothing there is fine."""
+        if isinstance(path, RemotePath):
+            try:
+                path.fs.rm(path.path, recursive=True)
+            except FileNotFoundError:
+                pass
+            with self._cache_lock:
+                for key in [k for k in self._cache if k.startswith(path.path + "/")]:
+                    self._cache_bytes -= len(self._cache.pop(key))
+            return
+        shutil.rmtree(path, ignore_errors=True)
+
+    def has_files(self, path: StorePath) -> bool:
+        """Whether a folder (prefix) holds anything."""
+        if isinstance(path, RemotePath):
+            return bool(path.fs.find(path.path, maxdepth=None))
+        return path.is_dir()
+
+    # ---------------------------------------------------------------- recording chunks
+    def staged_chunk_path(self, session_id: int, segment: int, seq: int, sha256: str) -> StorePath:
+        """The temporary name of a chunk before its row is committed (hidden, by content)."""
+        final = self.chunk_path(session_id, segment, seq)
+        return final.with_name(f".{final.stem}.{sha256[:16]}.part")
+
+    def stage_chunk(self, session_id: int, segment: int, seq: int, data: bytes, sha256: str) -> StorePath:
+        """Write a chunk under a temporary name (encrypted when a key is set).
+
+        :meth:`commit_chunk` gives it its final name once its database row is committed:
+        of two requests racing for one chunk only the winner's bytes are ever visible,
+        and the name carries the content hash so a retried request finds its own.
+        """
+        staged = self.staged_chunk_path(session_id, segment, seq, sha256)
+        stored = self._cipher.encrypt(data) if self._cipher else data
+        self.write_bytes(staged, stored)
+        return staged
+
+    def commit_chunk(self, staged: StorePath, session_id: int, segment: int, seq: int) -> None:
+        """Move a staged chunk to its final name (idempotent: a repeat finds it done)."""
+        final = self.chunk_path(session_id, segment, seq)
+        if isinstance(staged, RemotePath):
+            if not staged.exists():
+                if final.exists():
+                    return
+                raise FergiError(f"{staged}: the staged chunk is gone")
+            # copy + delete: a reader sees either no object or the whole one
+            staged.fs.mv(staged.path, final.path)
+            return
+        try:
+            os.replace(staged, final)
+        except FileNotFoundError:
+            if not final.is_file():
+                raise
+            return
+        _fsync_dir(final.parent)
+
+    def finish_commit(self, session_id: int, segment: int, seq: int, sha256: str) -> None:
+        """A chunk sent again whose row exists: commit its staged bytes if the first
+        request stopped between its database commit and its rename."""
+        staged = self.staged_chunk_path(session_id, segment, seq, sha256)
+        if staged.exists():
+            self.commit_chunk(staged, session_id, segment, seq)
+
+    def discard(self, staged: StorePath) -> None:
+        """Remove a staged chunk that lost a race (or whose row was refused)."""
+        staged.unlink(missing_ok=True)
+
+    def missing_chunks(self, session_id: int, segment: int, seqs: Sequence[int]) -> list[str]:
+        """Names of the chunks the database lists but the store lacks."""
+        paths = [self.chunk_path(session_id, segment, s) for s in seqs]
+        if isinstance(self.root, RemotePath):
+            folder = self.segment_dir(session_id, segment)
+            try:
+                present = {PurePosixPath(p).name for p in folder.fs.ls(folder.path, detail=False)}
+            except FileNotFoundError:
+                present = set()
+            return [p.name for p in paths if p.name not in present]
+        return [p.name for p in paths if not p.is_file()]
+
+    def read_chunk(self, path: StorePath) -> bytes:
+        """The (decrypted) bytes of one stored chunk."""
+        cache_key = path.path if isinstance(path, RemotePath) else None
+        if cache_key is not None:
+            with self._cache_lock:
+                if cache_key in self._cache:
+                    self._cache.move_to_end(cache_key)
+                    return self._cache[cache_key]
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise FergiError(f"{path}: recording chunk does not exist") from None
+        if self._cipher is not None:
+            data = self._cipher.decrypt(data, str(path))
+        elif data.startswith(_FERNET_PREFIX) and re.fullmatch(rb"[A-Za-z0-9_=-]+", data):
+            raise FergiError(f"{path}: the recording chunk is encrypted; set FERGI_MEDIA_KEY to read it")
+        if cache_key is not None:
+            with self._cache_lock:
+                self._cache[cache_key] = data
+                self._cache_bytes += len(data)
+                while self._cache_bytes > self.CACHE_BYTES and len(self._cache) > 1:
+                    _, old = self._cache.popitem(last=False)
+                    self._cache_bytes -= len(old)
+        return data
+
+    def segment_stream(self, session_id: int, segment: int, chunks: Sequence[Any]) -> ChunkStream:
+        """The segment's stream as one seekable file, read chunk by chunk.
+
+        ``chunks`` are the segment's rows (``seq`` and ``size``, the size received).
+        """
+        parts = []
+        for chunk in chunks:
+            path = self.chunk_path(session_id, segment, chunk.seq)
+            parts.append(((lambda p=path: self.read_chunk(p)), int(chunk.size)))
+        return ChunkStream(parts)
+
+
+def file_response(path: StorePath, media_type: str, headers: dict[str, str] | None = None):
+    """A FastAPI response with a stored file (images, clip videos: a few MB at most)."""
+    from fastapi.responses import FileResponse, Response
+
+    if isinstance(path, RemotePath):
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            from fastapi import HTTPException
+
+            raise HTTPException(404, f"{path.name} is not in the media store") from None
+        return Response(data, media_type=media_type, headers=headers)
+    return FileResponse(path, media_type=media_type, headers=headers)
+
+
+def open_store(
+    location: str | os.PathLike, *, key: str | None = None, options: dict[str, Any] | None = None
+) -> MediaStore:
+    """The media store of a folder or an fsspec URL (``s3://bucket/prefix``).
+
+    Parameters
+    ----------
+    location : str or path
+        A local folder (created if needed) or a URL. For ``s3://`` the endpoint and
+        credentials come from ``options`` (s3fs's: ``key``, ``secret``, ``endpoint_url``,
+        ``client_kwargs`` ...) or the usual AWS variables (``AWS_ACCESS_KEY_ID``,
+        ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``).
+    key : str, optional
+        Fernet key(s) for encryption at rest of raw video (``FERGI_MEDIA_KEY``).
+    options : dict, optional
+        Storage options passed to fsspec.
+
+    Returns
+    -------
+    MediaStore
+
+    Raises
+    ------
+    fergi.FergiError
+        The folder cannot be created, the protocol's package is missing, or the bucket
+        cannot be reached.
+    """
+    if not is_url(location):
+        folder = Path(str(location).removeprefix("file://")).expanduser().resolve()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FergiError(f"--media {folder}: cannot create the media folder ({exc.strerror})") from None
+        return MediaStore(folder, key=key)
+    url = str(location).rstrip("/")
+    protocol = url.split("://", 1)[0]
+    opts = dict(options or {})
+    if protocol in ("s3", "s3a"):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint and "endpoint_url" not in opts and "endpoint_url" not in opts.get("client_kwargs", {}):
+            opts["endpoint_url"] = endpoint
+        # Other processes write the same bucket: never answer from a stale listing.
+        opts.setdefault("use_listings_cache", False)
+    try:
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(url, **opts)
+    except ImportError as exc:
+        package = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
+        raise FergiError(
+            f"--media {url}: needs the {package.get(protocol, exc.name or protocol)} package "
+            "(pip install 'fergi[distributed]')"
+        ) from None
+    except ValueError as exc:
+        raise FergiError(f"--media {url}: {exc}") from None
+    root = RemotePath(fs, path)
+    try:
+        # Fail at start with one line, not at the first upload.
+        fs.ls(path.split("/", 1)[0], detail=False)
+    except FileNotFoundError:
+        raise FergiError(f"--media {url}: the bucket does not exist") from None
+    except Exception as exc:  # network, credentials, permissions
+        raise FergiError(f"--media {url}: cannot reach the object store ({type(exc).__name__}: {exc})") from None
+    return MediaStore(root, key=key)
+
+
+def store_from_settings(settings) -> MediaStore:
+    """The media store a :class:`~fergi.study.StudySettings` names (``media_url`` or the
+    media folder, ``media_key``, ``media_options``)."""
+    key = settings.media_key.get_secret_value() if settings.media_key is not None else ""
+    return open_store(settings.media_location, key=key.strip() or None, options=settings.media_options)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
 
 def write_atomic(path: Path, data: bytes) -> str:
     """Write ``data`` durably (temp file, fsync, rename) and return its sha256."""
+    if isinstance(path, RemotePath):
+        path.write_bytes(data)
+        return hashlib.sha256(data).hexdigest()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:

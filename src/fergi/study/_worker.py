@@ -12,6 +12,10 @@ it analyses and stores every image whose video is on the server, see
 :mod:`fergi.study._realtime`) and ``process`` (queued by the ranking: any image left,
 then the session's labels). Work is idempotent per image: an image's feature files and
 clip rows are committed together, and a stored image is never analysed again.
+
+With a PostgreSQL database the same job functions run in ``fergi worker`` processes
+instead (:mod:`fergi.study._queue`): the server's :class:`Worker` then starts no
+threads, and :meth:`Worker.wake` hands queued rows to procrastinate.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import stat
 import threading
 import time
@@ -35,7 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fergi.study._db import Clip, Image, Job, Label, Segment, StudySession, utcnow
 from fergi.study._settings import StudySettings
-from fergi.study._storage import MediaStore, write_atomic
+from fergi.study._storage import MediaStore
 
 logger = logging.getLogger(__name__)
 
@@ -291,12 +294,18 @@ class Worker:
         Database sessions.
     settings : StudySettings
     store : MediaStore
+    dispatcher : fergi.study._queue.QueueDispatcher, optional
+        Jobs go to ``fergi worker`` processes through PostgreSQL: no threads are started
+        and :meth:`wake` defers the queued rows.
     """
 
-    def __init__(self, factory: sessionmaker[Session], settings: StudySettings, store: MediaStore):
+    def __init__(
+        self, factory: sessionmaker[Session], settings: StudySettings, store: MediaStore, dispatcher=None
+    ):
         self.factory = factory
         self.settings = settings
         self.store = store
+        self.dispatcher = dispatcher
         self._generator = None
         self._generator_lock = threading.Lock()
         self._stop = threading.Event()
@@ -327,7 +336,8 @@ class Worker:
                 logger.info("requeued %d job(s) interrupted by a restart", len(jobs))
         # A killed process leaves the temporary files of its atomic writes behind.
         try:
-            clean_temporary_files(self.store.root)
+            if not self.store.is_remote:  # object stores commit whole objects: nothing half-written
+                clean_temporary_files(self.store.root)
         except OSError as exc:
             logger.warning("%s: temporary files not cleaned (%s)", self.store.root, exc)
         self.sweep_segments()
@@ -414,6 +424,10 @@ class Worker:
         logger.info("session %d: unfinished and idle for %g s: raw video deleted (retention)", sess.id, after)
 
     def start(self) -> None:
+        if self.dispatcher is not None:
+            # Rows marked running belong to workers elsewhere: never requeued from here.
+            self.dispatcher.start()
+            return
         self.recover()
         self._stop.clear()
         # Load the generator (a diffusion model takes a while) before the first prompt arrives.
@@ -435,6 +449,8 @@ class Worker:
             logger.warning("image generator %r could not be loaded: %s", self.settings.generator, exc)
 
     def stop(self, timeout: float = 10.0) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.close()
         self._stop.set()
         for event in self._wake.values():
             event.set()
@@ -443,6 +459,12 @@ class Worker:
         self._threads.clear()
 
     def wake(self, kind: str | None = None) -> None:
+        if self.dispatcher is not None:
+            try:
+                self.dispatcher.dispatch(kind)
+            except Exception:  # the row stays queued; a worker's sweep defers it
+                logger.exception("queued %s jobs could not be handed to the workers", kind or "all")
+            return
         for k in [kind] if kind else JOB_KINDS:
             self._wake[k].set()
 
@@ -484,6 +506,40 @@ class Worker:
             job = self._claim(db, kind)
             if job is None:
                 return False
+            self._run(db, job)
+            return True
+
+    def run_job(self, job_id: int) -> bool:
+        """Run one job by id (the procrastinate task of ``fergi worker``).
+
+        A queued row is claimed; a row already ``running`` was left by a worker that died
+        (the task's lock lets no other run it now) and is run again, or failed after
+        ``max_job_attempts`` tries. A finished or failed row is left alone (a duplicate
+        delivery). Returns whether the job ran.
+        """
+        with self.factory() as db:
+            claimed = db.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "queued")
+                .values(status="running", started_at=utcnow(), attempts=Job.attempts + 1)
+            )
+            db.commit()
+            if claimed.rowcount != 1:
+                job = db.get(Job, job_id)
+                if job is None or job.status != "running":
+                    return False
+                if job.attempts >= self.settings.max_job_attempts:
+                    job.status = "failed"
+                    job.error = (job.error or "") + "interrupted too often (workers stopped while running it)"
+                    job.finished_at = utcnow()
+                    db.commit()
+                    return False
+                logger.warning("job %d (%s, session %d) is run again: its worker stopped", job.id, job.kind,
+                               job.session_id)
+                job.attempts += 1
+                job.started_at = utcnow()
+                db.commit()
+            job = db.get(Job, job_id)
             self._run(db, job)
             return True
 
@@ -569,7 +625,7 @@ class Worker:
                 return
             buffer = io.BytesIO()
             result.image.convert("RGB").save(buffer, format="PNG")
-            write_atomic(self.store.image_path(sess.id, index), buffer.getvalue())
+            self.store.write_bytes(self.store.image_path(sess.id, index), buffer.getvalue())
             meta = {k: v for k, v in dict(result.meta or {}).items() if _jsonable(v)}
             db.add(
                 Image(
@@ -676,8 +732,12 @@ class Worker:
                     seg: Segment | None = segments.get(seg_index)
                     if seg is None or seg.n_chunks == 0:
                         raise RuntimeError(f"segment {seg_index} has no uploaded video")
-                    paths = [self.store.chunk_path(sess.id, seg_index, c.seq) for c in seg.chunks]
-                    _realtime.check_segment(paths, f"segment {seg_index}")
+                    lost = self.store.missing_chunks(sess.id, seg_index, [c.seq for c in seg.chunks])
+                    if lost:
+                        raise RuntimeError(f"segment {seg_index}: chunk files missing in the media store: {lost[:3]}")
+                    # streamed chunk by chunk (decrypted in memory), never assembled whole
+                    stream = self.store.segment_stream(sess.id, seg_index, seg.chunks)
+                    _realtime.check_segment(stream, f"segment {seg_index}")
 
             stages.run("assemble", assemble)
             status = stages.run(
@@ -706,7 +766,8 @@ class Worker:
         stored_valid = {}
         for clip in sess.clips:
             if clip.features_file:
-                frames[(clip.image_index, clip.clip)] = pd.read_csv(self.store.resolve(clip.features_file))
+                with self.store.open_read(self.store.resolve(clip.features_file)) as handle:
+                    frames[(clip.image_index, clip.clip)] = pd.read_csv(handle)
                 stored_valid[(clip.image_index, clip.clip)] = clip.clip_valid is not False
 
         def activations():
@@ -750,12 +811,11 @@ class Worker:
         from fergi.study._export import session_features_provenance
 
         # Beside the files, so that the session's features say which AU scale they are on.
-        features_dir = self.store.features_dir(sess.id)
-        features_dir.mkdir(parents=True, exist_ok=True)
-        write_features_meta(features_dir, session_features_provenance(self.settings.estimator))
+        with self.store.output_dir(self.store.features_dir(sess.id)) as features_dir:
+            write_features_meta(features_dir, session_features_provenance(self.settings.estimator))
         db.commit()
         on_stage("store", "done")
-        shutil.rmtree(self.store.work_dir(sess.id), ignore_errors=True)
+        self.store.remove_tree(self.store.work_dir(sess.id))
         self._score_images(db, sess, on_stage)
         if self.settings.retention == "delete_after_features":
             # Re-read: chunks or a new segment may have arrived while this job ran.
@@ -782,15 +842,20 @@ class Worker:
         names = [n for n in self.settings.scorers.split(",") if n]
         if not names:
             return
-        from fergi import FergiError
-        from fergi.scorers import create_scorer
 
         on_stage("score", "running")
         db.commit()
+        images = [img for img in sess.images if self.store.image_path(sess.id, img.index).is_file()]
+        stored = [self.store.image_path(sess.id, img.index) for img in images]
+        with self.store.local_copies(stored) as paths:
+            self._score_with(db, sess, names, images, paths, on_stage)
+
+    def _score_with(self, db, sess, names, images, paths, on_stage) -> None:
+        from fergi import FergiError
+        from fergi.scorers import create_scorer
+
         loaded = self.__dict__.setdefault("_loaded_scorers", {})
         weights = self.settings.scorer_weights
-        images = [img for img in sess.images if self.store.image_path(sess.id, img.index).is_file()]
-        paths = [self.store.image_path(sess.id, img.index) for img in images]
         try:
             for name in names:
                 if name not in loaded:
@@ -821,12 +886,13 @@ class Worker:
         with self.live.lock(sess.id):  # not while a clips job of the session decodes them
             self.live.drop(sess.id)
             for seg in sess.segments:
-                shutil.rmtree(self.store.segment_dir(sess.id, seg.index), ignore_errors=True)
-            try:
-                (self.store.session_dir(sess.id) / "segments").rmdir()
-            except OSError:  # not empty (a new segment), or already gone
-                pass
-            shutil.rmtree(self.store.clips_dir(sess.id), ignore_errors=True)
+                self.store.remove_tree(self.store.segment_dir(sess.id, seg.index))
+            if not self.store.is_remote:  # object stores have no empty folders to remove
+                try:
+                    (self.store.session_dir(sess.id) / "segments").rmdir()
+                except OSError:  # not empty (a new segment), or already gone
+                    pass
+            self.store.remove_tree(self.store.clips_dir(sess.id))
         for clip in db.scalars(select(Clip).where(Clip.session_id == sess.id)):
             clip.video_file = None
         db.commit()
