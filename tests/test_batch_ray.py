@@ -212,11 +212,30 @@ def test_score_on_ray_actors_equals_local_scoring(ray_cluster, tmp_path, monkeyp
     assert (tmp_path / "ray.csv").read_bytes() == local
     assert pd.read_csv(tmp_path / "ray.csv")["CLIP_score"].nunique() == 5
 
-    # A corrupt image is one error line naming it, raised from inside an actor.
-    (tmp_path / "imgs" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    assert main([*common, "--out", str(tmp_path / "bad.csv"), "--executor", "ray"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and "3.png" in err and len(err.splitlines()) == 1
+    # Through the library, in one Ray session: scores read from the cache, and a
+    # corrupt image is one error line naming it, raised from inside an actor.
+    from fergi import FergiError
+    from fergi.batch import RayExecutor
+    from fergi.cli.score import parse_weights
+    from fergi.scorers import score_folder
+
+    options = {"prompts": tmp_path / "prompts.csv", "weights": parse_weights([f"clip={weights['clip']['weights']}"]),
+               "batch_size": 2, "cache": tmp_path / "cache.sqlite"}
+    executor = RayExecutor()
+    with executor.session():
+        first = score_folder(tmp_path, ["clip"], out=tmp_path / "lib.csv", executor=executor,
+                             **options)
+        again = score_folder(tmp_path, ["clip"], out=tmp_path / "lib.csv", executor=executor,
+                             **options)
+        assert (first["scored"], again["scored"], again["cached"]) == ({"clip": 5}, {"clip": 0},
+                                                                      {"clip": 5})
+        (tmp_path / "imgs" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+        with pytest.raises(FergiError) as error:
+            score_folder(tmp_path, ["clip"], out=tmp_path / "bad.csv", executor=executor,
+                         **{**options, "cache": False})
+    assert "3.png" in str(error.value) and len(str(error.value).splitlines()) == 1
+    np.testing.assert_array_equal(pd.read_csv(tmp_path / "lib.csv")["CLIP_score"],
+                                  pd.read_csv(tmp_path / "local.csv")["CLIP_score"])
 
 
 def test_missing_ray_is_a_one_line_error(tmp_path, monkeypatch, capsys):

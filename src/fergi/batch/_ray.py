@@ -89,6 +89,7 @@ class RayExecutor:
         self.actors = actors
         self._depth = 0
         self._started = False
+        self._scorer_actors: list = []
 
     # -- the Ray session ------------------------------------------------------------
     @contextlib.contextmanager
@@ -121,9 +122,14 @@ class RayExecutor:
             yield ray
         finally:
             self._depth -= 1
-            if self._depth == 0 and self._started:
-                ray.shutdown()
-                self._started = False
+            if self._depth == 0:
+                for actor in self._scorer_actors:
+                    with contextlib.suppress(Exception):
+                        ray.kill(actor)
+                self._scorer_actors = []
+                if self._started:
+                    ray.shutdown()
+                    self._started = False
 
     def _actor_layout(self, ray, what: str) -> tuple[float, int]:
         """``(GPUs per actor, number of actors)`` on this cluster."""
@@ -222,12 +228,21 @@ class RayExecutor:
 
     # -- scoring --------------------------------------------------------------------
     def scorer_pool(self, name: str, *, device=None, batch_size: int = 16, **options):
-        """Actors holding scorer ``name``, for :func:`fergi.scorers.score_folder`.
+        """Scorer ``name`` loaded in the session's scorer actors, for ``score_folder``.
 
-        Call inside :meth:`session`. The returned pool has ``fingerprint``,
-        ``iter_batches(images, prompts)`` and ``close()``.
+        Call inside :meth:`session`; the actors (one per GPU, or ``actors``) are made
+        on first use and stopped with the session. The returned pool has
+        ``fingerprint``, ``iter_batches(images, prompts)`` and ``close()``.
         """
-        return _RayScorerPool(self, name, device=device, batch_size=batch_size, options=options)
+        if self._depth == 0:
+            raise RuntimeError("RayExecutor.scorer_pool: call it inside executor.session()")
+        ray = _import_ray()
+        if not self._scorer_actors:
+            gpus, n = self._actor_layout(ray, "scorer")
+            actor_class = ray.remote(_ScorerActor).options(num_cpus=0 if gpus else 1, num_gpus=gpus)
+            self._scorer_actors = [actor_class.remote() for _ in range(n)]
+        return _RayScorerPool(ray, self._scorer_actors, name, device=device, batch_size=batch_size,
+                              options=options)
 
 
 def _publish_bytes(payload: bytes, path: Path) -> None:
@@ -340,45 +355,52 @@ class _FaceActor:
 
 
 class _ScorerActor:
-    """One scorer model; scores one batch of images per call."""
+    """Holds one scorer model at a time; scores one batch of images per call.
 
-    def __init__(self, name: str, device, batch_size: int, options: dict):
+    Kept for a whole ``score`` run and loaded with each scorer in turn, so the
+    process start and the imports (torch, transformers) are paid once per actor.
+    """
+
+    def __init__(self):
+        self.scorer = None
+
+    def load(self, name: str, device, batch_size: int, options: dict) -> str:
         import ray
 
         from fergi.scorers import create_scorer
 
+        self.unload()
         if device is None:
             device = "cuda" if ray.get_gpu_ids() else "cpu"
-        self.error = None
-        try:
-            self.scorer = create_scorer(name, device=device, batch_size=batch_size, **options)
-        except FergiError as exc:
-            self.error = str(exc)
-
-    def ready(self) -> str:
-        if self.error is not None:
-            raise FergiError(self.error)
+        self.scorer = create_scorer(name, device=device, batch_size=batch_size, **options)
         return self.scorer.fingerprint
+
+    def unload(self) -> None:
+        import gc
+
+        if self.scorer is not None:
+            on_cuda = self.scorer.device.type == "cuda"
+            self.scorer = None
+            gc.collect()
+            if on_cuda:
+                import torch
+
+                torch.cuda.empty_cache()
 
     def score(self, start: int, images: list, prompts: list):
         return start, self.scorer.score(images, prompts)
 
 
 class _RayScorerPool:
-    """Scorer actors (one per GPU, or ``actors``) sharing one scorer's images."""
+    """One scorer loaded in every scorer actor (one per GPU, or ``actors``)."""
 
-    def __init__(self, executor: RayExecutor, name: str, *, device, batch_size: int, options: dict):
-        import ray
-
+    def __init__(self, ray, actors: list, name: str, *, device, batch_size: int, options: dict):
         self._ray = ray
+        self.actors = actors
         self.batch_size = int(batch_size)
-        gpus, n = executor._actor_layout(ray, name)
-        actor_class = ray.remote(_ScorerActor).options(num_cpus=0 if gpus else 1, num_gpus=gpus)
-        self.actors = [actor_class.remote(name, device, batch_size, options) for _ in range(n)]
         try:
-            prints = ray.get([a.ready.remote() for a in self.actors])
+            prints = ray.get([a.load.remote(name, device, batch_size, options) for a in actors])
         except ray.exceptions.RayError as exc:
-            self.close()
             _reraise_user_error(ray, exc)
             raise FergiError(f"{name}: the scorer actors did not start ({_first_line(exc)})") from None
         self.fingerprint = prints[0]
@@ -408,7 +430,6 @@ class _RayScorerPool:
             yield range(start, start + len(values)), values
 
     def close(self) -> None:
-        for actor in self.actors:
-            with contextlib.suppress(Exception):
-                self._ray.kill(actor)
-        self.actors = []
+        """Free the model in every actor (the actors stay for the next scorer)."""
+        with contextlib.suppress(Exception):
+            self._ray.get([a.unload.remote() for a in self.actors])
