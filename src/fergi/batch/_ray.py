@@ -49,6 +49,24 @@ def _reraise_user_error(ray, exc: BaseException) -> None:
         raise exc
 
 
+def _init_keeping_sigterm(ray, **options) -> None:
+    """``ray.init``, keeping a SIGTERM handler the caller installed.
+
+    ``ray.init`` replaces it with one that exits at once; ``fergi extract`` turns
+    SIGTERM into the Ctrl-C path instead (tasks cancelled, report written, Ray shut
+    down by :meth:`RayExecutor.session`).
+    """
+    import signal
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        ray.init(**options)
+    finally:
+        if callable(previous):
+            signal.signal(signal.SIGTERM, previous)
+
+
 class RayExecutor:
     """Run batch work on a Ray cluster.
 
@@ -105,12 +123,12 @@ class RayExecutor:
             if ray.is_initialized():
                 logger.info("using the Ray session already started in this process")
             elif self.address is None:
-                ray.init(num_cpus=self.num_cpus, include_dashboard=False,
-                         logging_level=logging.WARNING)
+                _init_keeping_sigterm(ray, num_cpus=self.num_cpus, include_dashboard=False,
+                                      logging_level=logging.WARNING)
                 self._started = True
             else:
                 try:
-                    ray.init(address=self.address, logging_level=logging.WARNING)
+                    _init_keeping_sigterm(ray, address=self.address, logging_level=logging.WARNING)
                 except Exception as exc:  # ConnectionError, RuntimeError, ...: one line
                     raise FergiError(
                         f"--ray-address {self.address}: cannot connect to a Ray cluster "
