@@ -191,7 +191,7 @@ class RayExecutor:
                         # The actor's CPU work happens while the tasks feeding it wait
                         # on it; reserving none keeps it from starving them (or a
                         # one-CPU cluster from deadlocking).
-                        num_cpus=0, num_gpus=gpus, max_concurrency=1000,
+                        num_cpus=0, num_gpus=gpus, max_concurrency=64,
                     )
                     actors = [actor_class.remote(estimator, checkpoint) for _ in range(n)]
                     try:
@@ -316,7 +316,7 @@ class _RemoteFaces:
 class _FaceActor:
     """Holds one ``ir50`` model and runs the faces of every video task that calls it.
 
-    Calls arrive on many threads (one per waiting video); a single loop takes all
+    Calls arrive on up to 64 threads (one per waiting video); a single loop takes all
     faces waiting, runs them through the model in fixed-size batches and hands each
     caller its rows: the batches fill up across videos.
     """
