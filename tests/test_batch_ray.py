@@ -183,6 +183,54 @@ def test_ir50_actors_batch_faces_across_videos_and_give_the_local_files(
 
 
 @pytest.mark.slow
+def test_the_face_actor_batches_the_faces_of_several_videos_together(ray_cluster, tiny_ir50):
+    """Requests waiting while the model runs go through it together, each gets its rows."""
+    import threading
+    import time
+
+    from fergi.batch import _jobs
+    from fergi.batch._ray import _FaceActor
+
+    actor = _FaceActor("ir50", str(tiny_ir50))  # the class itself, in this process
+    assert actor.ready() == "cpu"
+    sizes = []
+    running = threading.Event()
+    real = actor.model.predict
+
+    def predict(faces):
+        running.set()
+        if not sizes:
+            # Hold the first pass until two more videos are waiting for the model.
+            deadline = time.monotonic() + 60
+            while len(actor.waiting) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        sizes.append(len(faces))
+        return real(faces)
+
+    actor.model.predict = predict
+    rng = np.random.default_rng(1)
+    faces = [rng.random((n, 112, 112, 3), dtype=np.float32) for n in (10, 20, 30)]
+    out: dict[int, np.ndarray] = {}
+
+    def call(k):
+        out[k] = actor.predict(faces[k])
+
+    first = threading.Thread(target=call, args=(0,))
+    first.start()
+    assert running.wait(60)  # the model is busy with the first video's faces
+    others = [threading.Thread(target=call, args=(k,)) for k in (1, 2)]
+    for thread in others:
+        thread.start()
+    for thread in [first, *others]:
+        thread.join(timeout=120)
+    assert sizes == [10, 50]
+    # Each video's rows are what a local run computes for it alone.
+    local = _jobs.make_estimator("ir50", str(tiny_ir50), device="cpu")
+    for k in range(3):
+        np.testing.assert_array_equal(out[k], local.predict(faces[k]))
+
+
+@pytest.mark.slow
 def test_score_on_ray_actors_equals_local_scoring(ray_cluster, tmp_path, monkeypatch, capsys):
     from PIL import Image
 
