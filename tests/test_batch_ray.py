@@ -180,6 +180,7 @@ def test_ir50_actors_batch_faces_across_videos_and_give_the_local_files(
     err = capsys.readouterr().err
     assert err.startswith("error: --ray-gpus-per-actor 1: the Ray cluster has 0 GPU(s)")
     assert len(err.splitlines()) == 1
+    assert not (tmp_path / "gpu" / "reaction_clip_1_features.csv").exists()
 
 
 @pytest.mark.slow
@@ -259,6 +260,11 @@ def test_score_on_ray_actors_equals_local_scoring(ray_cluster, tmp_path, monkeyp
     local = (tmp_path / "local.csv").read_bytes()
     assert (tmp_path / "ray.csv").read_bytes() == local
     assert pd.read_csv(tmp_path / "ray.csv")["CLIP_score"].nunique() == 5
+    # More CPU actors than the cluster's 2 CPUs would wait forever: refused at once.
+    assert main([*common, "--out", str(tmp_path / "x.csv"), "--executor", "ray",
+                 "--ray-actors", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --ray-actors 3: more CPU scorer actors") and len(err.splitlines()) == 1
 
     # Through the library, in one Ray session: scores read from the cache, and a
     # corrupt image is one error line naming it, raised from inside an actor.

@@ -166,6 +166,12 @@ class RayExecutor:
             n = max(1, int(cluster_gpus // gpus))
         else:
             n = 1
+        if gpus > 0 and n * gpus > cluster_gpus + 1e-9:
+            # Actors that cannot all be placed would wait for GPUs forever.
+            raise FergiError(
+                f"--ray-actors {n} x --ray-gpus-per-actor {gpus:g}: more than the "
+                f"{cluster_gpus:g} GPU(s) of the Ray cluster"
+            )
         return gpus, n
 
     # -- extraction -----------------------------------------------------------------
@@ -257,6 +263,10 @@ class RayExecutor:
         ray = _import_ray()
         if not self._scorer_actors:
             gpus, n = self._actor_layout(ray, "scorer")
+            cpus = float(ray.cluster_resources().get("CPU", 0))
+            if not gpus and n > cpus:
+                raise FergiError(f"--ray-actors {n}: more CPU scorer actors than the {cpus:g} "
+                                 "CPUs of the Ray cluster")
             actor_class = ray.remote(_ScorerActor).options(num_cpus=0 if gpus else 1, num_gpus=gpus)
             self._scorer_actors = [actor_class.remote() for _ in range(n)]
         return _RayScorerPool(ray, self._scorer_actors, name, device=device, batch_size=batch_size,
