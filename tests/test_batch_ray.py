@@ -138,6 +138,14 @@ def test_ray_resumes_after_an_interruption(ray_cluster, tmp_path, monkeypatch, c
     assert report["frames"].tolist() == [3, 4, 5, 6]
     assert _files(on_ray) == _files(local)
 
+    # Parquet files come back byte-identical too.
+    parquet = ["--format", "parquet"]
+    assert main(["extract", str(tmp_path / "in"), "--out", str(local / "pq"), *parquet]) == 0
+    assert main(["extract", str(tmp_path / "in"), "--out", str(on_ray / "pq"), *parquet,
+                 "--executor", "ray"]) == 0
+    files = _files(on_ray / "pq")
+    assert len(files) == 5 and files == _files(local / "pq")
+
 
 @pytest.fixture(scope="module")
 def tiny_ir50(tmp_path_factory):
