@@ -47,21 +47,17 @@ def _make_clips(folder: Path, seconds: float, n_videos: int, codec: str) -> list
 
 
 def _run(clips: list[Path], out: Path, workers: int) -> dict:
-    from fergi.cli.extract import _run_jobs
+    from fergi.batch import ExtractionJob, LocalExecutor
 
     jobs = [
-        {
-            "video": str(c),
-            "output": str(out / f"{c.stem}_features.csv"),
-            "fps": 30.0,
-            "baseline_seconds": None,
-            "decimals": 2,
-        }
+        ExtractionJob(
+            video=str(c), output=str(out / f"{c.stem}_features.csv"), fps=30.0, decimals=2
+        )
         for c in clips
     ]
     records: list[dict] = []
     t = time.perf_counter()
-    _run_jobs(jobs, "geometry", None, workers, records)
+    LocalExecutor(workers).run_extraction(jobs, "geometry", None, records.append)
     wall = time.perf_counter() - t
     failed = [r for r in records if r["status"] != "ok"]
     if failed:

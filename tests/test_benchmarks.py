@@ -175,3 +175,25 @@ def test_scorers_quick(capsys):
     # Two scorers x 6 images scored once, then all reused from the cache.
     assert figures["cache"]["first_scored"] == 12
     assert figures["cache"]["second_scored"] == 0 and figures["cache"]["second_cached"] == 12
+
+
+@pytest.mark.slow
+def test_scale_quick(capsys):
+    pytest.importorskip("ray")
+    figures = load("bench_scale").main(["--quick"])
+    printed = capsys.readouterr().out
+    assert "x local" in printed and "2 clips of 1 s" in printed
+    runs = figures["extraction"]["runs"]
+    assert [(run["executor"], run["workers"]) for run in runs] == [
+        ("local", 1), ("ray", 1), ("ray", 2)]
+    for run in runs:
+        # Two 1 s clips at 30 fps, every frame read, in each run.
+        assert run["frames"] == 2 * 30
+        for key in ("wall_s", "fps", "ratio"):
+            assert positive(run[key]), (key, run)
+        assert run["ratio"] == pytest.approx(run["fps"] / runs[0]["fps"])
+    assert runs[0]["ratio"] == 1.0 and all(positive(run["start_s"]) for run in runs[1:])
+    if (BENCHMARKS / "_scale_study.py").is_file():
+        assert figures["sessions"] is not None
+    else:
+        assert figures["sessions"] is None and "_scale_study.py is not there" in printed

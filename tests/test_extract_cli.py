@@ -215,10 +215,10 @@ def test_input_folders_with_the_same_name_and_same_stem_videos(tmp_path):
 
 
 def test_a_video_that_cannot_be_mapped_is_reported_not_dropped(tmp_path, monkeypatch, capsys):
-    from fergi.cli import extract
+    from fergi.batch import _jobs
 
     # Force every disambiguating hash to clash: nothing can separate the two videos.
-    monkeypatch.setattr(extract, "_short_hash", lambda path, n=6: "0")
+    monkeypatch.setattr(_jobs, "_short_hash", lambda path, n=6: "0")
     a = _gray_clip(tmp_path / "a" / "s1" / "clip.mp4", 3).parent
     b = _gray_clip(tmp_path / "b" / "s1" / "clip.mp4", 4).parent
     out = tmp_path / "out"
@@ -258,18 +258,18 @@ def test_interrupt_leaves_a_report_of_finished_videos(tmp_path, monkeypatch, cap
     """SIGTERM is handled like Ctrl-C: stop, and keep the report of what was done."""
     import signal
 
-    from fergi.cli import extract
+    from fergi.batch import _jobs
 
     for i in range(3):
         _gray_clip(tmp_path / "in" / f"clip_{i}.mp4", 3 + i)
-    real = extract._process
+    real = _jobs._process
     calls = []
 
-    def process(job, progress=None):
-        calls.append(job["video"])
+    def process(job, progress=None, **options):
+        calls.append(job.video)
         if len(calls) == 2:
             signal.raise_signal(signal.SIGTERM)
-        return real(job, progress)
+        return real(job, progress, **options)
 
     class NotHandled(Exception):
         pass
@@ -277,7 +277,7 @@ def test_interrupt_leaves_a_report_of_finished_videos(tmp_path, monkeypatch, cap
     def ours(signum, frame):
         raise NotHandled
 
-    monkeypatch.setattr(extract, "_process", process)
+    monkeypatch.setattr(_jobs, "_process", process)
     previous = signal.signal(signal.SIGTERM, ours)
     try:
         out = tmp_path / "out"
@@ -296,7 +296,7 @@ def test_worker_pool_is_stopped_when_interrupted():
     import multiprocessing as mp
     import time
 
-    from fergi.cli import extract
+    from fergi.batch import _local
 
     before = set(mp.active_children())
     running = []
@@ -307,7 +307,7 @@ def test_worker_pool_is_stopped_when_interrupted():
 
     # Job 0 ends at once; the other worker would sleep for minutes if left alone.
     with pytest.raises(KeyboardInterrupt):
-        extract._run_pool(time.sleep, [0, 300, 300], 2, on_result)
+        _local._run_pool(time.sleep, [0, 300, 300], 2, on_result)
     assert running  # the workers were there ...
     # ... and are gone (reaped; a loaded machine may still be finishing an exit)
     for _ in range(100):

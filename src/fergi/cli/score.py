@@ -27,6 +27,11 @@ scorer names the file and how to get it. Needs `pip install 'fergi[scorers]'`.
 
 Scores are cached by (scorer, weights hash, image hash, prompt) in
 $FERGI_SCORERS_DIR/scores.sqlite: a re-run scores only new images.
+
+--executor ray runs each scorer in Ray actors, one per GPU of the cluster (or
+--ray-actors), the images split across them in the batches a local run makes: the
+same scores. The actors read the images and weights by path (shared storage). Needs
+`pip install 'fergi[ray]'`.
 """
 
 
@@ -55,6 +60,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--cache", metavar="FILE", help="score cache file (default "
                         "$FERGI_SCORERS_DIR/scores.sqlite)")
     parser.add_argument("--no-cache", action="store_true", help="score every image again")
+    parser.add_argument("--executor", choices=("local", "ray"), default="local",
+                        help="run the models here (default) or in Ray actors")
+    parser.add_argument("--ray-address", default=None, metavar="ADDR",
+                        help="Ray cluster: 'auto' or ray://HOST:PORT (default: start a local Ray)")
+    parser.add_argument("--ray-gpus-per-actor", type=float, default=None, metavar="G",
+                        help="GPUs of each scorer actor (default 1 when the cluster has GPUs, else 0)")
+    parser.add_argument("--ray-actors", type=int, default=None, metavar="N",
+                        help="actors per scorer (default one per GPU, or 1 without GPUs)")
     return parser
 
 
@@ -75,6 +88,19 @@ def parse_weights(items: list[str]) -> dict[str, dict]:
     return options
 
 
+def _executor(args: argparse.Namespace):
+    from fergi import FergiError
+
+    if args.executor == "local":
+        for flag in ("ray_address", "ray_gpus_per_actor", "ray_actors"):
+            if getattr(args, flag) is not None:
+                raise FergiError(f"--{flag.replace('_', '-')} is only used with --executor ray")
+        return None
+    from fergi.batch import RayExecutor
+
+    return RayExecutor(args.ray_address, gpus_per_actor=args.ray_gpus_per_actor, actors=args.ray_actors)
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
@@ -85,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         args.data, names, prompts=args.prompts, out=args.out, weights=parse_weights(args.weights),
         device=args.device, batch_size=args.batch_size,
         cache=False if args.no_cache else (args.cache or True), progress=sys.stderr.isatty(),
+        executor=_executor(args),
     )
     done = ", ".join(f"{n} {summary['scored'][n]} scored + {summary['cached'][n]} cached" for n in names)
     missing = f"; {summary['missing']} rows without an image file left blank" if summary["missing"] else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
@@ -107,8 +108,35 @@ def _write_atomic(table: _Table, columns: dict[str, list[str]]) -> None:
     os.replace(tmp, table.path)
 
 
+def _score_one(spec, scorer, present, hashes, store, summary, progress) -> tuple[list, dict]:
+    """Score the images of ``present`` not in the cache with one scorer (local or on Ray).
+
+    Returns each image's cache key and the scores by key.
+    """
+    from tqdm.auto import tqdm
+
+    keys = [(hashes[t.images[k]], "" if spec.name in PROMPT_FREE else t.prompts[k])
+            for t, k in present]
+    known = store.get(spec.name, scorer.fingerprint, keys) if store else {}
+    todo = sorted({key: i for i, key in enumerate(keys) if key not in known}.values())
+    summary["cached"][spec.name] = len(keys) - len(todo)
+    summary["scored"][spec.name] = len(todo)
+    bar = tqdm(total=len(todo), desc=spec.name, unit="img", disable=not progress)
+    todo_images = [present[i][0].images[present[i][1]] for i in todo]
+    todo_prompts = [present[i][0].prompts[present[i][1]] for i in todo]
+    for positions, values in scorer.iter_batches(todo_images, todo_prompts):
+        new = [(keys[todo[p]], v) for p, v in zip(positions, values, strict=True)]
+        known.update(new)
+        if store:
+            store.put(spec.name, scorer.fingerprint, new)
+        bar.update(len(positions))
+    bar.close()
+    return keys, known
+
+
 def score_folder(data, scorers: Sequence[str], *, prompts=None, out=None, weights: dict | None = None,
-                 device=None, batch_size: int = 16, cache=True, progress: bool = False) -> dict:
+                 device=None, batch_size: int = 16, cache=True, progress: bool = False,
+                 executor=None) -> dict:
     """Compute baseline scores for every image of a folder and write them beside the data.
 
     Parameters
@@ -133,6 +161,9 @@ def score_folder(data, scorers: Sequence[str], *, prompts=None, out=None, weight
         ``False`` scores everything again.
     progress : bool
         A progress bar on stderr.
+    executor : None, "local", "ray" or fergi.batch.RayExecutor
+        Where the models run: here, one after another (default), or in Ray actors
+        (one per GPU, the images split across them; the same scores).
 
     Returns
     -------
@@ -145,8 +176,6 @@ def score_folder(data, scorers: Sequence[str], *, prompts=None, out=None, weight
     fergi.FergiError
         Unknown scorer, missing weights, unreadable tables or images.
     """
-    from tqdm.auto import tqdm
-
     data = Path(data)
     if not data.is_dir():
         raise FergiError(f"{data}: no such folder")
@@ -168,37 +197,39 @@ def score_folder(data, scorers: Sequence[str], *, prompts=None, out=None, weight
         if p not in hashes:
             hashes[p] = image_hash(p)
 
+    on_ray = executor is not None and executor != "local"
+    if on_ray and isinstance(executor, str):
+        if executor != "ray":
+            raise FergiError(f"--executor {executor!r}: expected local or ray")
+        from fergi.batch import RayExecutor
+
+        executor = RayExecutor()
     store = None
     if cache:
         store = ScoreCache(scorers_dir() / "scores.sqlite" if cache is True else cache)
     summary = {"tables": [str(t.path) for t in tables], "images": len(present),
                "missing": len(items) - len(present), "scored": {}, "cached": {}}
     columns: dict[int, dict[str, list[str]]] = {id(t): {} for t in tables}
+    session = executor.session() if on_ray else contextlib.nullcontext()
     try:
-        for spec in specs:
-            options = dict((weights or {}).get(spec.name, {}))
-            scorer = create_scorer(spec.name, device=device, batch_size=batch_size, **options)
-            keys = [(hashes[t.images[k]], "" if spec.name in PROMPT_FREE else t.prompts[k])
-                    for t, k in present]
-            known = store.get(spec.name, scorer.fingerprint, keys) if store else {}
-            todo = sorted({key: i for i, key in enumerate(keys) if key not in known}.values())
-            summary["cached"][spec.name] = len(keys) - len(todo)
-            summary["scored"][spec.name] = len(todo)
-            bar = tqdm(total=len(todo), desc=spec.name, unit="img", disable=not progress)
-            todo_images = [present[i][0].images[present[i][1]] for i in todo]
-            todo_prompts = [present[i][0].prompts[present[i][1]] for i in todo]
-            for positions, values in scorer.iter_batches(todo_images, todo_prompts):
-                new = [(keys[todo[p]], v) for p, v in zip(positions, values, strict=True)]
-                known.update(new)
-                if store:
-                    store.put(spec.name, scorer.fingerprint, new)
-                bar.update(len(positions))
-            bar.close()
-            del scorer  # one model in memory at a time
-            for t in tables:
-                columns[id(t)][spec.column] = [""] * len(t.rows)
-            for (t, k), key in zip(present, keys, strict=True):
-                columns[id(t)][spec.column][k] = repr(float(known[key]))
+        with session:
+            for spec in specs:
+                options = dict((weights or {}).get(spec.name, {}))
+                if on_ray:
+                    scorer = executor.scorer_pool(spec.name, device=device, batch_size=batch_size,
+                                                  **options)
+                else:
+                    scorer = create_scorer(spec.name, device=device, batch_size=batch_size, **options)
+                try:
+                    keys, known = _score_one(spec, scorer, present, hashes, store, summary, progress)
+                finally:
+                    if on_ray:
+                        scorer.close()
+                    del scorer  # one model in memory at a time
+                for t in tables:
+                    columns[id(t)][spec.column] = [""] * len(t.rows)
+                for (t, k), key in zip(present, keys, strict=True):
+                    columns[id(t)][spec.column][k] = repr(float(known[key]))
     finally:
         if store:
             store.close()

@@ -1,0 +1,37 @@
+"""Batch work over many files: feature extraction (and scoring) on local processes or Ray.
+
+One job model (:class:`ExtractionJob`: one video into one features file) with the
+resume, report and ``features_meta.json`` semantics of ``fergi extract``
+(:func:`extract_videos`), and two executors:
+
+* :class:`LocalExecutor`: this process or a pool of worker processes;
+* :class:`RayExecutor`: a Ray cluster (``pip install 'fergi[ray]'``), one task per
+  video, the ``ir50`` estimator and the scorers in (GPU) actors.
+
+>>> from fergi.batch import RayExecutor, extract_videos
+>>> extract_videos(["videos/"], "feats/", executor=RayExecutor("auto"))  # doctest: +SKIP
+
+Both executors write byte-identical files.
+"""
+
+from fergi.batch._jobs import (
+    FACE_BATCH,
+    REPORT_COLUMNS,
+    REPORT_NAME,
+    ExtractionJob,
+    ExtractionResult,
+    extract_videos,
+)
+from fergi.batch._local import LocalExecutor
+from fergi.batch._ray import RayExecutor
+
+__all__ = [
+    "FACE_BATCH",
+    "REPORT_COLUMNS",
+    "REPORT_NAME",
+    "ExtractionJob",
+    "ExtractionResult",
+    "LocalExecutor",
+    "RayExecutor",
+    "extract_videos",
+]
