@@ -82,27 +82,28 @@ def _segment_duration(store, sess, segment) -> float:
     return float(stamps[-1] - stamps[0])
 
 
-def _check_recording(app, *, shown, hidden, n_images):
+def _check_recording(app, sess, *, shown, hidden, n_images):
     """Events, segments, the valid reaction clip of every image, and no survey recorded."""
+    assert [(e.segment, e.image_index) for e in sess.events if e.kind == "image_shown"] == shown
+    assert [(e.segment, e.image_index) for e in sess.events if e.kind == "image_hidden"] == hidden
+    reactions = {c.image_index: c for c in sess.clips if c.clip == "reaction"}
+    assert sorted(reactions) == list(range(1, n_images + 1))
+    for index, clip in reactions.items():
+        assert clip_frames_ok(clip, EXPECTED_FRAMES), (index, clip.n_frames, clip.clip_valid)
+    # One segment per image, holding only its baseline and presentation: a survey
+    # (several seconds here) would make a segment far longer.
+    segments = {s.index: s for s in sess.segments}
+    for seg_index, _image in hidden:
+        seg = segments[seg_index]
+        assert seg.complete, seg_index
+        duration = _segment_duration(app.state.store, sess, seg)
+        assert duration <= BASELINE_S + PRESENT_S + 1.0, (seg_index, duration)
+
+
+def _processed(app):
     job = wait_for_processing(app)
     assert job is not None and job.status == "done", f"processing failed: {job and job.error}"
-    db, sess = _session(app)
-    with db:
-        assert [(e.segment, e.image_index) for e in sess.events if e.kind == "image_shown"] == shown
-        assert [(e.segment, e.image_index) for e in sess.events if e.kind == "image_hidden"] == hidden
-        reactions = {c.image_index: c for c in sess.clips if c.clip == "reaction"}
-        assert sorted(reactions) == list(range(1, n_images + 1))
-        for index, clip in reactions.items():
-            assert clip_frames_ok(clip, EXPECTED_FRAMES), (index, clip.n_frames, clip.clip_valid)
-        # One segment per image, holding only its baseline and presentation: a survey
-        # (several seconds here) would make a segment far longer.
-        segments = {s.index: s for s in sess.segments}
-        for seg_index, _image in hidden:
-            seg = segments[seg_index]
-            assert seg.complete, seg_index
-            duration = _segment_duration(app.state.store, sess, seg)
-            assert duration <= BASELINE_S + PRESENT_S + 1.0, (seg_index, duration)
-        return sess
+    return _session(app)
 
 
 def test_camera_stopped_mid_image_is_shown_again(chromium, webcam_y4m, study_server):
@@ -158,16 +159,16 @@ def test_camera_stopped_mid_image_is_shown_again(chromium, webcam_y4m, study_ser
             browser.close()
 
     assert "beforeunload" not in dialogs, "a finished session must not ask before leaving"
-    sess = _check_recording(app, shown=[(0, 1), (1, 2), (2, 2), (3, 3)], hidden=[(0, 1), (2, 2), (3, 3)], n_images=3)
-    assert sess.ranking.order == [1, 2, 3] and sess.ranking.method == "untouched"
-    # The interrupted take's video was uploaded and its segment completed.
-    assert len(sess.segments) == 4 and sess.segments[1].complete and sess.segments[1].n_chunks > 0
-    db, _ = _session(app)
+    from sqlalchemy import func, select
+
+    from fergi.study._db import StudySession
+
+    db, sess = _processed(app)
     with db:
-        from sqlalchemy import func, select
-
-        from fergi.study._db import StudySession
-
+        _check_recording(app, sess, shown=[(0, 1), (1, 2), (2, 2), (3, 3)], hidden=[(0, 1), (2, 2), (3, 3)], n_images=3)
+        assert sess.ranking.order == [1, 2, 3] and sess.ranking.method == "untouched"
+        # The interrupted take's video was uploaded and its segment completed.
+        assert len(sess.segments) == 4 and sess.segments[1].complete and sess.segments[1].n_chunks > 0
         assert db.scalar(select(func.count()).select_from(StudySession)) == 1
 
 
@@ -257,10 +258,12 @@ def test_refused_stream_start_and_full_disk(chromium, webcam_y4m, study_server):
             _save_console(console, "chunks")
             browser.close()
 
-    sess = _check_recording(app, shown=[(0, 1), (2, 2), (3, 3)], hidden=[(0, 1), (2, 2), (3, 3)], n_images=3)
-    assert sess.ranking.order == [3, 1, 2] and sess.ranking.method == "tap"
-    # The refused segment got nothing; it is left for the server's retention.
-    assert len(sess.segments) == 4 and sess.segments[1].n_chunks == 0
+    db, sess = _processed(app)
+    with db:
+        _check_recording(app, sess, shown=[(0, 1), (2, 2), (3, 3)], hidden=[(0, 1), (2, 2), (3, 3)], n_images=3)
+        assert sess.ranking.order == [3, 1, 2] and sess.ranking.method == "tap"
+        # The refused segment got nothing; it is left for the server's retention.
+        assert len(sess.segments) == 4 and sess.segments[1].n_chunks == 0
 
 
 def _touch_drag(cdp, page, source: str, target: str, steps: int = 12) -> None:

@@ -1088,7 +1088,9 @@ $("survey-form").addEventListener("submit", async (event) => {
 let rankMethods = new Set();
 let rankSelected = null;
 let touchDrag = null;
-let suppressClickUntil = 0;
+// The item a touch ended on: the click the browser may add (late, or never when it
+// waits for a double tap) is not a second tap.
+let touchHandled = null;
 
 function rankOrder() { return [...$("rank-list").children].map((li) => Number(li.dataset.image)); }
 
@@ -1158,15 +1160,21 @@ function itemAt(x, y, except) {
   }) || null;
 }
 
+function tapItem(li) {
+  if (!rankSelected) selectItem(li);
+  else if (rankSelected === li) selectItem(null);
+  else { const moving = rankSelected; selectItem(null); placeItem(moving, li, "tap"); }
+}
+
 function endTouchDrag(event, commit) {
   const drag = touchDrag;
   if (!drag || event.pointerId !== drag.id) return;
   touchDrag = null;
-  if (!drag.moved) return; // a tap: the click handler selects
+  touchHandled = drag.li;
+  if (!drag.moved) { if (commit) tapItem(drag.li); return; }
   drag.li.style.transform = "";
   drag.li.classList.remove("dragging");
   if (drag.over) drag.over.classList.remove("over");
-  suppressClickUntil = performance.now() + 500;
   if (commit && drag.over) placeItem(drag.li, drag.over, "drag");
 }
 
@@ -1200,6 +1208,7 @@ function rankItem(index) {
   });
   // Touch and pen: the item follows the finger (touch-action: none in the CSS).
   li.addEventListener("pointerdown", (e) => {
+    touchHandled = null;
     if (e.pointerType === "mouse" || e.target.closest("button") || touchDrag) return;
     touchDrag = { li, id: e.pointerId, x: e.clientX, y: e.clientY, moved: false, over: null };
   });
@@ -1227,10 +1236,10 @@ function rankItem(index) {
   li.addEventListener("pointercancel", (e) => endTouchDrag(e, false));
   // Tap (or click) to select, tap another image to move the selected one there.
   li.addEventListener("click", (e) => {
-    if (e.target.closest("button") || performance.now() < suppressClickUntil) return;
-    if (!rankSelected) selectItem(li);
-    else if (rankSelected === li) selectItem(null);
-    else { const moving = rankSelected; selectItem(null); placeItem(moving, li, "tap"); }
+    if (e.pointerType === "touch" || e.pointerType === "pen") return; // handled on pointerup
+    if (touchHandled === li) { touchHandled = null; return; }
+    if (e.target.closest("button")) return;
+    tapItem(li);
   });
   imageUrl(index).then((url) => { img.src = url; }).catch(fail);
   return li;
