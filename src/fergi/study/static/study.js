@@ -519,28 +519,46 @@ function loseCamera(stream, reason) {
   for (const listener of [...cameraListeners]) listener(reason);
 }
 
+// Frames the camera delivered (MediaStreamTrack stats, where the browser has them): these
+// count even when the page cannot paint (a busy computer), unlike frame callbacks.
+function trackFrames() {
+  const track = camera && camera.getVideoTracks()[0];
+  const stats = track && track.stats;
+  return stats && typeof stats.totalFrames === "number" ? stats.totalFrames : null;
+}
+
 // The watchdog. A track stopped by the page itself fires no "ended" event, hence the
 // readyState check; a page that was frozen (a busy computer) cannot judge frames, so it
 // waits a little after such a pause before calling the camera stalled.
-let lastTick = performance.now(), stallGraceUntil = 0;
+let lastTick = performance.now(), stallGraceUntil = 0, lastTrackFrames = null, lastTrackFrameAt = 0;
 setInterval(() => {
   const now = performance.now();
   const late = now - lastTick > 750;
   lastTick = now;
   if (!camera || cameraLost) return;
   if (!camera.getVideoTracks().some((t) => t.readyState === "live")) { loseCamera(camera, "ended"); return; }
+  const frames = trackFrames();
+  if (frames !== lastTrackFrames) { lastTrackFrames = frames; lastTrackFrameAt = now; }
   if (late) { stallGraceUntil = now + 500; return; }
-  if (watchingStalls && $("clock-video").requestVideoFrameCallback && now > stallGraceUntil && now - lastFrameAt > CAMERA_STALL_MS) {
-    loseCamera(camera, "stalled");
-  }
+  if (!watchingStalls || now <= stallGraceUntil) return;
+  const since = frames !== null ? now - Math.max(lastTrackFrameAt, lastFrameAt)
+    : $("clock-video").requestVideoFrameCallback ? now - lastFrameAt : 0;
+  if (since > CAMERA_STALL_MS) loseCamera(camera, "stalled");
 }, 250);
 
 // Resolves true once a frame captured at or after time t (performance.now() clock) arrived.
+// Where frame callbacks lag (a busy computer), frames the track delivered meanwhile count.
 async function frameAfter(t, timeoutMs) {
   if (!$("clock-video").requestVideoFrameCallback) return cameraLive();
   const deadline = performance.now() + timeoutMs;
+  while (performance.now() < t) await sleep(10);
+  const framesAtT = trackFrames();
   while (lastCaptureAt < t) {
-    if (cameraLost || performance.now() > deadline) return false;
+    if (cameraLost) return false;
+    if (performance.now() > deadline) {
+      const frames = trackFrames();
+      return frames !== null && framesAtT !== null && frames > framesAtT && cameraLive();
+    }
     await sleep(20);
   }
   return true;
@@ -549,8 +567,8 @@ async function frameAfter(t, timeoutMs) {
 // A freshly opened camera counts once it delivers pictures.
 async function framesArrive(timeoutMs) {
   if (!$("clock-video").requestVideoFrameCallback) return cameraLive();
-  const start = framesSeen, deadline = performance.now() + timeoutMs;
-  while (framesSeen < start + 3) {
+  const start = framesSeen, startTrack = trackFrames(), deadline = performance.now() + timeoutMs;
+  while (framesSeen < start + 3 && !(startTrack !== null && trackFrames() >= startTrack + 3)) {
     if (cameraLost || performance.now() > deadline) return false;
     await sleep(50);
   }
