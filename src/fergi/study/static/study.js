@@ -685,6 +685,7 @@ class SegmentRecorder {
       if (this.dropped) return;
       try {
         await api("PUT", path, { body: blob, headers: { "Content-Type": "video/webm" }, retries: 2 });
+        if (attempt > 0) showBanner(""); // the connection is back
         return;
       } catch (err) {
         if (!(err instanceof ApiError)) throw err;
