@@ -1,7 +1,7 @@
 """End to end, in headless Chromium: recordings that stay valid, phones, and what a
 participant meets when something goes wrong.
 
-- The camera stops while an image is on screen: the study pauses, the camera is opened
+- The camera stops (or mutes) while an image is on screen: the study pauses, the camera is opened
   again, the image is shown again from its baseline in a new recording segment, and
   every reaction clip on the server is valid.
 - The server refuses the first chunk of a segment as a stream start, and answers 507
@@ -141,8 +141,17 @@ def test_camera_stopped_mid_image_is_shown_again(chromium, webcam_y4m, study_ser
             assert page.is_visible("#rec-indicator")
             answer_survey(page, 2, shots, n_images=3)
 
+            # Image 3: the camera mutes (stops sending pictures) during the baseline.
+            page.wait_for_selector("#stage-baseline:not([hidden])", timeout=30_000)
+            wait_for(page, "!document.getElementById('rec-indicator').hidden")
+            page.evaluate("document.getElementById('clock-video').srcObject.getVideoTracks()[0].dispatchEvent(new Event('mute'))")
+            page.wait_for_selector("#pause-continue:not([hidden])", timeout=20_000)
+            assert "stopped sending pictures" in page.inner_text("#pause-text")
+            page.click("#pause-continue")
+
             page.wait_for_selector("#page-survey:not([hidden])", timeout=60_000)
             assert page.is_hidden("#rec-indicator")
+            assert page.inner_text("#survey-counter").lower() == "image 3 of 3"
             assert page.inner_text("#survey-submit") == "Continue to ranking"
             answer_survey(page, 3, shots, n_images=3)
 
@@ -165,10 +174,11 @@ def test_camera_stopped_mid_image_is_shown_again(chromium, webcam_y4m, study_ser
 
     db, sess = _processed(app)
     with db:
-        _check_recording(app, sess, shown=[(0, 1), (1, 2), (2, 2), (3, 3)], hidden=[(0, 1), (2, 2), (3, 3)], n_images=3)
+        _check_recording(app, sess, shown=[(0, 1), (1, 2), (2, 2), (4, 3)], hidden=[(0, 1), (2, 2), (4, 3)], n_images=3)
+        assert [(e.segment, e.image_index) for e in sess.events if e.kind == "baseline_start"][-2:] == [(3, 3), (4, 3)]
         assert sess.ranking.order == [1, 2, 3] and sess.ranking.method == "untouched"
         # The interrupted take's video was uploaded and its segment completed.
-        assert len(sess.segments) == 4 and sess.segments[1].complete and sess.segments[1].n_chunks > 0
+        assert len(sess.segments) == 5 and sess.segments[1].complete and sess.segments[1].n_chunks > 0
         assert db.scalar(select(func.count()).select_from(StudySession)) == 1
 
 
