@@ -203,7 +203,7 @@ def test_refused_stream_start_and_full_disk(chromium, webcam_y4m, study_server):
     def disk_full(route):
         calls["full"] += 1
         if calls["full"] <= 2:
-            body = {"detail": "the study server's disk is full"}
+            body = {"detail": "the study's storage is full: the study is paused on the server side", "paused": True}
             route.fulfill(status=507, headers={"Retry-After": "1"}, content_type="application/json", body=json.dumps(body))
         else:
             route.continue_()
@@ -211,7 +211,8 @@ def test_refused_stream_start_and_full_disk(chromium, webcam_y4m, study_server):
     def refuse_control_character(route):
         calls["answer"] += 1
         if calls["answer"] == 1:
-            detail = [{"loc": ["body", "missing_elements"], "msg": "Value error, control characters are not allowed", "type": "value_error"}]
+            # The server's answer to a control character: the field's name, then the problem.
+            detail = "missing_elements: control character U+0001 is not allowed in text"
             route.fulfill(status=422, content_type="application/json", body=json.dumps({"detail": detail}))
         else:
             route.continue_()
@@ -242,7 +243,7 @@ def test_refused_stream_start_and_full_disk(chromium, webcam_y4m, study_server):
             page.fill("#missing", "cat")
             page.click("#survey-submit")
             page.wait_for_selector("#missing-error:not([hidden])", timeout=30_000)
-            assert "control characters" in page.inner_text("#missing-error")
+            assert page.inner_text("#missing-error") == "Control character U+0001 is not allowed in text"
             shots("field_error")
             page.fill("#missing", "a cat")
             assert page.is_hidden("#missing-error")

@@ -26,12 +26,15 @@ function showBanner(message, kind = "error") {
   banner.hidden = !message;
 }
 
-// An error answer as {detail, code, fields}: FastAPI sends {"detail": "text"}, a list of
-// validation errors ({loc, msg}) or an object ({code, message}); a code may also be top-level.
+// An error answer as {detail, code, fields}: FastAPI sends {"detail": "text"} (the text may
+// name its field first, "prompt: ..."), a list of validation errors ({loc, msg}) or an
+// object ({code, message}); a code may also be top-level.
 function errorInfo(body, fallback) {
   let detail = body && body.detail !== undefined ? body.detail : fallback;
   let code = (body && typeof body.code === "string" && body.code) || null;
   let fields = [];
+  const named = typeof detail === "string" && /^([A-Za-z_][\w.]*): /.exec(detail);
+  if (named) fields = [named[1].split(".").filter((x) => !/^\d+$/.test(x)).pop()];
   if (Array.isArray(detail)) {
     fields = detail.map((d) => (d.loc || []).filter((x) => typeof x === "string" && x !== "body").pop()).filter(Boolean);
     detail = detail.map((d) => (d.msg || JSON.stringify(d)).replace(/^Value error, /, "")).join("; ");
@@ -74,7 +77,7 @@ async function api(method, path, { json, body, headers = {}, retries = 6 } = {})
     try { info = errorInfo(await response.json(), response.statusText); } catch (_) { /* not JSON */ }
     if (response.status === 507) {
       showBanner(SERVER_PAUSED, "warn");
-      const wait = Number(response.headers.get("Retry-After")) * 1000 || Math.min(30000, 2000 * 2 ** Math.min(paused, 4));
+      const wait = Math.min(30000, Number(response.headers.get("Retry-After")) * 1000 || 2000 * 2 ** Math.min(paused, 4));
       paused++; attempt--;
       await sleep(wait);
       continue;
@@ -127,12 +130,19 @@ function fieldError(id, message) {
   if (message) input.setAttribute("aria-invalid", "true"); else input.removeAttribute("aria-invalid");
 }
 
+// Next to its field, a message needs no field name: "prompt: control character ..." reads
+// "Control character ...".
+function fieldMessage(detail) {
+  const text = detail.replace(/^[A-Za-z_][\w.]*: /, "");
+  return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
 // A 422 about one of the listed fields goes next to that field; true when it did.
 function showFieldError(err, fieldIds) {
   if (!(err instanceof ApiError) || err.status !== 422) return false;
   const key = Object.keys(fieldIds).find((name) => err.fields.includes(name)) || (Object.keys(fieldIds).length === 1 ? Object.keys(fieldIds)[0] : null);
   if (!key) return false;
-  fieldError(fieldIds[key], err.detail);
+  fieldError(fieldIds[key], fieldMessage(err.detail));
   $(fieldIds[key]).focus();
   return true;
 }
@@ -442,8 +452,10 @@ $("structured-continue").addEventListener("click", async () => {
 
 // ---------------------------------------------------------------- camera: start, watch, lose, re-acquire
 // The camera is watched all the time: its track ending or muting, and (while an image is
-// recorded) no new frame for CAMERA_STALL_MS, count as a lost camera.
-const CAMERA_STALL_MS = 1000;
+// recorded) no new frame for CAMERA_STALL_MS, count as a lost camera. The server calls a
+// clip invalid after more than clip_max_still_s (1 s) without a new frame; a shorter
+// limit here, checked every 100 ms, shows every such image again.
+const CAMERA_STALL_MS = 800;
 let cameraLost = null;      // why the current camera stopped ("ended", "muted", "stalled"), null while it works
 let cameraStarting = null;  // the getUserMedia call in flight
 let lastFrameAt = 0;        // performance.now() when the clock video last got a frame
@@ -544,7 +556,7 @@ setInterval(() => {
   const since = frames !== null ? now - Math.max(lastTrackFrameAt, lastFrameAt)
     : $("clock-video").requestVideoFrameCallback ? now - lastFrameAt : 0;
   if (since > CAMERA_STALL_MS) loseCamera(camera, "stalled");
-}, 250);
+}, 100);
 
 // Resolves true once a frame captured at or after time t (performance.now() clock) arrived.
 // Where frame callbacks lag (a busy computer), frames the track delivered meanwhile count.
@@ -1095,7 +1107,7 @@ $("survey-form").addEventListener("submit", async (event) => {
     await route();
   } catch (err) {
     if (err instanceof ApiError && err.status === 422) {
-      if (err.fields.includes("missing_elements") || err.detail.includes("missing_elements")) { fieldError("missing", err.detail); $("missing").focus(); }
+      if (err.fields.includes("missing_elements")) { fieldError("missing", fieldMessage(err.detail)); $("missing").focus(); }
       else { $("survey-error").textContent = err.detail; $("survey-error").hidden = false; }
     } else fail(err);
   } finally { button.disabled = false; button.textContent = label; }
