@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import _browser
 import numpy as np
 import pytest
 from _browser import BASELINE_S, CHROMIUM_ARGS, FPS, N_IMAGES, PRESENT_S, Shots
@@ -25,6 +26,10 @@ from _browser import wait_for as _wait_for
 from _browser import wait_for_processing as _wait_for_processing
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+# Other test modules import these from here, where they were defined before _browser.py.
+chromium = _browser.chromium
+_free_port = _browser._free_port
 
 
 def test_whole_session_in_chromium(chromium, webcam_y4m, live_server, tmp_path):
