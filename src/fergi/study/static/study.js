@@ -423,6 +423,18 @@ function showStructured() {
   if (last) { $("generated-block").hidden = false; $("structured-prompt").value = last.prompt; updateCounter("structured-prompt"); }
 }
 
+// "form.animate_objects.0.name: control character ..." reads
+// "Animate object 1, name: Control character ...".
+function structuredMessage(detail) {
+  const kinds = { animate_objects: "Animate object", inanimate_objects: "Inanimate object", interactional_relations: "Interactional relation", positional_relations: "Positional relation" };
+  const text = detail.replace(/^structured input: /, "");
+  const m = /^form\.(\w+)(?:\.(\d+)(?:\.(\w+))?)?: (.*)$/.exec(text);
+  if (!m) return text;
+  const [, group, index, field, rest] = m;
+  const where = kinds[group] ? `${kinds[group]} ${Number(index) + 1}${field ? ", " + field : ""}` : group;
+  return `${where.charAt(0).toUpperCase() + where.slice(1)}: ${rest.charAt(0).toUpperCase() + rest.slice(1)}`;
+}
+
 $("generate-prompt").addEventListener("click", async () => {
   const button = $("generate-prompt");
   button.disabled = true;
@@ -435,7 +447,7 @@ $("generate-prompt").addEventListener("click", async () => {
     setAttempts(result.attempts_left);
     $("structured-prompt").focus();
   } catch (err) {
-    if (err instanceof ApiError && err.status === 422) structuredError(err.detail.replace(/^structured input: /, ""));
+    if (err instanceof ApiError && err.status === 422) structuredError(structuredMessage(err.detail));
     else fail(err);
     button.disabled = false;
   }
@@ -956,7 +968,8 @@ async function presentOnce(index) {
     take.close();
     if (!(err instanceof Interrupted) && cameraLost) err = new Interrupted("camera", lossText(cameraLost));
     if (err instanceof RecordingFailed && !err.fatal) err = new Interrupted("recording", err.message);
-    if (err instanceof Interrupted && err.kind === "camera") rec.finishQuietly(); else rec.drop();
+    // A refused segment is given up; an interrupted one keeps what it recorded.
+    if (err instanceof Interrupted && err.kind !== "recording") rec.finishQuietly(); else rec.drop();
     throw err;
   }
 }
