@@ -1192,7 +1192,7 @@ function selectItem(li) {
   rankSelected = li;
   if (li) {
     li.classList.add("selected"); li.setAttribute("aria-pressed", "true");
-    $("rank-live").textContent = `Image ${li.dataset.image} selected: now tap the place where it should go`;
+    $("rank-live").textContent = `Image ${li.dataset.image} selected: now tap the image whose place it should take`;
   }
 }
 
