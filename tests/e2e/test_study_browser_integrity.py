@@ -3,7 +3,8 @@ participant meets when something goes wrong.
 
 - The camera stops (or mutes) while an image is on screen: the study pauses, the camera is opened
   again, the image is shown again from its baseline in a new recording segment, and
-  every reaction clip on the server is valid.
+  every reaction clip on the server is valid. So does a camera that freezes (no new
+  frame, no event).
 - The server refuses the first chunk of a segment as a stream start, and answers 507
   (full disk) to another: the page opens a new segment and shows the image again,
   waits out the full disk with the right message, and the study finishes.
@@ -275,6 +276,80 @@ def test_refused_stream_start_and_full_disk(chromium, webcam_y4m, study_server):
         assert sess.ranking.order == [3, 1, 2] and sess.ranking.method == "tap"
         # The refused segment got nothing; it is left for the server's retention.
         assert len(sess.segments) == 4 and sess.segments[1].n_chunks == 0
+
+
+# A webcam made of a canvas that can freeze: no new frame, though its track stays live and
+# unmuted (a camera that hangs). Opening the camera again gives a fresh, running one.
+FREEZABLE_CAMERA = """
+(() => {
+  const face = new Image();
+  face.src = "__FACE__";
+  window.__cameraFrozen = false;
+  let canvas = null;
+  const draw = () => {
+    if (canvas && !window.__cameraFrozen) {
+      const ctx = canvas.getContext("2d");
+      ctx.fillStyle = "#808080"; ctx.fillRect(0, 0, 640, 480);
+      if (face.complete && face.naturalWidth) ctx.drawImage(face, 170, 90, 300, 300);
+      ctx.fillStyle = "#" + (performance.now() % 4096 | 0).toString(16).padStart(3, "0"); ctx.fillRect(0, 0, 8, 8);
+    }
+    requestAnimationFrame(draw);
+  };
+  requestAnimationFrame(draw);
+  navigator.mediaDevices.getUserMedia = async () => {
+    canvas = document.createElement("canvas");
+    canvas.width = 640; canvas.height = 480;
+    window.__cameraFrozen = false;
+    return canvas.captureStream(30);
+  };
+})();
+"""
+
+
+def test_frozen_camera_is_noticed(chromium, study_server):
+    """A camera that stops delivering frames (track live, no event) pauses and replays too."""
+    import base64
+    import io
+
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+    from skimage import data
+
+    base, app = study_server(n_images=2)
+    buffer = io.BytesIO()
+    Image.fromarray(data.astronaut()[0:260, 100:360]).save(buffer, format="PNG")
+    face_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    console: list[str] = []
+    dialogs: list[str] = []
+    with sync_playwright() as pw:
+        browser = _launch(pw, chromium, None)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page.add_init_script(FREEZABLE_CAMERA.replace("__FACE__", face_url))
+            _watch(page, console, dialogs)
+            shots = Shots(page, "frozen_")
+            begin_study(page, base, "frozen01", shots)
+            page.wait_for_selector("#stage-image:not([hidden])", timeout=30_000)
+            page.evaluate("window.__cameraFrozen = true")
+            page.wait_for_selector("#pause:not([hidden])", timeout=10_000)
+            assert "stopped sending pictures" in page.inner_text("#pause-text")
+            page.wait_for_selector("#pause-continue:not([hidden])", timeout=20_000)
+            page.click("#pause-continue")
+            page.wait_for_selector("#stage-baseline:not([hidden])", timeout=30_000)
+            assert page.inner_text("#stage-counter").lower() == "image 1 of 2"
+            for index in (1, 2):
+                answer_survey(page, index, shots, n_images=2)
+            page.wait_for_selector("#page-ranking:not([hidden])", timeout=30_000)
+            page.click("#rank-finish")
+            page.wait_for_selector("#page-done:not([hidden])", timeout=30_000)
+        finally:
+            _save_console(console, "frozen")
+            browser.close()
+
+    assert any("camera lost" in line for line in console), console
+    db, sess = _processed(app)
+    with db:
+        _check_recording(app, sess, shown=[(0, 1), (1, 1), (2, 2)], hidden=[(1, 1), (2, 2)], n_images=2)
 
 
 def _touch_drag(cdp, page, source: str, target: str, steps: int = 12) -> None:
