@@ -14,196 +14,22 @@ Set FERGI_E2E_SCREENSHOTS=DIR to keep a screenshot of every step.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
+import _browser
 import numpy as np
 import pytest
+from _browser import BASELINE_S, CHROMIUM_ARGS, FPS, N_IMAGES, PRESENT_S, Shots
+from _browser import answer_survey as _answer_survey
+from _browser import fill_structured_form as _fill_structured_form
+from _browser import wait_for as _wait_for
+from _browser import wait_for_processing as _wait_for_processing
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = os.environ.get("FERGI_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-BASELINE_S = 2.0
-PRESENT_S = 2.0
-N_IMAGES = 5
-FPS = 30
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--autoplay-policy=no-user-gesture-required",
-    "--disable-background-timer-throttling",
-    "--disable-renderer-backgrounding",
-]
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    ci = os.environ.get("CI", "").lower() == "true"
-    problem = None
-    if not Path(CHROMIUM).is_file():
-        problem = f"Chromium not found at {CHROMIUM} (install it with `apt-get install -y chromium`)"
-    else:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            problem = "PyPI playwright is not installed (pip install playwright; never `playwright install`)"
-    if problem:
-        if ci:
-            pytest.fail(problem + "; the browser test is required under CI=true")
-        pytest.skip(problem)
-    return CHROMIUM
-
-
-@pytest.fixture(scope="module")
-def webcam_y4m(tmp_path_factory) -> Path:
-    from skimage import data
-
-    from fergi.face import write_reaction_video
-
-    path = tmp_path_factory.mktemp("webcam") / "face.y4m"
-    # Neutral, then a smile: the fake device loops the file for as long as the camera is on.
-    return write_reaction_video(path, data.astronaut(), neutral_s=1.0, expression_s=2.0, smile=1.0)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def study_server(tmp_path):
-    """Start the study app with uvicorn on a free port: ``start(**settings) -> (url, app)``."""
-    import uvicorn
-
-    from fergi.study import StudySettings, create_app
-
-    servers = []
-
-    def start(**overrides):
-        values = {
-            "data_dir": tmp_path / "study",
-            "admin_token": "e2e-admin",
-            "generator": "placeholder",
-            "prompt_llm": "template",
-            "n_images": N_IMAGES,
-            "baseline_s": BASELINE_S,
-            "present_s": PRESENT_S,
-            "chunk_ms": 500,
-            "seed": 0,
-            "worker_poll_s": 0.2,
-        }
-        values.update(overrides)
-        app = create_app(StudySettings(**values))
-        port = _free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                pytest.fail("the study server did not start")
-            time.sleep(0.05)
-        return f"http://127.0.0.1:{port}", app
-
-    yield start
-    for server, thread in servers:
-        server.should_exit = True
-        thread.join(30)
-
-
-@pytest.fixture
-def live_server(study_server):
-    return study_server()
-
-
-def _wait_for_processing(app, timeout: float = 600):
-    from sqlalchemy import select
-
-    from fergi.study._db import Job
-
-    deadline = time.monotonic() + timeout
-    while True:
-        with app.state.sessionmaker() as db:
-            job = db.scalar(select(Job).where(Job.kind == "process"))
-            if job is not None and job.status in ("done", "failed") or time.monotonic() > deadline:
-                return job
-        time.sleep(1)
-
-
-def _wait_for(page, expression: str, timeout: float = 30.0) -> None:
-    # page.wait_for_function evaluates strings in the page, which the app's CSP forbids.
-    deadline = time.monotonic() + timeout
-    while not page.evaluate(expression):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {expression}")
-        time.sleep(0.1)
-
-
-class Shots:
-    def __init__(self, page):
-        folder = os.environ.get("FERGI_E2E_SCREENSHOTS")
-        self.folder = Path(folder) if folder else None
-        self.page = page
-        self.n = 0
-        if self.folder:
-            self.folder.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, name: str) -> None:
-        if self.folder:
-            self.n += 1
-            self.page.screenshot(path=str(self.folder / f"{self.n:02d}_{name}.png"), full_page=True)
-
-
-def _fill_structured_form(page) -> None:
-    for name, activity, traits in (("cat", "sleep", "furry, orange"), ("bird", "", "red")):
-        page.fill("#an-name", name)
-        page.fill("#an-act", activity)
-        page.fill("#an-char", traits)
-        page.click("#an-add")
-    for name, quantity, traits in (("flower", 1, ""), ("book", 2, "red, big"), ("table", 1, "")):
-        page.fill("#in-name", name)
-        page.fill("#in-qty", str(quantity))
-        page.fill("#in-char", traits)
-        page.click("#in-add")
-    # The sleeping cat has an activity, so only the bird can be entity 1.
-    options = page.locator("#ir-e1 option").all_inner_texts()
-    assert not any(o.startswith("cat") for o in options), options
-    page.select_option("#ir-e1", label="bird (animate)")
-    page.select_option("#ir-e2", label="flower (inanimate)")
-    page.fill("#ir-rel", "looking at")
-    page.click("#ir-add")
-    page.select_option("#pr-e1", label="2 × book (inanimate)")
-    page.select_option("#pr-e2", label="table (inanimate)")
-    page.fill("#pr-rel", "on top of")
-    page.click("#pr-add")
-    page.fill("#ot-loc", "a classroom at sunset")
-    page.fill("#ot-style", "anime cartoon")
-    page.fill("#ot-kw", "highly detailed, warm light")
-
-
-def _answer_survey(page, index: int, shots, n_images: int = N_IMAGES) -> None:
-    page.wait_for_selector("#page-survey:not([hidden])", timeout=60_000)
-    expect_counter = f"Image {index} of {n_images}"
-    assert page.inner_text("#survey-counter").strip().lower() == expect_counter.lower()
-    page.fill("#missing", "warm light" if index % 2 else "")
-    for name, stars in (("overall_rating", index), ("alignment_rating", 8 - index), ("fidelity_rating", 4)):
-        page.click(f"label[for={name}-{stars}]")
-    page.check(f"#issues-box input[value={'blurry' if index % 2 else 'repeated_generation'}]")
-    page.click(f"#emotions-box label:has(input[value={'amused' if index < 3 else 'surprised'}])")
-    if index == 1:
-        shots("survey")
-    page.click("#survey-submit")
-    page.wait_for_selector("#page-survey", state="hidden", timeout=30_000)
+# Other test modules import these from here, where they were defined before _browser.py.
+chromium = _browser.chromium
+_free_port = _browser._free_port
 
 
 def test_whole_session_in_chromium(chromium, webcam_y4m, live_server, tmp_path):
@@ -219,6 +45,9 @@ def test_whole_session_in_chromium(chromium, webcam_y4m, live_server, tmp_path):
         browser = pw.chromium.launch(executable_path=chromium, headless=True, args=args)
         context = browser.new_context(viewport={"width": 1280, "height": 860})
         page = context.new_page()
+        # Leaving mid-session asks for confirmation (beforeunload); the reloads below confirm.
+        dialogs: list[str] = []
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.type), dialog.accept()))
         page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
         page.on("pageerror", lambda exc: console.append(f"pageerror: {exc}"))
         shots = Shots(page)
@@ -309,14 +138,18 @@ def test_whole_session_in_chromium(chromium, webcam_y4m, live_server, tmp_path):
         assert sess.answers[1].issues == ["repeated_generation"]
         assert sess.answers[0].emotions == ["amused"] and sess.answers[4].emotions == ["surprised"]
         assert sess.ranking.order == order and sess.ranking.method == "mixed"
-        # A recorder per page load that presents images: images 1-2, then 3 and the
-        # interrupted 4, then 4 again and 5. Image 4's clips come from the last segment.
-        assert len(sess.segments) == 3
+        # A recording segment per image (its baseline and presentation, nothing of the
+        # surveys): images 1, 2, 3, the interrupted 4, 4 again, 5. Image 4's clips come
+        # from the later segment; the interrupted one has no image_hidden.
+        assert len(sess.segments) == 6
         shown = [(e.segment, e.image_index) for e in sess.events if e.kind == "image_shown"]
-        assert shown == [(0, 1), (0, 2), (1, 3), (1, 4), (2, 4), (2, 5)]
+        assert shown == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 4), (5, 5)]
+        hidden = [(e.segment, e.image_index) for e in sess.events if e.kind == "image_hidden"]
+        assert hidden == [(0, 1), (1, 2), (2, 3), (4, 4), (5, 5)]
+        assert [s.complete for s in sess.segments] == [True, True, True, False, True, True]
         # The page keeps the study's durations on the video clock (a few frames of slack under load).
         times = {(e.segment, e.image_index, e.kind): e.video_time for e in sess.events}
-        for seg, image in [(0, 1), (0, 2), (1, 3), (2, 4), (2, 5)]:
+        for seg, image in [(0, 1), (1, 2), (2, 3), (4, 4), (5, 5)]:
             baseline = times[(seg, image, "image_shown")] - times[(seg, image, "baseline_start")]
             present = times[(seg, image, "image_hidden")] - times[(seg, image, "image_shown")]
             assert baseline == pytest.approx(BASELINE_S, abs=0.15), (image, baseline)

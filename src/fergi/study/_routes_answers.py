@@ -104,7 +104,9 @@ def put_answer(
 
 class RankingRequest(BaseModel):
     order: list[int] = Field(description="image indices, best first", max_length=50)
-    method: Literal["drag", "keyboard", "mixed"] = "drag"
+    # how the participant ordered the images: "tap" = tap one, tap its place;
+    # "untouched" = the order they were shown in was kept
+    method: Literal["drag", "keyboard", "tap", "mixed", "untouched"] = "drag"
 
 
 @router.put("/ranking")

@@ -14,23 +14,50 @@ const imageUrls = {}; // image index -> blob URL
 
 // ---------------------------------------------------------------- utilities
 class ApiError extends Error {
-  constructor(status, detail) { super(detail); this.status = status; this.detail = detail; }
+  constructor(status, detail, { code = null, fields = [] } = {}) {
+    super(detail); this.status = status; this.detail = detail; this.code = code; this.fields = fields;
+  }
 }
 
 function showBanner(message, kind = "error") {
   const banner = $("banner");
   banner.textContent = message;
-  banner.className = "banner" + (kind === "info" ? " info" : "");
+  banner.className = "banner" + (kind === "info" ? " info" : kind === "warn" ? " warn" : "");
   banner.hidden = !message;
 }
 
+// An error answer as {detail, code, fields}: FastAPI sends {"detail": "text"} (the text may
+// name its field first, "prompt: ..."), a list of validation errors ({loc, msg}) or an
+// object ({code, message}); a code may also be top-level.
+function errorInfo(body, fallback) {
+  let detail = body && body.detail !== undefined ? body.detail : fallback;
+  let code = (body && typeof body.code === "string" && body.code) || null;
+  let fields = [];
+  const named = typeof detail === "string" && /^([A-Za-z_][\w.]*): /.exec(detail);
+  if (named) fields = [named[1].split(".").filter((x) => !/^\d+$/.test(x)).pop()];
+  if (Array.isArray(detail)) {
+    fields = detail.map((d) => (d.loc || []).filter((x) => typeof x === "string" && x !== "body").pop()).filter(Boolean);
+    detail = detail.map((d) => (d.msg || JSON.stringify(d)).replace(/^Value error, /, "")).join("; ");
+  } else if (detail && typeof detail === "object") {
+    code = code || detail.code || null;
+    if (typeof detail.field === "string") fields = [detail.field];
+    detail = detail.message || detail.msg || JSON.stringify(detail);
+  }
+  return { detail: String(detail), code, fields };
+}
+
+const SERVER_PAUSED = "The study is paused on the server side; your recording is kept, please wait.";
+
 // One request with retries: network failures, 5xx and 429 are retried with back-off
 // (the participant sees a notice), 4xx answers are final and raised as ApiError.
+// 507 (the server's disk is full) is retried without limit: nothing is lost by waiting,
+// the page keeps what it has not uploaded yet.
 async function api(method, path, { json, body, headers = {}, retries = 6 } = {}) {
   const opts = { method, headers: { ...headers } };
   if (auth && auth.token) opts.headers["X-Session-Token"] = auth.token;
   if (json !== undefined) { opts.body = JSON.stringify(json); opts.headers["Content-Type"] = "application/json"; }
   else if (body !== undefined) opts.body = body;
+  let paused = 0;
   for (let attempt = 0; ; attempt++) {
     let response;
     try {
@@ -42,18 +69,26 @@ async function api(method, path, { json, body, headers = {}, retries = 6 } = {})
       continue;
     }
     if (response.ok) {
-      if (attempt > 0) showBanner("");
+      if (attempt > 0 || paused) showBanner("");
       const type = response.headers.get("content-type") || "";
       return type.includes("application/json") ? response.json() : response.blob();
     }
-    let detail = response.statusText;
-    try { detail = (await response.json()).detail || detail; } catch (_) { /* not JSON */ }
+    let info = { detail: response.statusText, code: null, fields: [] };
+    try { info = errorInfo(await response.json(), response.statusText); } catch (_) { /* not JSON */ }
+    if (response.status === 507) {
+      showBanner(SERVER_PAUSED, "warn");
+      const wait = Math.min(30000, Number(response.headers.get("Retry-After")) * 1000 || 2000 * 2 ** Math.min(paused, 4));
+      paused++; attempt--;
+      await sleep(wait);
+      continue;
+    }
     if ((response.status >= 500 || response.status === 429) && attempt < retries) {
       const wait = Number(response.headers.get("Retry-After")) * 1000 || Math.min(8000, 500 * 2 ** attempt);
       await sleep(wait);
       continue;
     }
-    throw new ApiError(response.status, typeof detail === "string" ? detail : JSON.stringify(detail));
+    if (paused) showBanner("");
+    throw new ApiError(response.status, info.detail, info);
   }
 }
 
@@ -76,6 +111,40 @@ function showPage(id, step) {
 function fail(err) {
   console.error(err);
   showBanner(err instanceof ApiError ? err.detail : `Something went wrong: ${err.message || err}`);
+}
+
+// A message next to a form field (an empty message removes it); it goes away once the
+// participant changes the field.
+function fieldError(id, message) {
+  const input = $(id);
+  let box = $(`${id}-error`);
+  if (!box && message) {
+    box = document.createElement("p");
+    box.id = `${id}-error`; box.className = "field-error"; box.setAttribute("role", "alert");
+    const next = input.nextElementSibling;
+    (next && next.classList.contains("char-count") ? next : input).after(box);
+    input.setAttribute("aria-describedby", box.id);
+    input.addEventListener("input", () => fieldError(id, ""));
+  }
+  if (box) { box.textContent = message || ""; box.hidden = !message; }
+  if (message) input.setAttribute("aria-invalid", "true"); else input.removeAttribute("aria-invalid");
+}
+
+// Next to its field, a message needs no field name: "prompt: control character ..." reads
+// "Control character ...".
+function fieldMessage(detail) {
+  const text = detail.replace(/^[A-Za-z_][\w.]*: /, "");
+  return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
+// A 422 about one of the listed fields goes next to that field; true when it did.
+function showFieldError(err, fieldIds) {
+  if (!(err instanceof ApiError) || err.status !== 422) return false;
+  const key = Object.keys(fieldIds).find((name) => err.fields.includes(name)) || (Object.keys(fieldIds).length === 1 ? Object.keys(fieldIds)[0] : null);
+  if (!key) return false;
+  fieldError(fieldIds[key], fieldMessage(err.detail));
+  $(fieldIds[key]).focus();
+  return true;
 }
 
 // Timestamp (performance.now() clock) of the frame that paints the DOM change made just before.
@@ -105,7 +174,8 @@ async function boot() {
     auth = saved;
     try {
       state = await api("GET", sessionPath());
-      if (state.step !== "done") { await route(); return; }
+      // A finished session shows its thank-you page again: a reload is not a new session.
+      await route(); return;
     } catch (err) {
       if (!(err instanceof ApiError) || err.status === 0) { fail(err); return; }
     }
@@ -150,7 +220,9 @@ $("start-form").addEventListener("submit", async (event) => {
   button.disabled = true;
   try {
     await startSession(auth.invite ? { invite: auth.invite } : { participant_id: $("participant-id").value.trim() });
-  } catch (err) { fail(err); } finally { button.disabled = false; }
+  } catch (err) {
+    if (auth.invite || !showFieldError(err, { participant_id: "participant-id" })) fail(err);
+  } finally { button.disabled = false; }
 });
 
 // ---------------------------------------------------------------- consent
@@ -172,6 +244,31 @@ $("consent-form").addEventListener("submit", async (event) => {
 });
 
 // ---------------------------------------------------------------- free-form prompt (Fig. S3)
+// Prompts longer than the server's limit (data-max, MAX_PROMPT_CHARS in _routes_prompts.py)
+// are refused with a visible count, never cut silently.
+const charCount = (text) => [...text].length; // code points, as the server counts
+
+function updateCounter(id) {
+  const area = $(id), box = $(`${id}-count`), max = Number(area.dataset.max);
+  const n = charCount(area.value);
+  box.textContent = n > max ? `${n} / ${max} characters: ${n - max} too many` : `${n} / ${max} characters`;
+  box.classList.toggle("over", n > max);
+  area.classList.toggle("over", n > max);
+}
+
+// The prompt to send, or null after showing why it cannot be sent.
+function checkedPrompt(id) {
+  const prompt = $(id).value.trim(), max = Number($(id).dataset.max);
+  if (!prompt) { fieldError(id, "Write a prompt first."); $(id).focus(); return null; }
+  if (charCount(prompt) > max) { fieldError(id, `The prompt is limited to ${max} characters; please shorten it.`); $(id).focus(); return null; }
+  return prompt;
+}
+
+for (const id of ["free-prompt", "structured-prompt"]) {
+  $(id).addEventListener("input", () => updateCounter(id));
+  updateCounter(id);
+}
+
 function showFree() {
   showPage("page-prompt-free", "prompt");
   $("example-prompt").textContent = config.example_prompt;
@@ -180,12 +277,12 @@ function showFree() {
 
 $("free-form").addEventListener("submit", async (event) => {
   event.preventDefault();
-  const prompt = $("free-prompt").value.trim();
-  if (!prompt) return;
+  const prompt = checkedPrompt("free-prompt");
+  if (prompt === null) return;
   try {
     state = await api("PUT", sessionPath("/prompt"), { json: { prompt } });
     await route();
-  } catch (err) { fail(err); }
+  } catch (err) { if (!showFieldError(err, { prompt: "free-prompt" })) fail(err); }
 });
 
 // ---------------------------------------------------------------- structured prompt (Figs. S1-S2)
@@ -204,7 +301,13 @@ function fillSelect(select, objects, placeholder) {
   if ([...select.options].some((opt) => opt.value === keep)) select.value = keep;
 }
 
-function cell(row, text) { const td = row.insertCell(); td.textContent = text; return td; }
+function cell(row, text) {
+  const td = row.insertCell(); td.textContent = text;
+  // The column's name, shown before the value where a narrow screen stacks the cells.
+  const head = row.closest("table").tHead.rows[0].cells[td.cellIndex];
+  if (head) td.dataset.label = head.textContent;
+  return td;
+}
 
 function removeButton(row, onClick) {
   const button = document.createElement("button");
@@ -257,6 +360,10 @@ function structuredError(message) {
   box.textContent = message || "";
   box.hidden = !message;
 }
+
+// A message about the form goes away as soon as the participant changes the form.
+$("page-prompt-structured").addEventListener("input", (event) => { if (event.target.id !== "structured-prompt") structuredError(""); });
+$("page-prompt-structured").addEventListener("change", (event) => { if (event.target.id !== "structured-prompt") structuredError(""); });
 
 $("an-add").addEventListener("click", () => {
   const name = $("an-name").value.trim();
@@ -313,7 +420,19 @@ function showStructured() {
   renderStructured();
   setAttempts(state.attempts_left);
   const last = state.generated_prompts[state.generated_prompts.length - 1];
-  if (last) { $("generated-block").hidden = false; $("structured-prompt").value = last.prompt; }
+  if (last) { $("generated-block").hidden = false; $("structured-prompt").value = last.prompt; updateCounter("structured-prompt"); }
+}
+
+// "form.animate_objects.0.name: control character ..." reads
+// "Animate object 1, name: Control character ...".
+function structuredMessage(detail) {
+  const kinds = { animate_objects: "Animate object", inanimate_objects: "Inanimate object", interactional_relations: "Interactional relation", positional_relations: "Positional relation" };
+  const text = detail.replace(/^structured input: /, "");
+  const m = /^form\.(\w+)(?:\.(\d+)(?:\.(\w+))?)?: (.*)$/.exec(text);
+  if (!m) return text;
+  const [, group, index, field, rest] = m;
+  const where = kinds[group] ? `${kinds[group]} ${Number(index) + 1}${field ? ", " + field : ""}` : group;
+  return `${where.charAt(0).toUpperCase() + where.slice(1)}: ${rest.charAt(0).toUpperCase() + rest.slice(1)}`;
 }
 
 $("generate-prompt").addEventListener("click", async () => {
@@ -324,38 +443,173 @@ $("generate-prompt").addEventListener("click", async () => {
     const result = await api("POST", sessionPath("/prompt/generate"), { json: { form: formPayload() } });
     $("generated-block").hidden = false;
     $("structured-prompt").value = result.prompt;
+    updateCounter("structured-prompt"); fieldError("structured-prompt", "");
     setAttempts(result.attempts_left);
     $("structured-prompt").focus();
   } catch (err) {
-    if (err instanceof ApiError && err.status === 422) structuredError(err.detail.replace(/^structured input: /, ""));
+    if (err instanceof ApiError && err.status === 422) structuredError(structuredMessage(err.detail));
     else fail(err);
     button.disabled = false;
   }
 });
 
 $("structured-continue").addEventListener("click", async () => {
-  const prompt = $("structured-prompt").value.trim();
-  if (!prompt) { structuredError("The prompt is empty."); return; }
+  const prompt = checkedPrompt("structured-prompt");
+  if (prompt === null) return;
   try {
     state = await api("PUT", sessionPath("/prompt"), { json: { prompt } });
     await route();
-  } catch (err) { fail(err); }
+  } catch (err) { if (!showFieldError(err, { prompt: "structured-prompt" })) fail(err); }
 });
 
-// ---------------------------------------------------------------- camera and recording
-async function startCamera() {
-  if (camera && camera.getVideoTracks().some((t) => t.readyState === "live")) return camera;
+// ---------------------------------------------------------------- camera: start, watch, lose, re-acquire
+// The camera is watched all the time: its track ending or muting, and (while an image is
+// recorded) no new frame for CAMERA_STALL_MS, count as a lost camera. The server calls a
+// clip invalid after more than clip_max_still_s (1 s) without a new frame; a shorter
+// limit here, checked every 100 ms, shows every such image again.
+const CAMERA_STALL_MS = 800;
+let cameraLost = null;      // why the current camera stopped ("ended", "muted", "stalled"), null while it works
+let cameraStarting = null;  // the getUserMedia call in flight
+let lastFrameAt = 0;        // performance.now() when the clock video last got a frame
+let lastCaptureAt = 0;      // that frame's capture time (same clock)
+let framesSeen = 0;
+let watchingStalls = false; // true while an image is being recorded
+const cameraListeners = new Set(); // called with the reason when the camera is lost
+
+function cameraProblem(err) {
+  switch (err && err.name) {
+    case "NotFoundError": case "DevicesNotFoundError": case "OverconstrainedError":
+      return "No camera was found. Connect a webcam and press Retry.";
+    case "NotAllowedError": case "PermissionDeniedError": case "SecurityError":
+      return "Camera access is blocked. Allow the camera for this page (the camera icon in the address bar), then press Retry.";
+    case "NotReadableError": case "TrackStartError": case "AbortError":
+      return "The camera is in use by another program or could not be started. Close the other program, then press Retry.";
+    default:
+      return `The camera could not be started (${(err && (err.message || err.name)) || err}). Press Retry.`;
+  }
+}
+
+function lossText(reason) {
+  return reason === "ended"
+    ? "The camera stopped: it may have been unplugged, or access to it was turned off."
+    : "The camera stopped sending pictures.";
+}
+
+const cameraLive = () => Boolean(camera && !cameraLost && camera.getVideoTracks().some((t) => t.readyState === "live"));
+
+function startCamera() {
+  if (cameraLive()) return Promise.resolve(camera);
+  if (!cameraStarting) cameraStarting = openCamera().finally(() => { cameraStarting = null; });
+  return cameraStarting;
+}
+
+async function openCamera() {
+  stopCamera();
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) throw new Error("this browser cannot use a webcam; please use a recent Chrome, Edge or Firefox");
-  camera = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 30 } }, audio: false });
-  for (const id of ["preview", "clock-video"]) { $(id).srcObject = camera; $(id).play().catch(() => {}); }
-  return camera;
+  const stream = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 30 } }, audio: false });
+  camera = stream; cameraLost = null; lastFrameAt = performance.now();
+  for (const id of ["preview", "clock-video"]) { $(id).srcObject = stream; $(id).play().catch(() => {}); }
+  watchCamera(stream);
+  return stream;
 }
 
 function stopCamera() {
-  if (camera) camera.getTracks().forEach((t) => t.stop());
-  camera = null;
+  const old = camera;
+  camera = null; cameraLost = null;
+  if (old) old.getTracks().forEach((t) => t.stop());
+  updateRecIndicator();
 }
 
+function watchCamera(stream) {
+  const track = stream.getVideoTracks()[0];
+  track.addEventListener("ended", () => loseCamera(stream, "ended"));
+  track.addEventListener("mute", () => loseCamera(stream, "muted"));
+  const video = $("clock-video");
+  if (!video.requestVideoFrameCallback) return;
+  const onFrame = (now, meta) => {
+    if (camera !== stream) return;
+    lastFrameAt = performance.now(); framesSeen++;
+    lastCaptureAt = meta.captureTime ?? meta.presentationTime ?? now;
+    video.requestVideoFrameCallback(onFrame);
+  };
+  video.requestVideoFrameCallback(onFrame);
+}
+
+function loseCamera(stream, reason) {
+  if (camera !== stream || cameraLost) return;
+  cameraLost = reason;
+  console.warn(`fergi: camera lost (${reason})`);
+  updateRecIndicator();
+  for (const listener of [...cameraListeners]) listener(reason);
+}
+
+// Frames the camera delivered (MediaStreamTrack stats, where the browser has them): these
+// count even when the page cannot paint (a busy computer), unlike frame callbacks.
+function trackFrames() {
+  const track = camera && camera.getVideoTracks()[0];
+  const stats = track && track.stats;
+  return stats && typeof stats.totalFrames === "number" ? stats.totalFrames : null;
+}
+
+// The watchdog. A track stopped by the page itself fires no "ended" event, hence the
+// readyState check; a page that was frozen (a busy computer) cannot judge frames, so it
+// waits a little after such a pause before calling the camera stalled.
+let lastTick = performance.now(), stallGraceUntil = 0, lastTrackFrames = null, lastTrackFrameAt = 0;
+setInterval(() => {
+  const now = performance.now();
+  const late = now - lastTick > 750;
+  lastTick = now;
+  if (!camera || cameraLost) return;
+  if (!camera.getVideoTracks().some((t) => t.readyState === "live")) { loseCamera(camera, "ended"); return; }
+  const frames = trackFrames();
+  if (frames !== lastTrackFrames) { lastTrackFrames = frames; lastTrackFrameAt = now; }
+  if (late) { stallGraceUntil = now + 500; return; }
+  if (!watchingStalls || now <= stallGraceUntil) return;
+  const since = frames !== null ? now - Math.max(lastTrackFrameAt, lastFrameAt)
+    : $("clock-video").requestVideoFrameCallback ? now - lastFrameAt : 0;
+  if (since > CAMERA_STALL_MS) loseCamera(camera, "stalled");
+}, 100);
+
+// Resolves true once a frame captured at or after time t (performance.now() clock) arrived.
+// Where frame callbacks lag (a busy computer), frames the track delivered meanwhile count.
+async function frameAfter(t, timeoutMs) {
+  if (!$("clock-video").requestVideoFrameCallback) return cameraLive();
+  const deadline = performance.now() + timeoutMs;
+  while (performance.now() < t) await sleep(10);
+  const framesAtT = trackFrames();
+  while (lastCaptureAt < t) {
+    if (cameraLost) return false;
+    if (performance.now() > deadline) {
+      const frames = trackFrames();
+      return frames !== null && framesAtT !== null && frames > framesAtT && cameraLive();
+    }
+    await sleep(20);
+  }
+  return true;
+}
+
+// A freshly opened camera counts once it delivers pictures.
+async function framesArrive(timeoutMs) {
+  if (!$("clock-video").requestVideoFrameCallback) return cameraLive();
+  const start = framesSeen, startTrack = trackFrames(), deadline = performance.now() + timeoutMs;
+  while (framesSeen < start + 3 && !(startTrack !== null && trackFrames() >= startTrack + 3)) {
+    if (cameraLost || performance.now() > deadline) return false;
+    await sleep(50);
+  }
+  return true;
+}
+
+// Camera access granted later (in the browser's site settings): try again at once.
+if (navigator.permissions && navigator.permissions.query) {
+  navigator.permissions.query({ name: "camera" }).then((status) => {
+    status.addEventListener("change", () => {
+      if (status.state !== "granted") return;
+      for (const id of ["pause-retry", "webcam-retry"]) if (!$(id).hidden && $(id).offsetParent !== null) $(id).click();
+    });
+  }).catch(() => { /* not supported for "camera" in this browser */ });
+}
+
+// ---------------------------------------------------------------- recording: one segment per image
 function pickMimeType() {
   // VP9: VP8 drops frames under CPU load, which would shorten the reaction clips.
   for (const type of ["video/webm;codecs=vp9", "video/webm;codecs=vp8", "video/webm"]) {
@@ -387,13 +641,30 @@ function firstFrameTime(video, notBefore) {
   });
 }
 
-class SessionRecorder {
-  constructor(stream) {
+let activeRecorder = null; // the SegmentRecorder recording now, if any
+
+// The "Recording" sign is on exactly while a recorder records a working camera.
+function updateRecIndicator() {
+  const r = activeRecorder;
+  $("rec-indicator").hidden = !(r && r.recorder && r.recorder.state === "recording" && cameraLive());
+}
+
+// A recording the server cannot take: badStart when it refused chunk 0 as a stream start,
+// fatal when starting again cannot help (a size limit).
+class RecordingFailed extends Error {
+  constructor(message, { badStart = false, fatal = false } = {}) { super(message); this.badStart = badStart; this.fatal = fatal; }
+}
+
+// One MediaRecorder stream = one server segment (one image: its baseline and presentation).
+class SegmentRecorder {
+  constructor(stream, onFailure) {
     this.stream = stream;
+    this.onFailure = onFailure;
     this.seq = 0;
     this.tail = Promise.resolve();
     this.dataWaiters = [];
     this.failed = null;
+    this.dropped = false;
   }
 
   async start() {
@@ -401,25 +672,29 @@ class SessionRecorder {
     const settings = this.stream.getVideoTracks()[0].getSettings();
     const seg = await api("POST", sessionPath("/recording/segments"), { json: { mime_type: mimeType, width: settings.width || null, height: settings.height || null } });
     this.segment = seg.segment;
-    this.mimeType = mimeType;
+    if (this.dropped || this.closing) return; // the take ended while the segment was opened
     this.recorder = new MediaRecorder(this.stream, { mimeType, videoBitsPerSecond: 2500000 });
     this.recorder.ondataavailable = (event) => {
       if (event.data && event.data.size > 0) this.enqueueChunk(event.data);
-      const waiters = this.dataWaiters; this.dataWaiters = [];
-      waiters.forEach((resolve) => resolve());
     };
     this.stopped = new Promise((resolve) => { this.recorder.onstop = resolve; });
     const startedAt = performance.now();
     this.recorder.start(config.chunk_ms);
+    activeRecorder = this;
+    updateRecIndicator();
     this.t0 = await firstFrameTime($("clock-video"), startedAt);
-    $("rec-indicator").hidden = false;
   }
 
   videoTime(t) { return Math.max(0, (t - this.t0) / 1000); }
 
   // Uploads and events go through one serial queue: order on the server = order here.
+  // After a failure nothing more is sent: the server would refuse it.
   enqueue(task) {
-    this.tail = this.tail.then(task).catch((err) => { this.failed = err; fail(err); });
+    this.tail = this.tail.then(() => (this.failed || this.dropped ? undefined : task())).catch((err) => {
+      if (this.failed || this.dropped) return;
+      this.failed = err instanceof RecordingFailed ? err : new RecordingFailed(err.detail || err.message || String(err));
+      this.onFailure(this.failed);
+    });
     return this.tail;
   }
 
@@ -429,18 +704,28 @@ class SessionRecorder {
   }
 
   async upload(seq, blob) {
+    const path = sessionPath(`/recording/${this.segment}/chunks/${seq}`);
     for (let attempt = 0; ; attempt++) {
+      if (this.dropped) return;
       try {
-        await api("PUT", sessionPath(`/recording/${this.segment}/chunks/${seq}`), { body: blob, headers: { "Content-Type": "video/webm" }, retries: 2 });
+        await api("PUT", path, { body: blob, headers: { "Content-Type": "video/webm" }, retries: 2 });
+        if (attempt > 0) showBanner(""); // the connection is back
         return;
       } catch (err) {
-        if (err instanceof ApiError && err.status === 409) {
+        if (!(err instanceof ApiError)) throw err;
+        if (seq === 0 && (err.code === "bad_stream_start" || err.status === 415)) {
+          // Every later chunk would be refused too: a new segment with a new header is needed.
+          throw new RecordingFailed(`segment ${this.segment}: ${err.detail}`, { badStart: true });
+        }
+        if (err.status === 409) {
           // The server may already hold it (a response lost on the way back).
           const info = await api("GET", sessionPath(`/recording/${this.segment}`));
           if (info.next_seq > seq) return;
-          throw err;
+          throw new RecordingFailed(err.detail);
         }
-        if (err instanceof ApiError && err.status >= 400 && err.status < 500 && err.status !== 429) throw err;
+        if (err.status === 413) throw new RecordingFailed(err.detail, { fatal: true });
+        if (err.status >= 400 && err.status < 500 && err.status !== 429) throw new RecordingFailed(err.detail);
+        // No connection, or the server busy: the chunk stays here and is sent again.
         showBanner("Connection problem — your recording is kept and will be uploaded when the connection is back.", "info");
         await sleep(Math.min(10000, 1000 * 2 ** attempt));
       }
@@ -452,21 +737,48 @@ class SessionRecorder {
     return this.enqueue(() => api("POST", sessionPath("/events"), { json: payload, retries: 20 }));
   }
 
-  // Everything recorded so far is uploaded when this resolves.
-  async flush() {
-    if (this.recorder.state === "recording") {
-      const data = new Promise((resolve) => this.dataWaiters.push(resolve));
-      this.recorder.requestData();
-      await data;
-    }
-    await this.tail;
+  release() {
+    if (activeRecorder === this) activeRecorder = null;
+    updateRecIndicator();
   }
 
+  // Stop recording; resolves once every chunk is on the server and the segment is complete.
   async stop() {
-    if (this.recorder.state !== "inactive") { this.recorder.stop(); await this.stopped; }
+    if (this.recorder && this.recorder.state !== "inactive") this.recorder.stop();
+    if (this.recorder) await this.stopped; // the last dataavailable comes before onstop
+    this.release();
     await this.tail;
-    await api("POST", sessionPath(`/recording/${this.segment}/complete`), { json: { n_chunks: this.seq }, retries: 10 });
-    $("rec-indicator").hidden = true;
+    if (this.failed) throw this.failed;
+    try {
+      await api("POST", sessionPath(`/recording/${this.segment}/complete`), { json: { n_chunks: this.seq }, retries: 10 });
+    } catch (err) {
+      if (err instanceof ApiError && err.status >= 400 && err.status < 500) throw new RecordingFailed(err.detail);
+      throw err;
+    }
+  }
+
+  // The camera was lost: keep what was recorded (upload it, complete the segment) in the
+  // background; the image is shown again in a new segment.
+  finishQuietly() {
+    this.closing = true;
+    this.release();
+    return (async () => {
+      try {
+        if (this.recorder && this.recorder.state !== "inactive") this.recorder.stop();
+        if (this.recorder) await Promise.race([this.stopped, sleep(5000)]);
+        await this.tail;
+        if (!this.failed && !this.dropped && this.segment !== undefined && this.seq > 0) {
+          await api("POST", sessionPath(`/recording/${this.segment}/complete`), { json: { n_chunks: this.seq }, retries: 3 });
+        }
+      } catch (err) { console.warn("fergi: an interrupted segment stays incomplete:", err.message || err); }
+    })();
+  }
+
+  // The segment cannot be completed (a refused stream start): send nothing more.
+  drop() {
+    this.dropped = true;
+    try { if (this.recorder && this.recorder.state !== "inactive") this.recorder.stop(); } catch (_) { /* already stopped */ }
+    this.release();
   }
 }
 
@@ -486,20 +798,43 @@ async function pollState() {
   return state;
 }
 
+function webcamStatus(text, kind = "") {
+  $("webcam-status").textContent = text;
+  $("webcam-status").className = "status" + (kind ? " " + kind : "");
+}
+
+// Start the camera for the preview; on failure say why in plain words and offer Retry.
+async function webcamStart() {
+  $("webcam-retry").hidden = true;
+  webcamStatus("Starting the camera…");
+  try {
+    await startCamera();
+  } catch (err) {
+    webcamStatus(cameraProblem(err), "bad");
+    $("webcam-retry").hidden = false;
+    $("webcam-check").disabled = true;
+    return false;
+  }
+  // An earlier camera error must not stay on screen once the camera works.
+  showBanner("");
+  $("webcam-check").disabled = false;
+  webcamStatus("Camera on. Center your face in the oval, then check.");
+  return true;
+}
+
+cameraListeners.add((reason) => {
+  if ($("page-webcam").hidden) return;
+  webcamStatus(`${lossText(reason)} Press Retry.`, "bad");
+  $("webcam-retry").hidden = false;
+  $("webcam-continue").disabled = true;
+});
+
 async function showWebcam() {
   showPage("page-webcam", "webcam");
   updateGenerationStatus();
   clearInterval(generationTimer);
   generationTimer = setInterval(async () => { await pollState(); updateGenerationStatus(); }, 1500);
-  const status = $("webcam-status");
-  try {
-    await startCamera();
-    status.textContent = "Camera on. Center your face in the oval, then check.";
-    status.className = "status";
-  } catch (err) {
-    status.textContent = `The camera could not be started: ${err.message || err.name}. Allow camera access for this page and reload.`;
-    status.className = "status bad";
-  }
+  await webcamStart();
 }
 
 async function snapshot() {
@@ -510,16 +845,16 @@ async function snapshot() {
   return new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.9));
 }
 
+$("webcam-retry").addEventListener("click", webcamStart);
+
 $("webcam-check").addEventListener("click", async () => {
-  const status = $("webcam-status");
+  if (!cameraLive() && !(await webcamStart())) return;
   try {
-    await startCamera();
     if (!$("preview").videoWidth) await sleep(500);
-    status.textContent = "Checking…"; status.className = "status";
+    webcamStatus("Checking…");
     const result = await api("POST", sessionPath("/webcam-check"), { body: await snapshot(), headers: { "Content-Type": "image/jpeg" } });
     state = result.state;
-    status.textContent = result.message;
-    status.className = "status " + (result.face ? "ok" : "bad");
+    webcamStatus(result.message, result.face ? "ok" : "bad");
     $("webcam-continue").disabled = state.step === "webcam";
   } catch (err) { fail(err); }
 });
@@ -556,53 +891,153 @@ async function waitForImage(index) {
   await img.decode();
 }
 
-async function ensureRecording() {
-  if (recorder && recorder.recorder.state === "recording") return recorder;
-  const stream = await startCamera();
-  recorder = new SessionRecorder(stream);
-  await recorder.start();
-  return recorder;
+// A presentation that has to start again from its baseline: kind "camera" (lost),
+// "hidden" (the page went into the background), "recording" (the server refused the segment).
+class Interrupted extends Error {
+  constructor(kind, message) { super(message); this.kind = kind; }
 }
 
-async function presentImage(index) {
+// One attempt at presenting an image: anything that makes its recording unusable aborts it.
+class Take {
+  constructor() {
+    this.reason = null;
+    this.aborted = new Promise((_, reject) => { this.abort = reject; });
+    this.aborted.catch(() => { /* handled by whoever guards */ });
+    this.onCamera = (reason) => this.stop(new Interrupted("camera", lossText(reason)));
+    this.onVisibility = () => {
+      if (document.hidden) this.stop(new Interrupted("hidden", "The study page went into the background while an image was on screen."));
+    };
+    cameraListeners.add(this.onCamera);
+    document.addEventListener("visibilitychange", this.onVisibility);
+  }
+
+  stop(err) { if (!this.reason) { this.reason = err; this.abort(err); } }
+
+  guard(promise) { return Promise.race([promise, this.aborted]); }
+
+  close() {
+    cameraListeners.delete(this.onCamera);
+    document.removeEventListener("visibilitychange", this.onVisibility);
+  }
+}
+
+// Baseline, image, then the survey; resolves once the image's recording (its own segment)
+// and its three events are on the server. Recording runs only during baseline and image.
+async function presentOnce(index) {
   showPage("page-stage", "images");
   $("stage-counter").textContent = `Image ${index} of ${state.n_images}`;
   $("stage-prompt").textContent = state.prompt;
   $("stage-image").hidden = true; $("stage-baseline").hidden = true;
   await waitForImage(index);
-  const rec = await ensureRecording();
+  while (document.hidden) await new Promise((resolve) => document.addEventListener("visibilitychange", resolve, { once: true }));
+  let stream;
+  try { stream = await startCamera(); } catch (err) { throw new Interrupted("camera", cameraProblem(err)); }
+  const take = new Take();
+  const rec = new SegmentRecorder(stream, (err) => take.stop(err));
+  try {
+    if (cameraLost) throw new Interrupted("camera", lossText(cameraLost));
+    watchingStalls = true;
+    await take.guard(rec.start());
 
-  $("stage-baseline").hidden = false;                              // baseline (Fig. S4)
-  const baselineStart = await paintTime();
-  rec.event(index, "baseline_start", baselineStart);
-  await waitUntil(baselineStart + config.baseline_s * 1000);
+    $("stage-baseline").hidden = false;                              // baseline (Fig. S4)
+    const baselineStart = await take.guard(paintTime());
+    rec.event(index, "baseline_start", baselineStart);
+    await take.guard(waitUntil(baselineStart + config.baseline_s * 1000));
 
-  $("stage-baseline").hidden = true; $("stage-image").hidden = false; // present (Fig. S5)
-  const shown = await paintTime();
-  rec.event(index, "image_shown", shown);
-  await waitUntil(shown + config.present_s * 1000);
+    $("stage-baseline").hidden = true; $("stage-image").hidden = false; // present (Fig. S5)
+    const shown = await take.guard(paintTime());
+    rec.event(index, "image_shown", shown);
+    await take.guard(waitUntil(shown + config.present_s * 1000));
 
-  showSurvey(index);                                                 // annotate (Fig. S6)
-  const hidden = await paintTime();
-  // The image counts as presented once the video up to its end is on the server.
-  saving = (async () => {
-    await rec.flush();
-    rec.event(index, "image_hidden", hidden);
-    await rec.tail;
+    showSurvey(index);                                                 // annotate (Fig. S6)
+    const hidden = await paintTime();
+    // The clip must reach the end of the presentation: wait for a frame captured after it.
+    if (!(await take.guard(frameAfter(hidden + 100, CAMERA_STALL_MS + 500)))) {
+      throw new Interrupted("camera", lossText(cameraLost || "stalled"));
+    }
+    watchingStalls = false;
+    take.close(); // a camera lost from now on concerns the next image, not this one
+    // The image counts as presented once its video is on the server: the survey is
+    // answered meanwhile, and its Next button waits for this.
+    await rec.stop();
+    await rec.event(index, "image_hidden", hidden);
     if (rec.failed) throw rec.failed;
-    if (index === state.n_images) { await rec.stop(); recorder = null; stopCamera(); }
-  })();
+  } catch (caught) {
+    let err = caught;
+    watchingStalls = false;
+    take.close();
+    if (!(err instanceof Interrupted) && cameraLost) err = new Interrupted("camera", lossText(cameraLost));
+    if (err instanceof RecordingFailed && !err.fatal) err = new Interrupted("recording", err.message);
+    // A refused segment is given up; an interrupted one keeps what it recorded.
+    if (err instanceof Interrupted && err.kind !== "recording") rec.finishQuietly(); else rec.drop();
+    throw err;
+  }
+}
+
+const clicked = (button) => new Promise((resolve) => button.addEventListener("click", resolve, { once: true }));
+
+// The study waits here until the camera works again and the participant is ready.
+async function pauseStudy(index, interruption) {
+  const retry = $("pause-retry"), cont = $("pause-continue"), status = $("pause-status");
+  $("pause-text").textContent = `${interruption.message} Image ${index} will be shown again from the start.`;
+  retry.hidden = true; cont.hidden = true;
+  status.textContent = ""; status.className = "status";
+  $("pause").hidden = false;
+  if (interruption.kind === "camera") {
+    stopCamera(); // a lost camera is opened again from scratch
+    for (;;) {
+      status.textContent = "Starting the camera again…"; status.className = "status";
+      try {
+        await startCamera();
+        if (!(await framesArrive(3000))) throw new Error("the camera is on but sends no picture");
+        break;
+      } catch (err) {
+        stopCamera();
+        status.textContent = cameraProblem(err); status.className = "status bad";
+        retry.hidden = false; retry.focus();
+        await clicked(retry);
+        retry.hidden = true;
+      }
+    }
+    status.textContent = "The camera works again."; status.className = "status ok";
+  }
+  cont.hidden = false; cont.focus();
+  await clicked(cont);
+  $("pause").hidden = true;
+}
+
+const MAX_FAILED_TAKES = 5;
+
+// Present an image until one take of it is fully on record.
+async function presentImage(index) {
+  for (let failed = 0; ;) {
+    try {
+      await presentOnce(index);
+      return;
+    } catch (err) {
+      if (!(err instanceof Interrupted)) throw err;
+      console.warn(`fergi: image ${index} is shown again (${err.kind}: ${err.message})`);
+      if (err.kind === "recording") {
+        if (++failed >= MAX_FAILED_TAKES) throw new Error(`the recording could not be saved (${err.message}). Please reload the page`);
+        showBanner(`The recording had to restart; image ${index} is shown again from the start.`, "info");
+      } else {
+        await pauseStudy(index, err);
+      }
+    }
+  }
 }
 
 let saving = Promise.resolve();
 
 async function runImages() {
   if (state.image_phase === "survey") { saving = Promise.resolve(); showSurvey(state.current_image); return; }
-  try { await presentImage(state.current_image); } catch (err) { fail(err); }
+  saving = presentImage(state.current_image);
+  saving.catch(fail);
 }
 
 // ---------------------------------------------------------------- annotation survey (Fig. S6)
 const ratings = {};
+const RATINGS = ["overall_rating", "alignment_rating", "fidelity_rating"];
 
 function buildSurvey() {
   document.querySelectorAll("fieldset.stars").forEach((fieldset) => {
@@ -615,7 +1050,10 @@ function buildSurvey() {
       const label = document.createElement("label");
       label.htmlFor = input.id; label.textContent = "★"; label.title = `${v} of 7`;
       label.setAttribute("aria-label", `${v} of 7`);
-      input.addEventListener("change", () => { ratings[name] = v; paintStars(fieldset, v); value.textContent = `${v} / 7`; });
+      input.addEventListener("change", () => {
+        ratings[name] = v; paintStars(fieldset, v); value.textContent = `${v} / 7`;
+        if (RATINGS.every((k) => ratings[k])) $("survey-error").hidden = true; // fixed: the message goes
+      });
       label.addEventListener("mouseenter", () => paintStars(fieldset, v));
       row.append(input, label);
     }
@@ -645,11 +1083,15 @@ function paintStars(fieldset, upto) {
 let surveyIndex = null;
 
 async function showSurvey(index) {
+  // Shown again for the same image (its presentation was repeated): keep the answers.
+  if (surveyIndex !== index) {
+    $("survey-form").reset();
+    for (const key of Object.keys(ratings)) delete ratings[key];
+    document.querySelectorAll("fieldset.stars").forEach((f) => { paintStars(f, 0); f.querySelector(".star-value").textContent = ""; });
+    $("survey-error").hidden = true;
+    fieldError("missing", "");
+  }
   surveyIndex = index;
-  $("survey-form").reset();
-  for (const key of Object.keys(ratings)) delete ratings[key];
-  document.querySelectorAll("fieldset.stars").forEach((f) => { paintStars(f, 0); f.querySelector(".star-value").textContent = ""; });
-  $("survey-error").hidden = true;
   $("survey-counter").textContent = `Image ${index} of ${state.n_images}`;
   $("survey-prompt").textContent = state.prompt;
   $("survey-submit").textContent = index < state.n_images ? "Next image" : "Continue to ranking";
@@ -659,7 +1101,7 @@ async function showSurvey(index) {
 
 $("survey-form").addEventListener("submit", async (event) => {
   event.preventDefault();
-  const missing = ["overall_rating", "alignment_rating", "fidelity_rating"].filter((k) => !ratings[k]);
+  const missing = RATINGS.filter((k) => !ratings[k]);
   if (missing.length) {
     $("survey-error").textContent = "Please give all three star ratings (overall, alignment and fidelity).";
     $("survey-error").hidden = false;
@@ -676,11 +1118,23 @@ $("survey-form").addEventListener("submit", async (event) => {
       json: { missing_elements: $("missing").value.trim(), ...ratings, issues: values("issues"), emotions: values("emotions") },
     });
     await route();
-  } catch (err) { fail(err); } finally { button.disabled = false; button.textContent = label; }
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 422) {
+      if (err.fields.includes("missing_elements")) { fieldError("missing", fieldMessage(err.detail)); $("missing").focus(); }
+      else { $("survey-error").textContent = err.detail; $("survey-error").hidden = false; }
+    } else fail(err);
+  } finally { button.disabled = false; button.textContent = label; }
 });
 
 // ---------------------------------------------------------------- ranking (Fig. S7)
+// Mouse: drag and drop. Touch and pen: drag with Pointer Events. Any pointer: tap an
+// image, then tap the place it should go. Keyboard: arrow keys or the ◀ ▶ buttons.
 let rankMethods = new Set();
+let rankSelected = null;
+let touchDrag = null;
+// The item a touch ended on: the click the browser may add (late, or never when it
+// waits for a double tap) is not a second tap.
+let touchHandled = null;
 
 function rankOrder() { return [...$("rank-list").children].map((li) => Number(li.dataset.image)); }
 
@@ -694,6 +1148,22 @@ function renumber() {
   });
 }
 
+// The instructions follow the layout: one row reads left to right; wrapped rows read
+// like text, row by row, and the Best/Worst ends over the row would point at the wrong images.
+function updateRankLayout() {
+  const items = [...$("rank-list").children];
+  if (!items.length) return;
+  const wrapped = items[items.length - 1].offsetTop > items[0].offsetTop + 2;
+  $("rank-ends").hidden = wrapped;
+  $("rank-direction").textContent = wrapped
+    ? "the best first (top left), then row by row, like reading, down to the worst (last)"
+    : "the best on the left, the worst on the right";
+}
+
+function announce(li) {
+  $("rank-live").textContent = `Image ${li.dataset.image} moved to position ${[...$("rank-list").children].indexOf(li) + 1}`;
+}
+
 function moveItem(li, delta, method) {
   const list = $("rank-list");
   const items = [...list.children];
@@ -703,8 +1173,123 @@ function moveItem(li, delta, method) {
   rankMethods.add(method);
   renumber();
   li.focus();
-  $("rank-live").textContent = `Image ${li.dataset.image} moved to position ${[...list.children].indexOf(li) + 1}`;
+  announce(li);
 }
+
+// Put li where target is now (the others shift by one).
+function placeItem(li, target, method) {
+  const list = $("rank-list");
+  if (li === target) return;
+  const items = [...list.children];
+  if (items.indexOf(li) < items.indexOf(target)) list.insertBefore(li, target.nextSibling); else list.insertBefore(li, target);
+  rankMethods.add(method);
+  renumber();
+  announce(li);
+}
+
+function selectItem(li) {
+  if (rankSelected) { rankSelected.classList.remove("selected"); rankSelected.setAttribute("aria-pressed", "false"); }
+  rankSelected = li;
+  if (li) {
+    li.classList.add("selected"); li.setAttribute("aria-pressed", "true");
+    $("rank-live").textContent = `Image ${li.dataset.image} selected: now tap the image whose place it should take`;
+  }
+}
+
+function itemAt(x, y, except) {
+  return [...$("rank-list").children].find((li) => {
+    if (li === except) return false;
+    const r = li.getBoundingClientRect();
+    return x >= r.left && x <= r.right && y >= r.top && y <= r.bottom;
+  }) || null;
+}
+
+function tapItem(li) {
+  if (!rankSelected) selectItem(li);
+  else if (rankSelected === li) selectItem(null);
+  else { const moving = rankSelected; selectItem(null); placeItem(moving, li, "tap"); }
+}
+
+function endTouchDrag(event, commit) {
+  const drag = touchDrag;
+  if (!drag || event.pointerId !== drag.id) return;
+  touchDrag = null;
+  touchHandled = drag.li;
+  if (!drag.moved) { if (commit) tapItem(drag.li); return; }
+  drag.li.style.transform = "";
+  drag.li.classList.remove("dragging");
+  if (drag.over) drag.over.classList.remove("over");
+  if (commit && drag.over) placeItem(drag.li, drag.over, "drag");
+}
+
+function rankItem(index) {
+  const list = $("rank-list");
+  const li = document.createElement("li");
+  li.className = "rank-item"; li.draggable = true; li.tabIndex = 0; li.dataset.image = index;
+  li.setAttribute("aria-pressed", "false");
+  const img = document.createElement("img"); img.alt = `Image ${index}`; img.draggable = false;
+  const pos = document.createElement("div"); pos.className = "pos";
+  const left = document.createElement("button"); left.type = "button"; left.className = "left"; left.textContent = "◀"; left.setAttribute("aria-label", "Move towards best");
+  const right = document.createElement("button"); right.type = "button"; right.className = "right"; right.textContent = "▶"; right.setAttribute("aria-label", "Move towards worst");
+  const label = document.createElement("span"); label.className = "pos-label";
+  left.addEventListener("click", () => moveItem(li, -1, "keyboard"));
+  right.addEventListener("click", () => moveItem(li, 1, "keyboard"));
+  pos.append(left, label, right);
+  li.append(img, pos);
+  li.addEventListener("keydown", (e) => {
+    if (e.target !== li) return;
+    if (e.key === "ArrowLeft" || e.key === "ArrowUp") { e.preventDefault(); moveItem(li, -1, "keyboard"); }
+    if (e.key === "ArrowRight" || e.key === "ArrowDown") { e.preventDefault(); moveItem(li, 1, "keyboard"); }
+  });
+  // Mouse: HTML drag and drop.
+  li.addEventListener("dragstart", (e) => { list.dragged = li; selectItem(null); li.classList.add("dragging"); e.dataTransfer.effectAllowed = "move"; e.dataTransfer.setData("text/plain", String(index)); });
+  li.addEventListener("dragend", () => { li.classList.remove("dragging"); list.querySelectorAll(".over").forEach((x) => x.classList.remove("over")); });
+  li.addEventListener("dragover", (e) => { e.preventDefault(); if (li !== list.dragged) li.classList.add("over"); });
+  li.addEventListener("dragleave", () => li.classList.remove("over"));
+  li.addEventListener("drop", (e) => {
+    e.preventDefault(); li.classList.remove("over");
+    if (list.dragged && list.dragged !== li) placeItem(list.dragged, li, "drag");
+  });
+  // Touch and pen: the item follows the finger (touch-action: none in the CSS).
+  li.addEventListener("pointerdown", (e) => {
+    touchHandled = null;
+    if (e.pointerType === "mouse" || e.target.closest("button") || touchDrag) return;
+    touchDrag = { li, id: e.pointerId, x: e.clientX, y: e.clientY, moved: false, over: null };
+  });
+  li.addEventListener("pointermove", (e) => {
+    const drag = touchDrag;
+    if (!drag || drag.li !== li || e.pointerId !== drag.id) return;
+    const dx = e.clientX - drag.x, dy = e.clientY - drag.y;
+    if (!drag.moved) {
+      if (Math.hypot(dx, dy) < 8) return;
+      drag.moved = true;
+      try { li.setPointerCapture(e.pointerId); } catch (_) { /* already captured (touch) */ }
+      li.classList.add("dragging");
+      selectItem(null);
+    }
+    e.preventDefault();
+    li.style.transform = `translate(${dx}px, ${dy}px)`;
+    const over = itemAt(e.clientX, e.clientY, li);
+    if (over !== drag.over) {
+      if (drag.over) drag.over.classList.remove("over");
+      drag.over = over;
+      if (over) over.classList.add("over");
+    }
+  });
+  li.addEventListener("pointerup", (e) => endTouchDrag(e, true));
+  li.addEventListener("pointercancel", (e) => endTouchDrag(e, false));
+  // Tap (or click) to select, tap another image to move the selected one there.
+  li.addEventListener("click", (e) => {
+    if (e.pointerType === "touch" || e.pointerType === "pen") return; // handled on pointerup
+    if (touchHandled === li) { touchHandled = null; return; }
+    if (e.target.closest("button")) return;
+    tapItem(li);
+  });
+  imageUrl(index).then((url) => { img.src = url; }).catch(fail);
+  return li;
+}
+
+let rankObserver = null;
 
 async function showRanking() {
   showPage("page-ranking", "ranking");
@@ -712,46 +1297,18 @@ async function showRanking() {
   list.replaceChildren();
   list.style.setProperty("--n", state.n_images);
   rankMethods = new Set();
-  let dragged = null;
-  for (let index = 1; index <= state.n_images; index++) {
-    const li = document.createElement("li");
-    li.className = "rank-item"; li.draggable = true; li.tabIndex = 0; li.dataset.image = index;
-    const img = document.createElement("img"); img.alt = `Image ${index}`;
-    const pos = document.createElement("div"); pos.className = "pos";
-    const left = document.createElement("button"); left.type = "button"; left.className = "left"; left.textContent = "◀"; left.setAttribute("aria-label", "Move towards best");
-    const right = document.createElement("button"); right.type = "button"; right.className = "right"; right.textContent = "▶"; right.setAttribute("aria-label", "Move towards worst");
-    const label = document.createElement("span"); label.className = "pos-label";
-    left.addEventListener("click", () => moveItem(li, -1, "keyboard"));
-    right.addEventListener("click", () => moveItem(li, 1, "keyboard"));
-    pos.append(left, label, right);
-    li.append(img, pos);
-    li.addEventListener("keydown", (e) => {
-      if (e.target !== li) return;
-      if (e.key === "ArrowLeft" || e.key === "ArrowUp") { e.preventDefault(); moveItem(li, -1, "keyboard"); }
-      if (e.key === "ArrowRight" || e.key === "ArrowDown") { e.preventDefault(); moveItem(li, 1, "keyboard"); }
-    });
-    li.addEventListener("dragstart", (e) => { dragged = li; li.classList.add("dragging"); e.dataTransfer.effectAllowed = "move"; e.dataTransfer.setData("text/plain", String(index)); });
-    li.addEventListener("dragend", () => { li.classList.remove("dragging"); list.querySelectorAll(".over").forEach((x) => x.classList.remove("over")); });
-    li.addEventListener("dragover", (e) => { e.preventDefault(); if (li !== dragged) li.classList.add("over"); });
-    li.addEventListener("dragleave", () => li.classList.remove("over"));
-    li.addEventListener("drop", (e) => {
-      e.preventDefault(); li.classList.remove("over");
-      if (!dragged || dragged === li) return;
-      const items = [...list.children];
-      if (items.indexOf(dragged) < items.indexOf(li)) list.insertBefore(dragged, li.nextSibling); else list.insertBefore(dragged, li);
-      rankMethods.add("drag");
-      renumber();
-    });
-    list.append(li);
-    imageUrl(index).then((url) => { img.src = url; }).catch(fail);
-  }
+  rankSelected = null;
+  for (let index = 1; index <= state.n_images; index++) list.append(rankItem(index));
   renumber();
+  updateRankLayout();
+  if (!rankObserver && window.ResizeObserver) { rankObserver = new ResizeObserver(updateRankLayout); rankObserver.observe(list); }
 }
 
 $("rank-finish").addEventListener("click", async () => {
   const button = $("rank-finish");
   button.disabled = true;
-  const method = rankMethods.size > 1 ? "mixed" : [...rankMethods][0] || "drag";
+  // "untouched": the participant kept the order the images were shown in.
+  const method = rankMethods.size > 1 ? "mixed" : [...rankMethods][0] || "untouched";
   try {
     state = await api("PUT", sessionPath("/ranking"), { json: { order: rankOrder(), method } });
     await route();
@@ -774,8 +1331,18 @@ $("another").addEventListener("click", async () => {
     $("free-prompt").value = ""; $("generated-block").hidden = true; $("structured-prompt").value = "";
     $("consent-agree").checked = false; $("consent-share").checked = false;
     $("webcam-continue").disabled = true;
+    surveyIndex = null;
+    for (const id of ["free-prompt", "structured-prompt"]) updateCounter(id);
     await startSession(payload);
   } catch (err) { fail(err); }
+});
+
+// Leaving mid-way (Back, closing the tab, a reload) asks first: the session cannot be
+// continued elsewhere, and an image interrupted now has to be shown again.
+window.addEventListener("beforeunload", (event) => {
+  if (!auth || !auth.sessionId || !state || !state.step || state.step === "done") return;
+  event.preventDefault();
+  event.returnValue = "";
 });
 
 boot();

@@ -1,0 +1,258 @@
+"""Fixtures and helpers shared by the browser end-to-end tests.
+
+``conftest.py`` makes the fixtures available to every test here; other test modules
+may import them from this module (or, as before, from ``test_study_browser``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = os.environ.get("FERGI_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+BASELINE_S = 2.0
+PRESENT_S = 2.0
+N_IMAGES = 5
+FPS = 30
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--autoplay-policy=no-user-gesture-required",
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+]
+
+
+def wait_for_processing(app, timeout: float = 600):
+    """The session's "process" job once it is done or failed (None if never queued)."""
+    from sqlalchemy import select
+
+    from fergi.study._db import Job
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with app.state.sessionmaker() as db:
+            job = db.scalar(select(Job).where(Job.kind == "process"))
+            if job is not None and job.status in ("done", "failed") or time.monotonic() > deadline:
+                return job
+        time.sleep(1)
+
+
+def wait_for(page, expression: str, timeout: float = 30.0) -> None:
+    """Poll a JavaScript expression until it is truthy."""
+    # page.wait_for_function evaluates strings in the page, which the app's CSP forbids.
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for: {expression}")
+        time.sleep(0.1)
+
+
+class Shots:
+    """Screenshots of every step when FERGI_E2E_SCREENSHOTS=DIR is set."""
+
+    def __init__(self, page, prefix: str = ""):
+        folder = os.environ.get("FERGI_E2E_SCREENSHOTS")
+        self.folder = Path(folder) if folder else None
+        self.page = page
+        self.prefix = prefix
+        self.n = 0
+        if self.folder:
+            self.folder.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, name: str) -> None:
+        if self.folder:
+            self.n += 1
+            path = self.folder / f"{self.prefix}{self.n:02d}_{name}.png"
+            self.page.screenshot(path=str(path), full_page=True)
+
+
+def fill_structured_form(page) -> None:
+    for name, activity, traits in (("cat", "sleep", "furry, orange"), ("bird", "", "red")):
+        page.fill("#an-name", name)
+        page.fill("#an-act", activity)
+        page.fill("#an-char", traits)
+        page.click("#an-add")
+    for name, quantity, traits in (("flower", 1, ""), ("book", 2, "red, big"), ("table", 1, "")):
+        page.fill("#in-name", name)
+        page.fill("#in-qty", str(quantity))
+        page.fill("#in-char", traits)
+        page.click("#in-add")
+    # The sleeping cat has an activity, so only the bird can be entity 1.
+    options = page.locator("#ir-e1 option").all_inner_texts()
+    assert not any(o.startswith("cat") for o in options), options
+    page.select_option("#ir-e1", label="bird (animate)")
+    page.select_option("#ir-e2", label="flower (inanimate)")
+    page.fill("#ir-rel", "looking at")
+    page.click("#ir-add")
+    page.select_option("#pr-e1", label="2 × book (inanimate)")
+    page.select_option("#pr-e2", label="table (inanimate)")
+    page.fill("#pr-rel", "on top of")
+    page.click("#pr-add")
+    page.fill("#ot-loc", "a classroom at sunset")
+    page.fill("#ot-style", "anime cartoon")
+    page.fill("#ot-kw", "highly detailed, warm light")
+
+
+def answer_survey(page, index: int, shots, n_images: int = N_IMAGES) -> None:
+    """Fill and send the survey of image ``index`` (waits for it to appear)."""
+    page.wait_for_selector("#page-survey:not([hidden])", timeout=60_000)
+    expect_counter = f"Image {index} of {n_images}"
+    assert page.inner_text("#survey-counter").strip().lower() == expect_counter.lower()
+    page.fill("#missing", "warm light" if index % 2 else "")
+    for name, stars in (("overall_rating", index), ("alignment_rating", 8 - index), ("fidelity_rating", 4)):
+        page.click(f"label[for={name}-{stars}]")
+    page.check(f"#issues-box input[value={'blurry' if index % 2 else 'repeated_generation'}]")
+    page.click(f"#emotions-box label:has(input[value={'amused' if index < 3 else 'surprised'}])")
+    if index == 1:
+        shots("survey")
+    page.click("#survey-submit")
+    page.wait_for_selector("#page-survey", state="hidden", timeout=60_000)
+
+
+def begin_study(page, base: str, participant: str, shots=None) -> None:
+    """From the start page to the first image: a short structured prompt, the camera check."""
+    shots = shots or (lambda name: None)
+    page.goto(base + "/")
+    page.wait_for_selector("#page-start:not([hidden])")
+    page.fill("#participant-id", participant)
+    shots("start")
+    page.click("#start-button")
+    page.wait_for_selector("#page-consent:not([hidden])")
+    page.check("#consent-agree")
+    shots("consent")
+    page.click("#consent-button")
+    page.wait_for_selector("#page-prompt-structured:not([hidden])")
+    page.fill("#an-name", "cat")
+    page.click("#an-add")
+    page.click("#generate-prompt")
+    page.wait_for_selector("#generated-block:not([hidden])")
+    shots("structured")
+    page.click("#structured-continue")
+    page.wait_for_selector("#page-webcam:not([hidden])")
+    wait_for(page, "document.getElementById('preview').videoWidth > 0")
+    page.click("#webcam-check")
+    page.wait_for_selector("#webcam-status.ok", timeout=30_000)
+    wait_for(page, "document.getElementById('generation-status').textContent.includes('All')", timeout=60)
+    shots("webcam")
+    page.click("#webcam-continue")
+
+
+# Elements wider than the viewport, for a readable failure message.
+OVERFLOW_JS = """() => {
+  const width = document.documentElement.clientWidth;
+  const wide = [...document.querySelectorAll('body *')].filter((el) => {
+    const r = el.getBoundingClientRect();
+    return r.width > 0 && (r.right > width + 0.5 || r.left < -0.5) && getComputedStyle(el).position !== 'fixed';
+  }).slice(0, 8).map((el) => `${el.tagName.toLowerCase()}${el.id ? '#' + el.id : ''}.${[...el.classList].join('.')} ${Math.round(el.getBoundingClientRect().left)}..${Math.round(el.getBoundingClientRect().right)}`);
+  return {scroll: document.documentElement.scrollWidth, inner: window.innerWidth, wide};
+}"""
+
+
+def assert_no_sideways_scroll(page, where: str) -> None:
+    """The page is no wider than the viewport: nothing scrolls sideways."""
+    info = page.evaluate(OVERFLOW_JS)
+    assert info["scroll"] <= info["inner"], f"{where}: page is {info['scroll']} px wide in a {info['inner']} px viewport; too wide: {info['wide']}"
+
+
+def clip_frames_ok(clip, expected: int, share: float = 0.8) -> bool:
+    """A reaction clip counts as valid here: the server says so and it has enough frames.
+
+    The server's clip-validity share (80 % of the expected frames) is checked here too,
+    so the test holds on servers with and without that rule.
+    """
+    return bool(clip.clip_valid) and clip.n_frames >= share * expected
+
+
+# ---------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    ci = os.environ.get("CI", "").lower() == "true"
+    problem = None
+    if not Path(CHROMIUM).is_file():
+        problem = f"Chromium not found at {CHROMIUM} (install it with `apt-get install -y chromium`)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            problem = "PyPI playwright is not installed (pip install playwright; never `playwright install`)"
+    if problem:
+        if ci:
+            pytest.fail(problem + "; the browser test is required under CI=true")
+        pytest.skip(problem)
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def webcam_y4m(tmp_path_factory) -> Path:
+    from skimage import data
+
+    from fergi.face import write_reaction_video
+
+    path = tmp_path_factory.mktemp("webcam") / "face.y4m"
+    # Neutral, then a smile: the fake device loops the file for as long as the camera is on.
+    return write_reaction_video(path, data.astronaut(), neutral_s=1.0, expression_s=2.0, smile=1.0)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def study_server(tmp_path):
+    """Start the study app with uvicorn on a free port: ``start(**settings) -> (url, app)``."""
+    import uvicorn
+
+    from fergi.study import StudySettings, create_app
+
+    servers = []
+
+    def start(**overrides):
+        values = {
+            "data_dir": tmp_path / "study",
+            "admin_token": "e2e-admin",
+            "generator": "placeholder",
+            "prompt_llm": "template",
+            "n_images": N_IMAGES,
+            "baseline_s": BASELINE_S,
+            "present_s": PRESENT_S,
+            "chunk_ms": 500,
+            "seed": 0,
+            "worker_poll_s": 0.2,
+        }
+        values.update(overrides)
+        app = create_app(StudySettings(**values))
+        port = _free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                pytest.fail("the study server did not start")
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{port}", app
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.fixture
+def live_server(study_server):
+    return study_server()
