@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import re
 import secrets
 from contextlib import asynccontextmanager
@@ -14,6 +16,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from fergi._errors import FergiError
@@ -44,17 +47,46 @@ SECURITY_HEADERS = {
 RAW_BODY_ROUTES = re.compile(r"/recording/[^/]+/chunks/[^/]+/?$|/webcam-check/?$")
 
 
+#: Control characters no text field may hold (PostgreSQL refuses NUL; the others have
+#: no place in a prompt, a name or a note). Tab, newline and carriage return are text.
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+#: Retry-After (seconds) of a 503 when the server is overloaded.
+OVERLOAD_RETRY_S = 2
+
+
+def find_control_char(value, where: str = "") -> tuple[str, str] | None:
+    """The first control character in a JSON value (keys included): (location, character)."""
+    if isinstance(value, str):
+        match = CONTROL_CHARS.search(value)
+        return None if match is None else (where, match.group())
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return None
+    for key, item in items:
+        here = f"{where}.{key}" if where else str(key)
+        found = find_control_char(key, here) if isinstance(value, dict) else None
+        found = found or find_control_char(item, here)
+        if found:
+            return found
+    return None
+
+
 def _is_json_type(content_type: str) -> bool:
     mime = content_type.split(";")[0].strip().lower()
     return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
 
 
 class JsonBodyLimit:
-    """ASGI middleware: API bodies must be JSON and at most ``limit`` bytes.
+    """ASGI middleware: API bodies must be JSON and at most ``limit`` bytes, and no
+    text sent to the API (JSON strings, query parameters, path) holds a control character.
 
     The limit is enforced on the bytes actually received, so a chunked request without
     Content-Length cannot bypass it. Raw uploads (recording chunks, webcam snapshots)
-    are left to their routes, which stream them against their own limits.
+    are left to their routes, which stream them against their own limits. The control
+    characters are refused here, in one place for every route, with 422.
     """
 
     def __init__(self, app, limit: int) -> None:
@@ -62,6 +94,18 @@ class JsonBodyLimit:
         self.limit = limit
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and "/api/" in scope["path"]:
+            from urllib.parse import parse_qsl
+
+            query = scope.get("query_string", b"").decode("latin-1")
+            pairs = [("path", scope["path"])] + [
+                (f"query.{k}", v) for k, v in parse_qsl(query, keep_blank_values=True)
+            ] + [(f"query.{k}", k) for k, _ in parse_qsl(query, keep_blank_values=True)]
+            for where, text in pairs:
+                found = find_control_char(text, where)
+                if found:
+                    await self._refuse(send, 422, self._control_message(*found))
+                    return
         if (
             scope["type"] != "http"
             or scope["method"] not in ("POST", "PUT", "PATCH", "DELETE")
@@ -92,6 +136,15 @@ class JsonBodyLimit:
         if body and ctype and not _is_json_type(ctype):
             await self._refuse(send, 415, f"request body must be application/json, not {ctype.split(';')[0].strip()!r}")
             return
+        if body:
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                parsed = None  # the route's validation answers malformed JSON
+            found = find_control_char(parsed)
+            if found:
+                await self._refuse(send, 422, self._control_message(*found))
+                return
         sent = False
 
         async def replay():
@@ -102,6 +155,11 @@ class JsonBodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    @staticmethod
+    def _control_message(where: str, char: str) -> str:
+        name = f"U+{ord(char):04X}"
+        return f"{where or 'body'}: control character {name} is not allowed in text"
 
     @staticmethod
     async def _refuse(send, status: int, detail: str) -> None:
@@ -120,8 +178,42 @@ class JsonBodyLimit:
         await send({"type": "http.response.body", "body": payload})
 
 
+#: The study's umask while it is served: files 0600, folders 0700.
+STUDY_UMASK = 0o077
+
+
+def _private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) owner-only; an existing folder is left as it is."""
+    path = Path(path)
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+        folder.chmod(0o700)  # mkdir's mode is reduced by the umask, never widened
+
+
+def _sqlite_file(url: str) -> Path | None:
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return None  # make_engine reports it
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database).expanduser()
+
+
 def redacted_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _overloaded() -> JSONResponse:
+    return JSONResponse(
+        {"detail": f"the server is busy; retry in {OVERLOAD_RETRY_S} s"},
+        status_code=503,
+        headers={"Retry-After": str(OVERLOAD_RETRY_S)},
+    )
 
 
 def create_app(settings: StudySettings | None = None) -> FastAPI:
@@ -154,10 +246,22 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
     settings = settings or StudySettings()
     media = settings.resolved_media_dir
     try:
-        media.mkdir(parents=True, exist_ok=True)
+        _private_dir(media)
     except OSError as exc:
         raise FergiError(f"--media {media}: cannot create the media folder ({exc.strerror})") from None
-    engine = make_engine(settings.resolved_db_url)
+    sqlite_file = _sqlite_file(settings.resolved_db_url)
+    if sqlite_file is not None and not sqlite_file.exists():
+        try:
+            _private_dir(sqlite_file.parent)
+            # Created owner-only before SQLite opens it: its -wal and -shm files copy the mode.
+            os.close(os.open(sqlite_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise FergiError(f"--db {sqlite_file}: cannot create the database ({exc.strerror})") from None
+    engine = make_engine(
+        settings.resolved_db_url, pool_size=settings.resolved_pool_size, pool_timeout=settings.db_pool_timeout
+    )
     factory = make_sessionmaker(engine)
     store = MediaStore(media)
     worker = Worker(factory, settings, store)
@@ -166,6 +270,9 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         logger.info("study database: %s", redacted_url(settings.resolved_db_url))
         logger.info("study media folder: %s", media)
+        # Face videos, features and the database are for the study's owner only: every
+        # file the server (and its worker) creates is 0600, every folder 0700.
+        previous_umask = os.umask(STUDY_UMASK)
         if settings.worker:
             worker.start()
         try:
@@ -173,6 +280,7 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
         finally:
             worker.stop()
             engine.dispose()
+            os.umask(previous_umask)
 
     app = FastAPI(
         title="fergi study",
@@ -214,6 +322,9 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
         response = await call_next(request)
         for key, value in SECURITY_HEADERS.items():
             response.headers.setdefault(key, value)
+        if request.url.scheme == "https":
+            # Served over TLS (directly, or by a trusted proxy saying so): browsers stay on it.
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         if request.url.path.startswith("/api/"):
             response.headers.setdefault("Cache-Control", "no-store")
         return response
@@ -229,6 +340,40 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
             elif path.endswith("/ranking"):
                 worker.wake("process")
         return response
+
+    proxies = settings.resolved_trusted_proxies
+    if proxies:
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        # Outermost: the client address (rate limits) and scheme (Secure cookie, HSTS)
+        # come from X-Forwarded-For/-Proto only when a trusted proxy sent them.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=proxies)
+
+    @app.exception_handler(sa_exc.TimeoutError)
+    async def pool_exhausted(_request: Request, _exc: sa_exc.TimeoutError):
+        # Every connection is busy for longer than db_pool_timeout: say so at once.
+        return _overloaded()
+
+    @app.exception_handler(sa_exc.OperationalError)
+    async def database_busy(_request: Request, exc: sa_exc.OperationalError):
+        if "database is locked" in str(exc.orig):  # SQLite's writer lock, held past busy_timeout
+            return _overloaded()
+        raise exc
+
+    @app.exception_handler(OSError)
+    async def disk_full(request: Request, exc: OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            logger.error("media storage is full (%s): %s %s refused", exc.strerror, request.method, request.url.path)
+            return JSONResponse(
+                {
+                    "detail": "the study's storage is full: the study is paused on the server side; "
+                    "keep this page open, nothing you sent before was lost",
+                    "paused": True,
+                },
+                status_code=507,
+                headers={"Retry-After": "60"},
+            )
+        raise exc
 
     @app.exception_handler(FergiError)
     async def fergi_error(_request: Request, exc: FergiError):
@@ -259,7 +404,14 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
                 return RedirectResponse(here + "?denied=1", status_code=303)
             # Trade the URL token for an HttpOnly cookie so it leaves the address bar.
             response = RedirectResponse(here, status_code=303)
-            response.set_cookie(ADMIN_COOKIE, token, httponly=True, samesite="strict", max_age=12 * 3600)
+            response.set_cookie(
+                ADMIN_COOKIE,
+                token,
+                httponly=True,
+                samesite="strict",
+                max_age=12 * 3600,
+                secure=request.url.scheme == "https",
+            )
             return response
         if is_admin(request, settings):
             return FileResponse(STATIC_DIR / "admin.html", headers={"Cache-Control": "no-store"})

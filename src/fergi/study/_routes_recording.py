@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from fergi.study._db import Chunk, Event, Segment, StudySession
-from fergi.study._deps import DB, MAX_DB_INT, CurrentSession, Settings, Store, read_body_limited
+from fergi.study._deps import DB, MAX_DB_INT, CurrentSession, Settings, Store, read_upload
 from fergi.study._storage import write_atomic
 from fergi.study._worker import enqueue, needs_clips
 
@@ -110,8 +110,26 @@ def get_segment(segment: SegmentIndex, sess: CurrentSession, db: DB) -> dict[str
     return segment_info(_segment(db, sess, segment))
 
 
+async def chunk_body(
+    request: Request,
+    settings: Settings,
+    session_id: Annotated[int, PathParam(ge=1, le=MAX_DB_INT)],
+    seq: Annotated[int, PathParam(ge=0, le=1_000_000)],
+) -> bytes:
+    """The chunk's bytes, received before the route takes a database connection."""
+    ctype = request.headers.get("content-type", "")
+    if _mime(ctype) != "video/webm":
+        raise HTTPException(415, f"chunk {seq}: Content-Type must be video/webm, not {ctype or 'missing'!r}")
+    data = await read_upload(request, settings, session_id, settings.max_chunk_bytes, f"chunk {seq}")
+    if not data:
+        raise HTTPException(422, f"chunk {seq} is empty")
+    return data
+
+
 @router.put("/recording/{segment}/chunks/{seq}")
-async def put_chunk(
+def put_chunk(
+    # First: the body is read before the session dependency opens the database.
+    data: Annotated[bytes, Depends(chunk_body)],
     request: Request,
     sess: CurrentSession,
     db: DB,
@@ -120,16 +138,14 @@ async def put_chunk(
     segment: int = PathParam(ge=0, le=MAX_DB_INT),
     seq: int = PathParam(ge=0, le=1_000_000),
 ) -> dict[str, Any]:
-    """Store chunk ``seq`` of a segment (body: the raw webm bytes, Content-Type video/webm)."""
+    """Store chunk ``seq`` of a segment (body: the raw webm bytes, Content-Type video/webm).
+
+    A plain function: the database work and the file's fsync run in the thread pool,
+    never on the event loop, which keeps serving the other participants meanwhile.
+    """
     import hashlib
 
-    ctype = request.headers.get("content-type", "")
-    if _mime(ctype) != "video/webm":
-        raise HTTPException(415, f"chunk {seq}: Content-Type must be video/webm, not {ctype or 'missing'!r}")
     seg = _segment(db, sess, segment)
-    data = await read_body_limited(request, settings.max_chunk_bytes, f"chunk {seq}")
-    if not data:
-        raise HTTPException(422, f"chunk {seq} is empty")
     digest = hashlib.sha256(data).hexdigest()
     existing = db.scalar(select(Chunk).where(Chunk.segment_id == seg.id, Chunk.seq == seq))
     if existing is not None:
