@@ -308,8 +308,8 @@ def _upgrade(engine: Engine) -> None:
     (all of them nullable or defaulted) and hash invitation tokens stored in plain text."""
     from sqlalchemy import inspect, text
 
-    inspector = inspect(engine)
     with engine.begin() as conn:
+        inspector = inspect(conn)
         for table in Base.metadata.sorted_tables:
             have = {c["name"] for c in inspector.get_columns(table.name)}
             for column in table.columns:
