@@ -421,7 +421,8 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
+        # On the event loop, not in the thread pool: it answers while every thread is busy.
         return {"status": "ok"}
 
     return app
