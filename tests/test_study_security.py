@@ -115,7 +115,13 @@ def test_trickling_uploads_hold_no_database_connection(tmp_path):
             done = await asyncio.wait_for(asyncio.gather(*uploads), timeout=60)
         return state, created, done
 
-    state, created, done = asyncio.run(scenario())
+    # In a thread: a blocked event loop (a connection awaited on it) cannot time itself out.
+    result = []
+    runner = threading.Thread(target=lambda: result.append(asyncio.run(scenario())), daemon=True)
+    runner.start()
+    runner.join(timeout=120)
+    assert result, "other requests starved while 16 uploads waited for their bodies"
+    state, created, done = result[0]
     assert state.status_code == 200, state.text
     assert created.status_code == 201, created.text
     assert [r.status_code for r in done] == [200] * 16

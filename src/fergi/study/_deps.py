@@ -29,7 +29,7 @@ def get_db(request: Request) -> Iterator[Session]:
         yield db
 
 
-def get_store(request: Request) -> MediaStore:
+async def get_store(request: Request) -> MediaStore:
     return request.app.state.store
 
 

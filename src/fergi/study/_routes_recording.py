@@ -16,10 +16,10 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from fergi.study._db import Chunk, Event, Segment, StudySession
+from fergi.study._db import Chunk, Clip, Event, Segment, StudySession
 from fergi.study._deps import DB, MAX_DB_INT, CurrentSession, Settings, Store, read_upload
 from fergi.study._storage import write_atomic
-from fergi.study._worker import enqueue, needs_clips
+from fergi.study._worker import enqueue
 
 router = APIRouter(prefix="/api/sessions/{session_id}", tags=["recording"])
 
@@ -39,8 +39,7 @@ class SegmentRequest(BaseModel):
 
 def _queue_clips(request: Request, db, sess: StudySession, *, new_image: bool = False) -> None:
     """Real-time processing: an image presented and not yet analysed may now be covered."""
-    db.refresh(sess)
-    if not needs_clips(sess):
+    if not _clips_wanted(db, sess.id):
         return
     job = enqueue(db, sess.id, "clips", revive=new_image)
     db.commit()
@@ -49,6 +48,26 @@ def _queue_clips(request: Request, db, sess: StudySession, *, new_image: bool = 
     worker = getattr(request.app.state, "worker", None)
     if worker is not None:
         worker.wake("clips")
+
+
+def _clips_wanted(db, session_id: int) -> bool:
+    """``needs_clips`` of the session as stored now, in one query (it runs for every chunk):
+    an unfinished session with an image presented whose clips are not stored yet."""
+    stored = select(Clip.id).where(
+        Clip.session_id == session_id, Clip.image_index == Event.image_index, Clip.features_file.is_not(None)
+    )
+    query = (
+        select(Event.id)
+        .join(StudySession, StudySession.id == Event.session_id)
+        .where(
+            Event.session_id == session_id,
+            Event.kind == "image_hidden",
+            StudySession.finished_at.is_(None),
+            ~stored.exists(),
+        )
+        .limit(1)
+    )
+    return db.scalar(query) is not None
 
 
 def _segment(db, sess: StudySession, segment: int) -> Segment:

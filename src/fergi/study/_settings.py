@@ -187,6 +187,9 @@ class StudySettings(BaseSettings):
         return (self.media_dir or self.data_dir / "media").resolve()
 
 
-def get_settings(request: Request) -> StudySettings:
-    """FastAPI dependency: the settings the app was created with (override in tests)."""
+async def get_settings(request: Request) -> StudySettings:
+    """FastAPI dependency: the settings the app was created with (override in tests).
+
+    A coroutine, so resolving it costs no trip through the thread pool.
+    """
     return request.app.state.settings
