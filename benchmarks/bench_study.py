@@ -109,6 +109,15 @@ def start_server(data_dir: Path, db: str | None) -> tuple[subprocess.Popen, str,
         time.sleep(0.2)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop_server(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
@@ -292,9 +301,11 @@ def _one(args, n: int, data_dir: Path, recording: bytes) -> dict:
     proc, base, _log = start_server(data_dir, args.db)
     load_before = os.getloadavg()[0]
     try:
+        cpu0 = cpu_seconds(proc.pid)
         t0 = time.perf_counter()
         run = asyncio.run(drive(base, n, args.seconds, args.ramp_s, args.chunk_kb * 1024, recording))
         wall = time.perf_counter() - t0
+        server_cpu = cpu_seconds(proc.pid) - cpu0
         load_during = os.getloadavg()[0]
     finally:
         stop_server(proc)
@@ -314,6 +325,10 @@ def _one(args, n: int, data_dir: Path, recording: bytes) -> dict:
         "healthz_p99_ms": 1000 * _pct(run.health, 0.99),
         "healthz_max_ms": 1000 * max(run.health, default=float("nan")),
         "wall_s": wall,
+        # The server's CPU per chunk, set-up requests and image generation included: less
+        # sensitive to other load on the machine than the latencies.
+        "server_cpu_s": server_cpu,
+        "server_cpu_ms_per_chunk": 1000 * server_cpu / max(1, len(run.latencies)),
         "load_before": load_before,
         "load_during": load_during,
         "first_errors": run.errors[:3],
@@ -322,7 +337,7 @@ def _one(args, n: int, data_dir: Path, recording: bytes) -> dict:
         f"N={n:4d}: held {run.held}/{n}, chunk p50 {figures['p50_ms']:.0f} ms, p95 {figures['p95_ms']:.0f} ms, "
         f"p99 {figures['p99_ms']:.0f} ms (max {figures['max_ms']:.0f}), errors {len(run.errors)}, "
         f"chunks verified {verified}/{len(run.acknowledged)}, /healthz p99 {figures['healthz_p99_ms']:.0f} ms "
-        f"(max {figures['healthz_max_ms']:.0f}); load average {load_before:.1f} before, {load_during:.1f} at the end",
+        f"(max {figures['healthz_max_ms']:.0f}); server CPU {server_cpu:.1f} s = {figures['server_cpu_ms_per_chunk']:.1f} ms/chunk; load average {load_before:.1f} before, {load_during:.1f} at the end",
         flush=True,
     )
     for err in run.errors[:3]:

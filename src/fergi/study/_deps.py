@@ -168,11 +168,28 @@ def require_admin(request: Request, settings: Settings) -> None:
     check_origin(request, settings)
 
 
+#: Token hashes already seen to open their session: an upload's early check is then free.
+#: Only the early check uses it; the route itself checks the database again.
+_KNOWN_TOKENS_MAX = 100_000
+
+
+def _known_tokens(request: Request) -> dict[str, int]:
+    state = request.app.state
+    if getattr(state, "known_tokens", None) is None:
+        state.known_tokens = {}
+    return state.known_tokens
+
+
 def _token_opens(request: Request, session_id: int) -> bool:
-    token = request.headers.get(SESSION_HEADER, "")
+    digest = hash_token(request.headers.get(SESSION_HEADER, ""))
+    known = _known_tokens(request)
     # A short session of its own: closed again before the body is read.
     with request.app.state.sessionmaker() as db:
-        found = db.scalar(select(StudySession.id).where(StudySession.token_hash == hash_token(token)))
+        found = db.scalar(select(StudySession.id).where(StudySession.token_hash == digest))
+    if found is not None:
+        if len(known) >= _KNOWN_TOKENS_MAX:
+            known.clear()
+        known[digest] = found
     return found == session_id
 
 
@@ -188,7 +205,8 @@ async def read_upload(request: Request, settings: StudySettings, session_id: int
 
     if not request.headers.get(SESSION_HEADER):
         raise HTTPException(401, f"missing {SESSION_HEADER} header: every session request needs its token")
-    if not await run_in_threadpool(_token_opens, request, session_id):
+    known = _known_tokens(request).get(hash_token(request.headers[SESSION_HEADER])) == session_id
+    if not known and not await run_in_threadpool(_token_opens, request, session_id):
         rate_limit(request, settings)
         raise HTTPException(403, f"this token does not open session {session_id}")
     return await read_body_limited(request, limit, what)

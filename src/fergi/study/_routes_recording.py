@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from fergi.study._db import Chunk, Clip, Event, Segment, StudySession
@@ -166,7 +166,8 @@ def put_chunk(
 
     seg = _segment(db, sess, segment)
     digest = hashlib.sha256(data).hexdigest()
-    existing = db.scalar(select(Chunk).where(Chunk.segment_id == seg.id, Chunk.seq == seq))
+    # Only a chunk before the next expected one can be a retry (a race is the IntegrityError below).
+    existing = db.scalar(select(Chunk).where(Chunk.segment_id == seg.id, Chunk.seq == seq)) if seq < seg.n_chunks else None
     if existing is not None:
         if existing.sha256 == digest:
             return {"seq": seq, "duplicate": True, **segment_info(seg)}
@@ -183,7 +184,7 @@ def put_chunk(
         raise HTTPException(
             413, f"recording exceeds the limit of {settings.max_recording_bytes} bytes per segment"
         )
-    session_bytes = sum(s.n_bytes for s in sess.segments)
+    session_bytes = db.scalar(select(func.coalesce(func.sum(Segment.n_bytes), 0)).where(Segment.session_id == sess.id))
     if session_bytes + len(data) > settings.max_session_recording_bytes:
         raise HTTPException(
             413,
