@@ -17,7 +17,7 @@ from fergi.study._db import (
     hash_token,
     utcnow,
 )
-from fergi.study._deps import MAX_DB_INT, DB, CurrentSession, Settings, rate_limit, read_upload
+from fergi.study._deps import DB, MAX_DB_INT, CurrentSession, Settings, rate_limit, read_upload
 from fergi.study._settings import StudySettings
 
 router = APIRouter(prefix="/api", tags=["sessions"])
