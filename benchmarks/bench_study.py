@@ -80,7 +80,7 @@ def face_jpeg() -> bytes:
     return buffer.getvalue()
 
 
-def start_server(data_dir: Path, db: str | None) -> tuple[subprocess.Popen, str, Path]:
+def start_server(data_dir: Path, db: str | None, workers: int = 1) -> tuple[subprocess.Popen, str, Path]:
     """``fergi serve`` as the README recommends, on a free local port."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERGI_")}
@@ -88,6 +88,8 @@ def start_server(data_dir: Path, db: str | None) -> tuple[subprocess.Popen, str,
     command = [sys.executable, "-m", "fergi", "serve", "--port", str(port), "--data-dir", str(data_dir)]
     if db:
         command += ["--db", db]
+    if workers > 1:
+        command += ["--workers", str(workers)]
     log = data_dir.parent / f"{data_dir.name}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -110,12 +112,18 @@ def start_server(data_dir: Path, db: str | None) -> tuple[subprocess.Popen, str,
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc; NaN elsewhere)."""
+    """User + system CPU time so far of a process and its children (``--workers``
+    processes) (Linux /proc; NaN elsewhere)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return total + sum(cpu_seconds(int(child)) for child in children)
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -268,6 +276,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--ramp-s", type=float, default=20.0, help="participants arrive over this many seconds")
     parser.add_argument("--db", help="database URL for the server (default: SQLite in its data folder); "
                         "emptied before each sweep point")
+    parser.add_argument("--server-workers", type=int, default=1, help="fergi serve --workers (default 1)")
     parser.add_argument("--keep", help="keep each run's data folder and server log under this folder")
     parser.add_argument("--data", help="unused (the study benchmark makes its own data); accepted for `make bench`")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK} (for tests)")
@@ -279,7 +288,8 @@ def main(argv=None) -> dict:
         root = Path(args.keep) if args.keep else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         recording = recording_bytes(Path(tmp))
-        print(f"study server load: `fergi serve` (one process, worker on, {'--db ' + args.db.split('@')[-1] if args.db else 'SQLite'}); "
+        procs = "one process" if args.server_workers == 1 else f"--workers {args.server_workers}"
+        print(f"study server load: `fergi serve` ({procs}, worker on, {'--db ' + args.db.split('@')[-1] if args.db else 'SQLite'}); "
               f"{args.seconds} chunks of {args.chunk_kb} kB per participant at 1 chunk/s, arrivals over {args.ramp_s:g} s; "
               f"{os.cpu_count()} CPUs")
         runs = []
@@ -298,7 +308,7 @@ def _one(args, n: int, data_dir: Path, recording: bytes) -> dict:
         Base.metadata.drop_all(engine)
         engine.dispose()
     data_dir.mkdir(parents=True, exist_ok=True)
-    proc, base, _log = start_server(data_dir, args.db)
+    proc, base, _log = start_server(data_dir, args.db, args.server_workers)
     load_before = os.getloadavg()[0]
     try:
         cpu0 = cpu_seconds(proc.pid)

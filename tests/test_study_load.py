@@ -9,6 +9,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -181,3 +182,52 @@ def test_sqlite_write_lock_held_too_long_is_503(tmp_path):
             blocker.close()
         assert response.status_code == 503 and "Retry-After" in response.headers
         assert p.chunk(seg, 0, WEBM_HEAD + b"x").status_code == 200
+
+
+@pytest.mark.slow
+def test_serve_with_several_processes(tmp_path):
+    """`fergi serve --workers 2`: both processes serve, one of them runs the worker."""
+    import subprocess
+    import sys
+
+    port = _free_port()
+    import fergi
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERGI_")}
+    # This checkout's fergi, whatever the current folder is.
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(fergi.__file__).parents[1]), env.get("PYTHONPATH", "")])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fergi", "serve", "--port", str(port), "--workers", "2",
+         "--data-dir", str(tmp_path / "d"), "--n-images", "2"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "fergi serve --workers 2 did not come up"
+            time.sleep(0.2)
+        with httpx.Client(base_url=base, timeout=30) as client:
+            body = client.post("/api/sessions", json={"participant_id": "w1"}).json()
+            api, headers = f"/api/sessions/{body['session_id']}", {"X-Session-Token": body["token"]}
+            client.post(f"{api}/consent", json={"agree": True, "consent_version": "1"}, headers=headers).raise_for_status()
+            if body["state"]["session_type"] == "structured":
+                from test_study_api import FORM
+
+                client.post(f"{api}/prompt/generate", json={"form": FORM}, headers=headers).raise_for_status()
+            client.put(f"{api}/prompt", json={"prompt": "a dog"}, headers=headers).raise_for_status()
+            # The generation job is run by whichever process holds the worker lock.
+            while client.get(api, headers=headers).json()["images_ready"] != [1, 2]:
+                assert time.monotonic() < deadline + 60, "no process ran the worker"
+                time.sleep(0.3)
+        assert (tmp_path / "d" / "worker.lock").is_file()
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=60)[0]
+    assert "Traceback" not in output, output[-3000:]

@@ -70,6 +70,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--scorer-weights", action="append", default=[], metavar="NAME=PATH",
                         help="weights of one scorer, repeatable (default: the Hugging Face cache)")
     parser.add_argument("--no-worker", action="store_true", help="do not process in this process")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes (default 1; one of them runs the worker). Each has its "
+                        "own database pool and rate-limit counts")
     parser.add_argument("--public-url", help="the URL participants open (for invitation links and the Origin check)")
     parser.add_argument("--behind-proxy", action="store_true",
                         help="served through a TLS-terminating reverse proxy on this machine: trust its "
@@ -232,8 +235,19 @@ def run(args) -> int:
     print(f"fergi study: participants open {base}/", flush=True)
     print(admin_notice(settings, base, getattr(args, "admin_token_created", None)), flush=True)
     log.info("serving on %s:%d", host, args.port)
+    if args.workers < 1:
+        raise FergiError(f"--workers {args.workers}: must be at least 1")
     try:
-        uvicorn.run(app, **uvicorn_options(args, settings))
+        if args.workers > 1:
+            from fergi.study._app import SETTINGS_ENV
+
+            # The processes build their own app (an app object cannot be shared between them).
+            app.state.engine.dispose()
+            os.environ[SETTINGS_ENV] = settings.model_dump_json()
+            uvicorn.run("fergi.study._app:app_from_environment", factory=True, workers=args.workers,
+                        **uvicorn_options(args, settings))
+        else:
+            uvicorn.run(app, **uvicorn_options(args, settings))
     except OSError as exc:
         raise FergiError(f"--port {args.port}: cannot listen on {host} ({exc.strerror})") from None
     return 0

@@ -204,6 +204,38 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(parsed.database).expanduser()
 
 
+#: Environment variable that hands the settings to the processes of ``fergi serve --workers N``.
+SETTINGS_ENV = "FERGI_SERVE_SETTINGS"
+
+
+def _worker_lock(settings: StudySettings):
+    """An exclusive lock on ``<data_dir>/worker.lock``, or None when another process holds it."""
+    import fcntl
+
+    _private_dir(Path(settings.data_dir))
+    path = Path(settings.data_dir) / "worker.lock"
+    handle = open(path, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one process of ``fergi serve --workers N`` (a uvicorn factory).
+
+    The settings come from the parent as JSON in ``FERGI_SERVE_SETTINGS``; the process
+    that takes ``<data_dir>/worker.lock`` first runs the worker, the others only serve
+    requests (their jobs are picked up at the worker's next poll).
+    """
+    settings = StudySettings.model_validate_json(os.environ[SETTINGS_ENV])
+    app = create_app(settings)
+    app.state.shared_worker = True
+    return app
+
+
 def redacted_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
@@ -273,13 +305,17 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
         # Face videos, features and the database are for the study's owner only: every
         # file the server (and its worker) creates is 0600, every folder 0700.
         previous_umask = os.umask(STUDY_UMASK)
-        if settings.worker:
+        # Several server processes (fergi serve --workers N): one of them runs the worker.
+        lock = _worker_lock(settings) if getattr(app.state, "shared_worker", False) else None
+        if settings.worker and (lock is not None or not getattr(app.state, "shared_worker", False)):
             worker.start()
         try:
             yield
         finally:
             worker.stop()
             engine.dispose()
+            if lock is not None:
+                lock.close()
             os.umask(previous_umask)
 
     app = FastAPI(

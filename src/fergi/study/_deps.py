@@ -91,6 +91,9 @@ def get_study_session(
         rate_limit(request, settings)
         raise HTTPException(403, f"this token does not open session {session_id}")
     request.app.state.rate_limiter.hit(token, settings.rate_limit_per_minute)
+    # End the read transaction: the connection goes back to the pool while the request
+    # waits for a thread to run its route (sess stays loaded: expire_on_commit=False).
+    db.commit()
     return sess
 
 

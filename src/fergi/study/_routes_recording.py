@@ -15,9 +15,18 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
 
 from fergi.study._db import Chunk, Clip, Event, Segment, StudySession
-from fergi.study._deps import DB, MAX_DB_INT, CurrentSession, Settings, Store, read_upload
+from fergi.study._deps import (
+    DB,
+    MAX_DB_INT,
+    CurrentSession,
+    Settings,
+    Store,
+    get_study_session,
+    read_upload,
+)
 from fergi.study._storage import write_atomic
 from fergi.study._worker import enqueue
 
@@ -146,22 +155,42 @@ async def chunk_body(
 
 
 @router.put("/recording/{segment}/chunks/{seq}")
-def put_chunk(
-    # First: the body is read before the session dependency opens the database.
+async def put_chunk(
+    # First: the body is read before anything takes a database connection.
     data: Annotated[bytes, Depends(chunk_body)],
     request: Request,
-    sess: CurrentSession,
-    db: DB,
     settings: Settings,
     store: Store,
+    session_id: Annotated[int, PathParam(ge=1, le=MAX_DB_INT)],
     segment: int = PathParam(ge=0, le=MAX_DB_INT),
     seq: int = PathParam(ge=0, le=1_000_000),
 ) -> dict[str, Any]:
     """Store chunk ``seq`` of a segment (body: the raw webm bytes, Content-Type video/webm).
 
-    A plain function: the database work and the file's fsync run in the thread pool,
-    never on the event loop, which keeps serving the other participants meanwhile.
+    The database work and the file's fsync run in one trip to the thread pool (the
+    route runs every second for every participant), never on the event loop; the
+    connection is held only during that trip.
     """
+    return await run_in_threadpool(_put_chunk_in_thread, data, request, settings, store, session_id, segment, seq)
+
+
+def _put_chunk_in_thread(data, request, settings, store, session_id, segment, seq) -> dict[str, Any]:
+    with request.app.state.sessionmaker() as db:
+        sess = get_study_session(request, db, settings, session_id)
+        return store_chunk(request, sess, db, settings, store, segment, seq, data)
+
+
+def store_chunk(
+    request: Request,
+    sess: StudySession,
+    db,
+    settings,
+    store,
+    segment: int,
+    seq: int,
+    data: bytes,
+) -> dict[str, Any]:
+    """Store chunk ``seq`` of a segment of ``sess``: idempotent, in order, durable first."""
     import hashlib
 
     seg = _segment(db, sess, segment)
