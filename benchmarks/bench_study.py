@@ -151,6 +151,8 @@ class Run:
 
     def __init__(self) -> None:
         self.latencies: list[float] = []
+        self.sent_at: list[float] = []  # when each chunk PUT was sent
+        self.recording_since: list[float] = []  # when each participant started recording
         self.health: list[float] = []
         self.errors: list[str] = []
         self.acknowledged: dict[tuple[int, int, int], tuple[int, str]] = {}
@@ -181,6 +183,7 @@ async def participant(client, run: Run, pid: str, delay: float, chunks: list[byt
         run.errors.append(f"{pid} setup: {exc!r}"[:300])
         return
     start = time.perf_counter()
+    run.recording_since.append(start)
     ok = True
     for seq, chunk in enumerate(chunks):
         # MediaRecorder hands over a chunk each second; a slow upload delays the next one.
@@ -192,6 +195,7 @@ async def participant(client, run: Run, pid: str, delay: float, chunks: list[byt
             r = await client.put(f"{api}/recording/{seg}/chunks/{seq}", content=chunk,
                                  headers={**headers, "Content-Type": "video/webm"})
             run.latencies.append(time.perf_counter() - t)
+            run.sent_at.append(t)
             if r.status_code != 200:
                 raise RuntimeError(f"HTTP {r.status_code} {r.text[:200]}")
         except Exception as exc:
@@ -271,9 +275,9 @@ def main(argv=None) -> dict:
     """Run the sweep; print one line per N and return the figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--participants", default="25,50,100,200,300", help="comma-separated sweep of N")
-    parser.add_argument("--seconds", type=int, default=60, help="recording length per participant (chunks)")
+    parser.add_argument("--seconds", type=int, default=90, help="recording length per participant (chunks)")
     parser.add_argument("--chunk-kb", type=int, default=80, help="chunk size (VP9 at ~640 kbit/s: 80 kB)")
-    parser.add_argument("--ramp-s", type=float, default=20.0, help="participants arrive over this many seconds")
+    parser.add_argument("--ramp-s", type=float, default=60.0, help="participants arrive over this many seconds")
     parser.add_argument("--db", help="database URL for the server (default: SQLite in its data folder); "
                         "emptied before each sweep point")
     parser.add_argument("--server-workers", type=int, default=1, help="fergi serve --workers (default 1)")
@@ -312,15 +316,21 @@ def _one(args, n: int, data_dir: Path, recording: bytes) -> dict:
     load_before = os.getloadavg()[0]
     try:
         cpu0 = cpu_seconds(proc.pid)
+        client0 = time.process_time()
         t0 = time.perf_counter()
         run = asyncio.run(drive(base, n, args.seconds, args.ramp_s, args.chunk_kb * 1024, recording))
         wall = time.perf_counter() - t0
         server_cpu = cpu_seconds(proc.pid) - cpu0
+        client_cpu = time.process_time() - client0
         load_during = os.getloadavg()[0]
     finally:
         stop_server(proc)
     db_url = args.db or f"sqlite:///{(data_dir / 'study.sqlite3').resolve()}"
     verified = verify(run, db_url, data_dir / "media")
+    # Steady state: every participant has arrived (set-up requests, face checks and image
+    # generation of the arrivals are over) and is recording.
+    all_in = max(run.recording_since, default=float("inf"))
+    steady = [lat for lat, t in zip(run.latencies, run.sent_at, strict=True) if t >= all_in]
     figures = {
         "participants": n,
         "held": run.held,
@@ -332,6 +342,9 @@ def _one(args, n: int, data_dir: Path, recording: bytes) -> dict:
         "p95_ms": 1000 * _pct(run.latencies, 0.95),
         "p99_ms": 1000 * _pct(run.latencies, 0.99),
         "max_ms": 1000 * max(run.latencies, default=float("nan")),
+        "steady_chunks": len(steady),
+        "steady_p50_ms": 1000 * _pct(steady, 0.5),
+        "steady_p99_ms": 1000 * _pct(steady, 0.99),
         "healthz_p99_ms": 1000 * _pct(run.health, 0.99),
         "healthz_max_ms": 1000 * max(run.health, default=float("nan")),
         "wall_s": wall,
@@ -339,6 +352,7 @@ def _one(args, n: int, data_dir: Path, recording: bytes) -> dict:
         # sensitive to other load on the machine than the latencies.
         "server_cpu_s": server_cpu,
         "server_cpu_ms_per_chunk": 1000 * server_cpu / max(1, len(run.latencies)),
+        "load_generator_cpu_s": client_cpu,
         "load_before": load_before,
         "load_during": load_during,
         "first_errors": run.errors[:3],
@@ -346,8 +360,9 @@ def _one(args, n: int, data_dir: Path, recording: bytes) -> dict:
     print(
         f"N={n:4d}: held {run.held}/{n}, chunk p50 {figures['p50_ms']:.0f} ms, p95 {figures['p95_ms']:.0f} ms, "
         f"p99 {figures['p99_ms']:.0f} ms (max {figures['max_ms']:.0f}), errors {len(run.errors)}, "
-        f"chunks verified {verified}/{len(run.acknowledged)}, /healthz p99 {figures['healthz_p99_ms']:.0f} ms "
-        f"(max {figures['healthz_max_ms']:.0f}); server CPU {server_cpu:.1f} s = {figures['server_cpu_ms_per_chunk']:.1f} ms/chunk; load average {load_before:.1f} before, {load_during:.1f} at the end",
+        f"chunks verified {verified}/{len(run.acknowledged)}; once all recording: p50 {figures['steady_p50_ms']:.0f} ms, "
+        f"p99 {figures['steady_p99_ms']:.0f} ms ({len(steady)} chunks); /healthz p99 {figures['healthz_p99_ms']:.0f} ms "
+        f"(max {figures['healthz_max_ms']:.0f}); server CPU {server_cpu:.1f} s = {figures['server_cpu_ms_per_chunk']:.1f} ms/chunk, load generator CPU {client_cpu:.1f} s; load average {load_before:.1f} before, {load_during:.1f} at the end",
         flush=True,
     )
     for err in run.errors[:3]:
