@@ -3,10 +3,10 @@
     python benchmarks/bench_study.py [--participants 25,50,100,200,300] [--seconds 60]
                                      [--chunk-kb 80] [--db postgresql+psycopg://...] [--quick]
 
-For each N of the sweep, a fresh ``fergi serve`` is started as a subprocess, exactly as
-the README recommends (one process, its worker on, SQLite in the data folder unless
-``--db``). N simulated participants (asyncio + httpx, one process) arrive over
-``--ramp-s`` seconds; each goes through the API as the browser does (session, consent,
+For each N of the sweep, a fresh ``fergi serve`` is started as a subprocess, as the
+README recommends (``--workers 2``, its worker on, SQLite in the data folder unless
+``--db``; no TLS proxy in front). N simulated participants (asyncio + httpx, one
+process) arrive over ``--ramp-s`` seconds; each goes through the API as the browser does (session, consent,
 prompt, webcam check with a face photograph, a recording segment), then uploads one
 chunk per second for ``--seconds`` seconds, as MediaRecorder does with 1 s timeslices.
 Chunk 0 is the start of a real VP9 WebM recording (its EBML header), the later chunks
@@ -280,7 +280,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--ramp-s", type=float, default=60.0, help="participants arrive over this many seconds")
     parser.add_argument("--db", help="database URL for the server (default: SQLite in its data folder); "
                         "emptied before each sweep point")
-    parser.add_argument("--server-workers", type=int, default=1, help="fergi serve --workers (default 1)")
+    parser.add_argument("--server-workers", type=int, default=2,
+                        help="fergi serve --workers (default 2, the README's deployment on 2 cores)")
     parser.add_argument("--keep", help="keep each run's data folder and server log under this folder")
     parser.add_argument("--data", help="unused (the study benchmark makes its own data); accepted for `make bench`")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK} (for tests)")

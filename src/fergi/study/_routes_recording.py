@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from starlette.concurrency import run_in_threadpool
 
 from fergi.study._db import Chunk, Clip, Event, Segment, StudySession
 from fergi.study._deps import (
@@ -33,6 +34,9 @@ from fergi.study._worker import enqueue
 router = APIRouter(prefix="/api/sessions/{session_id}", tags=["recording"])
 
 WEBM_MAGIC = b"\x1a\x45\xdf\xa3"
+#: Chunks stored at once. More threads only queue on SQLite's write lock and the GIL;
+#: a chunk waiting for one waits on the event loop, holding nothing.
+CHUNK_THREADS = 8
 EVENT_KINDS = ("baseline_start", "image_shown", "image_hidden")
 
 
@@ -171,7 +175,13 @@ async def put_chunk(
     route runs every second for every participant), never on the event loop; the
     connection is held only during that trip.
     """
-    return await run_in_threadpool(_put_chunk_in_thread, data, request, settings, store, session_id, segment, seq)
+    limiter = getattr(request.app.state, "chunk_limiter", None)
+    if limiter is None:
+        # Created lazily: an anyio limiter belongs to the event loop that serves the app.
+        limiter = request.app.state.chunk_limiter = anyio.CapacityLimiter(CHUNK_THREADS)
+    return await anyio.to_thread.run_sync(
+        _put_chunk_in_thread, data, request, settings, store, session_id, segment, seq, limiter=limiter
+    )
 
 
 def _put_chunk_in_thread(data, request, settings, store, session_id, segment, seq) -> dict[str, Any]:
