@@ -159,8 +159,19 @@ class Run:
         self.held = 0
 
 
-async def participant(client, run: Run, pid: str, delay: float, chunks: list[bytes], jpeg: bytes) -> None:
+async def participant(
+    base: str, run: Run, pid: str, delay: float, chunks: list[tuple[bytes, str]], jpeg: bytes
+) -> None:
+    import httpx
+
     await asyncio.sleep(delay)
+    # One connection per participant, as a browser tab keeps one: a shared pool of
+    # hundreds of connections costs the load generator more CPU than the uploads.
+    async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(60.0)) as client:
+        await _participant(client, run, pid, chunks, jpeg)
+
+
+async def _participant(client, run: Run, pid: str, chunks: list[tuple[bytes, str]], jpeg: bytes) -> None:
     try:
         r = await client.post("/api/sessions", json={"participant_id": pid})
         r.raise_for_status()
@@ -185,7 +196,7 @@ async def participant(client, run: Run, pid: str, delay: float, chunks: list[byt
     start = time.perf_counter()
     run.recording_since.append(start)
     ok = True
-    for seq, chunk in enumerate(chunks):
+    for seq, (chunk, digest) in enumerate(chunks):
         # MediaRecorder hands over a chunk each second; a slow upload delays the next one.
         wait = start + seq + 1 - time.perf_counter()
         if wait > 0:
@@ -202,7 +213,7 @@ async def participant(client, run: Run, pid: str, delay: float, chunks: list[byt
             run.errors.append(f"{pid} chunk {seq}: {exc!r}"[:300])
             ok = False
             break
-        run.acknowledged[(sid, seg, seq)] = (len(chunk), hashlib.sha256(chunk).hexdigest())
+        run.acknowledged[(sid, seg, seq)] = (len(chunk), digest)
     run.held += ok
 
 
@@ -227,16 +238,13 @@ async def drive(base: str, n: int, seconds: int, ramp_s: float, chunk_bytes: int
 
     run = Run()
     jpeg = face_jpeg()
-    limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
-    timeout = httpx.Timeout(60.0)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=timeout) as client, \
-            httpx.AsyncClient(base_url=base, timeout=timeout) as health_client:
+    # The same bytes for every participant (each session stores its own copy): the
+    # generator's memory and CPU stay small next to the server's.
+    chunks = [(c, hashlib.sha256(c).hexdigest()) for c in make_chunks(recording, seconds, chunk_bytes)]
+    async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(60.0)) as health_client:
         stop = asyncio.Event()
         poller = asyncio.create_task(poll_health(health_client, run, stop))
-        tasks = [
-            participant(client, run, f"b{i:04d}", ramp_s * i / max(1, n), make_chunks(recording, seconds, chunk_bytes, i), jpeg)
-            for i in range(n)
-        ]
+        tasks = [participant(base, run, f"b{i:04d}", ramp_s * i / max(1, n), chunks, jpeg) for i in range(n)]
         await asyncio.gather(*tasks)
         stop.set()
         await poller
