@@ -236,6 +236,50 @@ def app_from_environment() -> FastAPI:
     return app
 
 
+class ResponseHeaders:
+    """ASGI middleware: the security headers on every response, ``no-store`` on the API,
+    HSTS over HTTPS; and the worker woken when a prompt or ranking queued a job.
+
+    Plain ASGI rather than ``@app.middleware("http")``: it runs for every chunk upload,
+    and each such layer costs the event loop a task and a stream per request.
+    """
+
+    def __init__(self, app, worker) -> None:
+        self.app = app
+        self.worker = worker
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from starlette.datastructures import URL, MutableHeaders
+
+        url = URL(scope=scope)
+        status = 0
+
+        async def send_with_headers(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                for key, value in SECURITY_HEADERS.items():
+                    headers.setdefault(key, value)
+                if url.scheme == "https":
+                    # Served over TLS (directly, or by a trusted proxy saying so): browsers stay on it.
+                    headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+                if url.path.startswith("/api/"):
+                    headers.setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+        # Jobs are queued by prompt and ranking requests: start them without waiting a poll.
+        if scope["method"] in ("PUT", "POST") and 0 < status < 300:
+            if url.path.endswith("/prompt"):
+                self.worker.wake("generate")
+            elif url.path.endswith("/ranking"):
+                self.worker.wake("process")
+
+
 def redacted_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
@@ -353,29 +397,7 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
     # Innermost: the refusals it sends still get the security headers.
     app.add_middleware(JsonBodyLimit, limit=MAX_JSON_BYTES)
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        for key, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(key, value)
-        if request.url.scheme == "https":
-            # Served over TLS (directly, or by a trusted proxy saying so): browsers stay on it.
-            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
-        if request.url.path.startswith("/api/"):
-            response.headers.setdefault("Cache-Control", "no-store")
-        return response
-
-    @app.middleware("http")
-    async def wake_worker(request: Request, call_next):
-        response = await call_next(request)
-        # Jobs are queued by prompt and ranking requests: start them without waiting a poll.
-        if request.method in ("PUT", "POST") and response.status_code < 300:
-            path = request.url.path
-            if path.endswith("/prompt"):
-                worker.wake("generate")
-            elif path.endswith("/ranking"):
-                worker.wake("process")
-        return response
+    app.add_middleware(ResponseHeaders, worker=worker)
 
     proxies = settings.resolved_trusted_proxies
     if proxies:
