@@ -1,159 +1,381 @@
-"""Study server figures: chunk upload throughput and latency under concurrent participants,
-and processing time of an uploaded session.
+"""Study server under load: N participants recording at once, at real-time pace.
 
-    python benchmarks/bench_study.py [--participants 8] [--chunks 60] [--chunk-kb 250] [--quick]
+    python benchmarks/bench_study.py [--participants 25,50,100,200,300] [--seconds 60]
+                                     [--chunk-kb 80] [--db postgresql+psycopg://...] [--quick]
 
-A MediaRecorder at 2.5 Mbit/s with 1 s chunks sends ~310 kB per second per participant,
-so the upload figure says how many participants one server process carries.
-``--quick`` (what the test suite runs): 2 participants x 5 chunks of 64 kB, then the same
-processed session. The server listens on 127.0.0.1 only and is stopped before the
-processing figure.
+For each N of the sweep, a fresh ``fergi serve`` is started as a subprocess, as the
+README recommends (``--workers 2``, its worker on, SQLite in the data folder unless
+``--db``; no TLS proxy in front). N simulated participants (asyncio + httpx, one
+process) arrive over ``--ramp-s`` seconds; each goes through the API as the browser does (session, consent,
+prompt, webcam check with a face photograph, a recording segment), then uploads one
+chunk per second for ``--seconds`` seconds, as MediaRecorder does with 1 s timeslices.
+Chunk 0 is the start of a real VP9 WebM recording (its EBML header), the later chunks
+are further bytes of it padded with random bytes to ``--chunk-kb`` (the server does
+not decode chunks on upload; no image is presented, so no real-time analysis runs and
+the worker only generates each session's images). ``/healthz`` is polled every 100 ms
+throughout.
+
+Reported per N: participants held (every chunk acknowledged), chunk PUT latency p50,
+p95 and p99, errors, chunks verified after the server stopped (a database row and a
+file of the acknowledged size and sha256 for every acknowledged chunk), ``/healthz``
+p99, and the knee: the smallest N whose chunk p99 passes 1 s. The goal on 2 cores is
+200 participants with p99 < 1 s, 0 errors and ``/healthz`` p99 < 100 ms. The load
+generator shares the machine with the server; the load average is printed with each
+figure.
+
+``--quick`` (what the test suite runs): 3 participants x 3 chunks.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import hashlib
+import io
+import os
+import random
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import httpx
-import uvicorn
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+QUICK = {"participants": "3", "seconds": 3, "ramp_s": 0.5}
+KNEE_S = 1.0
 
 
-QUICK = {"participants": 2, "chunks": 5, "chunk_kb": 64}
-
-
-def start_server(app):
-    import socket
-
+def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise SystemExit(f"benchmark server did not start on 127.0.0.1:{port}")
-        time.sleep(0.05)
-    return server, thread, f"http://127.0.0.1:{port}"
+        return sock.getsockname()[1]
 
 
-def stop_server(server, thread) -> None:
-    server.should_exit = True
-    thread.join(timeout=10)
+def recording_bytes(tmp: Path) -> bytes:
+    """A short real VP9 WebM recording of a face (PyAV), as MediaRecorder would start one."""
+    from skimage import data
+
+    from fergi.face import write_reaction_video
+
+    path = write_reaction_video(tmp / "recording.webm", data.astronaut(), neutral_s=2.0, expression_s=1.0)
+    return path.read_bytes()
 
 
-def participant(base: str, pid: str, n_chunks: int, chunk: bytes, latencies: list[float], ready) -> None:
-    with httpx.Client(base_url=base, timeout=60) as client:
-        r = client.post("/api/sessions", json={"participant_id": pid}).json()
-        sid, headers = r["session_id"], {"X-Session-Token": r["token"]}
-        client.post(f"/api/sessions/{sid}/consent", json={"agree": True, "consent_version": "1"}, headers=headers)
-        # Skip the UI's prompt/webcam steps: mark the webcam as checked in the database directly.
-        ready(sid)
-        seg = client.post(f"/api/sessions/{sid}/recording/segments", json={"mime_type": "video/webm"}, headers=headers).json()["segment"]
-        for seq in range(n_chunks):
-            body = (b"\x1a\x45\xdf\xa3" if seq == 0 else b"") + chunk
-            t = time.perf_counter()
-            response = client.put(f"/api/sessions/{sid}/recording/{seg}/chunks/{seq}", content=body, headers={**headers, "Content-Type": "video/webm"})
-            latencies.append(time.perf_counter() - t)
-            response.raise_for_status()
+def make_chunks(recording: bytes, n: int, size: int, seed: int = 0) -> list[bytes]:
+    """``n`` chunks of about ``size`` bytes: the recording's bytes, then random bytes."""
+    rng = random.Random(seed)
+    stream = bytearray(recording)
+    while len(stream) < n * size:
+        stream.extend(rng.randbytes(size))
+    return [bytes(stream[i * size:(i + 1) * size]) for i in range(n)]
+
+
+def face_jpeg() -> bytes:
+    from PIL import Image
+    from skimage import data
+
+    buffer = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def start_server(data_dir: Path, db: str | None, workers: int = 1) -> tuple[subprocess.Popen, str, Path]:
+    """``fergi serve`` as the README recommends, on a free local port."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERGI_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "fergi", "serve", "--port", str(port), "--data-dir", str(data_dir)]
+    if db:
+        command += ["--db", db]
+    if workers > 1:
+        command += ["--workers", str(workers)]
+    log = data_dir.parent / f"{data_dir.name}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    import httpx
+
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"fergi serve stopped: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                return proc, base, log
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit("fergi serve did not come up within 120 s")
+        time.sleep(0.2)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of a process and its children (``--workers``
+    processes) (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return total + sum(cpu_seconds(int(child)) for child in children)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+FORM = {
+    "animate_objects": [{"name": "cat", "quantity": 1, "activity": "sleep", "characteristics": "furry"}],
+    "inanimate_objects": [{"name": "flower", "quantity": 1}],
+    "interactional_relations": [],
+    "positional_relations": [],
+    "location": "a garden",
+    "style": "watercolor",
+    "keywords": "soft light",
+}
+
+
+class Run:
+    """What the participants of one sweep point measured."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.sent_at: list[float] = []  # when each chunk PUT was sent
+        self.recording_since: list[float] = []  # when each participant started recording
+        self.health: list[float] = []
+        self.errors: list[str] = []
+        self.acknowledged: dict[tuple[int, int, int], tuple[int, str]] = {}
+        self.held = 0
+
+
+async def participant(
+    base: str, run: Run, pid: str, delay: float, chunks: list[tuple[bytes, str]], jpeg: bytes
+) -> None:
+    import httpx
+
+    await asyncio.sleep(delay)
+    # One connection per participant, as a browser tab keeps one: a shared pool of
+    # hundreds of connections costs the load generator more CPU than the uploads.
+    async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(60.0)) as client:
+        await _participant(client, run, pid, chunks, jpeg)
+
+
+async def _participant(client, run: Run, pid: str, chunks: list[tuple[bytes, str]], jpeg: bytes) -> None:
+    try:
+        r = await client.post("/api/sessions", json={"participant_id": pid})
+        r.raise_for_status()
+        body = r.json()
+        sid, headers = body["session_id"], {"X-Session-Token": body["token"]}
+        api = f"/api/sessions/{sid}"
+        (await client.post(f"{api}/consent", json={"agree": True, "consent_version": "1"}, headers=headers)).raise_for_status()
+        prompt = "A painting of a dog in the style of Van Gogh"
+        if body["state"]["session_type"] == "structured":
+            r = await client.post(f"{api}/prompt/generate", json={"form": FORM}, headers=headers)
+            r.raise_for_status()
+            prompt = r.json()["prompt"]
+        (await client.put(f"{api}/prompt", json={"prompt": prompt}, headers=headers)).raise_for_status()
+        r = await client.post(f"{api}/webcam-check", content=jpeg, headers={**headers, "Content-Type": "image/jpeg"})
+        r.raise_for_status()
+        r = await client.post(f"{api}/recording/segments", json={"mime_type": "video/webm;codecs=vp9", "width": 640, "height": 480}, headers=headers)
+        r.raise_for_status()
+        seg = r.json()["segment"]
+    except Exception as exc:  # counted, the others go on
+        run.errors.append(f"{pid} setup: {exc!r}"[:300])
+        return
+    start = time.perf_counter()
+    run.recording_since.append(start)
+    ok = True
+    for seq, (chunk, digest) in enumerate(chunks):
+        # MediaRecorder hands over a chunk each second; a slow upload delays the next one.
+        wait = start + seq + 1 - time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        t = time.perf_counter()
+        try:
+            r = await client.put(f"{api}/recording/{seg}/chunks/{seq}", content=chunk,
+                                 headers={**headers, "Content-Type": "video/webm"})
+            run.latencies.append(time.perf_counter() - t)
+            run.sent_at.append(t)
+            if r.status_code != 200:
+                raise RuntimeError(f"HTTP {r.status_code} {r.text[:200]}")
+        except Exception as exc:
+            run.errors.append(f"{pid} chunk {seq}: {exc!r}"[:300])
+            ok = False
+            break
+        run.acknowledged[(sid, seg, seq)] = (len(chunk), digest)
+    run.held += ok
+
+
+async def poll_health(client, run: Run, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        t = time.perf_counter()
+        try:
+            r = await client.get("/healthz")
+            run.health.append(time.perf_counter() - t)
+            if r.status_code != 200:
+                run.errors.append(f"/healthz HTTP {r.status_code}")
+        except Exception as exc:
+            run.errors.append(f"/healthz: {exc!r}"[:300])
+        try:
+            await asyncio.wait_for(stop.wait(), 0.1)
+        except TimeoutError:
+            pass
+
+
+async def drive(base: str, n: int, seconds: int, ramp_s: float, chunk_bytes: int, recording: bytes) -> Run:
+    import httpx
+
+    run = Run()
+    jpeg = face_jpeg()
+    # The same bytes for every participant (each session stores its own copy): the
+    # generator's memory and CPU stay small next to the server's.
+    chunks = [(c, hashlib.sha256(c).hexdigest()) for c in make_chunks(recording, seconds, chunk_bytes)]
+    async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(60.0)) as health_client:
+        stop = asyncio.Event()
+        poller = asyncio.create_task(poll_health(health_client, run, stop))
+        tasks = [participant(base, run, f"b{i:04d}", ramp_s * i / max(1, n), chunks, jpeg) for i in range(n)]
+        await asyncio.gather(*tasks)
+        stop.set()
+        await poller
+    return run
+
+
+def verify(run: Run, db_url: str, media: Path) -> int:
+    """Acknowledged chunks found in the database and on disk, with their size and hash."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT s.session_id, s.\"index\", c.seq, c.size, c.sha256 FROM chunks c "
+            "JOIN segments s ON s.id = c.segment_id"
+        )).all()
+    engine.dispose()
+    stored = {(sid, seg, seq): (size, digest) for sid, seg, seq, size, digest in rows}
+    verified = 0
+    for (sid, seg, seq), (size, digest) in run.acknowledged.items():
+        path = media / "sessions" / f"{sid:06d}" / "segments" / f"{seg:03d}" / f"chunk_{seq:06d}.webm"
+        if stored.get((sid, seg, seq)) == (size, digest) and path.is_file():
+            if hashlib.sha256(path.read_bytes()).hexdigest() == digest:
+                verified += 1
+    return verified
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 def main(argv=None) -> dict:
-    """Print the figures and return them (upload throughput and latency, processing time)."""
+    """Run the sweep; print one line per N and return the figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--participants", type=int, default=8)
-    parser.add_argument("--chunks", type=int, default=60)
-    parser.add_argument("--chunk-kb", type=int, default=250)
-    parser.add_argument("--skip-processing", action="store_true")
+    parser.add_argument("--participants", default="25,50,100,200,300", help="comma-separated sweep of N")
+    parser.add_argument("--seconds", type=int, default=90, help="recording length per participant (chunks)")
+    parser.add_argument("--chunk-kb", type=int, default=80, help="chunk size (VP9 at ~640 kbit/s: 80 kB)")
+    parser.add_argument("--ramp-s", type=float, default=60.0, help="participants arrive over this many seconds")
+    parser.add_argument("--db", help="database URL for the server (default: SQLite in its data folder); "
+                        "emptied before each sweep point")
+    parser.add_argument("--server-workers", type=int, default=2,
+                        help="fergi serve --workers (default 2, the README's deployment on 2 cores)")
+    parser.add_argument("--keep", help="keep each run's data folder and server log under this folder")
     parser.add_argument("--data", help="unused (the study benchmark makes its own data); accepted for `make bench`")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK} (for tests)")
     args = parser.parse_args(argv)
     if args.quick:
         vars(args).update(QUICK)
-    with tempfile.TemporaryDirectory(prefix="fergi-bench-") as tmp:
-        return _bench(args, Path(tmp))
+    sweep = [int(n) for n in str(args.participants).split(",") if n.strip()]
+    with tempfile.TemporaryDirectory(prefix="fergi-bench-study-") as tmp:
+        root = Path(args.keep) if args.keep else Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        recording = recording_bytes(Path(tmp))
+        procs = "one process" if args.server_workers == 1 else f"--workers {args.server_workers}"
+        print(f"study server load: `fergi serve` ({procs}, worker on, {'--db ' + args.db.split('@')[-1] if args.db else 'SQLite'}); "
+              f"{args.seconds} chunks of {args.chunk_kb} kB per participant at 1 chunk/s, arrivals over {args.ramp_s:g} s; "
+              f"{os.cpu_count()} CPUs")
+        runs = []
+        for n in sweep:
+            runs.append(_one(args, n, root / f"n{n}", recording))
+    knee = next((r["participants"] for r in runs if not r["p99_ms"] <= 1000 * KNEE_S or r["errors"]), None)
+    print(f"knee (chunk p99 over {KNEE_S:g} s or errors): " + (f"N = {knee}" if knee else f"not reached up to N = {sweep[-1]}"))
+    return {"runs": runs, "knee": knee}
 
 
-def _bench(args, tmp: Path) -> dict:
-    from fergi.study import StudySettings, create_app
-    from fergi.study._db import StudySession, utcnow
+def _one(args, n: int, data_dir: Path, recording: bytes) -> dict:
+    if args.db:
+        from fergi.study._db import Base, make_engine
 
-    settings = StudySettings(data_dir=tmp / "study", worker=False, rate_limit_per_minute=100_000)
-    app = create_app(settings)
-
-    def ready(sid: int) -> None:
-        with app.state.sessionmaker() as db:
-            sess = db.get(StudySession, sid)
-            sess.prompt, sess.webcam_ok_at = "bench", utcnow()
-            db.commit()
-
-    server, server_thread, base = start_server(app)
-    chunk = bytes(args.chunk_kb * 1024)
-    latencies: list[float] = []
-    errors: list[BaseException] = []
-
-    def upload(pid: str) -> None:
-        try:
-            participant(base, pid, args.chunks, chunk, latencies, ready)
-        except BaseException as exc:  # reported after the other participants finish
-            errors.append(exc)
-
-    threads = [threading.Thread(target=upload, args=(f"p{i:03d}",)) for i in range(args.participants)]
+        engine = make_engine(args.db)
+        Base.metadata.drop_all(engine)
+        engine.dispose()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    proc, base, _log = start_server(data_dir, args.db, args.server_workers)
+    load_before = os.getloadavg()[0]
     try:
+        cpu0 = cpu_seconds(proc.pid)
+        client0 = time.process_time()
         t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run = asyncio.run(drive(base, n, args.seconds, args.ramp_s, args.chunk_kb * 1024, recording))
         wall = time.perf_counter() - t0
+        server_cpu = cpu_seconds(proc.pid) - cpu0
+        client_cpu = time.process_time() - client0
+        load_during = os.getloadavg()[0]
     finally:
-        # Its lifespan exit disposes of the database engine.
-        stop_server(server, server_thread)
-    if errors:
-        raise SystemExit(f"benchmark upload failed: {errors[0]!r}")
-    total_mb = len(latencies) * len(chunk) / 1e6
-    lat = sorted(latencies)
-    print(f"uploads: {args.participants} participants x {args.chunks} chunks of {args.chunk_kb} kB (SQLite WAL, one process)")
-    print(f"  {len(latencies) / wall:.0f} chunks/s, {total_mb / wall:.1f} MB/s")
-    print(f"  chunk PUT latency p50 {1000 * statistics.median(lat):.1f} ms, p95 {1000 * lat[int(0.95 * len(lat))]:.1f} ms")
-    print(f"  = about {total_mb / wall / 0.31:.0f} participants recording at 2.5 Mbit/s in real time")
+        stop_server(proc)
+    db_url = args.db or f"sqlite:///{(data_dir / 'study.sqlite3').resolve()}"
+    verified = verify(run, db_url, data_dir / "media")
+    # Steady state: every participant has arrived (set-up requests, face checks and image
+    # generation of the arrivals are over) and is recording.
+    all_in = max(run.recording_since, default=float("inf"))
+    steady = [lat for lat, t in zip(run.latencies, run.sent_at, strict=True) if t >= all_in]
     figures = {
-        "chunks": len(latencies),
-        "chunks_per_s": len(latencies) / wall,
-        "mb_per_s": total_mb / wall,
-        "latency_p50_ms": 1000 * statistics.median(lat),
-        "latency_p95_ms": 1000 * lat[int(0.95 * len(lat))],
-        "participants_real_time": total_mb / wall / 0.31,
+        "participants": n,
+        "held": run.held,
+        "chunks": len(run.latencies),
+        "acknowledged": len(run.acknowledged),
+        "chunks_verified": verified,
+        "errors": len(run.errors),
+        "p50_ms": 1000 * statistics.median(run.latencies) if run.latencies else float("nan"),
+        "p95_ms": 1000 * _pct(run.latencies, 0.95),
+        "p99_ms": 1000 * _pct(run.latencies, 0.99),
+        "max_ms": 1000 * max(run.latencies, default=float("nan")),
+        "steady_chunks": len(steady),
+        "steady_p50_ms": 1000 * _pct(steady, 0.5),
+        "steady_p99_ms": 1000 * _pct(steady, 0.99),
+        "healthz_p99_ms": 1000 * _pct(run.health, 0.99),
+        "healthz_max_ms": 1000 * max(run.health, default=float("nan")),
+        "wall_s": wall,
+        # The server's CPU per chunk, set-up requests and image generation included: less
+        # sensitive to other load on the machine than the latencies.
+        "server_cpu_s": server_cpu,
+        "server_cpu_ms_per_chunk": 1000 * server_cpu / max(1, len(run.latencies)),
+        "load_generator_cpu_s": client_cpu,
+        "load_before": load_before,
+        "load_during": load_during,
+        "first_errors": run.errors[:3],
     }
-
-    if args.skip_processing:
-        return figures
-    from fastapi.testclient import TestClient
-    from skimage import data
-
-    from fergi.face import write_reaction_video
-    from test_study_api import make_settings
-    from test_study_processing import run_session
-
-    recording = write_reaction_video(tmp / "rec.webm", data.astronaut(), neutral_s=2.5, expression_s=2.5, smile=1.0)
-    app = create_app(make_settings(tmp / "proc", n_images=2, baseline_s=1.0, present_s=1.0))
-    with TestClient(app) as client:
-        t = time.perf_counter()
-        run_session(client, app, recording)
-        elapsed = time.perf_counter() - t
     print(
-        "session through the API incl. processing (5.0 s 640x480 VP9 recording, 2 images, "
-        f"4 clips of 1 s, geometry estimator): {elapsed:.1f} s wall"
+        f"N={n:4d}: held {run.held}/{n}, chunk p50 {figures['p50_ms']:.0f} ms, p95 {figures['p95_ms']:.0f} ms, "
+        f"p99 {figures['p99_ms']:.0f} ms (max {figures['max_ms']:.0f}), errors {len(run.errors)}, "
+        f"chunks verified {verified}/{len(run.acknowledged)}; once all recording: p50 {figures['steady_p50_ms']:.0f} ms, "
+        f"p99 {figures['steady_p99_ms']:.0f} ms ({len(steady)} chunks); /healthz p99 {figures['healthz_p99_ms']:.0f} ms "
+        f"(max {figures['healthz_max_ms']:.0f}); server CPU {server_cpu:.1f} s = {figures['server_cpu_ms_per_chunk']:.1f} ms/chunk, load generator CPU {client_cpu:.1f} s; load average {load_before:.1f} before, {load_during:.1f} at the end",
+        flush=True,
     )
-    figures["processing_s"] = elapsed
+    for err in run.errors[:3]:
+        print(f"    {err}")
     return figures
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import threading
 from pathlib import Path
 
 import pytest
@@ -106,18 +105,17 @@ def test_preference_quick(fergi_public, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_study_quick(capsys):
-    before = set(threading.enumerate())
     figures = load("bench_study").main(["--quick"])
     printed = capsys.readouterr().out
-    assert "2 participants x 5 chunks of 64 kB" in printed
-    assert figures["chunks"] == 2 * 5
-    for key in ("chunks_per_s", "mb_per_s", "latency_p50_ms", "latency_p95_ms",
-                "participants_real_time", "processing_s"):
-        assert positive(figures[key]), key
-    assert figures["latency_p50_ms"] <= figures["latency_p95_ms"]
-    # The upload server (and every participant thread) is stopped before main returns.
-    left = [t for t in set(threading.enumerate()) - before if t.is_alive()]
-    assert not left, left
+    assert "3 chunks of 80 kB per participant" in printed and "N=   3" in printed
+    (run,) = figures["runs"]
+    assert run["participants"] == 3 and run["errors"] == 0, run["first_errors"]
+    # Every acknowledged chunk is stored: a database row and a file with its hash.
+    assert run["held"] == 3 and run["acknowledged"] == run["chunks"] == 3 * 3
+    assert run["chunks_verified"] == run["acknowledged"]
+    for key in ("p50_ms", "p95_ms", "p99_ms", "healthz_p99_ms"):
+        assert positive(run[key]), key
+    assert run["p50_ms"] <= run["p95_ms"] <= run["p99_ms"]
 
 
 @pytest.mark.slow

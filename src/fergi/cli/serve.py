@@ -13,9 +13,14 @@ their webcam records, rate each image and rank them. The server cuts the baselin
 reaction clips, extracts per-frame AU features and writes preference labels.
 
 With no options it starts on http://127.0.0.1:8000 with an SQLite database and a
-media folder in ./fergi-study, the placeholder image generator and template prompts,
-and prints the admin URL (its token is kept in <data-dir>/admin_token unless
-FERGI_ADMIN_TOKEN is set).
+media folder in ./fergi-study, the placeholder image generator and template prompts.
+On the first start it prints the admin URL with a new token, once; the token is kept
+in <data-dir>/admin_token (owner-only) and later starts say where to find it (delete
+the file to make a new one; FERGI_ADMIN_TOKEN sets it instead).
+Behind a TLS-terminating reverse proxy on the same machine: --behind-proxy (its
+X-Forwarded-For/-Proto are believed, the admin cookie is Secure and HSTS is sent);
+a proxy elsewhere: --trusted-proxies 10.0.0.5,10.1.0.0/16. Forwarding headers of
+anyone else are ignored.
 Every option also has an environment variable FERGI_<NAME> (e.g. FERGI_N_IMAGES=5,
 FERGI_BASELINE_S=5, FERGI_PRESENT_S=5, FERGI_RETENTION=delete_after_features).
 Upload limits: FERGI_MAX_CHUNK_BYTES, FERGI_MAX_RECORDING_BYTES (per segment),
@@ -32,6 +37,7 @@ Examples:
   fergi serve
   fergi serve --host 0.0.0.0 --port 8080 --db postgresql+psycopg://fergi@db/fergi
   fergi serve --db postgresql+psycopg://fergi@db/fergi --media s3://study-media/fergi
+  fergi serve --behind-proxy --public-url https://study.example.org
   fergi serve --generator diffusers --generator-option model=CompVis/stable-diffusion-v1-4
   fergi serve --prompt-llm openai --llm-base-url http://127.0.0.1:8001/v1 --llm-model gpt-3.5-turbo
 """
@@ -75,6 +81,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--queue", choices=("auto", "threads", "procrastinate"),
                         help="who runs processing jobs: auto (default: `fergi worker` processes through "
                         "PostgreSQL when --db is PostgreSQL, threads here with SQLite), threads, procrastinate")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes (default 1; one of them runs the worker). Each has its "
+                        "own database pool and rate-limit counts")
+    parser.add_argument("--public-url", help="the URL participants open (for invitation links and the Origin check)")
+    parser.add_argument("--behind-proxy", action="store_true",
+                        help="served through a TLS-terminating reverse proxy on this machine: trust its "
+                        "X-Forwarded-For/-Proto, Secure admin cookie, HSTS")
+    parser.add_argument("--trusted-proxies", metavar="IPS",
+                        help="comma-separated proxy addresses or CIDR networks whose X-Forwarded-* "
+                        "headers are believed (default: none; 127.0.0.1,::1 with --behind-proxy)")
     return parser
 
 
@@ -108,6 +124,8 @@ def settings_from_args(args, *, keep_admin_token: bool = True):
         ("scorers", "scorers"),
         ("queue", "queue"),
         ("estimator", "estimator"),
+        ("public_url", "public_url"),
+        ("trusted_proxies", "trusted_proxies"),
     ):
         value = getattr(args, name, None)
         if value is not None:
@@ -127,6 +145,8 @@ def settings_from_args(args, *, keep_admin_token: bool = True):
                                        if "weights" in v}
     if getattr(args, "no_worker", False):
         overrides["worker"] = False
+    if getattr(args, "behind_proxy", False):
+        overrides["behind_proxy"] = True
     try:
         settings = StudySettings(**overrides)
     except ValidationError as exc:
@@ -138,13 +158,14 @@ def settings_from_args(args, *, keep_admin_token: bool = True):
 
         settings.queue = resolve_queue(settings)
     if keep_admin_token and "FERGI_ADMIN_TOKEN" not in os.environ:
-        settings.admin_token = _stored_admin_token(settings.data_dir, settings.admin_token)
+        settings.admin_token, created = _stored_admin_token(settings.data_dir, settings.admin_token)
+        args.admin_token_created = created
     return settings
 
 
-def _stored_admin_token(data_dir: Path, fresh: str) -> str:
+def _stored_admin_token(data_dir: Path, fresh: str) -> tuple[str, bool]:
     """The admin token kept in <data-dir>/admin_token (created on first start, mode 600),
-    so the admin URL survives restarts."""
+    so the admin URL survives restarts; and whether it was created now."""
     from fergi import FergiError
 
     path = Path(data_dir) / "admin_token"
@@ -152,14 +173,45 @@ def _stored_admin_token(data_dir: Path, fresh: str) -> str:
         if path.is_file():
             token = path.read_text().strip()
             if token:
-                return token
-        path.parent.mkdir(parents=True, exist_ok=True)
+                return token, False
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as handle:
             handle.write(fresh + "\n")
     except OSError as exc:
         raise FergiError(f"{path}: cannot keep the admin token ({exc.strerror})") from None
-    return fresh
+    return fresh, True
+
+
+def admin_notice(settings, base: str, created: bool | None) -> str:
+    """What `fergi serve` says about the admin page: the token only when it was just made.
+
+    A token printed on every start ends up in every log; it is shown once, and later
+    starts say where it is kept.
+    """
+    if created:
+        return (f"fergi study: admin page {base}/admin?token={settings.admin_token}\n"
+                f"fergi study: this token is shown once; it is kept in {Path(settings.data_dir) / 'admin_token'}")
+    if created is None:
+        return f"fergi study: admin page {base}/admin (token: the FERGI_ADMIN_TOKEN environment variable)"
+    path = Path(settings.data_dir) / "admin_token"
+    return (f"fergi study: admin page {base}/admin (token in {path}; "
+            "delete that file and restart for a new one)")
+
+
+def uvicorn_options(args, settings) -> dict:
+    """Keyword arguments of ``uvicorn.run`` for ``fergi serve``.
+
+    Uvicorn's own proxy-header handling (which believes 127.0.0.1 by default) is off:
+    the app believes X-Forwarded-* only from ``settings.trusted_proxies``.
+    """
+    return {
+        "host": args.host,
+        "port": args.port,
+        "log_level": "info",
+        "access_log": False,
+        "proxy_headers": False,
+    }
 
 
 def _check_port(host: str, port: int) -> None:
@@ -202,10 +254,21 @@ def run(args) -> int:
     else:
         print(f"fergi study: media folder {settings.resolved_media_dir}", flush=True)
     print(f"fergi study: participants open {base}/", flush=True)
-    print(f"fergi study: admin page {base}/admin?token={settings.admin_token}", flush=True)
+    print(admin_notice(settings, base, getattr(args, "admin_token_created", None)), flush=True)
     log.info("serving on %s:%d", host, args.port)
+    if args.workers < 1:
+        raise FergiError(f"--workers {args.workers}: must be at least 1")
     try:
-        uvicorn.run(app, host=host, port=args.port, log_level="info", access_log=False)
+        if args.workers > 1:
+            from fergi.study._app import SETTINGS_ENV
+
+            # The processes build their own app (an app object cannot be shared between them).
+            app.state.engine.dispose()
+            os.environ[SETTINGS_ENV] = settings.model_dump_json()
+            uvicorn.run("fergi.study._app:app_from_environment", factory=True, workers=args.workers,
+                        **uvicorn_options(args, settings))
+        else:
+            uvicorn.run(app, **uvicorn_options(args, settings))
     except OSError as exc:
         raise FergiError(f"--port {args.port}: cannot listen on {host} ({exc.strerror})") from None
     return 0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import re
 import secrets
 from contextlib import asynccontextmanager
@@ -14,6 +16,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from fergi._errors import FergiError
@@ -44,17 +47,46 @@ SECURITY_HEADERS = {
 RAW_BODY_ROUTES = re.compile(r"/recording/[^/]+/chunks/[^/]+/?$|/webcam-check/?$")
 
 
+#: Control characters no text field may hold (PostgreSQL refuses NUL; the others have
+#: no place in a prompt, a name or a note). Tab, newline and carriage return are text.
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+#: Retry-After (seconds) of a 503 when the server is overloaded.
+OVERLOAD_RETRY_S = 2
+
+
+def find_control_char(value, where: str = "") -> tuple[str, str] | None:
+    """The first control character in a JSON value (keys included): (location, character)."""
+    if isinstance(value, str):
+        match = CONTROL_CHARS.search(value)
+        return None if match is None else (where, match.group())
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return None
+    for key, item in items:
+        here = f"{where}.{key}" if where else str(key)
+        found = find_control_char(key, here) if isinstance(value, dict) else None
+        found = found or find_control_char(item, here)
+        if found:
+            return found
+    return None
+
+
 def _is_json_type(content_type: str) -> bool:
     mime = content_type.split(";")[0].strip().lower()
     return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
 
 
 class JsonBodyLimit:
-    """ASGI middleware: API bodies must be JSON and at most ``limit`` bytes.
+    """ASGI middleware: API bodies must be JSON and at most ``limit`` bytes, and no
+    text sent to the API (JSON strings, query parameters, path) holds a control character.
 
     The limit is enforced on the bytes actually received, so a chunked request without
     Content-Length cannot bypass it. Raw uploads (recording chunks, webcam snapshots)
-    are left to their routes, which stream them against their own limits.
+    are left to their routes, which stream them against their own limits. The control
+    characters are refused here, in one place for every route, with 422.
     """
 
     def __init__(self, app, limit: int) -> None:
@@ -62,6 +94,18 @@ class JsonBodyLimit:
         self.limit = limit
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and "/api/" in scope["path"]:
+            from urllib.parse import parse_qsl
+
+            query = scope.get("query_string", b"").decode("latin-1")
+            pairs = [("path", scope["path"])] + [
+                (f"query.{k}", v) for k, v in parse_qsl(query, keep_blank_values=True)
+            ] + [(f"query.{k}", k) for k, _ in parse_qsl(query, keep_blank_values=True)]
+            for where, text in pairs:
+                found = find_control_char(text, where)
+                if found:
+                    await self._refuse(send, 422, self._control_message(*found))
+                    return
         if (
             scope["type"] != "http"
             or scope["method"] not in ("POST", "PUT", "PATCH", "DELETE")
@@ -92,6 +136,15 @@ class JsonBodyLimit:
         if body and ctype and not _is_json_type(ctype):
             await self._refuse(send, 415, f"request body must be application/json, not {ctype.split(';')[0].strip()!r}")
             return
+        if body:
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                parsed = None  # the route's validation answers malformed JSON
+            found = find_control_char(parsed)
+            if found:
+                await self._refuse(send, 422, self._control_message(*found))
+                return
         sent = False
 
         async def replay():
@@ -102,6 +155,11 @@ class JsonBodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    @staticmethod
+    def _control_message(where: str, char: str) -> str:
+        name = f"U+{ord(char):04X}"
+        return f"{where or 'body'}: control character {name} is not allowed in text"
 
     @staticmethod
     async def _refuse(send, status: int, detail: str) -> None:
@@ -120,8 +178,118 @@ class JsonBodyLimit:
         await send({"type": "http.response.body", "body": payload})
 
 
+#: The study's umask while it is served: files 0600, folders 0700.
+STUDY_UMASK = 0o077
+
+
+def _private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) owner-only; an existing folder is left as it is."""
+    path = Path(path)
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+        folder.chmod(0o700)  # mkdir's mode is reduced by the umask, never widened
+
+
+def _sqlite_file(url: str) -> Path | None:
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return None  # make_engine reports it
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database).expanduser()
+
+
+#: Environment variable that hands the settings to the processes of ``fergi serve --workers N``.
+SETTINGS_ENV = "FERGI_SERVE_SETTINGS"
+
+
+def _worker_lock(settings: StudySettings):
+    """An exclusive lock on ``<data_dir>/worker.lock``, or None when another process holds it."""
+    import fcntl
+
+    _private_dir(Path(settings.data_dir))
+    path = Path(settings.data_dir) / "worker.lock"
+    handle = open(path, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one process of ``fergi serve --workers N`` (a uvicorn factory).
+
+    The settings come from the parent as JSON in ``FERGI_SERVE_SETTINGS``; the process
+    that takes ``<data_dir>/worker.lock`` first runs the worker, the others only serve
+    requests (their jobs are picked up at the worker's next poll).
+    """
+    settings = StudySettings.model_validate_json(os.environ[SETTINGS_ENV])
+    app = create_app(settings)
+    app.state.shared_worker = True
+    return app
+
+
+class ResponseHeaders:
+    """ASGI middleware: the security headers on every response, ``no-store`` on the API,
+    HSTS over HTTPS; and the worker woken when a prompt or ranking queued a job.
+
+    Plain ASGI rather than ``@app.middleware("http")``: it runs for every chunk upload,
+    and each such layer costs the event loop a task and a stream per request.
+    """
+
+    def __init__(self, app, worker) -> None:
+        self.app = app
+        self.worker = worker
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from starlette.datastructures import URL, MutableHeaders
+
+        url = URL(scope=scope)
+        status = 0
+
+        async def send_with_headers(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                for key, value in SECURITY_HEADERS.items():
+                    headers.setdefault(key, value)
+                if url.scheme == "https":
+                    # Served over TLS (directly, or by a trusted proxy saying so): browsers stay on it.
+                    headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+                if url.path.startswith("/api/"):
+                    headers.setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+        # Jobs are queued by prompt and ranking requests: start them without waiting a poll.
+        if scope["method"] in ("PUT", "POST") and 0 < status < 300:
+            if url.path.endswith("/prompt"):
+                self.worker.wake("generate")
+            elif url.path.endswith("/ranking"):
+                self.worker.wake("process")
+
+
 def redacted_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _overloaded() -> JSONResponse:
+    return JSONResponse(
+        {"detail": f"the server is busy; retry in {OVERLOAD_RETRY_S} s"},
+        status_code=503,
+        headers={"Retry-After": str(OVERLOAD_RETRY_S)},
+    )
 
 
 def create_app(settings: StudySettings | None = None) -> FastAPI:
@@ -154,12 +322,29 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
 
     settings = settings or StudySettings()
     store = store_from_settings(settings)
+    if not store.is_remote:
+        media = settings.resolved_media_dir
+        try:
+            _private_dir(media)
+        except OSError as exc:
+            raise FergiError(f"--media {media}: cannot create the media folder ({exc.strerror})") from None
+    sqlite_file = _sqlite_file(settings.resolved_db_url)
+    if sqlite_file is not None and not sqlite_file.exists():
+        try:
+            _private_dir(sqlite_file.parent)
+            # Created owner-only before SQLite opens it: its -wal and -shm files copy the mode.
+            os.close(os.open(sqlite_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise FergiError(f"--db {sqlite_file}: cannot create the database ({exc.strerror})") from None
+    pool = {"pool_size": settings.resolved_pool_size, "pool_timeout": settings.db_pool_timeout}
     if _queue.is_postgres(settings.resolved_db_url):
         # a server and workers starting at once must not race to create the tables
         with _queue.schema_lock(settings.resolved_db_url):
-            engine = make_engine(settings.resolved_db_url)
+            engine = make_engine(settings.resolved_db_url, **pool)
     else:
-        engine = make_engine(settings.resolved_db_url)
+        engine = make_engine(settings.resolved_db_url, **pool)
     factory = make_sessionmaker(engine)
     dispatcher = None
     if _queue.uses_queue(settings):
@@ -171,7 +356,12 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         logger.info("study database: %s", redacted_url(settings.resolved_db_url))
         logger.info("study media: %s", store.location)
-        if settings.worker:
+        # Face videos, features and the database are for the study's owner only: every
+        # file the server (and its worker) creates is 0600, every folder 0700.
+        previous_umask = os.umask(STUDY_UMASK)
+        # Several server processes (fergi serve --workers N): one of them runs the worker.
+        lock = _worker_lock(settings) if getattr(app.state, "shared_worker", False) else None
+        if settings.worker and (lock is not None or not getattr(app.state, "shared_worker", False)):
             worker.start()
             if dispatcher is not None:
                 logger.info("jobs are run by `fergi worker` processes (procrastinate queue)")
@@ -180,6 +370,9 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
         finally:
             worker.stop()
             engine.dispose()
+            if lock is not None:
+                lock.close()
+            os.umask(previous_umask)
 
     app = FastAPI(
         title="fergi study",
@@ -219,26 +412,41 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
     # Innermost: the refusals it sends still get the security headers.
     app.add_middleware(JsonBodyLimit, limit=MAX_JSON_BYTES)
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        for key, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(key, value)
-        if request.url.path.startswith("/api/"):
-            response.headers.setdefault("Cache-Control", "no-store")
-        return response
+    app.add_middleware(ResponseHeaders, worker=worker)
 
-    @app.middleware("http")
-    async def wake_worker(request: Request, call_next):
-        response = await call_next(request)
-        # Jobs are queued by prompt and ranking requests: start them without waiting a poll.
-        if request.method in ("PUT", "POST") and response.status_code < 300:
-            path = request.url.path
-            if path.endswith("/prompt"):
-                worker.wake("generate")
-            elif path.endswith("/ranking"):
-                worker.wake("process")
-        return response
+    proxies = settings.resolved_trusted_proxies
+    if proxies:
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        # Outermost: the client address (rate limits) and scheme (Secure cookie, HSTS)
+        # come from X-Forwarded-For/-Proto only when a trusted proxy sent them.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=proxies)
+
+    @app.exception_handler(sa_exc.TimeoutError)
+    async def pool_exhausted(_request: Request, _exc: sa_exc.TimeoutError):
+        # Every connection is busy for longer than db_pool_timeout: say so at once.
+        return _overloaded()
+
+    @app.exception_handler(sa_exc.OperationalError)
+    async def database_busy(_request: Request, exc: sa_exc.OperationalError):
+        if "database is locked" in str(exc.orig):  # SQLite's writer lock, held past busy_timeout
+            return _overloaded()
+        raise exc
+
+    @app.exception_handler(OSError)
+    async def disk_full(request: Request, exc: OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            logger.error("media storage is full (%s): %s %s refused", exc.strerror, request.method, request.url.path)
+            return JSONResponse(
+                {
+                    "detail": "the study's storage is full: the study is paused on the server side; "
+                    "keep this page open, nothing you sent before was lost",
+                    "paused": True,
+                },
+                status_code=507,
+                headers={"Retry-After": "60"},
+            )
+        raise exc
 
     @app.exception_handler(FergiError)
     async def fergi_error(_request: Request, exc: FergiError):
@@ -269,7 +477,14 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
                 return RedirectResponse(here + "?denied=1", status_code=303)
             # Trade the URL token for an HttpOnly cookie so it leaves the address bar.
             response = RedirectResponse(here, status_code=303)
-            response.set_cookie(ADMIN_COOKIE, token, httponly=True, samesite="strict", max_age=12 * 3600)
+            response.set_cookie(
+                ADMIN_COOKIE,
+                token,
+                httponly=True,
+                samesite="strict",
+                max_age=12 * 3600,
+                secure=request.url.scheme == "https",
+            )
             return response
         if is_admin(request, settings):
             return FileResponse(STATIC_DIR / "admin.html", headers={"Cache-Control": "no-store"})
@@ -279,7 +494,8 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
+        # On the event loop, not in the thread pool: it answers while every thread is busy.
         return {"status": "ok"}
 
     return app

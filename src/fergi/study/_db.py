@@ -55,7 +55,10 @@ class Participant(Base):
     __tablename__ = "participants"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # sha256 of the invitation token (hash_token): the plain token is shown once, at creation.
     invite_token: Mapped[str | None] = mapped_column(String(64), unique=True, index=True)
+    invite_reusable: Mapped[bool] = mapped_column(Boolean, default=False)
+    invite_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     note: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
@@ -251,35 +254,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def _add_missing_columns(engine: Engine) -> list[str]:
-    """Add the nullable columns a newer fergi defines to the tables of an older database.
-
-    ``create_all`` creates missing tables only; a study database made by an earlier
-    version would otherwise fail on every query that names a new column. Only nullable
-    columns without a default are added, which every column added since is.
-    """
-    from sqlalchemy import inspect
-
-    added = []
-    inspector = inspect(engine)
-    with engine.begin() as conn:
-        for table in Base.metadata.sorted_tables:
-            if not inspector.has_table(table.name):
-                continue
-            present = {c["name"] for c in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in present or not column.nullable or column.primary_key:
-                    continue
-                kind = column.type.compile(dialect=engine.dialect)
-                preparer = engine.dialect.identifier_preparer
-                conn.exec_driver_sql(
-                    f"ALTER TABLE {preparer.quote(table.name)} ADD COLUMN {preparer.quote(column.name)} {kind}"
-                )
-                added.append(f"{table.name}.{column.name}")
-    return added
-
-
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, pool_size: int | None = None, pool_timeout: float | None = None) -> Engine:
     """Create the engine for ``url`` and the tables if they are missing.
 
     Parameters
@@ -287,6 +262,11 @@ def make_engine(url: str) -> Engine:
     url : str
         SQLAlchemy URL, e.g. ``sqlite:///study.sqlite3`` or
         ``postgresql+psycopg://user:pw@host/db``.
+    pool_size : int, optional
+        Connections kept (and at most opened) by this process; SQLAlchemy's default
+        (5 + 10 overflow) when omitted.
+    pool_timeout : float, optional
+        Seconds a caller waits for a free connection before ``sqlalchemy.exc.TimeoutError``.
 
     Returns
     -------
@@ -302,8 +282,18 @@ def make_engine(url: str) -> Engine:
         database = parsed.database
         if database and database != ":memory:":
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            file_db = True
+        else:
+            file_db = False
     else:
         kwargs["pool_pre_ping"] = True
+        file_db = True
+    if file_db:  # an in-memory SQLite database has a single shared connection, no queue
+        if pool_size is not None:
+            # A fixed size: overflow connections would only be opened under overload.
+            kwargs["pool_size"], kwargs["max_overflow"] = pool_size, 0
+        if pool_timeout is not None:
+            kwargs["pool_timeout"] = pool_timeout
     try:
         engine = create_engine(parsed, **kwargs)
     except ModuleNotFoundError as exc:
@@ -315,12 +305,42 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
         Base.metadata.create_all(engine)
-        _add_missing_columns(engine)
+        _upgrade(engine)
     except Exception as exc:
         raise FergiError(
             f"--db {parsed.render_as_string(hide_password=True)}: cannot open the database ({exc.__class__.__name__}: {str(exc).splitlines()[0]})"
         ) from None
     return engine
+
+
+def _upgrade(engine: Engine) -> None:
+    """Bring a database made by an earlier version up to date: add the columns it lacks
+    (all of them nullable or defaulted) and hash invitation tokens stored in plain text."""
+    from sqlalchemy import inspect, text
+
+    with engine.begin() as conn:
+        inspector = inspect(conn)
+        for table in Base.metadata.sorted_tables:
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in have:
+                    continue
+                kind = column.type.compile(dialect=engine.dialect)
+                default = ""
+                if column.default is not None and isinstance(column.default.arg, bool):
+                    default = " DEFAULT " + ("TRUE" if column.default.arg else "FALSE")
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{default}'))
+        # Plain tokens (token_urlsafe(24), 32 characters) never look like a 64-digit hash.
+        rows = conn.execute(
+            text("SELECT id, invite_token FROM participants WHERE invite_token IS NOT NULL")
+        ).all()
+        for pid, token in rows:
+            if len(token) != 64:
+                # such links were reusable before: they stay so
+                conn.execute(
+                    text("UPDATE participants SET invite_token = :h, invite_reusable = TRUE WHERE id = :id"),
+                    {"h": hash_token(token), "id": pid},
+                )
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -29,7 +29,7 @@ def get_db(request: Request) -> Iterator[Session]:
         yield db
 
 
-def get_store(request: Request) -> MediaStore:
+async def get_store(request: Request) -> MediaStore:
     return request.app.state.store
 
 
@@ -91,17 +91,24 @@ def get_study_session(
         rate_limit(request, settings)
         raise HTTPException(403, f"this token does not open session {session_id}")
     request.app.state.rate_limiter.hit(token, settings.rate_limit_per_minute)
+    # End the read transaction: the connection goes back to the pool while the request
+    # waits for a thread to run its route (sess stays loaded: expire_on_commit=False).
+    db.commit()
     return sess
 
 
 CurrentSession = Annotated[StudySession, Depends(get_study_session)]
 
 
-def admin_token_from(request: Request) -> str | None:
+def _header_admin_token(request: Request) -> str | None:
     auth = request.headers.get("Authorization", "")
     if auth.lower().startswith("bearer "):
         return auth[7:].strip()
-    return request.headers.get("X-Admin-Token") or request.cookies.get(ADMIN_COOKIE)
+    return request.headers.get("X-Admin-Token")
+
+
+def admin_token_from(request: Request) -> str | None:
+    return _header_admin_token(request) or request.cookies.get(ADMIN_COOKIE)
 
 
 def is_admin(request: Request, settings: StudySettings) -> bool:
@@ -109,12 +116,103 @@ def is_admin(request: Request, settings: StudySettings) -> bool:
     return bool(token) and secrets.compare_digest(token.encode(), settings.admin_token.encode())
 
 
+def _origin_of(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url.strip())
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def own_origins(request: Request, settings: StudySettings) -> set[str]:
+    """The origins the study is served from: the request's own, and ``public_url``'s."""
+    origins = {f"{request.url.scheme}://{request.url.netloc}".lower()}
+    if settings.public_url:
+        origins.add(_origin_of(settings.public_url))
+    return origins
+
+
+def check_origin(request: Request, settings: StudySettings) -> None:
+    """Refuse a state-changing admin request sent by another site (CSRF).
+
+    The browser's ``Origin`` (or ``Sec-Fetch-Site``, or the ``Referer``'s origin) must
+    be the study's own. A request with none of them is a non-browser client: allowed
+    with a token in a header, refused when only the cookie authenticates it.
+    """
+    if request.method not in ("POST", "PUT", "PATCH", "DELETE"):
+        return
+    refused = HTTPException(403, "cross-origin admin request refused: use the admin page of this server")
+    origin = request.headers.get("origin")
+    # "null" is sent for same-origin requests under a no-referrer policy: Sec-Fetch-Site decides.
+    if origin and origin != "null":
+        if _origin_of(origin) not in own_origins(request, settings):
+            raise refused
+        return
+    site = request.headers.get("sec-fetch-site")
+    if site:
+        if site not in ("same-origin", "none"):
+            raise refused
+        return
+    referer = request.headers.get("referer")
+    if referer:
+        if _origin_of(referer) not in own_origins(request, settings):
+            raise refused
+        return
+    if _header_admin_token(request) is None:
+        raise refused
+
+
 def require_admin(request: Request, settings: Settings) -> None:
-    """Admin API guard: Bearer token, X-Admin-Token header or the admin cookie."""
+    """Admin API guard: Bearer token, X-Admin-Token header or the admin cookie; a
+    state-changing request must also come from the study's own pages (``check_origin``)."""
     if admin_token_from(request) is None:
         raise HTTPException(401, "admin token required (Authorization: Bearer <token>)")
     if not is_admin(request, settings):
         raise HTTPException(403, "wrong admin token")
+    check_origin(request, settings)
+
+
+#: Token hashes already seen to open their session: an upload's early check is then free.
+#: Only the early check uses it; the route itself checks the database again.
+_KNOWN_TOKENS_MAX = 100_000
+
+
+def _known_tokens(request: Request) -> dict[str, int]:
+    state = request.app.state
+    if getattr(state, "known_tokens", None) is None:
+        state.known_tokens = {}
+    return state.known_tokens
+
+
+def _token_opens(request: Request, session_id: int) -> bool:
+    digest = hash_token(request.headers.get(SESSION_HEADER, ""))
+    known = _known_tokens(request)
+    # A short session of its own: closed again before the body is read.
+    with request.app.state.sessionmaker() as db:
+        found = db.scalar(select(StudySession.id).where(StudySession.token_hash == digest))
+    if found is not None:
+        if len(known) >= _KNOWN_TOKENS_MAX:
+            known.clear()
+        known[digest] = found
+    return found == session_id
+
+
+async def read_upload(request: Request, settings: StudySettings, session_id: int, limit: int, what: str) -> bytes:
+    """The raw body of an upload, read before any database connection is held.
+
+    A client sends its body at its own pace (a phone on a slow network, or an attacker
+    trickling bytes): no connection of the pool waits for it. The token is checked
+    first, with a connection taken and returned at once, so strangers cannot make the
+    server read their uploads.
+    """
+    from starlette.concurrency import run_in_threadpool
+
+    if not request.headers.get(SESSION_HEADER):
+        raise HTTPException(401, f"missing {SESSION_HEADER} header: every session request needs its token")
+    known = _known_tokens(request).get(hash_token(request.headers[SESSION_HEADER])) == session_id
+    if not known and not await run_in_threadpool(_token_opens, request, session_id):
+        rate_limit(request, settings)
+        raise HTTPException(403, f"this token does not open session {session_id}")
+    return await read_body_limited(request, limit, what)
 
 
 async def read_body_limited(request: Request, limit: int, what: str) -> bytes:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from fergi._errors import FergiError
-from fergi.study._db import Job, Participant, StudySession
+from fergi.study._db import Job, Participant, StudySession, hash_token
 from fergi.study._deps import DB, MAX_DB_INT, Settings, Store, require_admin
 from fergi.study._routes_sessions import PARTICIPANT_ID, session_state
 from fergi.study._storage import file_response
@@ -72,6 +72,16 @@ def session_summary(sess: StudySession, settings) -> dict[str, Any]:
 class ParticipantRequest(BaseModel):
     participant_id: str | None = Field(default=None, max_length=32)
     note: str = Field(default="", max_length=500)
+    # False: the link opens one session (a participant's next session needs a new link).
+    reusable: bool = False
+
+
+def _invite_status(p: Participant) -> str | None:
+    if p.invite_token is None:
+        return None
+    if p.invite_used_at is not None and not p.invite_reusable:
+        return "used"
+    return "active"
 
 
 @router.get("/participants")
@@ -88,7 +98,11 @@ def list_participants(request: Request, db: DB, settings: Settings) -> list[dict
                 "n_finished": sum(s.finished_at is not None for s in p.sessions),
                 "n_structured": types.count("structured"),
                 "n_free": types.count("free"),
-                "link": None if p.invite_token is None else f"{base_url(request, settings)}/?invite={p.invite_token}",
+                # Invitation tokens are stored hashed: the link is shown once, when created.
+                "link": None,
+                "invite": _invite_status(p),
+                "invite_reusable": p.invite_reusable,
+                "invite_used_at": None if p.invite_used_at is None else p.invite_used_at.isoformat() + "Z",
             }
         )
     return out
@@ -107,12 +121,17 @@ def create_participant(body: ParticipantRequest, request: Request, db: DB, setti
     if participant is None:
         participant = Participant(id=pid, note=body.note)
         db.add(participant)
-    if participant.invite_token is None:
-        participant.invite_token = secrets.token_urlsafe(24)
+    # A new link each time (only its hash is kept, so an earlier one cannot be shown
+    # again); it replaces the participant's previous link.
+    token = secrets.token_urlsafe(24)
+    participant.invite_token = hash_token(token)
+    participant.invite_reusable = body.reusable
+    participant.invite_used_at = None
     db.commit()
     return {
         "participant_id": pid,
-        "link": f"{base_url(request, settings)}/?invite={participant.invite_token}",
+        "link": f"{base_url(request, settings)}/?invite={token}",
+        "invite_reusable": body.reusable,
     }
 
 

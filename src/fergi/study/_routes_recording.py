@@ -47,17 +47,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Request
+import anyio
+import anyio.to_thread
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi import Path as PathParam
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from fergi.study._db import Chunk, Event, Segment, StudySession
-from fergi.study._deps import DB, MAX_DB_INT, CurrentSession, Settings, Store, read_body_limited
+from fergi.study._db import Chunk, Clip, Event, Segment, StudySession
+from fergi.study._deps import (
+    DB,
+    MAX_DB_INT,
+    CurrentSession,
+    Settings,
+    Store,
+    get_study_session,
+    read_upload,
+)
 from fergi.study._worker import abandon_segment, enqueue, needs_clips
 
 
@@ -87,6 +96,9 @@ class _CodedRoute(APIRoute):
 router = APIRouter(prefix="/api/sessions/{session_id}", tags=["recording"], route_class=_CodedRoute)
 
 WEBM_MAGIC = b"\x1a\x45\xdf\xa3"
+#: Chunks stored at once. More threads only queue on SQLite's write lock and the GIL;
+#: a chunk waiting for one waits on the event loop, holding nothing.
+CHUNK_THREADS = 8
 EVENT_KINDS = ("baseline_start", "image_shown", "image_hidden")
 
 
@@ -102,8 +114,9 @@ class SegmentRequest(BaseModel):
 
 def _queue_clips(request: Request, db, sess: StudySession, *, new_image: bool = False) -> None:
     """Real-time processing: an image presented and not yet analysed may now be covered."""
-    db.refresh(sess)
-    if not needs_clips(sess):
+    # The one-query check covers every chunk; a replay (an image whose stored clips a
+    # later presentation supersedes) shows up only with its image_hidden event.
+    if not (_clips_wanted(db, sess.id) or (new_image and needs_clips(sess))):
         return
     job = enqueue(db, sess.id, "clips", revive=new_image)
     db.commit()
@@ -112,6 +125,26 @@ def _queue_clips(request: Request, db, sess: StudySession, *, new_image: bool = 
     worker = getattr(request.app.state, "worker", None)
     if worker is not None:
         worker.wake("clips")
+
+
+def _clips_wanted(db, session_id: int) -> bool:
+    """``needs_clips`` of the session as stored now, in one query (it runs for every chunk):
+    an unfinished session with an image presented whose clips are not stored yet."""
+    stored = select(Clip.id).where(
+        Clip.session_id == session_id, Clip.image_index == Event.image_index, Clip.features_file.is_not(None)
+    )
+    query = (
+        select(Event.id)
+        .join(StudySession, StudySession.id == Event.session_id)
+        .where(
+            Event.session_id == session_id,
+            Event.kind == "image_hidden",
+            StudySession.finished_at.is_(None),
+            ~stored.exists(),
+        )
+        .limit(1)
+    )
+    return db.scalar(query) is not None
 
 
 def _segment(db, sess: StudySession, segment: int, *, abandoned_ok: bool = False) -> Segment:
@@ -183,32 +216,75 @@ def get_segment(segment: SegmentIndex, sess: CurrentSession, db: DB) -> dict[str
     return segment_info(_segment(db, sess, segment, abandoned_ok=True))
 
 
-@router.put("/recording/{segment}/chunks/{seq}")
-async def put_chunk(
+async def chunk_body(
     request: Request,
-    sess: CurrentSession,
-    db: DB,
     settings: Settings,
-    store: Store,
-    segment: int = PathParam(ge=0, le=MAX_DB_INT),
-    seq: int = PathParam(ge=0, le=1_000_000),
-) -> dict[str, Any]:
-    """Store chunk ``seq`` of a segment (body: the raw webm bytes, Content-Type video/webm)."""
-    import hashlib
-
+    session_id: Annotated[int, PathParam(ge=1, le=MAX_DB_INT)],
+    seq: Annotated[int, PathParam(ge=0, le=1_000_000)],
+) -> bytes:
+    """The chunk's bytes, received before the route takes a database connection."""
     ctype = request.headers.get("content-type", "")
     if _mime(ctype) != "video/webm":
         raise HTTPException(415, f"chunk {seq}: Content-Type must be video/webm, not {ctype or 'missing'!r}")
-    seg = _segment(db, sess, segment)
-    data = await read_body_limited(request, settings.max_chunk_bytes, f"chunk {seq}")
+    data = await read_upload(request, settings, session_id, settings.max_chunk_bytes, f"chunk {seq}")
     if not data:
         raise HTTPException(422, f"chunk {seq} is empty")
+    return data
+
+
+@router.put("/recording/{segment}/chunks/{seq}")
+async def put_chunk(
+    # First: the body is read before anything takes a database connection.
+    data: Annotated[bytes, Depends(chunk_body)],
+    request: Request,
+    settings: Settings,
+    store: Store,
+    session_id: Annotated[int, PathParam(ge=1, le=MAX_DB_INT)],
+    segment: int = PathParam(ge=0, le=MAX_DB_INT),
+    seq: int = PathParam(ge=0, le=1_000_000),
+) -> dict[str, Any]:
+    """Store chunk ``seq`` of a segment (body: the raw webm bytes, Content-Type video/webm).
+
+    The database work and the file's fsync run in one trip to the thread pool (the
+    route runs every second for every participant), never on the event loop; the
+    connection is held only during that trip.
+    """
+    limiter = getattr(request.app.state, "chunk_limiter", None)
+    if limiter is None:
+        # Created lazily: an anyio limiter belongs to the event loop that serves the app.
+        limiter = request.app.state.chunk_limiter = anyio.CapacityLimiter(CHUNK_THREADS)
+    return await anyio.to_thread.run_sync(
+        _put_chunk_in_thread, data, request, settings, store, session_id, segment, seq, limiter=limiter
+    )
+
+
+def _put_chunk_in_thread(data, request, settings, store, session_id, segment, seq) -> dict[str, Any]:
+    with request.app.state.sessionmaker() as db:
+        sess = get_study_session(request, db, settings, session_id)
+        return store_chunk(request, sess, db, settings, store, segment, seq, data)
+
+
+def store_chunk(
+    request: Request,
+    sess: StudySession,
+    db,
+    settings,
+    store,
+    segment: int,
+    seq: int,
+    data: bytes,
+) -> dict[str, Any]:
+    """Store chunk ``seq`` of a segment of ``sess``: idempotent, in order, durable first."""
+    import hashlib
+
+    seg = _segment(db, sess, segment)
     digest = hashlib.sha256(data).hexdigest()
-    existing = db.scalar(select(Chunk).where(Chunk.segment_id == seg.id, Chunk.seq == seq))
+    # Only a chunk before the next expected one can be a retry (a race is the IntegrityError below).
+    existing = db.scalar(select(Chunk).where(Chunk.segment_id == seg.id, Chunk.seq == seq)) if seq < seg.n_chunks else None
     if existing is not None:
         if existing.sha256 == digest:
             # a retry after a lost response: finish the commit the first request began
-            await run_in_threadpool(store.finish_commit, sess.id, segment, seq, digest)
+            store.finish_commit(sess.id, segment, seq, digest)
             return {"seq": seq, "duplicate": True, **segment_info(seg)}
         raise HTTPException(409, f"chunk {seq} was already received with different content")
     if seg.complete:
@@ -232,7 +308,7 @@ async def put_chunk(
         raise HTTPException(
             413, f"recording exceeds the limit of {settings.max_recording_bytes} bytes per segment"
         )
-    session_bytes = sum(s.n_bytes for s in sess.segments)
+    session_bytes = db.scalar(select(func.coalesce(func.sum(Segment.n_bytes), 0)).where(Segment.session_id == sess.id))
     if session_bytes + len(data) > settings.max_session_recording_bytes:
         raise HTTPException(
             413,
@@ -241,8 +317,7 @@ async def put_chunk(
     # The bytes are durable (under a temporary name) before the database says the chunk
     # exists, and get their final name only once its row is committed: an accepted
     # chunk is never lost, and a racing request's bytes never replace the winner's.
-    # (in a thread: on object storage these are network round trips)
-    staged = await run_in_threadpool(store.stage_chunk, sess.id, segment, seq, data, digest)
+    staged = store.stage_chunk(sess.id, segment, seq, data, digest)
     db.add(Chunk(segment_id=seg.id, seq=seq, size=len(data), sha256=digest))
     seg.n_chunks = seq + 1
     seg.n_bytes += len(data)
@@ -254,7 +329,7 @@ async def put_chunk(
             store.discard(staged)  # (same bytes: same staged name, the winner commits it)
         db.refresh(seg)
         return {"seq": seq, "duplicate": True, **segment_info(seg)}
-    await run_in_threadpool(store.commit_chunk, staged, sess.id, segment, seq)
+    store.commit_chunk(staged, sess.id, segment, seq)
     _queue_clips(request, db, sess)
     return {"seq": seq, "duplicate": False, **segment_info(seg)}
 

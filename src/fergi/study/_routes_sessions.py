@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import secrets
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from fergi.study._db import (
     Participant,
@@ -16,7 +17,7 @@ from fergi.study._db import (
     hash_token,
     utcnow,
 )
-from fergi.study._deps import DB, CurrentSession, Settings, rate_limit, read_body_limited
+from fergi.study._deps import DB, MAX_DB_INT, CurrentSession, Settings, rate_limit, read_upload
 from fergi.study._settings import StudySettings
 
 router = APIRouter(prefix="/api", tags=["sessions"])
@@ -119,9 +120,23 @@ def get_config(settings: Settings) -> dict[str, Any]:
 def start_session(body: StartRequest, request: Request, db: DB, settings: Settings) -> dict[str, Any]:
     """Start a session for a participant (typed ID or an admin's invitation link)."""
     if body.invite:
-        participant = db.scalar(select(Participant).where(Participant.invite_token == body.invite))
+        # Stored hashed: a leaked database holds no usable links.
+        participant = db.scalar(select(Participant).where(Participant.invite_token == hash_token(body.invite)))
         if participant is None:
             raise HTTPException(404, "unknown invitation link: ask the study team for a new one")
+        used = HTTPException(410, "this invitation link was already used: ask the study team for a new one")
+        if participant.invite_reusable:
+            participant.invite_used_at = participant.invite_used_at or utcnow()
+        else:
+            # Claimed in one statement, so two tabs racing with one link get one session.
+            claimed = db.execute(
+                update(Participant)
+                .where(Participant.id == participant.id, Participant.invite_used_at.is_(None))
+                .values(invite_used_at=utcnow())
+            ).rowcount
+            if not claimed:
+                db.rollback()
+                raise used
     else:
         pid = (body.participant_id or "").strip()
         if not PARTICIPANT_ID.match(pid):
@@ -187,24 +202,33 @@ def give_consent(body: ConsentRequest, sess: CurrentSession, db: DB, settings: S
     return session_state(sess, settings)
 
 
-@router.post("/sessions/{session_id}/webcam-check")
-async def webcam_check(request: Request, sess: CurrentSession, db: DB, settings: Settings) -> dict[str, Any]:
-    """Check one webcam snapshot (JPEG/PNG body) for a visible face; nothing is stored."""
-    from starlette.concurrency import run_in_threadpool
+async def snapshot_body(
+    request: Request, settings: Settings, session_id: Annotated[int, PathParam(ge=1, le=MAX_DB_INT)]
+) -> bytes:
+    """The snapshot's bytes, received before the route takes a database connection."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in {"image/jpeg", "image/png", "image/webp"}:
+        raise HTTPException(415, f"webcam snapshot must be image/jpeg, image/png or image/webp, not {ctype or 'missing'}")
+    return await read_upload(request, settings, session_id, settings.max_snapshot_bytes, "webcam snapshot")
 
+
+@router.post("/sessions/{session_id}/webcam-check")
+def webcam_check(
+    data: Annotated[bytes, Depends(snapshot_body)], sess: CurrentSession, db: DB, settings: Settings
+) -> dict[str, Any]:
+    """Check one webcam snapshot (JPEG/PNG body) for a visible face; nothing is stored.
+
+    A plain function: decoding and face detection run in the thread pool.
+    """
     from fergi.study._facecheck import decode_snapshot, face_confidence
 
     if sess.consent_at is None:
         raise HTTPException(409, "consent is needed before the webcam is used")
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype not in {"image/jpeg", "image/png", "image/webp"}:
-        raise HTTPException(415, f"webcam snapshot must be image/jpeg, image/png or image/webp, not {ctype or 'missing'}")
-    data = await read_body_limited(request, settings.max_snapshot_bytes, "webcam snapshot")
     try:
         image = decode_snapshot(data)
     except ValueError as exc:
         raise HTTPException(422, f"webcam snapshot: {exc}") from None
-    confidence = await run_in_threadpool(face_confidence, image)
+    confidence = face_confidence(image)
     face = confidence >= 0.7
     if face:
         sess.webcam_ok_at = sess.webcam_ok_at or utcnow()

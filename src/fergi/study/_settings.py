@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import Request
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Issue options of the annotation survey (Fig. S6), keyed by the release's column names.
 DEFAULT_ISSUES: dict[str, str] = {
@@ -134,6 +134,63 @@ class StudySettings(BaseSettings):
                 values = {**values, "media_url": media, "media_dir": None}
         return values
 
+    # Deployment.
+    # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (IP addresses
+    # or CIDR networks); anyone else's are ignored, so a client cannot pick its own address
+    # for the rate limits. Empty: none, unless ``behind_proxy`` (then the loopback).
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Served through a TLS-terminating reverse proxy on this machine.
+    behind_proxy: bool = False
+    # Database connections of this process: None derives it from the threads that can
+    # use one at once (see ``resolved_pool_size``). A request that waits longer than
+    # ``db_pool_timeout`` for one is answered 503 with Retry-After.
+    db_pool_size: int | None = Field(default=None, ge=1, le=1000)
+    db_pool_timeout: float = Field(default=5.0, gt=0, le=120)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value):
+        # FERGI_TRUSTED_PROXIES=10.0.0.1,10.1.0.0/16 as well as a JSON list
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            value = [v.strip() for v in text.split(",") if v.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_proxies(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+        return value
+
+    @property
+    def resolved_trusted_proxies(self) -> list[str]:
+        """The proxies whose forwarding headers are believed."""
+        if self.trusted_proxies:
+            return list(self.trusted_proxies)
+        return ["127.0.0.1", "::1"] if self.behind_proxy else []
+
+    @property
+    def resolved_pool_size(self) -> int:
+        """Connections this process may open: one per thread that can hold one at once.
+
+        Requests run in the server's thread pool (40 threads, anyio's default) and the
+        worker has one thread per job kind plus its warm-up, so 40 + 4 + 2 spare: a
+        request then never waits for a connection another request's thread could not
+        release. With PostgreSQL, ``max_connections`` must exceed the number of server
+        processes times this.
+        """
+        return self.db_pool_size or 46
+
     @field_validator("scorers")
     @classmethod
     def _known_scorers(cls, value: str) -> str:
@@ -170,6 +227,9 @@ class StudySettings(BaseSettings):
         return (self.media_dir or self.data_dir / "media").resolve()
 
 
-def get_settings(request: Request) -> StudySettings:
-    """FastAPI dependency: the settings the app was created with (override in tests)."""
+async def get_settings(request: Request) -> StudySettings:
+    """FastAPI dependency: the settings the app was created with (override in tests).
+
+    A coroutine, so resolving it costs no trip through the thread pool.
+    """
     return request.app.state.settings
