@@ -292,7 +292,7 @@ def main(argv=None) -> dict:
                         help="fergi serve --workers (default 2, the README's deployment on 2 cores)")
     parser.add_argument("--keep", help="keep each run's data folder and server log under this folder")
     parser.add_argument("--data", help="unused (the study benchmark makes its own data); accepted for `make bench`")
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK} (for tests)")
+    parser.add_argument("--quick", action="store_true", help="3 participants x 3 chunks, 0.5 s ramp (for tests)")
     args = parser.parse_args(argv)
     if args.quick:
         vars(args).update(QUICK)
