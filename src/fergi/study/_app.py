@@ -321,13 +321,14 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
     from fergi.study._prompting import create_prompt_composer
 
     settings = settings or StudySettings()
-    store = store_from_settings(settings)
-    if not store.is_remote:
+    if not settings.media_url:
+        # Owner-only before the store (which makes missing folders) touches it.
         media = settings.resolved_media_dir
         try:
             _private_dir(media)
         except OSError as exc:
             raise FergiError(f"--media {media}: cannot create the media folder ({exc.strerror})") from None
+    store = store_from_settings(settings)
     sqlite_file = _sqlite_file(settings.resolved_db_url)
     if sqlite_file is not None and not sqlite_file.exists():
         try:

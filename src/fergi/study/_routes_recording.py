@@ -116,8 +116,12 @@ def _queue_clips(request: Request, db, sess: StudySession, *, new_image: bool = 
     """Real-time processing: an image presented and not yet analysed may now be covered."""
     # The one-query check covers every chunk; a replay (an image whose stored clips a
     # later presentation supersedes) shows up only with its image_hidden event.
-    if not (_clips_wanted(db, sess.id) or (new_image and needs_clips(sess))):
-        return
+    if not _clips_wanted(db, sess.id):
+        if not new_image:
+            return
+        db.refresh(sess)  # the event just committed is not in the loaded relationships
+        if not needs_clips(sess):
+            return
     job = enqueue(db, sess.id, "clips", revive=new_image)
     db.commit()
     if job.status != "queued":

@@ -1,4 +1,4 @@
-"""A small release-layout folder for tests (importable: ``from _release import make_release``)."""
+"""A small release-layout folder for tests (importable: ``from _release_folder import make_release``)."""
 
 from __future__ import annotations
 
