@@ -18,6 +18,7 @@ from fergi.study import create_app
 from fergi.study._db import Clip, Label, StudySession
 from fergi.study._routes_admin_science import binomial_ci, clip_reasons, clip_valid, validity_rules
 from test_study_api import ADMIN, ANSWER, WEBM_HEAD, Participant, make_settings, ready_participant
+from test_study_processing import upload_recording
 from test_study_worker import fake_features, finished_session
 
 FPS = 30
@@ -38,17 +39,7 @@ def make_recording(folder):
 
 def processed_session(client, app, recording, presentations=PRESENTATIONS, order=(2, 1, 3), chunk_size=48_000):
     """A session recorded, answered, ranked and processed (geometry estimator) through the API."""
-    p = Participant(client)
-    p.consent(share=True)
-    p.write_prompt()
-    app.state.worker.run_pending("generate")
-    p.pass_webcam()
-    seg = p.start_segment()
-    data = recording.read_bytes()
-    chunks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
-    for seq, chunk in enumerate(chunks):
-        assert p.chunk(seg, seq, chunk).status_code == 200
-    assert p.call("POST", f"/recording/{seg}/complete", json={"n_chunks": len(chunks)}).status_code == 200
+    p, seg = upload_recording(client, app, recording, chunk_size)
     for image, start in presentations:
         for kind, offset in (("baseline_start", 0.0), ("image_shown", 1.0), ("image_hidden", 2.0)):
             response = p.call(

@@ -28,7 +28,9 @@ def recording(tmp_path_factory):
     return write_reaction_video(path, data.astronaut(), neutral_s=2.5, expression_s=2.5, smile=1.0)
 
 
-def run_session(client, app, recording, chunk_size=48_000):
+def upload_recording(client, app, recording, chunk_size=48_000):
+    """A participant ready to record, whose one segment holds ``recording`` (uploaded in
+    chunks and completed): returns the participant and the segment."""
     p = Participant(client)
     p.consent(share=True)
     p.write_prompt()
@@ -40,6 +42,11 @@ def run_session(client, app, recording, chunk_size=48_000):
     for seq, chunk in enumerate(chunks):
         assert p.chunk(seg, seq, chunk).status_code == 200
     assert p.call("POST", f"/recording/{seg}/complete", json={"n_chunks": len(chunks)}).status_code == 200
+    return p, seg
+
+
+def run_session(client, app, recording, chunk_size=48_000):
+    p, seg = upload_recording(client, app, recording, chunk_size)
     # Two images, 1 s baseline and 1 s presentation each.
     for image, start in ((1, 0.2), (2, 2.6)):
         for kind, offset in (("baseline_start", 0.0), ("image_shown", 1.0), ("image_hidden", 2.0)):
