@@ -139,22 +139,30 @@ def test_whole_session_in_chromium(chromium, webcam_y4m, live_server, tmp_path):
         assert sess.answers[0].emotions == ["amused"] and sess.answers[4].emotions == ["surprised"]
         assert sess.ranking.order == order and sess.ranking.method == "mixed"
         # A recording segment per image (its baseline and presentation, nothing of the
-        # surveys): images 1, 2, 3, the interrupted 4, 4 again, 5. Image 4's clips come
-        # from the later segment; the interrupted one has no image_hidden.
-        assert len(sess.segments) == 6
+        # surveys): images 1, 2, 3, the interrupted 4, 4 again, 5. A camera that stalls
+        # under load (a busy CI machine) adds a replay of its image in one more segment:
+        # the study's own recovery, so only its invariants are checked. An interrupted
+        # presentation has no image_hidden; every image has exactly one, in a complete
+        # segment, and its clips come from that segment.
         shown = [(e.segment, e.image_index) for e in sess.events if e.kind == "image_shown"]
-        assert shown == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 4), (5, 5)]
         hidden = [(e.segment, e.image_index) for e in sess.events if e.kind == "image_hidden"]
-        assert hidden == [(0, 1), (1, 2), (2, 3), (4, 4), (5, 5)]
-        assert [s.complete for s in sess.segments] == [True, True, True, False, True, True]
+        assert len(sess.segments) >= 6 and len(shown) >= 6, shown
+        assert sorted({i for _, i in shown}) == [1, 2, 3, 4, 5]
+        assert [i for _, i in shown] == sorted(i for _, i in shown), shown  # in order, replays in place
+        assert [i for _, i in shown].count(4) >= 2, shown  # the reload during image 4
+        assert [i for _, i in hidden] == [1, 2, 3, 4, 5], hidden
+        complete = {s.index: s.complete for s in sess.segments}
+        assert all(complete[seg] for seg, _ in hidden), (hidden, complete)
+        assert any(image == 4 for _, image in set(shown) - set(hidden)), shown
         # The page keeps the study's durations on the video clock (a few frames of slack under load).
         times = {(e.segment, e.image_index, e.kind): e.video_time for e in sess.events}
-        for seg, image in [(0, 1), (1, 2), (2, 3), (4, 4), (5, 5)]:
+        for seg, image in hidden:
             baseline = times[(seg, image, "image_shown")] - times[(seg, image, "baseline_start")]
             present = times[(seg, image, "image_hidden")] - times[(seg, image, "image_shown")]
             assert baseline == pytest.approx(BASELINE_S, abs=0.15), (image, baseline)
             assert present == pytest.approx(PRESENT_S, abs=0.15), (image, present)
         clips = {(c.image_index, c.clip): c for c in sess.clips}
+        assert all(clips[(image, "reaction")].segment == seg for seg, image in hidden), hidden
         assert sorted(i for i, kind in clips if kind == "reaction") == [1, 2, 3, 4, 5]
         store = app.state.store
         from fergi.study._realtime import clip_video
