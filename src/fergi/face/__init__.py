@@ -3,7 +3,9 @@
 * :class:`FaceAnalyzer` finds the largest face with MediaPipe BlazeFace short range
   (the FERGI paper's detector) and its 478 FaceMesh landmarks (refined iris points).
 * :func:`pose_ratios` computes the pitch and yaw indicative ratios of Supp. C of the
-  paper on FaceMesh points (the mapping is documented in ``fergi.face._pose``).
+  paper on FaceMesh points (the mapping is documented in ``fergi.face._pose``);
+  :func:`pose_ratios_68` computes them on 68-point landmarks in the oriented face
+  frame of the authors' ``align_face`` (:func:`oriented_pose_ratios`, :func:`face_axes`).
 * :func:`align_face`, :func:`enhance_contrast` and :func:`preprocess_face` prepare the
   112x112 input of the IR-50 AU model (Supp. B.2).
 * :func:`synthesize_expression` and :func:`write_reaction_video` make believable test
@@ -19,7 +21,7 @@ from fergi.face._align import (
     preprocess_face,
 )
 from fergi.face._landmarks import N_LANDMARKS, FaceAnalyzer, FaceObservation, detect_landmarks
-from fergi.face._pose import pose_ratios
+from fergi.face._pose import face_axes, oriented_pose_ratios, pose_ratios, pose_ratios_68
 from fergi.face._synthetic import reaction_frames, synthesize_expression, write_reaction_video
 
 __all__ = [
@@ -32,7 +34,10 @@ __all__ = [
     "crop_box",
     "detect_landmarks",
     "enhance_contrast",
+    "face_axes",
+    "oriented_pose_ratios",
     "pose_ratios",
+    "pose_ratios_68",
     "preprocess_face",
     "reaction_frames",
     "synthesize_expression",

@@ -66,3 +66,136 @@ def pose_ratios(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if single:
         return float(pir[0]), float(yir[0])
     return pir, yir
+
+
+# 68-point indices (iBUG 300-W order, as PyTorch Face Landmark's MobileFaceNet outputs).
+LM68_EDGE_LEFT = 0
+LM68_EDGE_RIGHT = 16
+LM68_CHIN = 9  # the authors' code takes point 9 (just right of the chin tip) for the face height
+LM68_NOSTRILS = (31, 32, 33, 34, 35)
+LM68_EYE_LEFT = (36, 37, 38, 39, 40, 41)
+LM68_EYE_RIGHT = (42, 43, 44, 45, 46, 47)
+LM68_MOUTH_LEFT = 48
+LM68_MOUTH_RIGHT = 54
+
+
+def face_axes(
+    eye_left: np.ndarray, eye_right: np.ndarray, mouth_left: np.ndarray, mouth_right: np.ndarray
+) -> np.ndarray:
+    """The oriented face frame of the authors' ``align_face`` (after NVlabs' ffhq-dataset).
+
+    ``x`` runs from the image-left eye towards the image-right eye, tilted by the
+    eye-to-mouth direction; ``y`` is ``x`` turned a quarter right (down the face).
+
+    Parameters
+    ----------
+    eye_left, eye_right, mouth_left, mouth_right : numpy.ndarray
+        ``(N, 2)`` points in image pixels (x right, y down).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N, 2, 2)`` matrices ``A`` whose columns are the unit axes ``x`` and ``y``.
+    """
+    eye_avg = (eye_left + eye_right) * 0.5
+    eye_to_eye = eye_right - eye_left
+    eye_to_mouth = (mouth_left + mouth_right) * 0.5 - eye_avg
+    # x = eye_to_eye - flipud(eye_to_mouth) * [-1, 1], as in ffhq-dataset.
+    x = eye_to_eye - eye_to_mouth[:, ::-1] * np.array([-1.0, 1.0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = x / np.hypot(x[:, 0], x[:, 1])[:, None]
+    y = x[:, ::-1] * np.array([-1.0, 1.0])
+    return np.stack([x, y], axis=2)
+
+
+def _in_frame(axes: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Coordinates ``(N, 2)`` of vectors ``v`` in the frame ``axes`` (``np.linalg.solve``)."""
+    out = np.full(v.shape, np.nan)
+    ok = np.isfinite(axes).all(axis=(1, 2)) & np.isfinite(v).all(axis=1)
+    if ok.any():
+        # Solved as the authors do (not projected), so values agree to the last bit.
+        out[ok] = np.linalg.solve(axes[ok], v[ok][..., None])[..., 0]
+    return out
+
+
+def oriented_pose_ratios(
+    *,
+    eye_left: np.ndarray,
+    eye_right: np.ndarray,
+    mouth_left: np.ndarray,
+    mouth_right: np.ndarray,
+    nostrils: np.ndarray,
+    edge_left: np.ndarray,
+    edge_right: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pitch and yaw indicative ratios in the oriented face frame (the authors' code).
+
+    The authors' ``align_face`` (``preprocess_datasets.py`` in ShuangquanFeng/FERGI),
+    which made the released per-frame features, measures every distance along the
+    axes of the oriented face frame (:func:`face_axes`), not along the image's rows
+    and columns as Supp. C's text reads. A rolled head therefore keeps its ratios.
+
+    ``PIR = (nostrils - eye_mid)·y / (eye_right - eye_left)·x`` and
+    ``YIR = a / (a + b)`` with ``a = (eye_left - edge_left)·x`` and
+    ``b = (edge_right - eye_right)·x``.
+
+    Parameters
+    ----------
+    eye_left, eye_right, mouth_left, mouth_right, nostrils, edge_left, edge_right : numpy.ndarray
+        ``(N, 2)`` points in image pixels: the eye centres, the outer mouth corners,
+        the nostril centre and the face's image-left and image-right edges.
+
+    Returns
+    -------
+    pir, yir : numpy.ndarray
+        ``(N,)`` ratios; NaN where a point is missing or the frame degenerates.
+    """
+    pts = [np.asarray(p, dtype=float).reshape(-1, 2) for p in
+           (eye_left, eye_right, mouth_left, mouth_right, nostrils, edge_left, edge_right)]
+    el, er, ml, mr, nos, edl, edr = pts
+    axes = face_axes(el, er, ml, mr)
+    eye_avg = (el + er) * 0.5
+    eye_distance = _in_frame(axes, er - el)[:, 0]
+    nostrils_to_eyes = _in_frame(axes, nos - eye_avg)[:, 1]
+    left = _in_frame(axes, el - edl)[:, 0]
+    right = _in_frame(axes, edr - er)[:, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pir = nostrils_to_eyes / eye_distance
+        yir = left / (left + right)
+    return pir, yir
+
+
+def pose_ratios_68(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pitch and yaw indicative ratios from 68-point landmarks, as the authors compute them.
+
+    Parameters
+    ----------
+    landmarks : numpy.ndarray
+        ``(68, 2+)`` or ``(N, 68, 2+)`` landmarks in the iBUG 300-W order (OpenFace,
+        py-feat, dlib and PyTorch Face Landmark all use it), in pixels with x right
+        and y down. NaN landmarks give NaN ratios.
+
+    Returns
+    -------
+    pir, yir : float or numpy.ndarray
+        Scalars for one face, ``(N,)`` arrays for many (see :func:`oriented_pose_ratios`).
+    """
+    lm = np.asarray(landmarks, dtype=float)
+    single = lm.ndim == 2
+    if single:
+        lm = lm[None]
+    if lm.ndim != 3 or lm.shape[1] != 68 or lm.shape[2] < 2:
+        raise ValueError(f"expected (N, 68, 2) landmarks, got shape {np.shape(landmarks)}")
+    lm = lm[..., :2]
+    pir, yir = oriented_pose_ratios(
+        eye_left=lm[:, LM68_EYE_LEFT].mean(axis=1),
+        eye_right=lm[:, LM68_EYE_RIGHT].mean(axis=1),
+        mouth_left=lm[:, LM68_MOUTH_LEFT],
+        mouth_right=lm[:, LM68_MOUTH_RIGHT],
+        nostrils=lm[:, LM68_NOSTRILS].mean(axis=1),
+        edge_left=lm[:, LM68_EDGE_LEFT],
+        edge_right=lm[:, LM68_EDGE_RIGHT],
+    )
+    if single:
+        return float(pir[0]), float(yir[0])
+    return pir, yir
