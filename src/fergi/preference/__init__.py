@@ -44,7 +44,7 @@ from fergi.preference._base import PreferenceModel, clone
 from fergi.preference._bootstrap import bootstrap_ratio, bootstrap_selective, paired_difference
 from fergi.preference._coverage import coverage_curve
 from fergi.preference._data import load_reaction_data
-from fergi.preference._ensemble import EnsembleScore, IntegratedScore
+from fergi.preference._ensemble import ENSEMBLE_COLUMNS, EnsembleScore, IntegratedScore
 from fergi.preference._export_labels import (
     ExportSummary,
     export_labels,
@@ -61,6 +61,7 @@ from fergi.preference._grids import (
     W_AU4_GRID,
 )
 from fergi.preference._io import (
+    DEFAULT_MODEL,
     RAW_MODEL,
     annotate_pairs,
     annotate_reactions,
@@ -82,6 +83,8 @@ __all__ = [
     "INTEGRATION_GRID",
     "K_GRID",
     "RAW_MODEL",
+    "DEFAULT_MODEL",
+    "ENSEMBLE_COLUMNS",
     "THRESHOLD_GRID",
     "W_AU4_GRID",
     "AUcombValence",
