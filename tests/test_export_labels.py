@@ -20,7 +20,7 @@ import pytest
 
 from fergi.cli import main
 from fergi.datasets import load_images
-from fergi.preference import pseudonym, study_salt
+from fergi.preference import pseudonym, split_name, study_salt
 from fergi.preference._export_labels import PICKAPIC_COLUMNS
 
 SMALL = ("001", "005", "006", "007")
@@ -192,48 +192,148 @@ def test_release_export_leaks_no_identity_salt_or_features(release_export):
 
 
 # ----------------------------------------------------------------------------- other formats
-def test_hf_export_loads_with_image_features(small_study, tmp_path):
+def test_hf_export_loads_with_image_features(small_study, tmp_path, capsys):
     import datasets
 
     out = tmp_path / "hf"
     assert _export(small_study, "--out", out, "--format", "hf", "--source", "reactions,ranking",
                    "--abstentions", "tie", "--shard-size", "200") == 0
     loaded = datasets.load_from_disk(str(out))
-    assert isinstance(loaded, datasets.DatasetDict) and list(loaded) == ["train"]
-    train = loaded["train"]
-    assert isinstance(train.features["jpg_0"], datasets.Image)
-    assert train.column_names[:len(PICKAPIC_COLUMNS)] == [n for n, _ in PICKAPIC_COLUMNS]
+    # Two sources: one split each, never mixed rows.
+    assert isinstance(loaded, datasets.DatasetDict)
+    assert list(loaded) == ["train_reactions", "train_ranking"]
+    assert set(loaded["train_reactions"]["label_source"]) == {"reactions"}
+    assert set(loaded["train_ranking"]["label_source"]) == {"ranking"}
     keys = _uid_keys(small_study)
-    labels = set(train["label_0"])
-    assert labels == {0.0, 0.5, 1.0}  # abstentions written as Pick-a-Pic ties
-    for row in train.select(range(0, len(train), 11)):
-        key = keys[row["image_0_uid"]]
-        assert np.abs(_mean_colour(row["jpg_0"]) - np.array(_colour(*key))).max() < 6
-        assert row["caption"] == f"prompt {key[0]} {key[1]}" and row["model_0"] == "sd-test"
-        assert str(row["created_at"]).startswith("2026-01-01 10:10")
-        if row["label_0"] == 0.5:
-            assert row["best_image_uid"] == "" and row["label_source"] == "reactions"
+    for split, train in loaded.items():
+        assert isinstance(train.features["jpg_0"], datasets.Image)
+        assert train.column_names[:len(PICKAPIC_COLUMNS)] == [n for n, _ in PICKAPIC_COLUMNS]
+        for row in train.select(range(0, len(train), 11)):
+            key = keys[row["image_0_uid"]]
+            assert np.abs(_mean_colour(row["jpg_0"]) - np.array(_colour(*key))).max() < 6
+            assert row["caption"] == f"prompt {key[0]} {key[1]}" and row["model_0"] == "sd-test"
+            assert str(row["created_at"]).startswith("2026-01-01 10:10")
+            if row["label_0"] == 0.5:
+                assert row["best_image_uid"] == "" and split == "train_reactions"
+    # Abstentions written as Pick-a-Pic ties, in the reaction split only.
+    assert set(loaded["train_reactions"]["label_0"]) == {0.0, 0.5, 1.0}
+    assert set(loaded["train_ranking"]["label_0"]) == {0.0, 1.0}
+    n_ties = loaded["train_reactions"]["label_0"].count(0.5)
+    # Ties are warned about, and the card says which trainers misread them.
+    printed = capsys.readouterr().out
+    assert "one split per source: train_reactions, train_ranking" in printed
+    assert f"warning: {n_ties} rows are 0.5/0.5 ties" in printed and "jpg_0 preferred" in printed
     card = (out / "README.md").read_text()
+    assert "## Ties" in card and f"{n_ties} rows are 0.5/0.5 ties" in card
+    assert "train_diffusion_dpo.py" in card and "only `if label_0 == 0`" in card
+    assert "SalesforceAIResearch/DiffusionDPO" in card and "HPSLoss" in card
+    assert json.loads((out / "export_info.json").read_text())["ties"] == n_ties
     assert "consent text version(s): 2" in card
     assert not (out / "data").exists() and not (out / ".cache").exists()
 
 
-def test_hpdv2_json_parses_with_its_keys(small_study, tmp_path):
+def test_tie_export_is_logged(small_study, tmp_path, caplog):
+    import logging
+
+    from fergi.preference import export_labels
+
+    with caplog.at_level(logging.WARNING, logger="fergi.preference._export_labels"):
+        summary = export_labels(small_study, tmp_path / "ties", format="pickapic",
+                                abstentions="tie")
+    assert summary.n_ties > 0
+    assert f"{summary.n_ties} of {summary.n_rows} rows are 0.5/0.5 ties" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fergi.preference._export_labels"):
+        dropped = export_labels(small_study, tmp_path / "drop", format="pickapic")
+    assert dropped.n_ties == 0 and "ties" not in caplog.text
+    assert "## Ties" not in (tmp_path / "drop" / "README.md").read_text()
+
+
+class HPDLikeDataset:
+    """HPSv2's training loader, ``HPDDataset`` (hpsv2/src/training/data.py, is_train=True),
+    re-written without torch and without its bare ``except:`` (which retries the next item
+    on any error, so a wrong path would go unnoticed): the table is
+    ``pyarrow.Table.from_pylist(json.load(meta_file))``, every image is
+    ``Image.open(os.path.join(image_folder, name))`` for ``name`` in the item's
+    ``file_path``, the label is ``human_preference`` and the caption ``prompt``; HPSv2's
+    config passes ``--train-data HPD/train.json --train-folder HPD/train``."""
+
+    def __init__(self, meta_file, image_folder):
+        import pyarrow as pa
+
+        with open(meta_file) as handle:
+            self.table = pa.Table.from_pylist(json.load(handle))
+        self.image_folder = image_folder
+
+    def __len__(self):
+        return len(self.table)
+
+    def __getitem__(self, idx):
+        from PIL import Image
+
+        images = [Image.open(os.path.join(self.image_folder, name))
+                  for name in self.table.column("file_path")[idx].as_py()]
+        label = self.table.column("human_preference")[idx].as_py()
+        caption = self.table.column("prompt")[idx].as_py()
+        return images, label, caption
+
+
+def test_hpdv2_export_reads_as_hpsv2_reads_it(small_study, tmp_path):
     out = tmp_path / "hpd"
     assert _export(small_study, "--out", out, "--format", "hpdv2", "--source", "ranking") == 0
-    entries = json.loads((out / "train.json").read_text())
-    assert entries and all(set(e) >= {"prompt", "image_path", "human_preference"} for e in entries)
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "export_info.json", "train", "train.json"]
+    dataset = HPDLikeDataset(out / "train.json", str(out / "train"))
     keys = _uid_keys(small_study)
-    for entry in entries[::17]:
-        assert sorted(entry["human_preference"]) == [0, 1]
-        assert all(isinstance(v, int) for v in entry["human_preference"])
-        assert entry["label_source"] == "ranking"
-        winner = entry["image_path"][entry["human_preference"].index(1.0)]
-        assert (out / winner).is_file()
-        p, s, i = keys[Path(winner).stem]
-        ranks = load_images(small_study).set_index(["participant", "session", "image"])["rank_score"]
-        loser = keys[Path(entry["image_path"][entry["human_preference"].index(0.0)]).stem]
-        assert ranks[(p, s, i)] > ranks[loser]
+    ranks = load_images(small_study).set_index(["participant", "session", "image"])["rank_score"]
+    assert len(dataset) == json.loads((out / "export_info.json").read_text())["rows"] > 100
+    for idx in range(len(dataset)):
+        images, label, caption = dataset[idx]  # every image found: Image.open raises otherwise
+        assert len(images) == 2 and sorted(label) == [0, 1]
+        # HPSv2's collate_HPD splits the labels per image; HPSLoss weighs image k by label[k].
+        names = dataset.table.column("file_path")[idx].as_py()
+        winner, loser = (names[0], names[1]) if label[0] == 1 else (names[1], names[0])
+        assert ranks[keys[Path(winner).stem]] > ranks[keys[Path(loser).stem]]
+        p, s, _ = keys[Path(winner).stem]
+        assert caption == f"prompt {p} {s}"
+        assert np.abs(_mean_colour(images[0]) - np.array(_colour(*keys[Path(names[0]).stem]))).max() < 6
+    entries = json.loads((out / "train.json").read_text())
+    assert all(isinstance(v, int) for e in entries for v in e["human_preference"])
+    assert all("image_path" not in e and not e["file_path"][0].startswith("train/") for e in entries)
+
+
+def test_source_all_writes_one_split_per_source_in_every_format(small_study, tmp_path):
+    import datasets
+    import pyarrow.parquet as pq
+
+    # The shipped model has an integration: every source can have rows.
+    pick, hpd = tmp_path / "pick", tmp_path / "hpd"
+    assert _export(small_study, "--out", pick, "--format", "pickapic", "--source", "all",
+                   "--shard-size", "300") == 0
+    info = json.loads((pick / "export_info.json").read_text())
+    splits = ["train_reactions", "train_integrated", "train_ranking"]
+    present = [split_name(s) for s in info["per_source"]]
+    assert set(present) <= set(splits) and "train_ranking" in present and "train_reactions" in present
+    assert sorted(info["splits"]) == sorted(present)
+    for split in present:
+        shards = sorted((pick / "data").glob(f"{split}-*.parquet"))
+        assert shards and shards[-1].name.endswith(f"-of-{len(shards):05d}.parquet")
+        table = pd.concat([pq.read_table(shard).to_pandas() for shard in shards])
+        assert set(table["label_source"]) == {split.removeprefix("train_")}
+        assert len(table) == info["per_source"][split.removeprefix("train_")]
+    assert not list((pick / "data").glob("train-*"))
+    # load_dataset(OUT), as the DPO trainers call it, finds every split by name.
+    loaded = datasets.load_dataset(str(pick), cache_dir=str(tmp_path / "hf-cache"))
+    assert sorted(loaded) == sorted(present)
+    assert {split: set(loaded[split]["label_source"]) for split in loaded} == {
+        split: {split.removeprefix("train_")} for split in present}
+    assert _export(small_study, "--out", hpd, "--format", "hpdv2", "--source", "all") == 0
+    assert not (hpd / "train.json").exists()
+    for split in present:
+        entries = json.loads((hpd / f"{split}.json").read_text())
+        assert {e["label_source"] for e in entries} == {split.removeprefix("train_")}
+        dataset = HPDLikeDataset(hpd / f"{split}.json", str(hpd / "train"))
+        for idx in range(0, len(dataset), 13):
+            assert len(dataset[idx][0]) == 2
 
 
 def test_jsonl_keeps_the_annotate_format_and_labels(small_study, tmp_path):

@@ -46,10 +46,13 @@ from fergi.preference._coverage import coverage_curve
 from fergi.preference._data import load_reaction_data
 from fergi.preference._ensemble import ENSEMBLE_COLUMNS, EnsembleScore, IntegratedScore
 from fergi.preference._export_labels import (
+    TIE_READERS,
     ExportSummary,
     export_labels,
     pseudonym,
+    split_name,
     study_salt,
+    tie_warning,
     withdrawn_participants,
 )
 from fergi.preference._faunet import FAUNet
@@ -85,6 +88,7 @@ __all__ = [
     "RAW_MODEL",
     "DEFAULT_MODEL",
     "ENSEMBLE_COLUMNS",
+    "TIE_READERS",
     "THRESHOLD_GRID",
     "W_AU4_GRID",
     "AUcombValence",
@@ -121,7 +125,9 @@ __all__ = [
     "reaction_data_from_frames",
     "reproduce_paper_tables",
     "save_model",
+    "split_name",
     "study_salt",
+    "tie_warning",
     "withdrawn_participants",
     "write_jsonl",
 ]
