@@ -120,7 +120,10 @@ def test_pickapic_columns_types_and_shards(release_export):
 
     root, out = release_export
     shards = sorted((out / "data").glob("*.parquet"))
-    assert [s.name for s in shards] == [f"train-{k:05d}-of-00003.parquet" for k in range(3)]
+    # One split per source (685, 1881 and 5568 rows), in 3000-row shards.
+    assert [s.name for s in shards] == [
+        "train_integrated-00000-of-00001.parquet", "train_ranking-00000-of-00002.parquet",
+        "train_ranking-00001-of-00002.parquet", "train_reactions-00000-of-00001.parquet"]
     schema = pq.read_schema(shards[0])
     expected = {"string": pa.string(), "binary": pa.binary(), "float64": pa.float64(),
                 "bool": pa.bool_(), "int64": pa.int64(), "timestamp[ns]": pa.timestamp("ns")}
@@ -131,6 +134,9 @@ def test_pickapic_columns_types_and_shards(release_export):
     table = pq.read_table(out / "data").to_pandas()
     assert len(table) == json.loads((out / "export_info.json").read_text())["rows"]
     assert set(table["label_source"]) == {"reactions", "integrated", "ranking"}
+    for shard in shards:
+        source = shard.name.split("-")[0].removeprefix("train_")
+        assert set(pq.read_table(shard).column("label_source").to_pylist()) == {source}
     assert table["are_different"].all() and table["has_label"].all()
     assert set(zip(table["label_0"], table["label_1"], strict=True)) <= {(1.0, 0.0), (0.0, 1.0)}
 
@@ -161,18 +167,23 @@ def test_lopo_reaction_labels_agree_with_rankings_as_table1(release_export):
 
 @pytest.mark.slow
 def test_diffusion_dpo_style_loader_gets_the_preferred_image(release_export):
-    """Read as diffusers' Diffusion-DPO script does: load_dataset(folder), jpg_0 first
-    unless label_0 == 0, then the preferred image is the first of the pair, every row."""
+    """Read as diffusers' Diffusion-DPO script does (train_diffusion_dpo.py,
+    ``preprocess_train``): load_dataset(folder, split=...), jpg_0 first unless label_0 == 0;
+    then the preferred image is the first of the pair in every row of every split."""
     import datasets
 
     root, out = release_export
-    train = datasets.load_dataset(str(out), split="train", cache_dir=str(out.parent / "hf-cache"))
     keys = _uid_keys(root)
-    assert len(train) > 8000
-    for row in train.select(range(0, len(train), 7)):
-        first, _ = (row["jpg_1"], row["jpg_0"]) if row["label_0"] == 0 else (row["jpg_0"], row["jpg_1"])
-        best = keys[row["best_image_uid"]]
-        assert np.abs(_mean_colour(first) - np.array(_colour(*best))).max() < 6
+    sizes = {}
+    for split in ("train_reactions", "train_integrated", "train_ranking"):
+        train = datasets.load_dataset(str(out), split=split, cache_dir=str(out.parent / "hf-cache"))
+        sizes[split] = len(train)
+        assert set(train["label_source"]) == {split.removeprefix("train_")}
+        for row in train:
+            first, _ = (row["jpg_1"], row["jpg_0"]) if row["label_0"] == 0 else (row["jpg_0"], row["jpg_1"])
+            best = keys[row["best_image_uid"]]
+            assert np.abs(_mean_colour(first) - np.array(_colour(*best))).max() < 6
+    assert sizes == {"train_reactions": 685, "train_integrated": 1881, "train_ranking": 5568}
 
 
 @pytest.mark.slow
@@ -312,8 +323,7 @@ def test_source_all_writes_one_split_per_source_in_every_format(small_study, tmp
     info = json.loads((pick / "export_info.json").read_text())
     splits = ["train_reactions", "train_integrated", "train_ranking"]
     present = [split_name(s) for s in info["per_source"]]
-    assert set(present) <= set(splits) and "train_ranking" in present and "train_reactions" in present
-    assert sorted(info["splits"]) == sorted(present)
+    assert present == info["splits"] == splits
     for split in present:
         shards = sorted((pick / "data").glob(f"{split}-*.parquet"))
         assert shards and shards[-1].name.endswith(f"-of-{len(shards):05d}.parquet")
@@ -391,6 +401,36 @@ def test_empty_label_set_is_an_error_and_leaves_nothing(small_study, tmp_path, c
                    "--min-confidence", "1e9") == 2
     assert "no label to export" in _one_line_error(capsys)
     _no_partial(out)
+
+
+def test_no_confident_pair_names_all_pairs_and_source_ranking(small_study, tmp_path, capsys):
+    """A small study where the model abstains on every pair: the README's example fails
+    with a line that names the two ways to get labels (issue 21)."""
+    from fergi.preference import DEFAULT_MODEL, default_model_path
+
+    doc = json.loads(default_model_path(DEFAULT_MODEL).read_text())
+
+    def abstain(node):  # every abstention threshold out of reach
+        if isinstance(node, dict):
+            for key, value in node.items():
+                node[key] = 1e9 if key == "threshold" else abstain(value)
+        elif isinstance(node, list):
+            return [abstain(v) for v in node]
+        return node
+
+    model = tmp_path / "abstaining.json"
+    model.write_text(json.dumps(abstain(doc)))
+    out = tmp_path / "none"
+    assert _export(small_study, "--out", out, "--format", "pickapic", "--model", model) == 2
+    err = _one_line_error(capsys)
+    assert "no label to export (no pair reached the model's abstention threshold)" in err
+    assert "--all-pairs" in err and "--source ranking" in err and str(small_study) in err
+    _no_partial(out)
+    # Both ways out work.
+    assert _export(small_study, "--out", tmp_path / "all", "--format", "jsonl", "--model", model,
+                   "--all-pairs") == 0
+    assert _export(small_study, "--out", tmp_path / "rank", "--format", "jsonl", "--model", model,
+                   "--source", "reactions,ranking") == 0
 
 
 def test_missing_image_is_an_error_and_keeps_the_previous_export(small_study, tmp_path, capsys):

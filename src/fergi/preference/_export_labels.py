@@ -1083,16 +1083,20 @@ def export_labels(data, out, *, format: str = "pickapic", source="reactions", mo
     out : path-like
         The output folder (new or empty unless ``overwrite``).
     format : {"pickapic", "hpdv2", "hf", "jsonl"}
-        ``pickapic``: parquet shards ``data/train-XXXXX-of-YYYYY.parquet`` in the columns
-        of Pick-a-Pic v2 (what Diffusion-DPO's training script reads), fergi's
+        ``pickapic``: parquet shards ``data/<split>-XXXXX-of-YYYYY.parquet`` in the
+        columns of Pick-a-Pic v2 (what Diffusion-DPO's training script reads), fergi's
         ``label_source, confidence, participant, session`` after them. ``hpdv2``:
-        ``train.json`` as HPD v2's training split (``prompt``, ``image_path``,
-        ``human_preference``) with the images in ``train/``. ``hf``: a
-        ``datasets.DatasetDict`` (``train`` split) saved with ``save_to_disk``
-        (``datasets.load_from_disk(out)``) with Image features. ``jsonl``: ``labels.jsonl`` as ``fergi annotate`` writes it.
-        Every format gets a dataset card ``README.md`` and ``export_info.json``.
+        ``<split>.json`` as HPD v2's training split (``prompt``, ``file_path`` relative to
+        ``train/``, ``human_preference``) with the images in ``train/``, as HPSv2's
+        ``HPDDataset`` reads it. ``hf``: a ``datasets.DatasetDict`` (one entry per split)
+        saved with ``save_to_disk`` (``datasets.load_from_disk(out)``) with Image
+        features. ``jsonl``: ``labels.jsonl`` as ``fergi annotate`` writes it. Every
+        format gets a dataset card ``README.md`` and ``export_info.json``.
     source : str or sequence
         ``reactions``, ``integrated``, ``ranking``, a comma-separated list, or ``all``.
+        One source is the split ``train``; with several, each is its own split
+        (``train_reactions``, ``train_integrated``, ``train_ranking``) in every format
+        but ``jsonl``, never mixed rows.
     model : AnnotationModel, optional
         Default: the shipped scale-free model (:func:`~fergi.preference.load_model`).
     lopo : bool
@@ -1102,7 +1106,9 @@ def export_labels(data, out, *, format: str = "pickapic", source="reactions", mo
         Leave participants whose AU4 is unreliable at rest out of the reaction-based
         sources (Sec. 6.2.1), as ``fergi reproduce`` does.
     all_pairs, abstentions, min_confidence
-        See :func:`decide`.
+        See :func:`decide`. With ``abstentions="tie"``, a Pick-a-Pic-style export with
+        ties logs a warning (:func:`tie_warning`) and its card lists which trainers
+        misread ties (:data:`TIE_READERS`).
     exclude_participants : iterable of str
         Participants to leave out (withdrawn consent), besides those listed in
         ``withdrawn.json`` or marked in ``study/sessions.csv``.
