@@ -433,6 +433,16 @@ def test_no_confident_pair_names_all_pairs_and_source_ranking(small_study, tmp_p
                    "--source", "reactions,ranking") == 0
 
 
+def test_lopo_on_one_participant_says_what_to_do(fergi_public, tmp_path, capsys):
+    study = _make_study(tmp_path / "one", fergi_public, ("001",))
+    out = tmp_path / "labels"
+    assert _export(study, "--out", out, "--format", "pickapic", "--lopo") == 2
+    err = _one_line_error(capsys)
+    assert "--lopo" in err and "at least 2 participants" in err and "--source ranking" in err
+    _no_partial(out)
+    assert _export(study, "--out", out, "--format", "pickapic") == 0
+
+
 def test_missing_image_is_an_error_and_keeps_the_previous_export(small_study, tmp_path, capsys):
     out = tmp_path / "prev"
     assert _export(small_study, "--out", out, "--format", "pickapic", "--source", "ranking") == 0

@@ -454,6 +454,11 @@ def iter_labels(data, *, model=None, sources=("reactions",), lopo: bool = False,
         if lopo:
             from fergi.preference._annotation import evaluate_lopo
 
+            if len(reacting) < 2:
+                raise FergiError(
+                    f"{data.source}: --lopo refits the model without each participant and needs "
+                    f"at least 2 participants with reactions ({len(reacting)} here): leave out "
+                    "--lopo to label with the model as it is, or use --source ranking")
             normalization = model.normalization if isinstance(model, AnnotationModel) else "none"
             template = AnnotationModel(
                 default_valence(_valence_name(model), normalization), normalization,
