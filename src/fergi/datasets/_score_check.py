@@ -1,6 +1,7 @@
 """Which baseline-score columns of a release came from trained networks.
 
-The authors' release has two columns whose networks were never given their weights:
+The authors' release has two columns whose networks were never given their weights
+(their code at ShuangquanFeng/FERGI de2e7fe, which ``preprocess_image_data.py`` runs):
 
 ``Aesthetic_score``
     ``scores/AestheticScore.py`` of ShuangquanFeng/FERGI loads OpenAI's ViT-L/14 with
