@@ -316,7 +316,7 @@ def format_score_columns(results: dict) -> str:
     for column, e in flagged.items():
         rhos = [abs(v) for v in e["spearman"].values() if v is not None]
         lines.append(
-            f"  {column}: mean {e['mean']:.4g}, sd {e['sd']:.3g} (a trained network: {e['expected']}); "
+            f"  {column}: mean {e['mean']:.2g}, sd {e['sd']:.2g}; a trained network gives a {e['expected']}; "
             f"|Spearman rho| with the overall rating and every trained score <= {max(rhos, default=float('nan')):.3f}")
         lines.append(f"    why: {e['reason']}")
     return "\n".join(lines)
