@@ -1,6 +1,7 @@
 """Preference labels exported for reward-model and DPO training (Pick-a-Pic, HPD v2, HF).
 
-Three label sources, each kept apart and named in every row:
+Three label sources, each kept apart, named in every row and, when several are exported,
+written to a split of its own (``train_reactions``, ``train_integrated``, ``train_ranking``):
 
 ``reactions``
     The AU-based labels of ``fergi annotate``: pairs above the model's abstention
