@@ -30,6 +30,10 @@ def test_results_json(reproduced):
     assert stats["extremity"]["AU12"]["p"] < 5e-11
     assert stats["emotions"]["AU12"]["amused"]["z"] == pytest.approx(9.15, abs=0.01)
     assert sorted(k for k, v in stats["rating"].items() if v["significant"]) == ["AU12", "AU2", "AU4", "AU9"]
+    # The release's untrained score columns are flagged beside the Table 1 figures they give.
+    flagged = sorted(c for c, e in results["score_columns"].items() if e["untrained_in_release"])
+    assert flagged == ["Aesthetic_score", "BLIP_score"]
+    assert results["table1"]["accuracy"]["Aesthetic"] == pytest.approx(51.39, abs=0.005)
 
 
 @pytest.mark.slow
@@ -48,6 +52,8 @@ def test_terminal_output(fergi_public, tmp_path, capsys):
     assert "screened out for unreliable baseline AU4: 002, 004, 039" in text
     assert "overall rating    AU2, AU4, AU9, AU12" in text
     assert "amused            AU6, AU9, AU12, AU20, AU25" in text
+    assert "Untrained score columns: Aesthetic_score and BLIP_score" in text
+    assert sum("[untrained in release: chance]" in line for line in text.splitlines()) == 4
 
 
 def test_wrong_path_is_a_one_line_error(tmp_path, capsys):

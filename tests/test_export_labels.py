@@ -20,7 +20,7 @@ import pytest
 
 from fergi.cli import main
 from fergi.datasets import load_images
-from fergi.preference import pseudonym, study_salt
+from fergi.preference import pseudonym, split_name, study_salt
 from fergi.preference._export_labels import PICKAPIC_COLUMNS
 
 SMALL = ("001", "005", "006", "007")
@@ -120,7 +120,10 @@ def test_pickapic_columns_types_and_shards(release_export):
 
     root, out = release_export
     shards = sorted((out / "data").glob("*.parquet"))
-    assert [s.name for s in shards] == [f"train-{k:05d}-of-00003.parquet" for k in range(3)]
+    # One split per source (685, 1881 and 5568 rows), in 3000-row shards.
+    assert [s.name for s in shards] == [
+        "train_integrated-00000-of-00001.parquet", "train_ranking-00000-of-00002.parquet",
+        "train_ranking-00001-of-00002.parquet", "train_reactions-00000-of-00001.parquet"]
     schema = pq.read_schema(shards[0])
     expected = {"string": pa.string(), "binary": pa.binary(), "float64": pa.float64(),
                 "bool": pa.bool_(), "int64": pa.int64(), "timestamp[ns]": pa.timestamp("ns")}
@@ -131,6 +134,9 @@ def test_pickapic_columns_types_and_shards(release_export):
     table = pq.read_table(out / "data").to_pandas()
     assert len(table) == json.loads((out / "export_info.json").read_text())["rows"]
     assert set(table["label_source"]) == {"reactions", "integrated", "ranking"}
+    for shard in shards:
+        source = shard.name.split("-")[0].removeprefix("train_")
+        assert set(pq.read_table(shard).column("label_source").to_pylist()) == {source}
     assert table["are_different"].all() and table["has_label"].all()
     assert set(zip(table["label_0"], table["label_1"], strict=True)) <= {(1.0, 0.0), (0.0, 1.0)}
 
@@ -161,18 +167,23 @@ def test_lopo_reaction_labels_agree_with_rankings_as_table1(release_export):
 
 @pytest.mark.slow
 def test_diffusion_dpo_style_loader_gets_the_preferred_image(release_export):
-    """Read as diffusers' Diffusion-DPO script does: load_dataset(folder), jpg_0 first
-    unless label_0 == 0, then the preferred image is the first of the pair, every row."""
+    """Read as diffusers' Diffusion-DPO script does (train_diffusion_dpo.py,
+    ``preprocess_train``): load_dataset(folder, split=...), jpg_0 first unless label_0 == 0;
+    then the preferred image is the first of the pair in every row of every split."""
     import datasets
 
     root, out = release_export
-    train = datasets.load_dataset(str(out), split="train", cache_dir=str(out.parent / "hf-cache"))
     keys = _uid_keys(root)
-    assert len(train) > 8000
-    for row in train.select(range(0, len(train), 7)):
-        first, _ = (row["jpg_1"], row["jpg_0"]) if row["label_0"] == 0 else (row["jpg_0"], row["jpg_1"])
-        best = keys[row["best_image_uid"]]
-        assert np.abs(_mean_colour(first) - np.array(_colour(*best))).max() < 6
+    sizes = {}
+    for split in ("train_reactions", "train_integrated", "train_ranking"):
+        train = datasets.load_dataset(str(out), split=split, cache_dir=str(out.parent / "hf-cache"))
+        sizes[split] = len(train)
+        assert set(train["label_source"]) == {split.removeprefix("train_")}
+        for row in train:
+            first, _ = (row["jpg_1"], row["jpg_0"]) if row["label_0"] == 0 else (row["jpg_0"], row["jpg_1"])
+            best = keys[row["best_image_uid"]]
+            assert np.abs(_mean_colour(first) - np.array(_colour(*best))).max() < 6
+    assert sizes == {"train_reactions": 685, "train_integrated": 1881, "train_ranking": 5568}
 
 
 @pytest.mark.slow
@@ -192,48 +203,147 @@ def test_release_export_leaks_no_identity_salt_or_features(release_export):
 
 
 # ----------------------------------------------------------------------------- other formats
-def test_hf_export_loads_with_image_features(small_study, tmp_path):
+def test_hf_export_loads_with_image_features(small_study, tmp_path, capsys):
     import datasets
 
     out = tmp_path / "hf"
     assert _export(small_study, "--out", out, "--format", "hf", "--source", "reactions,ranking",
                    "--abstentions", "tie", "--shard-size", "200") == 0
     loaded = datasets.load_from_disk(str(out))
-    assert isinstance(loaded, datasets.DatasetDict) and list(loaded) == ["train"]
-    train = loaded["train"]
-    assert isinstance(train.features["jpg_0"], datasets.Image)
-    assert train.column_names[:len(PICKAPIC_COLUMNS)] == [n for n, _ in PICKAPIC_COLUMNS]
+    # Two sources: one split each, never mixed rows.
+    assert isinstance(loaded, datasets.DatasetDict)
+    assert list(loaded) == ["train_reactions", "train_ranking"]
+    assert set(loaded["train_reactions"]["label_source"]) == {"reactions"}
+    assert set(loaded["train_ranking"]["label_source"]) == {"ranking"}
     keys = _uid_keys(small_study)
-    labels = set(train["label_0"])
-    assert labels == {0.0, 0.5, 1.0}  # abstentions written as Pick-a-Pic ties
-    for row in train.select(range(0, len(train), 11)):
-        key = keys[row["image_0_uid"]]
-        assert np.abs(_mean_colour(row["jpg_0"]) - np.array(_colour(*key))).max() < 6
-        assert row["caption"] == f"prompt {key[0]} {key[1]}" and row["model_0"] == "sd-test"
-        assert str(row["created_at"]).startswith("2026-01-01 10:10")
-        if row["label_0"] == 0.5:
-            assert row["best_image_uid"] == "" and row["label_source"] == "reactions"
+    for split, train in loaded.items():
+        assert isinstance(train.features["jpg_0"], datasets.Image)
+        assert train.column_names[:len(PICKAPIC_COLUMNS)] == [n for n, _ in PICKAPIC_COLUMNS]
+        for row in train.select(range(0, len(train), 11)):
+            key = keys[row["image_0_uid"]]
+            assert np.abs(_mean_colour(row["jpg_0"]) - np.array(_colour(*key))).max() < 6
+            assert row["caption"] == f"prompt {key[0]} {key[1]}" and row["model_0"] == "sd-test"
+            assert str(row["created_at"]).startswith("2026-01-01 10:10")
+            if row["label_0"] == 0.5:
+                assert row["best_image_uid"] == "" and split == "train_reactions"
+    # Abstentions written as Pick-a-Pic ties, in the reaction split only.
+    assert set(loaded["train_reactions"]["label_0"]) == {0.0, 0.5, 1.0}
+    assert set(loaded["train_ranking"]["label_0"]) == {0.0, 1.0}
+    n_ties = loaded["train_reactions"]["label_0"].count(0.5)
+    # Ties are warned about, and the card says which trainers misread them.
+    printed = capsys.readouterr().out
+    assert "one split per source: train_reactions, train_ranking" in printed
+    assert f"warning: {n_ties} rows are 0.5/0.5 ties" in printed and "jpg_0 preferred" in printed
     card = (out / "README.md").read_text()
+    assert "## Ties" in card and f"{n_ties} rows are 0.5/0.5 ties" in card
+    assert "train_diffusion_dpo.py" in card and "only `if label_0 == 0`" in card
+    assert "SalesforceAIResearch/DiffusionDPO" in card and "HPSLoss" in card
+    assert json.loads((out / "export_info.json").read_text())["ties"] == n_ties
     assert "consent text version(s): 2" in card
     assert not (out / "data").exists() and not (out / ".cache").exists()
 
 
-def test_hpdv2_json_parses_with_its_keys(small_study, tmp_path):
+def test_tie_export_is_logged(small_study, tmp_path, caplog):
+    import logging
+
+    from fergi.preference import export_labels
+
+    with caplog.at_level(logging.WARNING, logger="fergi.preference._export_labels"):
+        summary = export_labels(small_study, tmp_path / "ties", format="pickapic",
+                                abstentions="tie")
+    assert summary.n_ties > 0
+    assert f"{summary.n_ties} of {summary.n_rows} rows are 0.5/0.5 ties" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fergi.preference._export_labels"):
+        dropped = export_labels(small_study, tmp_path / "drop", format="pickapic")
+    assert dropped.n_ties == 0 and "ties" not in caplog.text
+    assert "## Ties" not in (tmp_path / "drop" / "README.md").read_text()
+
+
+class HPDLikeDataset:
+    """HPSv2's training loader, ``HPDDataset`` (hpsv2/src/training/data.py, is_train=True),
+    re-written without torch and without its bare ``except:`` (which retries the next item
+    on any error, so a wrong path would go unnoticed): the table is
+    ``pyarrow.Table.from_pylist(json.load(meta_file))``, every image is
+    ``Image.open(os.path.join(image_folder, name))`` for ``name`` in the item's
+    ``file_path``, the label is ``human_preference`` and the caption ``prompt``; HPSv2's
+    config passes ``--train-data HPD/train.json --train-folder HPD/train``."""
+
+    def __init__(self, meta_file, image_folder):
+        import pyarrow as pa
+
+        with open(meta_file) as handle:
+            self.table = pa.Table.from_pylist(json.load(handle))
+        self.image_folder = image_folder
+
+    def __len__(self):
+        return len(self.table)
+
+    def __getitem__(self, idx):
+        from PIL import Image
+
+        images = [Image.open(os.path.join(self.image_folder, name))
+                  for name in self.table.column("file_path")[idx].as_py()]
+        label = self.table.column("human_preference")[idx].as_py()
+        caption = self.table.column("prompt")[idx].as_py()
+        return images, label, caption
+
+
+def test_hpdv2_export_reads_as_hpsv2_reads_it(small_study, tmp_path):
     out = tmp_path / "hpd"
     assert _export(small_study, "--out", out, "--format", "hpdv2", "--source", "ranking") == 0
-    entries = json.loads((out / "train.json").read_text())
-    assert entries and all(set(e) >= {"prompt", "image_path", "human_preference"} for e in entries)
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "export_info.json", "train", "train.json"]
+    dataset = HPDLikeDataset(out / "train.json", str(out / "train"))
     keys = _uid_keys(small_study)
-    for entry in entries[::17]:
-        assert sorted(entry["human_preference"]) == [0, 1]
-        assert all(isinstance(v, int) for v in entry["human_preference"])
-        assert entry["label_source"] == "ranking"
-        winner = entry["image_path"][entry["human_preference"].index(1.0)]
-        assert (out / winner).is_file()
-        p, s, i = keys[Path(winner).stem]
-        ranks = load_images(small_study).set_index(["participant", "session", "image"])["rank_score"]
-        loser = keys[Path(entry["image_path"][entry["human_preference"].index(0.0)]).stem]
-        assert ranks[(p, s, i)] > ranks[loser]
+    ranks = load_images(small_study).set_index(["participant", "session", "image"])["rank_score"]
+    assert len(dataset) == json.loads((out / "export_info.json").read_text())["rows"] > 100
+    for idx in range(len(dataset)):
+        images, label, caption = dataset[idx]  # every image found: Image.open raises otherwise
+        assert len(images) == 2 and sorted(label) == [0, 1]
+        # HPSv2's collate_HPD splits the labels per image; HPSLoss weighs image k by label[k].
+        names = dataset.table.column("file_path")[idx].as_py()
+        winner, loser = (names[0], names[1]) if label[0] == 1 else (names[1], names[0])
+        assert ranks[keys[Path(winner).stem]] > ranks[keys[Path(loser).stem]]
+        p, s, _ = keys[Path(winner).stem]
+        assert caption == f"prompt {p} {s}"
+        assert np.abs(_mean_colour(images[0]) - np.array(_colour(*keys[Path(names[0]).stem]))).max() < 6
+    entries = json.loads((out / "train.json").read_text())
+    assert all(isinstance(v, int) for e in entries for v in e["human_preference"])
+    assert all("image_path" not in e and not e["file_path"][0].startswith("train/") for e in entries)
+
+
+def test_source_all_writes_one_split_per_source_in_every_format(small_study, tmp_path):
+    import datasets
+    import pyarrow.parquet as pq
+
+    # The shipped model has an integration: every source can have rows.
+    pick, hpd = tmp_path / "pick", tmp_path / "hpd"
+    assert _export(small_study, "--out", pick, "--format", "pickapic", "--source", "all",
+                   "--shard-size", "300") == 0
+    info = json.loads((pick / "export_info.json").read_text())
+    splits = ["train_reactions", "train_integrated", "train_ranking"]
+    present = [split_name(s) for s in info["per_source"]]
+    assert present == info["splits"] == splits
+    for split in present:
+        shards = sorted((pick / "data").glob(f"{split}-*.parquet"))
+        assert shards and shards[-1].name.endswith(f"-of-{len(shards):05d}.parquet")
+        table = pd.concat([pq.read_table(shard).to_pandas() for shard in shards])
+        assert set(table["label_source"]) == {split.removeprefix("train_")}
+        assert len(table) == info["per_source"][split.removeprefix("train_")]
+    assert not list((pick / "data").glob("train-*"))
+    # load_dataset(OUT), as the DPO trainers call it, finds every split by name.
+    loaded = datasets.load_dataset(str(pick), cache_dir=str(tmp_path / "hf-cache"))
+    assert sorted(loaded) == sorted(present)
+    assert {split: set(loaded[split]["label_source"]) for split in loaded} == {
+        split: {split.removeprefix("train_")} for split in present}
+    assert _export(small_study, "--out", hpd, "--format", "hpdv2", "--source", "all") == 0
+    assert not (hpd / "train.json").exists()
+    for split in present:
+        entries = json.loads((hpd / f"{split}.json").read_text())
+        assert {e["label_source"] for e in entries} == {split.removeprefix("train_")}
+        dataset = HPDLikeDataset(hpd / f"{split}.json", str(hpd / "train"))
+        for idx in range(0, len(dataset), 13):
+            assert len(dataset[idx][0]) == 2
 
 
 def test_jsonl_keeps_the_annotate_format_and_labels(small_study, tmp_path):
@@ -291,6 +401,46 @@ def test_empty_label_set_is_an_error_and_leaves_nothing(small_study, tmp_path, c
                    "--min-confidence", "1e9") == 2
     assert "no label to export" in _one_line_error(capsys)
     _no_partial(out)
+
+
+def test_no_confident_pair_names_all_pairs_and_source_ranking(small_study, tmp_path, capsys):
+    """A small study where the model abstains on every pair: the README's example fails
+    with a line that names the two ways to get labels (issue 21)."""
+    from fergi.preference import DEFAULT_MODEL, default_model_path
+
+    doc = json.loads(default_model_path(DEFAULT_MODEL).read_text())
+
+    def abstain(node):  # every abstention threshold out of reach
+        if isinstance(node, dict):
+            for key, value in node.items():
+                node[key] = 1e9 if key == "threshold" else abstain(value)
+        elif isinstance(node, list):
+            return [abstain(v) for v in node]
+        return node
+
+    model = tmp_path / "abstaining.json"
+    model.write_text(json.dumps(abstain(doc)))
+    out = tmp_path / "none"
+    assert _export(small_study, "--out", out, "--format", "pickapic", "--model", model) == 2
+    err = _one_line_error(capsys)
+    assert "no label to export (no pair reached the model's abstention threshold)" in err
+    assert "--all-pairs" in err and "--source ranking" in err and str(small_study) in err
+    _no_partial(out)
+    # Both ways out work.
+    assert _export(small_study, "--out", tmp_path / "all", "--format", "jsonl", "--model", model,
+                   "--all-pairs") == 0
+    assert _export(small_study, "--out", tmp_path / "rank", "--format", "jsonl", "--model", model,
+                   "--source", "reactions,ranking") == 0
+
+
+def test_lopo_on_one_participant_says_what_to_do(fergi_public, tmp_path, capsys):
+    study = _make_study(tmp_path / "one", fergi_public, ("001",))
+    out = tmp_path / "labels"
+    assert _export(study, "--out", out, "--format", "pickapic", "--lopo") == 2
+    err = _one_line_error(capsys)
+    assert "--lopo" in err and "at least 2 participants" in err and "--source ranking" in err
+    _no_partial(out)
+    assert _export(study, "--out", out, "--format", "pickapic") == 0
 
 
 def test_missing_image_is_an_error_and_keeps_the_previous_export(small_study, tmp_path, capsys):

@@ -17,6 +17,7 @@ from fergi.datasets import (
     AU_NAMES,
     EMOTIONS,
     SCORE_COLUMNS,
+    check_score_columns,
     fetch_fergi,
     load_frames,
     load_images,
@@ -159,6 +160,9 @@ def reproduce(
         "n_images": len(set(zip(images["participant"], images["session"], images["image"], strict=True)) - invalid),
         "n_reaction_clips_valid": len(table),
         "statistics": _statistics_dict(stats),
+        # The release's Aesthetic_score and BLIP_score are untrained networks' output:
+        # flagged per column, with the evidence, wherever they are reported.
+        "score_columns": check_score_columns(images),
     }
 
     if skip:
@@ -298,6 +302,23 @@ def format_statistics(results: dict) -> str:
     for emotion in EMOTIONS:
         names = [au for au in AU_NAMES if s["emotions"][au][emotion]["significant"]]
         lines.append(f"  {emotion:<17} {', '.join(names) or '-'}")
+    return "\n".join(lines)
+
+
+def format_score_columns(results: dict) -> str:
+    """The score columns flagged as untrained output, with the evidence ("" when none)."""
+    flagged = {c: e for c, e in results.get("score_columns", {}).items() if e["untrained_in_release"]}
+    if not flagged:
+        return ""
+    lines = [f"Untrained score columns: {' and '.join(flagged)} of this data come from networks "
+             "whose trained weights were never loaded; their accuracies in Tables 1 and 2 are "
+             "chance (the paper's 51.39/49.78 and 49.92/49.92), not the scorers'."]
+    for column, e in flagged.items():
+        rhos = [abs(v) for v in e["spearman"].values() if v is not None]
+        lines.append(
+            f"  {column}: mean {e['mean']:.2g}, sd {e['sd']:.2g}; a trained network gives a {e['expected']}; "
+            f"|Spearman rho| with the overall rating and every trained score <= {max(rhos, default=float('nan')):.3f}")
+        lines.append(f"    why: {e['reason']}")
     return "\n".join(lines)
 
 

@@ -16,13 +16,18 @@ Label sources (--source), each named in every row's label_source:
   integrated  reactions + the ImageReward/PickScore/HPS v2 ensemble (paper eq. 10),
               for pairs whose images have those scores
   ranking     the participant's own ranking of the images (the study's ground truth)
-  all         the three, as separate rows
+  all         the three; with more than one source, each is its own split
+              (train_reactions, train_integrated, train_ranking), never mixed rows
 
 Formats (--format):
   pickapic    OUT/data/train-XXXXX-of-YYYYY.parquet in the columns of Pick-a-Pic v2
               (caption, jpg_0, jpg_1, label_0, label_1, ...): the Diffusion-DPO training
-              script of diffusers reads it unchanged (--dataset_name OUT)
-  hpdv2       OUT/train.json as HPD v2's training split, images in OUT/train/
+              script of diffusers reads it unchanged (--dataset_name OUT
+              --dataset_split_name train)
+  hpdv2       OUT/train.json as HPD v2's training split ({prompt, file_path,
+              human_preference}, file_path relative to OUT/train/, where the images are):
+              HPSv2's trainer reads it with --train-data OUT/train.json
+              --train-folder OUT/train --dataset-type HPD
   hf          a datasets.DatasetDict with Image features: datasets.load_from_disk(OUT)
   jsonl       OUT/labels.jsonl, the format of `fergi annotate`
 Every export has a dataset card OUT/README.md (how labels were made, the abstention
@@ -78,7 +83,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "threshold")
     parser.add_argument("--abstentions", choices=("drop", "tie"), default="drop",
                         help="pairs below the threshold and exact ties: leave out (default) or "
-                             "write as ties 0.5/0.5 (Pick-a-Pic convention)")
+                             "write as ties 0.5/0.5 (Pick-a-Pic convention; diffusers' DPO "
+                             "example misreads them as 'jpg_0 preferred')")
     parser.add_argument("--min-confidence", type=float, metavar="X",
                         help="also leave out model labels whose |score difference| is below X")
     parser.add_argument("--exclude-participants", type=_participants, default=[], metavar="LIST",
@@ -97,7 +103,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fergi.preference import RAW_MODEL, default_model_path, export_labels, load_model
+    from fergi.preference import (
+        RAW_MODEL,
+        default_model_path,
+        export_labels,
+        load_model,
+        tie_warning,
+    )
 
     model = None
     if args.model == "paper":
@@ -113,10 +125,15 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, skip_single=args.skip_single)
     counts = ", ".join(f"{n} {s}" for s, n in summary.per_source.items())
     print(f"wrote {summary.n_rows} labelled pairs ({counts}) to {summary.out} ({summary.format})")
+    if len(summary.splits) > 1:
+        print(f"  one split per source: {', '.join(summary.splits)}")
     for source in summary.per_source:
         pct = summary.agreement_percent(source)
         if pct is not None:
             entry = summary.agreement[source]
             print(f"  {source} labels agree with the rankings: {pct:.2f} % "
                   f"({entry['agree']} of {entry['n']}){' (LOPO)' if summary.plan.lopo else ''}")
+    if tie_warning(summary):  # logged in full by the library
+        print(f"warning: {summary.n_ties} rows are 0.5/0.5 ties, which diffusers' DPO example "
+              f"trains on as \"jpg_0 preferred\": see {summary.out}/README.md, \"Ties\"")
     return 0

@@ -16,6 +16,9 @@ user cache, and downloaded from GitHub when missing (about 100 MB).
 `fergi export`); it is never downloaded into.
 
 Writes OUT/results.json and the figures (PNG and PDF), and prints the tables.
+The release's Aesthetic_score and BLIP_score come from networks the authors' code
+never gave their weights: both are flagged (results.json "score_columns", with the
+evidence) and their rows in Tables 1 and 2 are marked as chance.
 """
 
 
@@ -39,7 +42,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fergi._reproduce import format_statistics, format_summary, reproduce
+    from fergi._reproduce import format_score_columns, format_statistics, format_summary, reproduce
 
     result = reproduce(
         args.data,
@@ -50,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
         download=not args.no_download and args.data is None,
     )
     print(format_summary(result.results))
+    untrained = format_score_columns(result.results)
+    if untrained:
+        print(untrained)
     print()
     print(format_statistics(result.results))
     if "preference_skipped" in result.results:

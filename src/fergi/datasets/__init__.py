@@ -37,6 +37,7 @@ from fergi.datasets._schema import (
     SCORE_COLUMNS,
     activation_column,
 )
+from fergi.datasets._score_check import UNTRAINED_IN_RELEASE, check_score_columns, untrained_columns
 
 __all__ = [
     "ACTIVATION_COLUMNS",
@@ -52,7 +53,9 @@ __all__ = [
     "META_NAME",
     "RATINGS",
     "SCORE_COLUMNS",
+    "UNTRAINED_IN_RELEASE",
     "activation_column",
+    "check_score_columns",
     "FeatureProvenance",
     "default_cache_dir",
     "feature_provenance",
@@ -66,6 +69,7 @@ __all__ = [
     "load_valid_sessions",
     "read_features_meta",
     "sha256_file",
+    "untrained_columns",
     "verify_release",
     "write_features_meta",
 ]

@@ -44,12 +44,15 @@ from fergi.preference._base import PreferenceModel, clone
 from fergi.preference._bootstrap import bootstrap_ratio, bootstrap_selective, paired_difference
 from fergi.preference._coverage import coverage_curve
 from fergi.preference._data import load_reaction_data
-from fergi.preference._ensemble import EnsembleScore, IntegratedScore
+from fergi.preference._ensemble import ENSEMBLE_COLUMNS, EnsembleScore, IntegratedScore
 from fergi.preference._export_labels import (
+    TIE_READERS,
     ExportSummary,
     export_labels,
     pseudonym,
+    split_name,
     study_salt,
+    tie_warning,
     withdrawn_participants,
 )
 from fergi.preference._faunet import FAUNet
@@ -61,6 +64,7 @@ from fergi.preference._grids import (
     W_AU4_GRID,
 )
 from fergi.preference._io import (
+    DEFAULT_MODEL,
     RAW_MODEL,
     annotate_pairs,
     annotate_reactions,
@@ -82,6 +86,9 @@ __all__ = [
     "INTEGRATION_GRID",
     "K_GRID",
     "RAW_MODEL",
+    "DEFAULT_MODEL",
+    "ENSEMBLE_COLUMNS",
+    "TIE_READERS",
     "THRESHOLD_GRID",
     "W_AU4_GRID",
     "AUcombValence",
@@ -118,7 +125,9 @@ __all__ = [
     "reaction_data_from_frames",
     "reproduce_paper_tables",
     "save_model",
+    "split_name",
     "study_salt",
+    "tie_warning",
     "withdrawn_participants",
     "write_jsonl",
 ]

@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 
 from fergi._errors import FergiError
+from fergi.datasets import UNTRAINED_IN_RELEASE, untrained_columns
 from fergi.preference._base import PreferenceModel, clone
 from fergi.preference._grids import ENSEMBLE_GRID, INTEGRATION_GRID
 from fergi.preference._pairs import PairIndex, correct_mask, pair_index
 
+logger = logging.getLogger(__name__)
+
+#: The default ensemble. Never Aesthetic_score or BLIP_score: in the authors' release those
+#: are untrained networks' output (:data:`fergi.datasets.UNTRAINED_IN_RELEASE`).
 ENSEMBLE_COLUMNS = ("ImageReward_score", "PickScore", "HPS_V2_score")
+_warned: set = set()
+
+
+def _warn_untrained(table: pd.DataFrame, columns) -> None:
+    """Say once per column when a fit uses a score column of untrained output."""
+    for column in untrained_columns(table, columns):
+        if column not in _warned:
+            _warned.add(column)
+            logger.warning("%s: these values are untrained output (%s); a model fitted on "
+                           "them learns noise", column, UNTRAINED_IN_RELEASE[column])
 
 
 def zscore_stats(values: np.ndarray, train: np.ndarray | None = None):
@@ -79,6 +96,7 @@ class EnsembleScore(PreferenceModel):
     def fit(self, table: pd.DataFrame, y=None, *, groups=None):
         """z-score the columns on ``table`` and grid-search the weights on its pairs."""
         z, self.mean_, self.std_ = self._z(table)
+        _warn_untrained(table, self.columns)
         grid = np.asarray(self.weight_grid, dtype=float).reshape(-1, len(self.columns))
         pairs = pair_index(table, ranks=y)
         pairs = PairIndex(pairs.a, pairs.b, pairs.sign, np.zeros(len(pairs), np.int64), pairs.group_labels)
@@ -147,6 +165,7 @@ class IntegratedScore(PreferenceModel):
         if isinstance(self.base, str):
             values = table[self.base].to_numpy(dtype=float)
             if fit:
+                _warn_untrained(table, (self.base,))
                 self.mean_, self.std_ = (float(v[0]) for v in zscore_stats(values[:, None]))
             base = (values - self.mean_) / self.std_
         else:

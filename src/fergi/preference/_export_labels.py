@@ -1,6 +1,7 @@
 """Preference labels exported for reward-model and DPO training (Pick-a-Pic, HPD v2, HF).
 
-Three label sources, each kept apart and named in every row:
+Three label sources, each kept apart, named in every row and, when several are exported,
+written to a split of its own (``train_reactions``, ``train_integrated``, ``train_ranking``):
 
 ``reactions``
     The AU-based labels of ``fergi annotate``: pairs above the model's abstention
@@ -65,6 +66,21 @@ PICKAPIC_COLUMNS = (
 )
 FERGI_COLUMNS = (("label_source", "string"), ("confidence", "float64"),
                  ("participant", "string"), ("session", "int64"))
+
+#: How the trainers that read these formats treat a 0.5/0.5 tie, as their code does it
+#: (checked in diffusers 58eb52c0 and SalesforceAIResearch/DiffusionDPO 5233e759).
+TIE_READERS = (
+    ("diffusers' Diffusion-DPO example (examples/research_projects/diffusion_dpo/"
+     "train_diffusion_dpo.py, and train_diffusion_dpo_sdxl.py)",
+     "misreads a tie: `preprocess_train` swaps the two images only `if label_0 == 0`, so a "
+     "0.5/0.5 row trains as \"jpg_0 preferred\""),
+    ("the original Diffusion-DPO train.py (SalesforceAIResearch/DiffusionDPO)",
+     "misreads a tie unless the dataset name contains \"pickapic\": only then does it drop "
+     "rows whose label_0 is not 0 or 1; otherwise it flips the pair only when label_0 == 0"),
+    ("HPSv2's trainer (HPDDataset + HPSLoss, hpdv2 format)",
+     "reads a tie as a tie: HPSLoss weighs the two images' cross-entropies by "
+     "human_preference, 0.5 each"),
+)
 
 
 # ----------------------------------------------------------------------------- privacy
@@ -439,6 +455,11 @@ def iter_labels(data, *, model=None, sources=("reactions",), lopo: bool = False,
         if lopo:
             from fergi.preference._annotation import evaluate_lopo
 
+            if len(reacting) < 2:
+                raise FergiError(
+                    f"{data.source}: --lopo refits the model without each participant and needs "
+                    f"at least 2 participants with reactions ({len(reacting)} here): leave out "
+                    "--lopo to label with the model as it is, or use --source ranking")
             normalization = model.normalization if isinstance(model, AnnotationModel) else "none"
             template = AnnotationModel(
                 default_valence(_valence_name(model), normalization), normalization,
@@ -589,29 +610,57 @@ def _arrow_schema(with_features: bool):
 
 
 # ----------------------------------------------------------------------------- writers
-class _Writer:
-    """Receives row chunks as they come and writes them shard by shard."""
+def split_name(source: str | None) -> str:
+    """The split a label source is written to: ``train``, or ``train_<source>`` per source."""
+    return "train" if source is None else f"train_{source}"
 
-    def __init__(self, out: Path, ctx: _Context, shard_size: int, with_features: bool):
+
+class _Writer:
+    """Receives row chunks as they come and writes them shard by shard, split by split.
+
+    With ``split_by_source`` every label source gets its own split (``train_reactions``,
+    ``train_integrated``, ``train_ranking``): trainers read one split and ignore
+    ``label_source``, so the sources, which may contradict each other on the same pair,
+    never share one.
+    """
+
+    def __init__(self, out: Path, ctx: _Context, shard_size: int, with_features: bool,
+                 split_by_source: bool = False):
         self.out, self.ctx, self.shard_size, self.with_features = out, ctx, shard_size, with_features
-        self.buffer: list[pd.DataFrame] = []
-        self.buffered = 0
-        self.shards: list[Path] = []
+        self.split_by_source = split_by_source
+        self.buffers: dict[str, list[pd.DataFrame]] = {}
+        self.buffered: dict[str, int] = {}
+        self.shards: dict[str, list[Path]] = {}
         self.n_rows = 0
 
+    @property
+    def n_shards(self) -> int:
+        return sum(len(v) for v in self.shards.values())
+
     def add(self, rows: pd.DataFrame) -> None:
-        self.buffer.append(rows)
-        self.buffered += len(rows)
-        while self.buffered >= self.shard_size:
-            whole = pd.concat(self.buffer, ignore_index=True)
-            self._flush(whole.iloc[:self.shard_size].reset_index(drop=True))
+        if not self.split_by_source:
+            self._add(split_name(None), rows)
+            return
+        sources = rows["label_source"].to_numpy()
+        for source in pd.unique(sources):
+            self._add(split_name(str(source)), rows[sources == source].reset_index(drop=True))
+
+    def _add(self, split: str, rows: pd.DataFrame) -> None:
+        buffer = self.buffers.setdefault(split, [])
+        self.shards.setdefault(split, [])
+        buffer.append(rows)
+        self.buffered[split] = self.buffered.get(split, 0) + len(rows)
+        while self.buffered[split] >= self.shard_size:
+            whole = pd.concat(self.buffers[split], ignore_index=True)
+            self._flush(split, whole.iloc[:self.shard_size].reset_index(drop=True))
             rest = whole.iloc[self.shard_size:].reset_index(drop=True)
-            self.buffer, self.buffered = ([rest] if len(rest) else []), len(rest)
+            self.buffers[split], self.buffered[split] = ([rest] if len(rest) else []), len(rest)
 
     def close(self) -> None:
-        if self.buffered:
-            self._flush(pd.concat(self.buffer, ignore_index=True))
-            self.buffer, self.buffered = [], 0
+        for split in list(self.buffers):
+            if self.buffered[split]:
+                self._flush(split, pd.concat(self.buffers[split], ignore_index=True))
+                self.buffers[split], self.buffered[split] = [], 0
         self._finish()
 
     def _image(self, rows: pd.DataFrame, which: str) -> list[bytes]:
@@ -619,17 +668,19 @@ class _Writer:
         return [self.ctx.images.jpeg(p, s, i) for p, s, i in
                 zip(rows["_participant"], rows["session"], rows[column], strict=True)]
 
-    def _flush(self, rows: pd.DataFrame) -> None:
+    def _flush(self, split: str, rows: pd.DataFrame) -> None:
         raise NotImplementedError
 
     def _finish(self) -> None:
         pass
 
-    def _name_shards(self, folder: Path, prefix: str, suffix: str) -> None:
-        # Hugging Face's naming: load_dataset(OUT) finds the train split by it.
-        n = len(self.shards)
-        for k, path in enumerate(self.shards):
-            path.rename(folder / f"{prefix}-{k:05d}-of-{n:05d}{suffix}")
+    def _name_shards(self, folder: Path, suffix: str) -> None:
+        # Hugging Face's naming: load_dataset(OUT) finds each split by it
+        # (data/{split}-XXXXX-of-YYYYY.parquet).
+        for split, shards in self.shards.items():
+            n = len(shards)
+            for k, path in enumerate(shards):
+                path.rename(folder / f"{split}-{k:05d}-of-{n:05d}{suffix}")
 
 
 class _PickapicWriter(_Writer):
@@ -647,16 +698,16 @@ class _PickapicWriter(_Writer):
         arrays = [pa.array(columns[f.name], type=f.type, from_pandas=True) for f in schema]
         return pa.Table.from_arrays(arrays, schema=schema)
 
-    def _flush(self, rows: pd.DataFrame) -> None:
+    def _flush(self, split: str, rows: pd.DataFrame) -> None:
         import pyarrow.parquet as pq
 
-        path = self.out / "data" / f".shard-{len(self.shards):05d}.parquet"
+        path = self.out / "data" / f".shard-{split}-{len(self.shards[split]):05d}.parquet"
         pq.write_table(self._table(rows), path, row_group_size=min(len(rows), 1024))
-        self.shards.append(path)
+        self.shards[split].append(path)
         self.n_rows += len(rows)
 
     def _finish(self) -> None:
-        self._name_shards(self.out / "data", "train", ".parquet")
+        self._name_shards(self.out / "data", ".parquet")
 
 
 class _HFWriter(_PickapicWriter):
@@ -665,7 +716,6 @@ class _HFWriter(_PickapicWriter):
     def _finish(self) -> None:
         import datasets
 
-        staged = sorted(str(p) for p in self.shards)
         features = datasets.Features({
             f.name: (datasets.Image() if f.name in ("jpg_0", "jpg_1") else datasets.Value(str(f.type)))
             for f in _arrow_schema(self.with_features)})
@@ -683,25 +733,42 @@ class _HFWriter(_PickapicWriter):
 
         datasets.disable_progress_bars()
         try:
-            train = datasets.Dataset.from_generator(gen, features=features, cache_dir=str(cache),
-                                                    gen_kwargs={"files": staged},
-                                                    writer_batch_size=256)
-            datasets.DatasetDict({"train": train}).save_to_disk(str(self.out), max_shard_size="500MB")
-            del train
+            splits = {
+                split: datasets.Dataset.from_generator(
+                    gen, features=features, cache_dir=str(cache),
+                    gen_kwargs={"files": [str(p) for p in shards]}, writer_batch_size=256)
+                for split, shards in self.shards.items() if shards}
+            datasets.DatasetDict(splits).save_to_disk(str(self.out), max_shard_size="500MB")
+            del splits
         finally:
             shutil.rmtree(cache, ignore_errors=True)
             shutil.rmtree(self.out / "data", ignore_errors=True)
 
 
 class _HPDWriter(_Writer):
-    """``train.json`` (a list, written entry by entry) and the images in ``train/``."""
+    """``train.json`` (a list, written entry by entry) and the images in ``train/``.
+
+    Each entry is ``{prompt, file_path: [a, b], human_preference: [1, 0] | [0, 1]}`` with
+    ``file_path`` relative to ``train/``: HPSv2's ``HPDDataset`` (hpsv2/src/training/
+    data.py) joins ``file_path`` to ``--train-folder`` (the ``train/`` folder), and its
+    bare ``except:`` retries the next item on a missing file instead of failing, so a
+    wrong path would silently train on nothing. Per-source splits are
+    ``train_<source>.json``, their images shared in ``train/``.
+    """
 
     def __init__(self, *args):
         super().__init__(*args)
         (self.out / "train").mkdir()
-        self.handle = (self.out / "train.json").open("w")
-        self.handle.write("[")
+        self.handles: dict = {}
+        self.written: dict[str, int] = {}
         self.copied: set = set()
+
+    def _handle(self, split: str):
+        handle = self.handles.get(split)
+        if handle is None:
+            handle = self.handles[split] = (self.out / f"{split}.json").open("w")
+            handle.write("[")
+        return handle
 
     def _copy(self, participant, session, image, uid) -> str:
         source = self.ctx.images.require(participant, session, image)
@@ -709,18 +776,20 @@ class _HPDWriter(_Writer):
         if uid not in self.copied:
             shutil.copyfile(source, self.out / "train" / name)
             self.copied.add(uid)
-        return f"train/{name}"
+        return name
 
-    def _flush(self, rows: pd.DataFrame) -> None:
+    def _flush(self, split: str, rows: pd.DataFrame) -> None:
+        handle = self._handle(split)
         feats = [c for c in rows.columns if c.endswith("_activation_value_0")]
         for row in rows.to_dict("records"):
             entry = {
                 "prompt": row["caption"],
-                "image_path": [self._copy(row["_participant"], row["session"], row["_image_a"],
-                                          row["image_0_uid"]),
-                               self._copy(row["_participant"], row["session"], row["_image_b"],
-                                          row["image_1_uid"])],
-                # HPD v2 writes [1, 0] / [0, 1]; a tie stays [0.5, 0.5].
+                "file_path": [self._copy(row["_participant"], row["session"], row["_image_a"],
+                                         row["image_0_uid"]),
+                              self._copy(row["_participant"], row["session"], row["_image_b"],
+                                         row["image_1_uid"])],
+                # HPD v2 writes [1, 0] / [0, 1]; a tie stays [0.5, 0.5] (HPSv2's HPSLoss
+                # weighs the two cross-entropies by these labels: a tie is read as one).
                 "human_preference": [_label(row["label_0"]), _label(row["label_1"])],
                 "label_source": row["label_source"],
                 "confidence": _finite(row["confidence"]),
@@ -730,15 +799,19 @@ class _HPDWriter(_Writer):
                 entry["features"] = [
                     {c[:-2]: _finite(row[c]) for c in feats},
                     {c[:-2]: _finite(row[c[:-1] + "1"]) for c in feats}]
-            self.handle.write(("\n" if self.n_rows == 0 else ",\n") + json.dumps(entry))
+            handle.write(("\n" if not self.written.get(split) else ",\n") + json.dumps(entry))
+            self.written[split] = self.written.get(split, 0) + 1
             self.n_rows += 1
+        self.shards[split] = [self.out / f"{split}.json"]
 
     def _finish(self) -> None:
-        self.handle.write("\n]\n")
-        self.handle.close()
+        for handle in self.handles.values():
+            handle.write("\n]\n")
+            handle.close()
 
     def abort(self) -> None:
-        self.handle.close()
+        for handle in self.handles.values():
+            handle.close()
 
 
 class _JsonlWriter(_Writer):
@@ -748,7 +821,7 @@ class _JsonlWriter(_Writer):
         super().__init__(*args)
         self.handle = (self.out / "labels.jsonl").open("w")
 
-    def _flush(self, rows: pd.DataFrame) -> None:
+    def _flush(self, split: str, rows: pd.DataFrame) -> None:
         feats = [c for c in rows.columns if c.endswith("_activation_value_0")]
         for row in rows.to_dict("records"):
             label_0 = row["label_0"]
@@ -828,6 +901,8 @@ class ExportSummary:
     format: str
     n_rows: int = 0
     n_shards: int = 0
+    n_ties: int = 0
+    splits: list = field(default_factory=list)
     per_source: dict = field(default_factory=dict)
     agreement: dict = field(default_factory=dict)
     plan: LabelPlan | None = None
@@ -842,6 +917,7 @@ class ExportSummary:
 
 def _tally(summary: ExportSummary, decided: pd.DataFrame) -> None:
     """Count rows per source, and agreement with the rankings of the decided model labels."""
+    summary.n_ties += int((decided["label_0"].to_numpy(dtype=float) == 0.5).sum())
     for source, part in decided.groupby("label_source", sort=False):
         summary.per_source[source] = summary.per_source.get(source, 0) + len(part)
         if source == "ranking":
@@ -863,7 +939,7 @@ def write_labels(chunks: Iterable[pd.DataFrame], out, *, format: str = "pickapic
                  abstentions: str = "drop", min_confidence: float | None = None,
                  shard_size: int = 10_000, overwrite: bool = False, protect=None,
                  card: Callable[[ExportSummary], str] | None = None,
-                 source_name: str = "labels") -> ExportSummary:
+                 source_name: str = "labels", sources=None) -> ExportSummary:
     """Write label chunks (:func:`iter_labels`) as a training dataset, shard by shard.
 
     Everything is written into a temporary sibling of ``out`` renamed into place at the
@@ -893,6 +969,13 @@ def write_labels(chunks: Iterable[pd.DataFrame], out, *, format: str = "pickapic
         A folder ``out`` must not be or contain (the study itself).
     card : callable, optional
         ``card(summary) -> str``: the README.md written with the export.
+    source_name : str
+        What the error messages call the data.
+    sources : sequence of str, optional
+        The label sources asked for. With more than one, every format but ``jsonl``
+        writes one split per source (:func:`split_name`: ``train_reactions``,
+        ``train_integrated``, ``train_ranking``), never mixed rows; otherwise the one
+        split is ``train``.
 
     Returns
     -------
@@ -921,7 +1004,8 @@ def write_labels(chunks: Iterable[pd.DataFrame], out, *, format: str = "pickapic
     summary = ExportSummary(out=final, format=format)
     writer = None
     try:
-        writer = WRITERS[format](staged, ctx, shard_size, features is not None)
+        split_by_source = format != "jsonl" and sources is not None and len(tuple(sources)) > 1
+        writer = WRITERS[format](staged, ctx, shard_size, features is not None, split_by_source)
         for chunk in chunks:
             decided = decide(chunk, all_pairs=all_pairs, abstentions=abstentions,
                              min_confidence=min_confidence)
@@ -931,13 +1015,14 @@ def write_labels(chunks: Iterable[pd.DataFrame], out, *, format: str = "pickapic
             writer.add(_rows(decided, ctx))
             summary.n_rows += len(decided)
         if summary.n_rows == 0:
-            raise FergiError(f"{source_name}: no label to export (every pair was left out: "
-                             "check --source, --min-confidence, --exclude-participants)")
+            raise FergiError(_no_label_message(source_name, sources, all_pairs, min_confidence))
         writer.close()
-        summary.n_shards = len(writer.shards)
+        summary.n_shards = writer.n_shards
+        summary.splits = [split for split, shards in writer.shards.items() if shards]
         if card is not None:
             (staged / "README.md").write_text(card(summary))
-        info = {"format": format, "rows": summary.n_rows, "per_source": summary.per_source,
+        info = {"format": format, "rows": summary.n_rows, "splits": summary.splits,
+                "ties": summary.n_ties, "per_source": summary.per_source,
                 "agreement_with_rankings": {k: {**v, "percent": summary.agreement_percent(k)}
                                             for k, v in summary.agreement.items()},
                 **summary.settings}
@@ -954,6 +1039,26 @@ def write_labels(chunks: Iterable[pd.DataFrame], out, *, format: str = "pickapic
         shutil.rmtree(staged, ignore_errors=True)
         raise
     return summary
+
+
+def _no_label_message(source_name: str, sources, all_pairs: bool, min_confidence) -> str:
+    """One line: why nothing was exported, and the options that give labels."""
+    sources = tuple(sources) if sources is not None else ("reactions",)
+    if sources == ("ranking",):
+        return (f"{source_name}: no label to export (no session has two ranked valid images of "
+                "a participant who is not left out)")
+    hints = []
+    if not all_pairs:
+        hints.append("--all-pairs labels every pair by the sign of its score difference")
+    if min_confidence is not None:
+        hints.append(f"a --min-confidence below {min_confidence:g} keeps more")
+    if "ranking" not in sources:
+        hints.append(f"--source ranking (or {','.join(sources)},ranking) exports the participants' "
+                     "own rankings")
+    reason = ("no pair reached the model's abstention threshold" +
+              (" and --min-confidence" if min_confidence is not None else "")
+              if not all_pairs or min_confidence is not None else "no pair could be labelled")
+    return f"{source_name}: no label to export ({reason}): " + "; ".join(hints or ["check --exclude-participants"])
 
 
 def _parse_sources(source) -> tuple:
@@ -984,16 +1089,20 @@ def export_labels(data, out, *, format: str = "pickapic", source="reactions", mo
     out : path-like
         The output folder (new or empty unless ``overwrite``).
     format : {"pickapic", "hpdv2", "hf", "jsonl"}
-        ``pickapic``: parquet shards ``data/train-XXXXX-of-YYYYY.parquet`` in the columns
-        of Pick-a-Pic v2 (what Diffusion-DPO's training script reads), fergi's
+        ``pickapic``: parquet shards ``data/<split>-XXXXX-of-YYYYY.parquet`` in the
+        columns of Pick-a-Pic v2 (what Diffusion-DPO's training script reads), fergi's
         ``label_source, confidence, participant, session`` after them. ``hpdv2``:
-        ``train.json`` as HPD v2's training split (``prompt``, ``image_path``,
-        ``human_preference``) with the images in ``train/``. ``hf``: a
-        ``datasets.DatasetDict`` (``train`` split) saved with ``save_to_disk``
-        (``datasets.load_from_disk(out)``) with Image features. ``jsonl``: ``labels.jsonl`` as ``fergi annotate`` writes it.
-        Every format gets a dataset card ``README.md`` and ``export_info.json``.
+        ``<split>.json`` as HPD v2's training split (``prompt``, ``file_path`` relative to
+        ``train/``, ``human_preference``) with the images in ``train/``, as HPSv2's
+        ``HPDDataset`` reads it. ``hf``: a ``datasets.DatasetDict`` (one entry per split)
+        saved with ``save_to_disk`` (``datasets.load_from_disk(out)``) with Image
+        features. ``jsonl``: ``labels.jsonl`` as ``fergi annotate`` writes it. Every
+        format gets a dataset card ``README.md`` and ``export_info.json``.
     source : str or sequence
         ``reactions``, ``integrated``, ``ranking``, a comma-separated list, or ``all``.
+        One source is the split ``train``; with several, each is its own split
+        (``train_reactions``, ``train_integrated``, ``train_ranking``) in every format
+        but ``jsonl``, never mixed rows.
     model : AnnotationModel, optional
         Default: the shipped scale-free model (:func:`~fergi.preference.load_model`).
     lopo : bool
@@ -1003,7 +1112,9 @@ def export_labels(data, out, *, format: str = "pickapic", source="reactions", mo
         Leave participants whose AU4 is unreliable at rest out of the reaction-based
         sources (Sec. 6.2.1), as ``fergi reproduce`` does.
     all_pairs, abstentions, min_confidence
-        See :func:`decide`.
+        See :func:`decide`. With ``abstentions="tie"``, a Pick-a-Pic-style export with
+        ties logs a warning (:func:`tie_warning`) and its card lists which trainers
+        misread ties (:data:`TIE_READERS`).
     exclude_participants : iterable of str
         Participants to leave out (withdrawn consent), besides those listed in
         ``withdrawn.json`` or marked in ``study/sessions.csv``.
@@ -1092,10 +1203,24 @@ def export_labels(data, out, *, format: str = "pickapic", source="reactions", mo
                            captions=captions, generators=generators, created=created,
                            features=features, all_pairs=all_pairs, abstentions=abstentions,
                            min_confidence=min_confidence, shard_size=shard_size,
-                           overwrite=overwrite, protect=root, card=card, source_name=str(root))
+                           overwrite=overwrite, protect=root, card=card, source_name=str(root),
+                           sources=sources)
     summary.plan, summary.settings = plan, settings
     logger.info("exported %d labelled pairs to %s", summary.n_rows, summary.out)
+    warning = tie_warning(summary)
+    if warning:
+        logger.warning("%s", warning)
     return summary
+
+
+def tie_warning(summary: ExportSummary) -> str | None:
+    """One line on the 0.5/0.5 ties of a Pick-a-Pic-style export and who misreads them."""
+    if not summary.n_ties or summary.format not in ("pickapic", "hf"):
+        return None
+    return (f"{summary.out}: {summary.n_ties} of {summary.n_rows} rows are 0.5/0.5 ties; "
+            "diffusers' train_diffusion_dpo.py trains on a tie as \"jpg_0 preferred\" (it swaps "
+            "the images only when label_0 == 0): keep label_0 in (0, 1) before DPO training, or "
+            "export with --abstentions drop (README.md, \"Ties\")")
 
 
 def _survey(root: Path, reactions) -> tuple[pd.DataFrame, set]:
@@ -1133,10 +1258,18 @@ def dataset_card(summary: ExportSummary) -> str:
     """The README.md of an export: how the labels were made, their accuracy, consent."""
     plan = summary.plan or LabelPlan((), False)
     s = summary.settings
+    splits = summary.splits or ["train"]
+    configs = []
+    if summary.format == "pickapic":
+        # Named explicitly, so that load_dataset(OUT) and the Hub find every split.
+        configs = ["configs:", "- config_name: default", "  data_files:"]
+        for split in splits:
+            configs += [f"  - split: {split}", f"    path: data/{split}-*"]
     lines = [
         "---",
         "task_categories:", "- text-to-image",
         "tags:", "- human-preference", "- facial-expression", "- fergi",
+        *configs,
         "---",
         "# Preference labels from facial reactions (fergi)",
         "",
@@ -1158,7 +1291,13 @@ def dataset_card(summary: ExportSummary) -> str:
     }
     for source in plan.sources:
         lines.append(f"- {explain[source]} Rows: {summary.per_source.get(source, 0)}.")
-    lines += ["", "Every row names its source in `label_source`; the sources are never merged.", ""]
+    lines += ["", "Every row names its source in `label_source`; the sources are never merged."]
+    if len(splits) > 1 or splits[0] != "train":
+        lines += [f"Each source is its own split ({', '.join(f'`{x}`' for x in splits)}): trainers "
+                  "read one split and ignore `label_source`, and two sources may label the same "
+                  "pair differently, so their rows are never mixed. Pick one, e.g. diffusers' "
+                  f"`--dataset_split_name={splits[0]}`."]
+    lines += [""]
     if any(x in plan.sources for x in ("reactions", "integrated")):
         lines += [f"Model: {plan.model}.", ""]
         rule = ("every pair is labelled by the sign of its score difference, however small "
@@ -1168,8 +1307,8 @@ def dataset_card(summary: ExportSummary) -> str:
         lines += [f"**Abstention rule**: {rule}."]
         if s.get("min_confidence") is not None:
             lines += [f"Pairs with a confidence below {s['min_confidence']} are also left out."]
-        ties = ("written as ties (`label_0` = `label_1` = 0.5, the Pick-a-Pic convention; "
-                "filter them out before Diffusion-DPO training)" if s.get("abstentions") == "tie"
+        ties = (f"written as ties (`label_0` = `label_1` = 0.5, the Pick-a-Pic convention): "
+                f"{summary.n_ties} rows; see \"Ties\" below" if s.get("abstentions") == "tie"
                 else "left out")
         lines += [f"Pairs the rule rejects, and exact ties, are {ties}.", ""]
         lines += ["## Label accuracy against the participants' rankings", ""]
@@ -1192,6 +1331,14 @@ def dataset_card(summary: ExportSummary) -> str:
         if plan.screened_out:
             lines += [f"Participants screened out of the reaction labels (unreliable AU4 at "
                       f"rest, FERGI Sec. 6.2.1): {len(plan.screened_out)}.", ""]
+    if summary.n_ties:
+        lines += ["## Ties", "",
+                  f"{summary.n_ties} rows are 0.5/0.5 ties (`--abstentions tie`). Not every trainer "
+                  "reads them as ties:", ""]
+        lines += [f"- {who}: {what}." for who, what in TIE_READERS]
+        lines += ["", "Before training a DPO model, keep the decided rows only, e.g. "
+                  "`ds.filter(lambda row: row[\"label_0\"] in (0.0, 1.0))`, or export with "
+                  "`--abstentions drop` (the default).", ""]
     lines += [
         "## Consent, privacy and sharing",
         "",
@@ -1212,6 +1359,11 @@ def dataset_card(summary: ExportSummary) -> str:
         "## Columns",
         "",
     ]
+    where = {"pickapic": ", ".join(f"`data/{x}-XXXXX-of-YYYYY.parquet`" for x in splits),
+             "hf": ", ".join(f"split `{x}`" for x in splits),
+             "hpdv2": ", ".join(f"`{x}.json`" for x in splits)}.get(summary.format)
+    if where:
+        lines += [f"Files: {where}.", ""]
     if summary.format in ("pickapic", "hf"):
         lines += ["The Pick-a-Pic v2 columns (`caption`, `jpg_0`, `jpg_1`, `label_0`, `label_1`, "
                   "`are_different`, `has_label`, `best_image_uid`, `image_0_uid`, `image_1_uid`, "
@@ -1219,9 +1371,11 @@ def dataset_card(summary: ExportSummary) -> str:
                   "`label_source`, `confidence`, `participant` (pseudonym) and `session`. "
                   "`label_0` = 1 means `jpg_0` was preferred.", ""]
     elif summary.format == "hpdv2":
-        lines += ["`train.json`: a list of `{prompt, image_path: [a, b], human_preference: "
-                  "[1, 0] | [0, 1] | [0.5, 0.5], label_source, confidence, participant, "
-                  "session}`; images in `train/`.", ""]
+        lines += ["HPD v2's training layout: a list of `{prompt, file_path: [a, b], "
+                  "human_preference: [1, 0] | [0, 1] | [0.5, 0.5], label_source, confidence, "
+                  "participant, session}`, `file_path` relative to `train/`, where the images "
+                  "are (HPSv2's trainer: `--train-data OUT/train.json --train-folder OUT/train "
+                  "--dataset-type HPD`).", ""]
     else:
         lines += ["`labels.jsonl`: one pair a line, as `fergi annotate` writes it, with "
                   "`participant` pseudonymised and `confidence` added.", ""]

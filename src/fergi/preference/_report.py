@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from fergi.preference._paper import DISCREPANCY, PUBLISHED, STRICT_NOTE
+from fergi.preference._paper import BASELINES, DISCREPANCY, PUBLISHED, STRICT_NOTE
 
 _NAMES = {
     "CLIP": "CLIP Score",
@@ -28,6 +28,16 @@ def _mark(value, published) -> str:
     return "" if round(value, 2) == round(published, 2) else f"  (paper {published:.2f})"
 
 
+def _untrained(results: dict) -> set:
+    """Paper names of the baselines ``results["score_columns"]`` flags as untrained output."""
+    flags = results.get("score_columns", {})
+    return {name for name, column in BASELINES.items()
+            if flags.get(column, {}).get("untrained_in_release")}
+
+
+_UNTRAINED_MARK = "  [untrained in release: chance]"
+
+
 def format_paper_tables(results: dict) -> str:
     """Tables 1 and 2 and the FAU-Net results laid out like the paper.
 
@@ -39,9 +49,12 @@ def format_paper_tables(results: dict) -> str:
     Returns
     -------
     str
-        Plain text; a figure that differs from the paper is followed by the paper's value.
+        Plain text; a figure that differs from the paper is followed by the paper's value,
+        and the rows of a score column flagged untrained (``results["score_columns"]``,
+        :func:`fergi.datasets.check_score_columns`) are marked as chance.
     """
     pub = results.get("preference_published", PUBLISHED)
+    untrained = _untrained(results)
     lines = []
     t1 = results["table1"]
     lines.append(
@@ -50,7 +63,8 @@ def format_paper_tables(results: dict) -> str:
     )
     lines.append(f"  {'Model':<26}{'Acc.':>8}")
     for key, value in t1["accuracy"].items():
-        lines.append(f"  {_NAMES[key]:<26}{_f(value):>8}{_mark(value, pub['table1'].get(key))}")
+        lines.append(f"  {_NAMES[key]:<26}{_f(value):>8}{_mark(value, pub['table1'].get(key))}"
+                     f"{_UNTRAINED_MARK if key in untrained else ''}")
     fits = Counter((f["k"], f["w_au4"], f["threshold"]) for f in results["table1_fits"])
     (k, w, d), n = fits.most_common(1)[0]
     lines.append(
@@ -72,7 +86,7 @@ def format_paper_tables(results: dict) -> str:
             row.append(strict.get(key))
         text = "".join(f"{_f(v):>11}" for v in row)
         marks = _mark(row[0], pub["table2_independent"].get(key)) or _mark(row[1], pub["table2_with_aus"].get(key))
-        lines.append(f"  {_NAMES[key]:<26}{text}{marks}")
+        lines.append(f"  {_NAMES[key]:<26}{text}{marks}{_UNTRAINED_MARK if key in untrained else ''}")
     lines.append(f"  Note: {DISCREPANCY}")
     if strict is not None:
         lines.append(f"  Note: {STRICT_NOTE}")
