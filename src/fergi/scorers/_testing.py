@@ -150,13 +150,15 @@ def make_scorer_weights(folder: Path, size: str = "tiny", seed: int = 0,
     hps = random_clip(cfg_h, seed + 2)
     # HPS v2's files wrap the OpenCLIP state dict: {"state_dict": ...}.
     torch.save({"state_dict": hf_to_openclip(hps)}, folder / "HPS_v2_compressed.pt")
+    hps21 = random_clip(cfg_h, seed + 5)  # v2.1: the same architecture, other weights
+    torch.save({"state_dict": hf_to_openclip(hps21)}, folder / "HPS_v2.1_compressed.pt")
     pick = random_clip(cfg_h, seed + 3)
     pick.save_pretrained(folder / "PickScore_v1")
     for f in ("vocab.json", "merges.txt"):
         (folder / "PickScore_v1" / f).write_bytes((tok / f).read_bytes())
     blip = make_blip_weights(folder, size, seed + 4)
     if layout == "hf":
-        for name, model in (("clip-vit-large-patch14", clip), ("HPSv2", hps)):
+        for name, model in (("clip-vit-large-patch14", clip), ("HPSv2", hps), ("HPSv2.1", hps21)):
             model.save_pretrained(folder / name)
             for f in ("vocab.json", "merges.txt"):
                 (folder / name / f).write_bytes((tok / f).read_bytes())
@@ -166,6 +168,7 @@ def make_scorer_weights(folder: Path, size: str = "tiny", seed: int = 0,
                           "backbone": folder / "clip-vit-large-patch14"},
             "pickscore": {"weights": folder / "PickScore_v1"},
             "hpsv2": {"weights": folder / "HPSv2"},
+            "hpsv2.1": {"weights": folder / "HPSv2.1"},
             **blip,
         }
     common = {"tokenizer": tok}
@@ -175,6 +178,7 @@ def make_scorer_weights(folder: Path, size: str = "tiny", seed: int = 0,
                       "backbone": folder / "ViT-L-14.pt", "config": cfg_l, **common},
         "pickscore": {"weights": folder / "PickScore_v1", "config": cfg_h, **common},
         "hpsv2": {"weights": folder / "HPS_v2_compressed.pt", "config": cfg_h, **common},
+        "hpsv2.1": {"weights": folder / "HPS_v2.1_compressed.pt", "config": cfg_h, **common},
         **blip,
     }
 
