@@ -13,12 +13,13 @@ import copy
 import json
 from pathlib import Path
 
-#: A tiny CLIP: the same layout, 2 layers a tower, 16-token context.
+#: A tiny CLIP: the same layout, 2 layers a tower, 16-token context, MLPs 4x wide as
+#: published (hpsv2's copy of OpenCLIP cannot build a text tower with another ratio).
 TINY_CLIP = {
     "projection_dim": 16,
-    "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+    "text_config": {"hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 2,
                     "num_attention_heads": 2, "max_position_embeddings": 16},
-    "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+    "vision_config": {"hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 2,
                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
 }
 
