@@ -530,6 +530,7 @@ def test_hps_preprocessing_resizes_the_float_tensor_as_hpsv2(weights):
     rng = np.random.default_rng(5)
     scorer = create_scorer("hpsv2", **weights["hpsv2"])
     old = create_scorer("hpsv2", antialias=False, **weights["hpsv2"])
+    assert old.fingerprint != scorer.fingerprint  # other numbers, another cache key
     for h, w in [(45, 60), (61, 35), (20, 27)]:  # down and up, landscape and portrait
         img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         got = scorer.preprocess(img)

@@ -57,14 +57,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import transformers  # noqa: F401  (imported before the stubs, so it sees none of them)
 from PIL import Image
 from torch import nn
 from transformers import BertTokenizer, CLIPTokenizer
 
 from fergi.scorers import create_scorer
-from fergi.scorers._clip import CLIPFamilyScorer, load_clip_tokenizer, openclip_clean
+from fergi.scorers._clip import CLIPFamilyScorer, load_clip_tokenizer
 from fergi.scorers._testing import TINY_BLIP, TINY_CLIP, make_scorer_weights, random_clip
 
 PROMPTS = [
@@ -103,9 +102,9 @@ def _load(name: str, path: Path):
 def _torchvision(site: Path) -> str:
     """Import torchvision's transforms: the real package, or its Python code without its operators."""
     try:
-        import torchvision  # noqa: F401
+        import torchvision
 
-        return "torchvision (imported)"
+        return f"torchvision {torchvision.__version__}"
     except Exception:  # the CUDA wheel's operators do not register with the CPU torch
         for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
             del sys.modules[name]
@@ -113,7 +112,7 @@ def _torchvision(site: Path) -> str:
     if not folder.is_dir():
         raise SystemExit(f"{site}: no torchvision here (pip download --no-deps torchvision, then unzip it)")
     _module("torchvision", __path__=[str(folder)], __version__="(transforms only)")
-    import torchvision.transforms  # noqa: F401
+    import torchvision.transforms
     import torchvision.transforms.functional  # noqa: F401
 
     version = (site / "torchvision" / "version.py")
@@ -211,7 +210,7 @@ def _import_hpsv2(site: Path) -> None:
     """
     wanted = site / "hpsv2" / "src" / "open_clip" / "bpe_simple_vocab_16e6.txt.gz"
     if wanted.is_file():
-        import hpsv2.img_score  # noqa: F401
+        import hpsv2.img_score
         return
     print(f"  note: {wanted.name} is missing from hpsv2; reading OpenCLIP's copy of OpenAI's BPE instead")
     real_open = gzip.open

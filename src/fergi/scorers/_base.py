@@ -48,9 +48,10 @@ class Scorer:
     weights_fingerprint : str
         Hash of the weights (and tokenizer) files.
     fingerprint : str
-        Each cached score's key: the weights' hash, the precision and fergi's
-        computation version (:data:`COMPUTATION_VERSION`), so fp16 and fp32 scores
-        never stand in for each other.
+        Each cached score's key: the weights' hash, the precision (and HPS v2's
+        ``antialias`` when off) and fergi's computation version
+        (:data:`COMPUTATION_VERSION`), so fp16 and fp32 scores never stand in for each
+        other.
     precision : {"fp32", "fp16"}
         The model's dtype.
     device : torch.device
@@ -89,7 +90,8 @@ class Scorer:
     @property
     def fingerprint(self) -> str:
         """The cache key of this scorer's numbers: weights hash, precision, computation version."""
-        return f"{self.weights_fingerprint}-{self.precision}-c{COMPUTATION_VERSION}"
+        options = "-noaa" if self.preprocess_mode == "pad" and not self.antialias else ""
+        return f"{self.weights_fingerprint}-{self.precision}{options}-c{COMPUTATION_VERSION}"
 
     # -- to implement -------------------------------------------------------------
     def _score_batch(self, pixels, prompts: list[str]):  # pragma: no cover - abstract
