@@ -113,7 +113,7 @@ def _torchvision(site: Path) -> str:
         raise SystemExit(f"{site}: no torchvision here (pip download --no-deps torchvision, then unzip it)")
     _module("torchvision", __path__=[str(folder)], __version__="(transforms only)")
     import torchvision.transforms
-    import torchvision.transforms.functional  # noqa: F401
+    import torchvision.transforms.functional
 
     version = (site / "torchvision" / "version.py")
     text = version.read_text() if version.is_file() else ""
