@@ -323,6 +323,20 @@ def check_preprocessing(site: Path, tmp: Path, weights: dict, paths: list[Path])
             if diff >= worst:
                 worst, worst_image = diff, path.name
         _report(name, label, worst, f" (worst: {worst_image})")
+    # torchvision <= 0.16 did not antialias tensor resizes: hpsv2's transform with that resize
+    # against fergi's antialias=False.
+    real_f = hps_transform.F
+    hps_transform.F = types.SimpleNamespace(resize=functools.partial(real_f.resize, antialias=False), pad=real_f.pad)
+    try:
+        old_transform = hps_transform.image_transform(size, is_train=False, resize_longest_max=True)
+        scorer = create_scorer("hpsv2", antialias=False, **weights["hpsv2"])
+        worst = 0.0
+        for path in paths[:-1]:
+            with Image.open(path) as img:
+                worst = max(worst, float(np.abs(old_transform(img).numpy() - scorer.preprocess(path)).max()))
+    finally:
+        hps_transform.F = real_f
+    _report("hpsv2", "the same, resize(antialias=False) (tv <= 0.16)", worst, " (fergi antialias=False)")
     with Image.open(paths[-1]) as img:
         on_white = references["pickscore"][1](img).numpy()
     dropped = create_scorer("pickscore", **weights["pickscore"]).preprocess(paths[-1])
