@@ -1,12 +1,14 @@
 """Throughput of the six baseline scorers (``fergi score``) with random weights.
 
 Usage: python benchmarks/bench_scorers.py [--quick] [--images N] [--batch-size B] [--device D]
+                                          [--precision fp32|fp16]
 
 For each scorer, at the published architecture sizes (CLIP ViT-L/14, ViT-H/14 for
 PickScore and HPS v2, BLIP ViT-L/16 + BERT-base) with random weights, prints the model
 build time, images/second of the whole ``Scorer.score`` call (decoding and preprocessing
 in the background pool overlapped with batched inference), and images/second of the
-decoding + preprocessing alone. Runs on CPU, and on CUDA (fp16) when present. Then a
+decoding + preprocessing alone. Runs on CPU, and on CUDA when present, in fp32 (fergi's
+default) unless ``--precision fp16``. Then a
 second ``fergi score``-style run through the cache reports how many images it skipped.
 
 ``--quick`` uses tiny versions of the same architectures, loaded from checkpoint files
@@ -38,7 +40,8 @@ def _images(folder: Path, n: int, size: int) -> list[Path]:
     return paths
 
 
-def _full_size_scorer(name: str, tok_dir: Path, special: dict, device, batch_size: int):
+def _full_size_scorer(name: str, tok_dir: Path, special: dict, device, batch_size: int,
+                      precision: str = "fp32"):
     """A scorer at the published size with random weights, built in memory (no 4 GB file)."""
     from fergi.scorers import get_scorer_spec
     from fergi.scorers._blip import BLIP_LARGE, BLIPScorer, load_bert_tokenizer
@@ -51,7 +54,7 @@ def _full_size_scorer(name: str, tok_dir: Path, special: dict, device, batch_siz
     )
     from fergi.scorers._testing import clip_config, random_blip, random_clip
 
-    options = {"device": device, "batch_size": batch_size}
+    options = {"device": device, "batch_size": batch_size, "precision": precision}
     if name in ("blip", "imagereward"):
         model = random_blip(BLIP_LARGE, with_head=name == "imagereward")
         if name == "blip":
@@ -78,6 +81,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", action="append", default=None,
                         help="device(s) to run on (default cpu, plus cuda when present)")
     parser.add_argument("--scorers", default=",".join(SCORERS))
+    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                        help="model dtype (default fp32, as `fergi score`)")
     args = parser.parse_args(argv)
 
     import torch
@@ -93,10 +98,11 @@ def main(argv=None) -> dict:
     devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     names = [s for s in args.scorers.split(",") if s]
     figures: dict = {"quick": args.quick, "images": n, "batch_size": args.batch_size,
+                     "precision": args.precision,
                      "threads": torch.get_num_threads(), "runs": []}
     size = "tiny" if args.quick else "full"
     print(f"Scorers with random weights ({size} architectures), {n} images of 512x512 PNG, "
-          f"batch {args.batch_size}, {torch.get_num_threads()} torch threads")
+          f"batch {args.batch_size}, {args.precision}, {torch.get_num_threads()} torch threads")
     print(f"{'scorer':<12} {'device':<6} {'build s':>8} {'img/s':>8} {'preproc img/s':>14}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -111,9 +117,11 @@ def main(argv=None) -> dict:
             for name in names:
                 t = time.perf_counter()
                 if args.quick:
-                    scorer = create_scorer(name, device=device, batch_size=args.batch_size, **weights[name])
+                    scorer = create_scorer(name, device=device, batch_size=args.batch_size,
+                                           precision=args.precision, **weights[name])
                 else:
-                    scorer = _full_size_scorer(name, tmp / "tok", special, device, args.batch_size)
+                    scorer = _full_size_scorer(name, tmp / "tok", special, device, args.batch_size,
+                                               args.precision)
                 build = time.perf_counter() - t
                 scorer.score(paths[: min(2, n)], prompts[: min(2, n)])  # warm-up (kernels, allocator)
                 t = time.perf_counter()

@@ -12,6 +12,7 @@ fergi's CPU torch).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +26,8 @@ from fergi.scorers._images import CLIP_MEAN, CLIP_STD
 from fergi.scorers._testing import make_scorer_weights
 
 CLIP_FAMILY = ["clip", "aesthetic", "pickscore", "hpsv2"]
-ALL = ["clip", "aesthetic", "blip", "imagereward", "pickscore", "hpsv2"]
+RELEASE = ["clip", "aesthetic", "blip", "imagereward", "pickscore", "hpsv2"]
+ALL = [*RELEASE, "hpsv2.1"]
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +59,10 @@ def test_registry_lists_the_six_in_release_order_with_their_columns():
     from fergi.datasets._schema import SCORE_COLUMNS
 
     assert list_scorers() == ALL
-    assert [get_scorer_spec(n).column for n in ALL] == list(SCORE_COLUMNS)
+    assert list_scorers(release=True) == RELEASE
+    assert [get_scorer_spec(n).column for n in RELEASE] == list(SCORE_COLUMNS)
+    # HPS v2.1 has its own column: never the release's (v2.0) one.
+    assert get_scorer_spec("hpsv2.1").column == "HPS_V2.1_score"
     with pytest.raises(FergiError, match="unknown scorer"):
         create_scorer("clipp")
 
@@ -154,27 +159,35 @@ def test_prompt_count_must_match(weights, images):
 
 # -- reference parity -----------------------------------------------------------------
 
+def _hps_reference_pixels(img: Image.Image, size: int, antialias: bool = True) -> torch.Tensor:
+    """hpsv2's val transform written out: ToTensor, ResizeMaxSize on the float tensor
+    (torchvision's tensor resize is interpolate(bicubic, align_corners=False)), pad, Normalize."""
+    x = torch.tensor(np.asarray(img.convert("RGB")), dtype=torch.float32).permute(2, 0, 1) / 255
+    h, w = x.shape[1:]
+    scale = size / float(max(h, w))
+    nh, nw = round(h * scale), round(w * scale)
+    x = F.interpolate(x[None], size=(nh, nw), mode="bicubic", align_corners=False, antialias=antialias)[0]
+    out = torch.zeros(3, size, size)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[:, top:top + nh, left:left + nw] = x
+    return (out - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
+
+
 def _reference_pixels(img: Image.Image, size: int, mode: str) -> torch.Tensor:
     """torchvision's Resize/CenterCrop (ImageReward, CLIP), HF's processor crop or HPS v2's
-    ResizeMaxSize, written out from their published definitions."""
+    tensor ResizeMaxSize, written out from their published definitions."""
+    if mode == "pad":
+        return _hps_reference_pixels(img, size)
     img = img.convert("RGB")
     w, h = img.size
-    if mode == "pad":
-        scale = size / max(w, h)
-        nw, nh = round(w * scale), round(h * scale)
-        img = img.resize((nw, nh), Image.BICUBIC)
-        canvas = Image.new("RGB", (size, size))
-        canvas.paste(img, ((size - nw) // 2, (size - nh) // 2))
-        img = canvas
+    if w <= h:
+        nw, nh = size, int(size * h / w)
     else:
-        if w <= h:
-            nw, nh = size, int(size * h / w)
-        else:
-            nw, nh = int(size * w / h), size
-        if (nw, nh) != (w, h):
-            img = img.resize((nw, nh), Image.BICUBIC)
-        top, left = int(round((nh - size) / 2)), int(round((nw - size) / 2))
-        img = img.crop((left, top, left + size, top + size))
+        nw, nh = int(size * w / h), size
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.BICUBIC)
+    top, left = int(round((nh - size) / 2)), int(round((nw - size) / 2))
+    img = img.crop((left, top, left + size, top + size))
     x = torch.tensor(np.asarray(img), dtype=torch.float32).permute(2, 0, 1) / 255
     return (x - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
 
@@ -384,3 +397,173 @@ def test_openai_torchscript_checkpoint_gives_the_same_scores(weights, images, tm
     options = {**weights["clip"], "weights": tmp_path / "ViT-L-14.pt"}
     np.testing.assert_allclose(create_scorer("clip", **options).score(images, PROMPTS),
                                create_scorer("clip", **weights["clip"]).score(images, PROMPTS), rtol=1e-6)
+
+
+# -- faithful to the references: HPS version, text cleaning, precision, HPS preprocessing --------
+
+def _hf_cache_file(hub: Path, repo: str, src: Path, name: str) -> None:
+    """Put ``src`` in a Hugging Face cache layout as ``repo``'s file ``name``."""
+    import shutil
+
+    root = hub / f"models--{repo.replace('/', '--')}"
+    (root / "snapshots" / "abc123").mkdir(parents=True, exist_ok=True)
+    shutil.copy(src, root / "snapshots" / "abc123" / name)
+    (root / "refs").mkdir(exist_ok=True)
+    (root / "refs" / "main").write_text("abc123")
+
+
+def test_hpsv2_is_v2_0_and_never_loads_a_v2_1_file(weights, images, tmp_path, monkeypatch):
+    """``hpsv2`` is HPS v2.0 (the paper's, the release's, hpsv2's default): a cached v2.1
+    file is never taken for it; v2.1 is the scorer ``hpsv2.1`` with its own column."""
+    import shutil
+
+    import fergi.scorers._clip as clip_module
+    from fergi.scorers import score_folder
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    v20, v21 = weights["hpsv2"]["weights"], weights["hpsv2.1"]["weights"]
+    _hf_cache_file(tmp_path / "hf-hub", "xswu/HPSv2", v21, "HPS_v2.1_compressed.pt")
+    for folder in (tmp_path / "fergi-scorers", tmp_path / ".cache" / "hpsv2"):
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(v21, folder / "HPS_v2.1_compressed.pt")
+    read = []
+    real_read = clip_module.read_state_dict
+    monkeypatch.setattr(clip_module, "read_state_dict", lambda path: read.append(Path(path).name) or real_read(path))
+    options = {k: v for k, v in weights["hpsv2"].items() if k != "weights"}
+
+    with pytest.raises(FergiError, match="hpsv2: no weights found.*HPS_v2_compressed.pt"):
+        create_scorer("hpsv2", **options)
+    with pytest.raises(FergiError, match=r"HPS_v2\.1_compressed\.pt: this is the hpsv2\.1 checkpoint.*HPS_V2\.1_score"):
+        create_scorer("hpsv2", **{**options, "weights": v21})
+    with pytest.raises(FergiError, match=r"HPS_v2_compressed\.pt: this is the hpsv2 checkpoint"):
+        create_scorer("hpsv2.1", **{**options, "weights": v20})
+    assert read == []
+
+    # With v2.0 beside it (here in fergi's folder, v2.1 in the HF cache), hpsv2 reads v2.0 only.
+    shutil.copy(v20, tmp_path / "fergi-scorers" / "HPS_v2_compressed.pt")
+    found = create_scorer("hpsv2", **options)
+    assert read == ["HPS_v2_compressed.pt"]
+    np.testing.assert_array_equal(found.score(images, PROMPTS),
+                                  create_scorer("hpsv2", **weights["hpsv2"]).score(images, PROMPTS))
+    read.clear()
+    create_scorer("hpsv2.1", **options)
+    assert read == ["HPS_v2.1_compressed.pt"]
+
+    # score_folder (what `fergi score` runs) writes each version in its own column.
+    (tmp_path / "imgs").mkdir()
+    for i, im in enumerate(images):
+        im.save(tmp_path / "imgs" / f"{i}.png")
+    table = tmp_path / "prompts.csv"
+    table.write_text("image,prompt\n" + "".join(f"imgs/{i}.png,{p}\n" for i, p in enumerate(PROMPTS)))
+    score_folder(tmp_path, ["hpsv2", "hpsv2.1"], prompts=table, weights={"hpsv2": options, "hpsv2.1": options},
+                 cache=False)
+    import pandas as pd
+
+    out = pd.read_csv(tmp_path / "scores.csv")
+    np.testing.assert_allclose(out["HPS_V2_score"], create_scorer("hpsv2", **weights["hpsv2"]).score(images, PROMPTS),
+                               rtol=1e-12)
+    np.testing.assert_allclose(out["HPS_V2.1_score"],
+                               create_scorer("hpsv2.1", **weights["hpsv2.1"]).score(images, PROMPTS), rtol=1e-12)
+    assert not np.allclose(out["HPS_V2_score"], out["HPS_V2.1_score"])
+
+
+#: Prompts with curly quotes, ligatures, full-width letters, emoji, mojibake, HTML and
+#: whitespace, and what OpenAI CLIP's / OpenCLIP's tokenizer makes of them.
+NON_ASCII = [
+    ("“A red cat” on the sofa", '"a red cat" on the sofa'),
+    ("the dog‘s toy’", "the dog's toy'"),
+    ("ﬁsh and ﬂowers", "fish and flowers"),
+    ("ＦＵＬＬ ｗｉｄｔｈ\u3000ｃａｔ", "full width cat"),
+    ("a cat 🐱 and a dog 🐶", "a cat 🐱 and a dog 🐶"),
+    ("cafÃ© au lait", "café au lait"),
+    ("cat &amp;amp; dog\t\n  on   a sofa ", "cat & dog on a sofa"),
+]
+
+
+def test_prompts_are_cleaned_as_the_openclip_tokenizer_does(weights, images):
+    """CLIP score and HPS v2 tokenise ftfy's output (OpenAI CLIP / OpenCLIP ``basic_clean``,
+    ``whitespace_clean``, lower case); PickScore tokenises as transformers does, unclean."""
+    import html
+
+    import ftfy
+    from transformers import CLIPTokenizer
+
+    raw = [r for r, _ in NON_ASCII]
+    cleaned = [c for _, c in NON_ASCII]
+    # The expectations are ftfy's own output, then OpenCLIP's HTML, whitespace and case steps.
+    assert [" ".join(html.unescape(html.unescape(ftfy.fix_text(r))).split()).lower() for r in raw] == cleaned
+    tok = CLIPTokenizer.from_pretrained(str(weights["clip"]["tokenizer"]))
+
+    def ids(texts):
+        return tok(texts, padding="max_length", truncation=True, max_length=16, return_tensors="pt")["input_ids"]
+
+    # Uncleaned, most of these tokenise differently: the test can fail.
+    assert (ids(raw) != ids(cleaned)).any(dim=1).sum() >= 5
+    for name in ("clip", "hpsv2", "hpsv2.1"):
+        scorer = create_scorer(name, **weights[name])
+        assert torch.equal(scorer.tokenize(raw)[0], ids(cleaned)), name
+        np.testing.assert_array_equal(scorer.score(images[:1] * len(raw), raw),
+                                      scorer.score(images[:1] * len(raw), cleaned))
+    pick = create_scorer("pickscore", **weights["pickscore"])
+    assert torch.equal(pick.tokenize(raw)[0], ids(raw))
+
+
+def test_fp32_by_default_fp16_on_request_with_its_own_cache_key(weights, images):
+    fp32 = create_scorer("pickscore", **weights["pickscore"])
+    assert fp32.precision == "fp32" and next(fp32.model.parameters()).dtype == torch.float32
+    fp16 = create_scorer("pickscore", precision="fp16", **weights["pickscore"])
+    assert next(fp16.model.parameters()).dtype == torch.float16
+    a, b = fp32.score(images, PROMPTS), fp16.score(images, PROMPTS)
+    assert b.dtype == np.float64 and not np.array_equal(a, b)
+    np.testing.assert_allclose(b, a, atol=0.5)  # PickScore is about 100 x cosine
+    # The same weights, another cache key.
+    assert fp16.weights_fingerprint == fp32.weights_fingerprint
+    assert fp16.fingerprint != fp32.fingerprint
+    with pytest.raises(FergiError, match="--precision 'bf16': expected fp32 or fp16"):
+        create_scorer("clip", precision="bf16", **weights["clip"])
+
+
+def test_hps_preprocessing_resizes_the_float_tensor_as_hpsv2(weights):
+    """hpsv2's order: ToTensor, bicubic resize of the float tensor, zero pad, normalise."""
+    from fergi.scorers._images import to_normalized_array
+
+    rng = np.random.default_rng(5)
+    scorer = create_scorer("hpsv2", **weights["hpsv2"])
+    old = create_scorer("hpsv2", antialias=False, **weights["hpsv2"])
+    assert old.fingerprint != scorer.fingerprint  # other numbers, another cache key
+    for h, w in [(45, 60), (61, 35), (20, 27)]:  # down and up, landscape and portrait
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        got = scorer.preprocess(img)
+        assert got.shape == (3, 32, 32)
+        np.testing.assert_allclose(got, _hps_reference_pixels(img, 32).numpy(), atol=1e-6)
+        np.testing.assert_allclose(old.preprocess(img), _hps_reference_pixels(img, 32, antialias=False).numpy(),
+                                   atol=1e-6)
+        # Not the PIL resize of the uint8 image (fergi's earlier path): its rounding and
+        # clamping give other values.
+        pil = Image.new("RGB", (32, 32))
+        nh, nw = round(h * 32 / max(h, w)), round(w * 32 / max(h, w))
+        pil.paste(img.resize((nw, nh), Image.BICUBIC), ((32 - nw) // 2, (32 - nh) // 2))
+        assert np.abs(got - to_normalized_array(pil)).max() > 0.01
+    # A float tensor resize is not clamped: a sharp edge overshoots [0, 1] before normalising.
+    edge = np.zeros((20, 24, 3), np.uint8)
+    edge[:, 12:] = 255
+    x = scorer.preprocess(Image.fromarray(edge)) * np.asarray(CLIP_STD)[:, None, None] + np.asarray(CLIP_MEAN)[:, None, None]
+    assert x.max() > 1.0 + 1e-3 and x.min() < -1e-3
+
+
+def test_crop_preprocessing_converts_to_rgb_after_the_resize_as_torchvision(weights):
+    """openai/CLIP and ImageReward resize and crop the image in its own mode, then convert:
+    a palette image is resized with nearest neighbours (PIL's rule for P), an RGBA one
+    with premultiplied alpha."""
+    from fergi.scorers._images import to_normalized_array
+
+    rng = np.random.default_rng(6)
+    rgb = Image.fromarray(rng.integers(0, 256, (45, 60, 3), dtype=np.uint8))
+    rgba = Image.fromarray(rng.integers(0, 256, (45, 60, 4), dtype=np.uint8), "RGBA")
+    scorer = create_scorer("clip", **weights["clip"])
+    for img in (rgb.quantize(16), rgba):
+        resized = img.resize((42, 32), Image.BICUBIC)   # int(32 * 60 / 45) = 42
+        expected = to_normalized_array(resized.crop((5, 0, 37, 32)).convert("RGB"))  # round(10 / 2) = 5
+        np.testing.assert_array_equal(scorer.preprocess(img), expected)
+        converted_first = to_normalized_array(img.convert("RGB").resize((42, 32), Image.BICUBIC).crop((5, 0, 37, 32)))
+        assert not np.array_equal(expected, converted_first)

@@ -264,3 +264,56 @@ def test_scorer_settings_are_checked(tmp_path):
     with pytest.raises(ValidationError, match="unknown scorer 'vqa'"):
         make_settings(tmp_path, scorers="clip,vqa")
     assert main(["serve", "--scorers", "clip,vqa", "--data-dir", str(tmp_path)]) == 2
+
+
+def _image_folder(tmp_path: Path) -> Path:
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    for i, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
+        Image.new("RGB", (48, 32), colour).save(tmp_path / "imgs" / f"{i}.png")
+    pd.DataFrame({"image": [f"imgs/{i}.png" for i in range(3)],
+                  "prompt": ["a “red” cat", "ﬁsh", "a dog"]}).to_csv(tmp_path / "prompts.csv", index=False)
+    return tmp_path / "prompts.csv"
+
+
+def test_score_precision_is_fp32_by_default_and_part_of_the_cache_key(weights_args, tmp_path, capsys):
+    table = _image_folder(tmp_path)
+    base = ["score", str(tmp_path), "--prompts", str(table), *weights_args, "--scorers", "clip,pickscore",
+            "--cache", str(tmp_path / "cache.sqlite")]
+    assert main(base) == 0
+    assert "clip 3 scored + 0 cached, pickscore 3 scored + 0 cached" in capsys.readouterr().out
+    fp32 = pd.read_csv(tmp_path / "scores.csv")
+    # fp16 scores are not taken from the fp32 ones, nor the other way round.
+    assert main([*base, "--precision", "fp16"]) == 0
+    assert "clip 3 scored + 0 cached, pickscore 3 scored + 0 cached" in capsys.readouterr().out
+    fp16 = pd.read_csv(tmp_path / "scores.csv")
+    assert not np.array_equal(fp16["PickScore"], fp32["PickScore"])
+    np.testing.assert_allclose(fp16["PickScore"], fp32["PickScore"], atol=0.5)
+    assert main(base) == 0
+    assert "clip 0 scored + 3 cached, pickscore 0 scored + 3 cached" in capsys.readouterr().out
+    np.testing.assert_array_equal(pd.read_csv(tmp_path / "scores.csv")["PickScore"], fp32["PickScore"])
+    assert main([*base, "--precision", "fp16"]) == 0
+    assert "pickscore 0 scored + 3 cached" in capsys.readouterr().out
+    np.testing.assert_array_equal(pd.read_csv(tmp_path / "scores.csv")["PickScore"], fp16["PickScore"])
+
+
+def test_score_hpsv2_is_v2_0_and_hpsv2_1_has_its_own_column(weights_args, tmp_path, capsys):
+    table = _image_folder(tmp_path)
+    hps_folder = Path(next(a for a in weights_args if a.startswith("hpsv2=")).split("=", 1)[1])
+    v21_file = hps_folder.parent / "HPS_v2.1_compressed.pt"
+    assert v21_file.is_file()
+    base = ["score", str(tmp_path), "--prompts", str(table), "--no-cache"]
+
+    assert main([*base, "--scorers", "hpsv2", "--weights", f"hpsv2={v21_file}"]) == 2
+    err = capsys.readouterr().err
+    assert "this is the hpsv2.1 checkpoint, not hpsv2's; use --scorers hpsv2.1" in err
+
+    assert main([*base, *weights_args, "--scorers", "hpsv2,hpsv2.1"]) == 0
+    out = pd.read_csv(tmp_path / "scores.csv")
+    assert list(out.columns) == ["image", "prompt", "HPS_V2_score", "HPS_V2.1_score"]
+    assert not np.allclose(out["HPS_V2_score"], out["HPS_V2.1_score"])
+    # The default is the release's six: no v2.1 column.
+    (tmp_path / "scores.csv").unlink()
+    assert main([*base, *weights_args]) == 0
+    assert list(pd.read_csv(tmp_path / "scores.csv").columns) == ["image", "prompt", *SCORE_COLUMNS]

@@ -7,8 +7,9 @@ import argparse
 DESCRIPTION = """\
 Compute the pre-trained preference scores the FERGI paper compares reactions with
 (Tables 1-2) and integrates with them (eq. 10): CLIP score, LAION Aesthetic, BLIP
-score, ImageReward, PickScore and HPS v2, each reproducing its reference
-implementation's number.
+score, ImageReward, PickScore and HPS v2 (v2.0, the paper's), each reproducing its
+reference implementation's number. HPS v2.1 is the separate scorer hpsv2.1 with its
+own column HPS_V2.1_score (--scorers hpsv2.1); it never replaces v2.0.
 
 Input: a folder written by `fergi export` (images/<participant>/session_<s>/
 image_<i>.png, prompts in study/prompts.csv). The scores go into the release's
@@ -25,7 +26,11 @@ $FERGI_SCORERS_DIR (default ~/.cache/fergi/scorers), unless --weights NAME=PATH 
 where they are (a checkpoint file or a transformers folder). The error of a missing
 scorer names the file and how to get it. Needs `pip install 'fergi[scorers]'`.
 
-Scores are cached by (scorer, weights hash, image hash, prompt) in
+Models run in fp32 on every device, as ImageReward, BLIP score and PickScore do;
+--precision fp16 halves GPU memory and time at the cost of small differences
+(PickScore's x100 scale makes them visible).
+
+Scores are cached by (scorer, weights hash, precision, image hash, prompt) in
 $FERGI_SCORERS_DIR/scores.sqlite: a re-run scores only new images.
 
 --executor ray runs each scorer in Ray actors, one per GPU of the cluster (or
@@ -45,7 +50,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("data", metavar="DATA", help="folder written by `fergi export` (or of images, "
                         "with --prompts)")
     parser.add_argument("--scorers", default=None, metavar="LIST",
-                        help="comma-separated scorers (default: all of them, in the release's order)")
+                        help="comma-separated scorers (default: the release's six, clip,aesthetic,blip,"
+                             "imagereward,pickscore,hpsv2; also hpsv2.1)")
     parser.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
                         help="weights of one scorer (repeatable); the aesthetic head's CLIP "
                              "backbone is clip's weights")
@@ -54,7 +60,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="CSV", help="with --prompts: output table (default "
                         "DATA/scores.csv)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda when "
-                        "available, in fp16)")
+                        "available)")
+    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                        help="model dtype (default fp32 on every device, as the references)")
     parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward "
                         "pass (default 16)")
     parser.add_argument("--cache", metavar="FILE", help="score cache file (default "
@@ -106,10 +114,11 @@ def run(args: argparse.Namespace) -> int:
 
     from fergi.scorers import list_scorers, score_folder
 
-    names = [n.strip() for n in args.scorers.split(",") if n.strip()] if args.scorers else list_scorers()
+    names = ([n.strip() for n in args.scorers.split(",") if n.strip()] if args.scorers
+             else list_scorers(release=True))
     summary = score_folder(
         args.data, names, prompts=args.prompts, out=args.out, weights=parse_weights(args.weights),
-        device=args.device, batch_size=args.batch_size,
+        device=args.device, batch_size=args.batch_size, precision=args.precision,
         cache=False if args.no_cache else (args.cache or True), progress=sys.stderr.isatty(),
         executor=_executor(args),
     )

@@ -1,7 +1,8 @@
 """Baseline preference scorers: CLIP, Aesthetic, BLIP, ImageReward, PickScore and HPS v2.
 
 The six pre-trained scorers the FERGI paper compares reactions with (Sec. 6.2, Tables
-1-2) and integrates with them (eq. 10), each reproducing its reference's number:
+1-2) and integrates with them (eq. 10), each reproducing its reference's number, plus
+HPS v2.1 (``hpsv2.1``, its own column; ``hpsv2`` is always v2.0, the paper's):
 
 >>> from fergi.scorers import create_scorer
 >>> scorer = create_scorer("pickscore")                       # doctest: +SKIP

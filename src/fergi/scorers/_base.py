@@ -16,6 +16,14 @@ from fergi.scorers._images import load_image, preprocess
 logger = logging.getLogger(__name__)
 
 
+#: Bumped whenever fergi's computation of a score changes (text cleaning, preprocessing),
+#: so that scores cached by an older fergi are computed again. 2: ftfy text cleaning,
+#: HPS v2's resize of the float tensor, fp32 by default.
+COMPUTATION_VERSION = 2
+
+PRECISIONS = ("fp32", "fp16")
+
+
 def default_device(device=None):
     """``device`` as a ``torch.device``; CUDA when present unless told otherwise."""
     import torch
@@ -37,8 +45,15 @@ class Scorer:
         Registry name (``"clip"``, ...).
     spec : ScorerSpec
         The registry entry (release column, preprocessing, reference).
+    weights_fingerprint : str
+        Hash of the weights (and tokenizer) files.
     fingerprint : str
-        Hash of the weights (and tokenizer) files: part of each cached score's key.
+        Each cached score's key: the weights' hash, the precision (and HPS v2's
+        ``antialias`` when off) and fergi's computation version
+        (:data:`COMPUTATION_VERSION`), so fp16 and fp32 scores never stand in for each
+        other.
+    precision : {"fp32", "fp16"}
+        The model's dtype.
     device : torch.device
     batch_size : int
     num_workers : int
@@ -47,19 +62,36 @@ class Scorer:
 
     image_size: int = 224
     preprocess_mode: str = "crop"
+    #: ``pad`` mode (HPS v2) only: antialias the tensor resize as torchvision >= 0.17 does.
+    antialias: bool = True
 
-    def __init__(self, *, device=None, batch_size: int = 16, num_workers: int | None = None):
+    def __init__(self, *, device=None, batch_size: int = 16, num_workers: int | None = None,
+                 precision: str = "fp32"):
         import torch
 
         if batch_size < 1:
             raise FergiError(f"batch_size: must be at least 1 (got {batch_size})")
+        if precision not in PRECISIONS:
+            raise FergiError(f"--precision {precision!r}: expected fp32 or fp16")
         self.device = default_device(device)
-        # fp16 on CUDA as the references run there (amp / clip's fp16 weights);
-        # float32 on CPU, where half precision is slow and inexact.
-        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        # float32 on every device unless asked: ImageReward, BLIP score and PickScore run
+        # in fp32 everywhere, and PickScore's x100 scale turns fp16 rounding into visible
+        # differences. (The ImageReward benchmark's CLIP score and aesthetic load OpenAI's
+        # fp16 weights on CUDA and hpsv2 runs under autocast: --precision fp16 is closer
+        # to those runs, not equal to them.)
+        self.precision = precision
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        if precision == "fp16" and self.device.type == "cpu":
+            logger.warning("fp16 on the CPU is slow; fp32 is the default")
         self.batch_size = int(batch_size)
         self.num_workers = num_workers or min(8, os.cpu_count() or 1)
-        self.fingerprint = ""
+        self.weights_fingerprint = ""
+
+    @property
+    def fingerprint(self) -> str:
+        """The cache key of this scorer's numbers: weights hash, precision, computation version."""
+        options = "-noaa" if self.preprocess_mode == "pad" and not self.antialias else ""
+        return f"{self.weights_fingerprint}-{self.precision}{options}-c{COMPUTATION_VERSION}"
 
     # -- to implement -------------------------------------------------------------
     def _score_batch(self, pixels, prompts: list[str]):  # pragma: no cover - abstract
@@ -68,7 +100,8 @@ class Scorer:
     # -- public -------------------------------------------------------------------
     def preprocess(self, image) -> np.ndarray:
         """``(3, S, S)`` float32 model input of one image (a path or a PIL image)."""
-        return preprocess(load_image(image), self.image_size, self.preprocess_mode)
+        return preprocess(load_image(image, convert=False), self.image_size, self.preprocess_mode,
+                          antialias=self.antialias)
 
     def score(self, images: Sequence, prompts: Sequence[str] | str) -> np.ndarray:
         """Score each image against its prompt.

@@ -19,9 +19,10 @@ def image_hash(path) -> str:
 class ScoreCache:
     """Scores already computed, in an SQLite file.
 
-    A score is reused only for the same scorer name, the same weights fingerprint
-    (:attr:`fergi.scorers.Scorer.fingerprint`), the same image bytes and the same
-    prompt, so new weights or an edited image are scored again.
+    A score is reused only for the same scorer name, the same fingerprint
+    (:attr:`fergi.scorers.Scorer.fingerprint`: the weights' hash, the precision and
+    fergi's computation version), the same image bytes and the same prompt, so new
+    weights, fp16 instead of fp32, or an edited image are scored again.
 
     Parameters
     ----------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -19,6 +20,10 @@ from fergi._errors import FergiError
 from fergi.scorers._base import Scorer
 
 logger = logging.getLogger(__name__)
+
+# OpenAI's whitespace_clean uses the regex module's \s (Unicode White_Space). re's \s also
+# matches U+001C-U+001F, which ftfy.fix_text has already removed as control characters.
+_WHITESPACE = re.compile(r"\s+")
 
 #: OpenAI CLIP ViT-L/14 (CLIP score, aesthetic backbone): QuickGELU activations.
 VIT_L_14 = {
@@ -211,14 +216,24 @@ def load_clip_tokenizer(path: Path):
         raise FergiError(f"{path}: cannot load the CLIP tokenizer ({exc})") from None
 
 
-def openai_clean(text: str) -> str:
-    """OpenAI CLIP's (and OpenCLIP's) text cleaning before BPE: HTML entities unescaped twice.
+def openclip_clean(text: str) -> str:
+    """OpenAI CLIP's and OpenCLIP's text cleaning before BPE, as their tokenizers do it.
 
-    transformers' CLIP tokenizer already lower-cases and collapses whitespace; the
-    reference tokenizers also unescape HTML (``&amp;`` -> ``&``), which it does not.
-    (They also run ``ftfy.fix_text``, which only changes mis-decoded text.)
+    ``whitespace_clean(basic_clean(text)).lower()`` of ``simple_tokenizer.py`` (openai/CLIP,
+    and the OpenCLIP copy inside hpsv2 that scores HPS v2): ``ftfy.fix_text`` (curly
+    quotes to straight ones, ligatures such as "ﬁ" to "fi", full-width letters to ASCII,
+    mojibake repaired, NFC), HTML entities unescaped twice (``&amp;amp;`` is ``&``),
+    whitespace runs collapsed to one space, stripped, lower-cased.
+
+    transformers' CLIP tokenizer (5.x, the former fast tokenizer) only applies NFC,
+    the whitespace collapse and lower-casing itself, so the CLIP score and HPS v2
+    prompts are cleaned here first; PickScore's reference tokenises with that
+    transformers tokenizer (``AutoProcessor``) and gets no cleaning.
     """
-    return html.unescape(html.unescape(text)).strip()
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return _WHITESPACE.sub(" ", text).strip().lower()
 
 
 class CLIPFamilyScorer(Scorer):
@@ -230,11 +245,12 @@ class CLIPFamilyScorer(Scorer):
     """
 
     def __init__(self, model, tokenizer, kind: str, *, head=None, preprocess_mode="crop",
-                 clean_text: bool = True, **options):
+                 clean_text: bool = True, antialias: bool = True, **options):
         super().__init__(**options)
         self.kind = kind
-        # OpenAI/OpenCLIP tokenizers unescape HTML (CLIP, HPS v2); PickScore's reference
-        # tokenises with transformers, which does not.
+        self.antialias = bool(antialias)
+        # OpenAI/OpenCLIP tokenizers clean with ftfy and unescape HTML (CLIP, HPS v2);
+        # PickScore's reference tokenises with transformers, which does neither.
         self.clean_text = clean_text
         self.model = model.to(self.device, self.dtype).eval()
         self.tokenizer = tokenizer
@@ -250,15 +266,18 @@ class CLIPFamilyScorer(Scorer):
         pooled = self.model.vision_model(pixel_values=pixels).pooler_output
         return F.normalize(self.model.visual_projection(pooled).float(), dim=-1)
 
+    def tokenize(self, prompts: list[str]):
+        """Token ids and attention mask of ``prompts`` as the model sees them (cleaned, padded, truncated)."""
+        if self.clean_text:
+            prompts = [openclip_clean(p) for p in prompts]
+        tokens = self.tokenizer(list(prompts), padding="max_length", truncation=True,
+                                max_length=self.context_length, return_tensors="pt")
+        return tokens["input_ids"], tokens["attention_mask"]
+
     def _text_features(self, prompts: list[str]):
         import torch.nn.functional as F
 
-        if self.clean_text:
-            prompts = [openai_clean(p) for p in prompts]
-        tokens = self.tokenizer(prompts, padding="max_length", truncation=True,
-                                max_length=self.context_length, return_tensors="pt")
-        ids = tokens["input_ids"].to(self.device)
-        mask = tokens["attention_mask"].to(self.device)
+        ids, mask = (t.to(self.device) for t in self.tokenize(prompts))
         pooled = self.model.text_model(input_ids=ids, attention_mask=mask).pooler_output
         return F.normalize(self.model.text_projection(pooled).float(), dim=-1)
 

@@ -42,6 +42,11 @@ class ScorerSpec:
     local_names : tuple
         File names also looked for in ``$FERGI_SCORERS_DIR`` (default
         ``~/.cache/fergi/scorers``) and the reference libraries' own caches.
+    local_dirs : tuple
+        Those caches.
+    in_release : bool
+        Whether the public release has its column (the six of the paper); ``fergi
+        score`` runs these by default.
     """
 
     name: str
@@ -54,6 +59,7 @@ class ScorerSpec:
     hf_sources: tuple = ()
     local_names: tuple = ()
     local_dirs: tuple = field(default=())
+    in_release: bool = True
 
 
 _REGISTRY: Registry[ScorerSpec] = Registry("scorer", "--scorers")
@@ -64,9 +70,13 @@ def register_scorer(spec: ScorerSpec) -> None:
     _REGISTRY.register(spec)
 
 
-def list_scorers() -> list[str]:
-    """Names accepted by :func:`create_scorer`, in the release's column order."""
-    return _REGISTRY.names()
+def list_scorers(*, release: bool = False) -> list[str]:
+    """Names accepted by :func:`create_scorer`: the release's six in its column order, then the others.
+
+    ``release=True``: only the scorers whose column the public release has (what
+    ``fergi score`` runs by default).
+    """
+    return [n for n in _REGISTRY.names() if not release or _REGISTRY.get(n).in_release]
 
 
 def get_scorer_spec(name: str) -> ScorerSpec:
@@ -167,24 +177,32 @@ def fingerprint(*paths) -> str:
     return h.hexdigest()[:16]
 
 
-def create_scorer(name: str, *, weights=None, device=None, batch_size: int = 16, **options):
+def create_scorer(name: str, *, weights=None, device=None, batch_size: int = 16, precision: str = "fp32",
+                  **options):
     """Create a baseline scorer by name (open_clip-style factory).
 
     Parameters
     ----------
-    name : {"clip", "aesthetic", "blip", "imagereward", "pickscore", "hpsv2"}
-        See :func:`list_scorers` and each entry's ``spec`` for its reference.
+    name : {"clip", "aesthetic", "blip", "imagereward", "pickscore", "hpsv2", "hpsv2.1"}
+        See :func:`list_scorers` and each entry's ``spec`` for its reference. ``hpsv2``
+        is HPS v2.0 (the paper's, the release's and hpsv2's default); ``hpsv2.1`` is
+        the later v2.1 model, with its own column ``HPS_V2.1_score``.
     weights : path, optional
         Checkpoint file or transformers folder. Default: the Hugging Face cache, then
         ``$FERGI_SCORERS_DIR``; nothing is ever downloaded.
     device : str or torch.device, optional
-        Default CUDA when available (fp16), else CPU (float32).
+        Default CUDA when available, else CPU.
     batch_size : int
         Images per forward pass.
+    precision : {"fp32", "fp16"}
+        The model's dtype, fp32 on every device by default (as ImageReward, BLIP score
+        and PickScore run); part of the score cache key.
     **options
         ``tokenizer`` (folder of the tokenizer files), ``config`` (architecture
         override, e.g. a tiny one for tests), ``num_workers`` (decoding threads);
-        ``aesthetic`` also takes ``backbone`` (its CLIP ViT-L/14 weights).
+        ``aesthetic`` also takes ``backbone`` (its CLIP ViT-L/14 weights); ``hpsv2``
+        and ``hpsv2.1`` take ``antialias`` (default True: torchvision >= 0.17's
+        tensor resize; False: torchvision <= 0.16's).
 
     Returns
     -------
@@ -203,13 +221,23 @@ def create_scorer(name: str, *, weights=None, device=None, batch_size: int = 16,
         import transformers  # noqa: F401
     except ImportError as exc:
         raise FergiError(f"scorer {name!r} needs {exc.name}: pip install 'fergi[scorers]'") from None
-    scorer = spec.factory(spec, weights, device=device, batch_size=batch_size, **options)
+    if name in _CLEANED_TEXT:
+        try:
+            import ftfy  # noqa: F401
+        except ImportError:
+            raise FergiError(f"scorer {name!r} needs ftfy (its reference cleans prompts with it): "
+                             "pip install 'fergi[scorers]'") from None
+    scorer = spec.factory(spec, weights, device=device, batch_size=batch_size, precision=precision,
+                          **options)
     scorer.spec = spec
     scorer.name = spec.name
     return scorer
 
 
 # -- factories ----------------------------------------------------------------------
+
+#: Scorers whose reference tokenizer cleans prompts with ftfy (OpenAI CLIP, OpenCLIP).
+_CLEANED_TEXT = {"clip", "hpsv2", "hpsv2.1"}
 
 _CLIP_TOKENIZER_SOURCES = (("openai/clip-vit-large-patch14", None),
                            ("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", None))
@@ -245,17 +273,30 @@ def _make_clip_family(kind, arch, mode):
             weights = find_weights(clip_spec, backbone)
         else:
             weights = find_weights(spec, weights)
+            _check_hps_version(spec.name, weights)
         model = load_clip_model(weights, config or arch, spec.name)
         if kind == "aesthetic":
             head = load_aesthetic_head(head_path, model.config.projection_dim)
         tok_dir = _tokenizer_dir(spec.name, tokenizer, weights)
         scorer = CLIPFamilyScorer(model, load_clip_tokenizer(tok_dir), kind, head=head,
                                   preprocess_mode=mode, clean_text=kind != "logit", **options)
-        scorer.fingerprint = fingerprint(weights, head_path, tok_dir / "vocab.json",
-                                         tok_dir / "merges.txt")
+        scorer.weights_fingerprint = fingerprint(weights, head_path, tok_dir / "vocab.json",
+                                                 tok_dir / "merges.txt")
         return scorer
 
     return factory
+
+
+def _check_hps_version(name: str, weights: Path) -> None:
+    """Refuse the other HPS version's official file, so one never stands in for the other.
+
+    The two checkpoints have the same architecture, so only the file name tells them
+    apart; files under other names are taken as given.
+    """
+    other = {"hpsv2": ("HPS_v2.1", "hpsv2.1"), "hpsv2.1": ("HPS_v2_", "hpsv2")}.get(name)
+    if other and weights.name.startswith(other[0]):
+        raise FergiError(f"{weights}: this is the {other[1]} checkpoint, not {name}'s; "
+                         f"use --scorers {other[1]} (column {get_scorer_spec(other[1]).column})")
 
 
 _BERT_SOURCES = (("google-bert/bert-base-uncased", None), ("bert-base-uncased", None))
@@ -284,7 +325,7 @@ def _make_blip(kind):
         model = load_blip(weights, config, spec.name, with_head=kind == "imagereward")
         tok_dir = _bert_tokenizer_dir(spec.name, tokenizer, weights)
         scorer = BLIPScorer(model, load_bert_tokenizer(tok_dir), kind, **options)
-        scorer.fingerprint = fingerprint(weights, tok_dir / "vocab.txt")
+        scorer.weights_fingerprint = fingerprint(weights, tok_dir / "vocab.txt")
         return scorer
 
     return factory
@@ -298,8 +339,9 @@ def _register_all():
         factory=_make_clip_family("cosine", _clip.VIT_L_14, "crop"),
         weights="OpenAI CLIP ViT-L/14: the Hugging Face snapshot openai/clip-vit-large-patch14 "
                 "(`huggingface-cli download openai/clip-vit-large-patch14`) or OpenAI's ViT-L-14.pt",
-        preprocessing="bicubic resize of the shorter side to 224, centre crop 224, CLIP "
-                      "mean/std; prompt: CLIP BPE, 77 tokens, truncated",
+        preprocessing="bicubic resize (PIL) of the shorter side to 224, centre crop 224, then RGB, "
+                      "CLIP mean/std; prompt: ftfy, HTML unescaped twice, whitespace collapsed, "
+                      "lower case (OpenAI CLIP's tokenizer), CLIP BPE, 77 tokens, truncated",
         output="cosine similarity of the normalised image and text embeddings",
         reference="ImageReward benchmark's CLIPScore (openai/CLIP, ViT-L/14)",
         hf_sources=(("openai/clip-vit-large-patch14", None),),
@@ -321,8 +363,9 @@ def _register_all():
         weights="BLIP ViT-L model_large.pth (storage.googleapis.com/sfr-vision-language-research/"
                 "BLIP/models/model_large.pth) in $FERGI_SCORERS_DIR or ~/.cache/ImageReward, plus "
                 "bert-base-uncased's vocab.txt",
-        preprocessing="bicubic shorter side to 224, centre crop 224, CLIP mean/std; prompt: "
-                      "BERT uncased WordPiece, padded and truncated to 35 tokens",
+        preprocessing="bicubic shorter side to 224, centre crop 224, then RGB, CLIP mean/std; "
+                      "prompt: BERT uncased WordPiece (no ftfy: BLIP's BertTokenizer does not use "
+                      "it), padded and truncated to 35 tokens",
         output="cosine similarity of vision_proj(image [CLS]) and text_proj(text [CLS]), the "
                "text encoded alone (BLIP's image-text contrastive head)",
         reference="ImageReward benchmark's BLIPScore (salesforce/BLIP, ViT-L)",
@@ -342,23 +385,39 @@ def _register_all():
         factory=_make_clip_family("logit", _clip.VIT_H_14, "crop-hf"),
         weights="the Hugging Face snapshot yuvalkirstain/PickScore_v1 and the tokenizer of "
                 "laion/CLIP-ViT-H-14-laion2B-s32B-b79K (`huggingface-cli download ...`)",
-        preprocessing="Hugging Face CLIP image processor (PIL): bicubic shorter side to "
-                      "224, centre crop (floor offset), CLIP mean/std; 77 tokens, truncated",
+        preprocessing="Hugging Face CLIP image processor (PIL): RGB, bicubic shorter side to "
+                      "224, centre crop (floor offset), CLIP mean/std; prompt: transformers' CLIP "
+                      "tokenizer as AutoProcessor loads it (NFC, whitespace collapsed, lower case; "
+                      "no ftfy, no HTML unescaping), 77 tokens, truncated",
         output="exp(logit_scale) x cosine similarity (about 100 x cosine)",
         reference="PickScore v1 (yuvalkirstain/PickScore, transformers CLIPModel)",
         hf_sources=(("yuvalkirstain/PickScore_v1", None),)))
+    hps = dict(
+        factory=_make_clip_family("cosine", _clip.VIT_H_14, "pad"),
+        preprocessing="hpsv2's OpenCLIP val transform: RGB to float, bicubic resize of the float "
+                      "tensor so the longer side is 224 (antialiased, as torchvision >= 0.17), "
+                      "zero padding to 224x224, CLIP mean/std; prompt: ftfy, HTML unescaped twice, "
+                      "whitespace collapsed, lower case (OpenCLIP tokenizer), 77 tokens, truncated",
+        output="cosine similarity of the normalised image and text embeddings",
+        local_dirs=("~/.cache/hpsv2",))
     register_scorer(ScorerSpec(
         name="hpsv2", column="HPS_V2_score",
-        factory=_make_clip_family("cosine", _clip.VIT_H_14, "pad"),
-        weights="HPS_v2.1_compressed.pt or HPS_v2_compressed.pt from the Hugging Face "
-                "repo xswu/HPSv2, plus a CLIP BPE tokenizer (any of the above)",
-        preprocessing="bicubic resize of the longer side to 224, zero padding to 224x224, "
-                      "CLIP mean/std; OpenCLIP tokenizer, 77 tokens, truncated",
-        output="cosine similarity of the normalised image and text embeddings",
-        reference="HPS v2 (tgxs002/HPSv2 hpsv2.score, OpenCLIP ViT-H/14)",
-        hf_sources=(("xswu/HPSv2", "HPS_v2.1_compressed.pt"), ("xswu/HPSv2", "HPS_v2_compressed.pt")),
-        local_names=("HPS_v2.1_compressed.pt", "HPS_v2_compressed.pt"),
-        local_dirs=("~/.cache/hpsv2",)))
+        weights="HPS_v2_compressed.pt (HPS v2.0) from the Hugging Face repo xswu/HPSv2 "
+                "(`huggingface-cli download xswu/HPSv2 HPS_v2_compressed.pt`), plus a CLIP BPE "
+                "tokenizer (any of the above); v2.1 is the separate scorer hpsv2.1",
+        reference="HPS v2.0 (tgxs002/HPSv2 hpsv2.score with its default hps_version='v2.0', "
+                  "OpenCLIP ViT-H/14): the paper's and the release's",
+        hf_sources=(("xswu/HPSv2", "HPS_v2_compressed.pt"),),
+        local_names=("HPS_v2_compressed.pt",), **hps))
+    register_scorer(ScorerSpec(
+        name="hpsv2.1", column="HPS_V2.1_score", in_release=False,
+        weights="HPS_v2.1_compressed.pt from the Hugging Face repo xswu/HPSv2 "
+                "(`huggingface-cli download xswu/HPSv2 HPS_v2.1_compressed.pt`), plus a CLIP BPE "
+                "tokenizer (any of the above)",
+        reference="HPS v2.1 (tgxs002/HPSv2 hpsv2.score(..., hps_version='v2.1'), OpenCLIP ViT-H/14); "
+                  "not in the paper or the release",
+        hf_sources=(("xswu/HPSv2", "HPS_v2.1_compressed.pt"),),
+        local_names=("HPS_v2.1_compressed.pt",), **hps))
 
 
 _register_all()

@@ -135,8 +135,8 @@ def _score_one(spec, scorer, present, hashes, store, summary, progress) -> tuple
 
 
 def score_folder(data, scorers: Sequence[str], *, prompts=None, out=None, weights: dict | None = None,
-                 device=None, batch_size: int = 16, cache=True, progress: bool = False,
-                 executor=None) -> dict:
+                 device=None, batch_size: int = 16, precision: str = "fp32", cache=True,
+                 progress: bool = False, executor=None) -> dict:
     """Compute baseline scores for every image of a folder and write them beside the data.
 
     Parameters
@@ -145,8 +145,8 @@ def score_folder(data, scorers: Sequence[str], *, prompts=None, out=None, weight
         A release-layout folder (``fergi export`` output: ``images/<participant>/
         session_<s>/image_<i>.png``, prompts in ``study/prompts.csv``), whose
         ``preparation/preprocessed_image_data/<participant>.csv`` get the scorers'
-        release columns (``CLIP_score``, ..., ``HPS_V2_score``); or any folder when
-        ``prompts`` is given.
+        release columns (``CLIP_score``, ..., ``HPS_V2_score``; ``hpsv2.1`` adds
+        ``HPS_V2.1_score``); or any folder when ``prompts`` is given.
     scorers : sequence of str
         Registry names (:func:`fergi.scorers.list_scorers`).
     prompts : path, optional
@@ -156,9 +156,12 @@ def score_folder(data, scorers: Sequence[str], *, prompts=None, out=None, weight
         ``name -> create_scorer options`` (``{"weights": path, ...}``).
     device, batch_size
         Passed to :func:`fergi.scorers.create_scorer`.
+    precision : {"fp32", "fp16"}
+        The models' dtype (fp32 by default on every device).
     cache : bool or path
         The :class:`ScoreCache` file (default ``$FERGI_SCORERS_DIR/scores.sqlite``);
-        ``False`` scores everything again.
+        ``False`` scores everything again. Scores are keyed by the weights' hash and
+        the precision too, so fp16 and fp32 scores are kept apart.
     progress : bool
         A progress bar on stderr.
     executor : None, "local", "ray" or fergi.batch.RayExecutor
@@ -214,7 +217,7 @@ def score_folder(data, scorers: Sequence[str], *, prompts=None, out=None, weight
     try:
         with session:
             for spec in specs:
-                options = dict((weights or {}).get(spec.name, {}))
+                options = {**(weights or {}).get(spec.name, {}), "precision": precision}
                 if on_ray:
                     scorer = executor.scorer_pool(spec.name, device=device, batch_size=batch_size,
                                                   **options)

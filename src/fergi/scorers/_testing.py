@@ -13,12 +13,13 @@ import copy
 import json
 from pathlib import Path
 
-#: A tiny CLIP: the same layout, 2 layers a tower, 16-token context.
+#: A tiny CLIP: the same layout, 2 layers a tower, 16-token context, MLPs 4x wide as
+#: published (hpsv2's copy of OpenCLIP cannot build a text tower with another ratio).
 TINY_CLIP = {
     "projection_dim": 16,
-    "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+    "text_config": {"hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 2,
                     "num_attention_heads": 2, "max_position_embeddings": 16},
-    "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+    "vision_config": {"hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 2,
                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
 }
 
@@ -150,13 +151,15 @@ def make_scorer_weights(folder: Path, size: str = "tiny", seed: int = 0,
     hps = random_clip(cfg_h, seed + 2)
     # HPS v2's files wrap the OpenCLIP state dict: {"state_dict": ...}.
     torch.save({"state_dict": hf_to_openclip(hps)}, folder / "HPS_v2_compressed.pt")
+    hps21 = random_clip(cfg_h, seed + 5)  # v2.1: the same architecture, other weights
+    torch.save({"state_dict": hf_to_openclip(hps21)}, folder / "HPS_v2.1_compressed.pt")
     pick = random_clip(cfg_h, seed + 3)
     pick.save_pretrained(folder / "PickScore_v1")
     for f in ("vocab.json", "merges.txt"):
         (folder / "PickScore_v1" / f).write_bytes((tok / f).read_bytes())
     blip = make_blip_weights(folder, size, seed + 4)
     if layout == "hf":
-        for name, model in (("clip-vit-large-patch14", clip), ("HPSv2", hps)):
+        for name, model in (("clip-vit-large-patch14", clip), ("HPSv2", hps), ("HPSv2.1", hps21)):
             model.save_pretrained(folder / name)
             for f in ("vocab.json", "merges.txt"):
                 (folder / name / f).write_bytes((tok / f).read_bytes())
@@ -166,6 +169,7 @@ def make_scorer_weights(folder: Path, size: str = "tiny", seed: int = 0,
                           "backbone": folder / "clip-vit-large-patch14"},
             "pickscore": {"weights": folder / "PickScore_v1"},
             "hpsv2": {"weights": folder / "HPSv2"},
+            "hpsv2.1": {"weights": folder / "HPSv2.1"},
             **blip,
         }
     common = {"tokenizer": tok}
@@ -175,6 +179,7 @@ def make_scorer_weights(folder: Path, size: str = "tiny", seed: int = 0,
                       "backbone": folder / "ViT-L-14.pt", "config": cfg_l, **common},
         "pickscore": {"weights": folder / "PickScore_v1", "config": cfg_h, **common},
         "hpsv2": {"weights": folder / "HPS_v2_compressed.pt", "config": cfg_h, **common},
+        "hpsv2.1": {"weights": folder / "HPS_v2.1_compressed.pt", "config": cfg_h, **common},
         **blip,
     }
 
