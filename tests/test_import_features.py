@@ -324,8 +324,8 @@ def test_mapping_file_names_other_outputs(tmp_path):
 
 @pytest.fixture(scope="module")
 def imported_study(fergi_public, release_frames, tmp_path_factory):
-    """Participants 001, 005, 006 of the release as an OpenFace import (with preparation/)."""
-    people = ["001", "005", "006"]
+    """Participants 001 and 005 of the release as an OpenFace import (with preparation/)."""
+    people = ["001", "005"]
     root = tmp_path_factory.mktemp("imported")
     src = root / "openface"
     release_as_openface(_release_subset(fergi_public, release_frames, people), src)
@@ -334,7 +334,7 @@ def imported_study(fergi_public, release_frames, tmp_path_factory):
     return root / "study"
 
 
-def test_chain_annotate_and_reproduce_on_imported_features(imported_study, tmp_path, capsys):
+def test_chain_annotate_and_reproduce_on_imported_features(imported_study, release_table, tmp_path, capsys):
     from fergi.preference import RAW_MODEL, default_model_path
 
     labels = tmp_path / "labels.jsonl"
@@ -349,8 +349,12 @@ def test_chain_annotate_and_reproduce_on_imported_features(imported_study, tmp_p
     assert err.startswith("error: ") and "\n" not in err and "openface" in err and "ir50-fergi" in err
     results = tmp_path / "results"
     assert main(["reproduce", "--data", str(imported_study), "--out", str(results), "--no-figures"]) == 0
+    assert "Sec. 6.1" in capsys.readouterr().out
     document = json.loads((results / "results.json").read_text())
-    assert document and "Sec. 6.1" in capsys.readouterr().out or document
+    # The frame filter saw the release's own values: the same clips are valid.
+    assert document["participants"]["all"] == 2
+    assert document["n_reaction_clips_valid"] == int(release_table["participant"].isin(["001", "005"]).sum())
+    assert set(document["statistics"]) and "Table 1" not in document.get("preference_skipped", "")
 
 
 def test_annotate_refuses_a_model_that_reads_a_missing_au(fergi_public, release_frames, tmp_path, capsys, caplog):
