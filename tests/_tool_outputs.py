@@ -220,7 +220,6 @@ def release_as_openface(frames: pd.DataFrame, root: Path, *, seed: int = 0) -> p
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    from fergi.datasets import AU_NAMES
 
     rng = np.random.default_rng(seed)
     columns = openface_columns(gaze=False, pose=False, landmarks_3d=False, params=False)

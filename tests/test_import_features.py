@@ -23,7 +23,7 @@ from fergi.cli import main
 from fergi.datasets import AU_NAMES, FRAME_COLUMNS, feature_provenance, load_frames
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _tool_outputs import (  # noqa: E402
+from _tool_outputs import (
     FERGI_TO_NUMBER,
     openface_columns,
     openface_table,
@@ -160,7 +160,6 @@ def astronaut_mesh():
 
 def test_libreface_fixture_uses_facemesh_ratios_and_restores_dropped_frames(tmp_path, astronaut_mesh):
     from _tool_outputs import libreface_table
-
     from fergi.face import pose_ratios
 
     frames = np.array([0, 1, 2, 4, 5])  # LibreFace dropped frame 3 (no face found)
@@ -359,7 +358,12 @@ def test_chain_annotate_and_reproduce_on_imported_features(imported_study, relea
 
 def test_annotate_refuses_a_model_that_reads_a_missing_au(fergi_public, release_frames, tmp_path, capsys, caplog):
     from fergi.datasets import load_images
-    from fergi.preference import AnnotationModel, Linear12Valence, reaction_data_from_frames, save_model
+    from fergi.preference import (
+        AnnotationModel,
+        Linear12Valence,
+        reaction_data_from_frames,
+        save_model,
+    )
 
     people = ["001", "005"]
     frames = _release_subset(fergi_public, release_frames, people, sessions=[1, 2, 3, 4])

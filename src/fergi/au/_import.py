@@ -763,7 +763,7 @@ def import_feature_folder(
     base = src if src.is_dir() else src.parent
     # Threads: Arrow parses and hashing reads without the GIL; files stay independent.
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        for n_done, (job, (attrs, result)) in enumerate(zip(jobs, pool.map(one, jobs)), start=1):
+        for n_done, (job, (attrs, result)) in enumerate(zip(jobs, pool.map(one, jobs), strict=True), start=1):
             if attrs is None:
                 logger.error("%s", result)
                 failed.append((str(job.path), result))
