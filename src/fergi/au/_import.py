@@ -213,6 +213,7 @@ class _Faces:
     pose: str
     missing: list[str] = field(default_factory=list)
     time_column: str = "timestamp"
+    frame_column: str = "frame"
 
 
 def _landmark_columns(n: int, fmt_x: str, fmt_y: str) -> tuple[list[str], list[str]]:
@@ -350,7 +351,7 @@ def _libreface(table, n, name, fps, frame_size) -> _Faces:
         pir, yir = ratios_from_head_pose(pitch, yaw)
         size, pose = np.ones(n), "head_pose_angles"
     return _Faces(frame, rows, time, face, face.astype(float), size, aus, pir, yir, pose, missing,
-                  time_column="frame_time_in_ms")
+                  time_column="frame_time_in_ms", frame_column="frame_idx")
 
 
 def _ratios_68(xs: np.ndarray, ys: np.ndarray):
@@ -467,7 +468,7 @@ def _import_columns(table: dict, n: int, source: str, *, fps, frame_size, name, 
     bad_frame = ~np.isfinite(faces.frame)
     if bad_frame.any():
         i = int(np.flatnonzero(bad_frame)[0])
-        raise _fail(name, int(faces.rows[i]), "frame" if source != "libreface" else "frame_idx", "missing frame number")
+        raise _fail(name, int(faces.rows[i]), faces.frame_column, "missing frame number")
 
     # Several faces in a frame (OpenFace face_id, py-feat rows per face): the largest.
     size = np.where(faces.face, faces.size, -1.0)
@@ -495,7 +496,8 @@ def _import_columns(table: dict, n: int, source: str, *, fps, frame_size, name, 
     back = np.flatnonzero(np.diff(frame) <= 0)
     if len(back):
         i = int(back[0]) + 1
-        raise _fail(name, int(rows[i]), "frame", f"frame {frame[i]:g} after {frame[i - 1]:g}: frames out of order")
+        raise _fail(name, int(rows[i]), faces.frame_column,
+                    f"frame {frame[i]:g} after {frame[i - 1]:g}: frames out of order")
     # Seconds per frame, from the timestamps and the frame counter (frames may be missing).
     if len(time) > 1:
         per_frame = step / np.diff(frame)
