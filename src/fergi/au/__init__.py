@@ -9,6 +9,10 @@
   (``fergi.datasets.FRAME_COLUMNS``); :func:`write_features` writes it atomically with
   the release's exact number formatting; ``table.attrs["neutral_reference"]`` says
   which neutral face the ``geometry`` estimator read against.
+* :func:`import_features` turns one clip's output of another AU tool (OpenFace 2.x
+  ``FeatureExtraction``, py-feat ``Fex``, LibreFace; :data:`SOURCES`) into the same
+  per-frame table; :func:`import_feature_folder` imports a folder of them into the
+  release layout with ``features_meta.json`` (``fergi import-features``).
 * :func:`features_provenance` describes an estimator's output for
   ``features_meta.json`` (:func:`fergi.datasets.write_features_meta`).
 """
@@ -21,6 +25,16 @@ from fergi.au._geometry import (
     GeometryAUEstimator,
     least_expressive_frames,
 )
+from fergi.au._import import (
+    AU_COLUMNS,
+    AU_SCALES,
+    SOURCES,
+    ImportSummary,
+    import_feature_folder,
+    import_features,
+    ratios_from_head_pose,
+    read_tool_output,
+)
 from fergi.au._ir50 import AU_OUTPUT_INDEX, IR50AUEstimator, build_ir50
 from fergi.au._provenance import features_provenance
 from fergi.au._registry import (
@@ -32,7 +46,15 @@ from fergi.au._registry import (
 )
 
 __all__ = [
+    "AU_COLUMNS",
     "AU_OUTPUT_INDEX",
+    "AU_SCALES",
+    "SOURCES",
+    "ImportSummary",
+    "import_feature_folder",
+    "import_features",
+    "ratios_from_head_pose",
+    "read_tool_output",
     "BROW_COMPENSATION",
     "GAINS",
     "STABLE_POINTS",

@@ -14,8 +14,8 @@ import sys
 from fergi import FergiError, __version__
 
 # Order is the order shown by ``fergi --help``: the pipeline from study to labels.
-SUBCOMMANDS = ("serve", "worker", "export", "extract", "score", "train-au", "reproduce", "fit", "annotate",
-               "export-labels")
+SUBCOMMANDS = ("serve", "worker", "export", "extract", "import-features", "score", "train-au", "reproduce",
+               "fit", "annotate", "export-labels")
 
 DESCRIPTION = """\
 fergi turns people's spontaneous facial reactions to generated images into
@@ -24,6 +24,8 @@ preference labels (the FERGI method: Feng, Ma and de Sa).
 Typical use:
   fergi reproduce                      recompute the paper's findings from the public release
   fergi extract videos/ --out feats/   per-frame AU features from face videos
+  fergi import-features of/ --from openface --out feats/
+                                       the same from OpenFace, py-feat or LibreFace outputs
   fergi score study/                   baseline scores (CLIP ... HPS v2) of every image
   fergi annotate --data study/         pairwise preference labels from reactions
   fergi export-labels study/ --out labels/ --format pickapic

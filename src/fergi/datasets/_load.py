@@ -161,6 +161,11 @@ def _parse_one(path: str, raw: bytes) -> pd.DataFrame:
     table = table[list(FRAME_COLUMNS)]
     for column in FRAME_COLUMNS:
         values = pd.to_numeric(table[column], errors="coerce")
+        if column in AU_NAMES and values.isna().all():
+            # An AU the estimator does not have (e.g. an imported OpenFace version without
+            # AU26): empty in every row. Models that read it refuse these features.
+            table[column] = np.nan
+            continue
         bad = values.isna() & table[column].notna() | table[column].isna()
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])

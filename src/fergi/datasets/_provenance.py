@@ -68,6 +68,16 @@ class FeatureProvenance:
     source : str
         Where this was read from: a meta file, ``public release (checksums)`` or
         ``no features_meta.json``.
+    au_scale : str or None
+        What the AU values are, for features imported from another tool
+        (``fergi import-features``), e.g. ``OpenFace AU intensity (AUxx_r), 0-5``.
+    normalization_required : str or None
+        ``baseline_median`` for imported features: only scale-free models read them.
+    pose_ratios : str or None
+        How the pitch and yaw ratios of imported features were computed
+        (``landmarks_68``, ``facemesh_478`` or ``head_pose_angles``).
+    missing_aus : tuple of str or None
+        AUs the tool does not estimate (NaN in the feature files).
     """
 
     estimator: str
@@ -76,6 +86,10 @@ class FeatureProvenance:
     neutral_reference: str | None = None
     fergi_version: str | None = None
     source: str = ""
+    au_scale: str | None = None
+    normalization_required: str | None = None
+    pose_ratios: str | None = None
+    missing_aus: tuple[str, ...] | None = None
 
     @property
     def scale(self) -> str:
@@ -84,9 +98,11 @@ class FeatureProvenance:
             return self.estimator
         if self.checkpoint_sha256:
             return f"{self.estimator}:{self.checkpoint_sha256[:16]}"
+        base = self.estimator
         if self.estimator_version:
-            return f"{self.estimator}-v{self.estimator_version}"
-        return self.estimator
+            base = f"{self.estimator}-v{self.estimator_version}"
+        # Imported features: py-feat probabilities and intensities are different scales.
+        return f"{base} ({self.au_scale})" if self.au_scale else base
 
     @property
     def known(self) -> bool:
@@ -103,7 +119,9 @@ class FeatureProvenance:
             text += f" v{self.estimator_version}"
         if self.checkpoint_sha256:
             text += f", weights sha256 {self.checkpoint_sha256[:12]}"
-        if self.neutral_reference:
+        if self.au_scale:
+            text += f" ({self.au_scale}, imported)"
+        elif self.neutral_reference:
             text += f" (neutral: {self.neutral_reference})"
         return text
 
@@ -111,6 +129,12 @@ class FeatureProvenance:
         """The provenance as stored in model files (``source`` left out)."""
         out = asdict(self)
         out.pop("source")
+        # The fields of imported features only where set (older files stay as they were).
+        for name in _IMPORT_FIELDS:
+            if out[name] is None:
+                out.pop(name)
+        if out.get("missing_aus") is not None:
+            out["missing_aus"] = list(out["missing_aus"])
         out["scale"] = self.scale
         return out
 
@@ -125,8 +149,20 @@ class FeatureProvenance:
             if value is not None and not isinstance(value, str | int | float):
                 raise ValueError(f"{name!r} must be a string")
             values[name] = None if value is None else str(value)
-        return cls(estimator=data["estimator"], source=source, **values)
+        for name in ("au_scale", "normalization_required", "pose_ratios"):
+            value = data.get(name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name!r} must be a string")
+            values[name] = value
+        missing = data.get("missing_aus")
+        if missing is not None:
+            if not isinstance(missing, list | tuple) or not all(isinstance(a, str) for a in missing):
+                raise ValueError("'missing_aus' must be a list of AU names")
+            missing = tuple(missing)
+        return cls(estimator=data["estimator"], source=source, missing_aus=missing, **values)
 
+
+_IMPORT_FIELDS = ("au_scale", "normalization_required", "pose_ratios", "missing_aus")
 
 RELEASE = FeatureProvenance(RELEASE_ESTIMATOR, neutral_reference="absolute",
                             source="public release (checksums)")
@@ -142,7 +178,8 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def write_features_meta(folder: str | os.PathLike, provenance: FeatureProvenance | dict) -> Path:
+def write_features_meta(folder: str | os.PathLike, provenance: FeatureProvenance | dict, *,
+                        extra: dict | None = None) -> Path:
     """Write ``folder/features_meta.json`` atomically.
 
     Parameters
@@ -151,7 +188,11 @@ def write_features_meta(folder: str | os.PathLike, provenance: FeatureProvenance
         The output folder of the feature files (created if needed).
     provenance : FeatureProvenance or dict
         ``estimator``, ``estimator_version``, ``checkpoint_sha256``,
-        ``neutral_reference``, ``fergi_version``.
+        ``neutral_reference``, ``fergi_version`` (and, for imported features,
+        ``au_scale``, ``normalization_required``, ``pose_ratios``, ``missing_aus``).
+    extra : dict, optional
+        More keys for the document (e.g. ``sources``: each imported file's SHA-256);
+        they never replace the provenance's own.
 
     Returns
     -------
@@ -163,6 +204,8 @@ def write_features_meta(folder: str | os.PathLike, provenance: FeatureProvenance
         provenance = FeatureProvenance.from_dict(provenance)
     document = {"format": META_FORMAT, "version": 1, **provenance.to_dict()}
     document.pop("scale")
+    for key, value in (extra or {}).items():
+        document.setdefault(key, value)
     if document.get("fergi_version") is None:
         document["fergi_version"] = __version__
     path = Path(folder) / META_NAME

@@ -294,6 +294,7 @@ class AnnotationModel:
     def fit(self, data: ReactionData, y=None, *, groups=None) -> AnnotationModel:
         """Fit on every ranked image of ``data`` (the normaliser, valence, integration, fallback)."""
         self._check_params()
+        check_features_have_aus(self, data)
         self.normalizer_ = None
         if self.normalization == "quantile":
             if data.frames is None:
@@ -358,6 +359,7 @@ class AnnotationModel:
         if integrate and self.integration_ is None:
             raise FergiError("this model has no integration (it was fitted without the "
                              "ImageReward, PickScore and HPS v2 scores)")
+        check_features_have_aus(self, data)
         table = self.image_table(data)
         few = list(table.attrs.get("too_few_baselines", []))
         few = [p for p in few if p in set(table["participant"].astype(str))]
@@ -550,6 +552,46 @@ def check_compatibility(model, provenance: FeatureProvenance, *, where: str = "f
         logger.warning("%s (forced)", message)
         return
     raise FergiError(message)
+
+
+def missing_aus(data: ReactionData) -> list[str]:
+    """AUs the features lack: empty (NaN) in every frame, or listed by the provenance."""
+    from fergi.datasets import AU_NAMES
+
+    missing = set(data.provenance.missing_aus or ())
+    if data.frames is not None:
+        for au in AU_NAMES:
+            if au in data.frames.columns and data.frames[au].isna().all():
+                missing.add(au)
+    return [au for au in AU_NAMES if au in missing]
+
+
+def check_features_have_aus(model, data: ReactionData, *, model_name: str = "the model") -> None:
+    """Refuse, in one line, a model that reads an AU the features do not have.
+
+    Raises
+    ------
+    fergi.FergiError
+        Naming the AUs, the features' estimator and what to do.
+    """
+    lacking = missing_aus(data)
+    if not lacking:
+        return
+    if isinstance(model, AnnotationModel):
+        needed = model._aus()
+        fallback = getattr(model, "fallback_", None)
+        if fallback is not None:
+            needed = needed + [au for au in fallback._aus() if au not in needed]
+    else:
+        needed = [c.removesuffix("_activation_value") for c in getattr(model, "required_columns", ())
+                  if c.endswith("_activation_value")]
+    both = [au for au in needed if au in lacking]
+    if both:
+        raise FergiError(
+            f"{data.source}: the features have no {', '.join(both)} ({data.provenance.describe()} "
+            f"does not estimate {'it' if len(both) == 1 else 'them'}), but {model_name} reads "
+            f"{', '.join(needed)}; use a model without {'it' if len(both) == 1 else 'them'} "
+            "(e.g. `fergi fit --model aucomb`, which reads AU4 and AU12)")
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -15,7 +15,12 @@ from fergi._atomic import publish as _publish
 from fergi._atomic import temporary_beside as _temporary_beside
 from fergi._errors import FergiError
 from fergi.datasets._provenance import UNKNOWN_PROVENANCE, FeatureProvenance
-from fergi.preference._annotation import AnnotationModel, ReactionData, check_compatibility
+from fergi.preference._annotation import (
+    AnnotationModel,
+    ReactionData,
+    check_compatibility,
+    check_features_have_aus,
+)
 from fergi.preference._aucomb import AUcombValence
 from fergi.preference._faunet import FAUNet
 from fergi.preference._linear import Linear12Valence
@@ -204,6 +209,7 @@ def annotate_reactions(data, model=None, *, integrate: bool = False,
         data, _ = load_reaction_data(data)
     model = load_model(None) if model is None else model
     check_compatibility(model, data.provenance, where=data.source, force=force)
+    check_features_have_aus(model, data)
     if isinstance(model, AnnotationModel):
         return model.annotate(data, integrate=integrate, on_few_baselines=on_few_baselines)
     if integrate:
