@@ -698,6 +698,15 @@ def test_amp_is_opt_in_and_recorded(synthetic, tmp_path):
     assert read_training_record(save_model(model, tmp_path / "m.pth"))["precision"] == "amp-bf16"
 
 
+def test_a_last_batch_of_one_frame_is_trained_as_the_authors_loader_does(synthetic):
+    cache = synthetic["cache"]
+    # 17 frames, batch 16: their DataLoader (no drop_last) makes a 16 and a 1.
+    _, history = train_model(
+        cache, cache.usable[:17], TrainConfig(epochs=1, **TINY), progress=False
+    )
+    assert len(history) == 2 and np.isfinite(history["loss"]).all()
+
+
 def _cli(synthetic, out: Path, *extra):
     return [
         "train-au",

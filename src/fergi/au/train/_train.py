@@ -562,12 +562,12 @@ def train_model(
         while epoch < config.epochs and not stop:
             sampler.set_epoch(epoch)
             order = list(sampler)
-            # A batch of 1 cannot train BatchNorm: fold a lone last sample away.
+            # Every sample, a short last batch included, as the authors' DataLoader
+            # (shuffle=True, no drop_last): BatchNorm still sees 7x7 values a channel
+            # in a batch of 1, as the model has no BatchNorm1d head in training.
             batches = [
                 order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)
             ]
-            if len(batches) > 1 and len(batches[-1]) < 2:
-                batches.pop()
             loader = DataLoader(
                 dataset,
                 batch_sampler=batches[step_in_epoch:],
