@@ -188,6 +188,12 @@ def augment(x, generator, *, flip=True, scale=(0.9, 1.0), ratio=(19 / 20, 20 / 1
     so the same code runs on CPU and GPU. Random numbers come from ``generator`` (a
     CPU ``torch.Generator``): a batch's augmentation depends only on its seed.
 
+    The authors use torchvision's ``RandomHorizontalFlip`` and ``RandomResizedCrop``
+    on PIL images: the same distributions of area and log-aspect, but their crop
+    has whole-pixel sides and position and redraws a box wider than the image (up to
+    10 times), where this one is continuous and clamps such a box to the image. The
+    crops are alike, not the same pixels.
+
     Parameters
     ----------
     x : torch.Tensor
