@@ -2,11 +2,17 @@
 
 1. Training images per second of the full IR-50 (IResNet-50 + 64x6 head) at batch 64:
    one complete optimiser step per batch (augmentation, forward, the Supp. B loss,
-   backward, Adam), on the CPU and, when present, on the GPU (mixed precision,
-   channels-last), after warm-up steps.
+   backward, Adam), on the CPU and, when present, on the GPU (channels-last) in fp32
+   (the authors' recipe, TF32 off) and with ``--amp`` (mixed precision), after warm-up
+   steps.
 2. Frames per second of the preprocessing cache (``fergi.au.train.build_cache``:
    decoding, BlazeFace + FaceMesh, alignment, contrast step, 112x112 write) on a
    synthetic DISFA/DISFA+ tree (MJPEG .avi videos and jpg folders).
+3. With ``--amp-icc``: what mixed precision costs in accuracy. The small model of
+   the synthetic learning test (tests/test_train_au.py) is trained twice on the same
+   synthetic subjects, in fp32 and with ``--amp``, and the held-out subjects' ICC(3,1)
+   of AU12 and AU4 is printed for each (on the GPU when present, else the CPU, where
+   mixed precision is bfloat16 autocast).
 
 The paper trained 3 epochs of DISFA + DISFA+ (~190k frames, both DISFA cameras about
 320k) on one GTX 1080 Ti; divide by the images/second to estimate an epoch's time.
@@ -15,6 +21,7 @@ Usage::
 
     python benchmarks/bench_train_au.py [--steps 5] [--batch 64] [--frames 40]
     python benchmarks/bench_train_au.py --quick      # tiny model and data, seconds
+    python benchmarks/bench_train_au.py --amp-icc    # ICC in fp32 and with --amp (minutes)
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ import time
 from pathlib import Path
 
 
-def train_speed(device: str, *, batch: int, steps: int, warmup: int, width: int, layers) -> float:
+def train_speed(
+    device: str, *, batch: int, steps: int, warmup: int, width: int, layers, amp: bool = False
+) -> float:
     """Images per second of complete training steps on random faces."""
     import numpy as np
     import torch
@@ -39,11 +48,18 @@ def train_speed(device: str, *, batch: int, steps: int, warmup: int, width: int,
         mse_weights,
     )
     from fergi.au.train._datasets import DISFA_AUS
-    from fergi.au.train._train import TrainConfig, _targets, make_model
+    from fergi.au.train._train import (
+        TrainConfig,
+        _fp32_maths,
+        _targets,
+        make_model,
+        precision_of,
+    )
 
-    cfg = TrainConfig(width=width, layers=layers, device=device)
+    cfg = TrainConfig(width=width, layers=layers, device=device, amp=amp)
     dev = torch.device(device)
     cuda = dev.type == "cuda"
+    precision = precision_of(cfg, dev)
     model = make_model(cfg).to(dev).train()
     if cuda:
         model = model.to(memory_format=torch.channels_last)
@@ -55,8 +71,8 @@ def train_speed(device: str, *, batch: int, steps: int, warmup: int, width: int,
     w_bce = torch.from_numpy(expand_weights(bce_weights(counts), DISFA_AUS)).to(dev)
     target = torch.from_numpy(_targets(labels)).to(dev)
     faces = torch.from_numpy(rng.integers(0, 256, size=(batch, 112, 112, 3), dtype=np.uint8))
-    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda and amp_dtype == torch.float16)
+    amp_dtype = torch.float16 if precision == "amp-fp16" else torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "amp-fp16")
     gen = torch.Generator().manual_seed(0)
 
     def step():
@@ -64,7 +80,7 @@ def train_speed(device: str, *, batch: int, steps: int, warmup: int, width: int,
         x = augment(x, gen)
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=cuda):
+        with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=precision != "fp32"):
             out = model(x)
         loss = au_loss(out.float(), target, w_mse, w_bce)["loss"]
         opt.zero_grad(set_to_none=True)
@@ -72,16 +88,56 @@ def train_speed(device: str, *, batch: int, steps: int, warmup: int, width: int,
         scaler.step(opt)
         scaler.update()
 
-    for _ in range(warmup):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
+    with _fp32_maths(cuda and precision == "fp32"):
+        for _ in range(warmup):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
     return batch * steps / (time.perf_counter() - t)
+
+
+def amp_icc(folder: Path, device: str) -> dict:
+    """Held-out ICC(3,1) of AU12 and AU4 after training in fp32 and with ``amp``.
+
+    The data, model and schedule of tests/test_train_au.py's learning test: 4 DISFA
+    and 2 DISFA+ synthetic subjects of 40 frames (seed 0); SN002 and SN006 held
+    out; width 4, one block a stage, batch 16, learning rate 3e-3, 6 epochs.
+    """
+    import numpy as np
+
+    from fergi.au.train import (
+        TrainConfig,
+        au_metrics,
+        build_cache,
+        predict,
+        read_datasets,
+        train_model,
+        write_synthetic_datasets,
+    )
+
+    disfa, plus = write_synthetic_datasets(
+        folder, disfa_subjects=4, plus_subjects=2, frames=40, seed=0
+    )
+    cache = build_cache(read_datasets(disfa, plus), folder / "cache", progress=False)
+    subjects = cache.table["subject"].to_numpy()[cache.usable]
+    held_out = np.isin(subjects, ["SN002", "SN006"])
+    train, test = cache.usable[~held_out], cache.usable[held_out]
+    tiny = dict(width=4, layers=(1, 1, 1, 1), batch_size=16, lr_head=3e-3, lr_backbone=3e-3)
+    out = {}
+    for amp in (False, True):
+        config = TrainConfig(epochs=6, device=device, amp=amp, **tiny)
+        model, _ = train_model(cache, train, config, progress=False)
+        table = au_metrics(cache.labels(test), predict(model, cache.faces, test))
+        out[model.fergi_training_["precision"]] = (
+            table.loc["AU12", "icc"],
+            table.loc["AU4", "icc"],
+        )
+    return out
 
 
 def cache_speed(
@@ -115,12 +171,29 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
     )
+    parser.add_argument(
+        "--amp-icc",
+        action="store_true",
+        help="only: held-out ICC of the synthetic learning test in fp32 and with --amp",
+    )
     args = parser.parse_args(argv)
 
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.amp_icc:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        name = (
+            torch.cuda.get_device_name()
+            if device == "cuda"
+            else f"cpu ({torch.get_num_threads()} threads)"
+        )
+        print(f"held-out ICC(3,1), synthetic learning test, on {name}:")
+        with tempfile.TemporaryDirectory() as tmp:
+            for precision, (au12, au4) in amp_icc(Path(tmp), device).items():
+                print(f"  {precision:<9} AU12 {au12:.3f}  AU4 {au4:.3f}")
+        return
     if args.quick:
         model = {"width": 4, "layers": (1, 1, 1, 1)}
         batch, steps, warmup = 8, 3, 2
@@ -134,13 +207,16 @@ def main(argv=None) -> None:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"training speed, {label}, batch {batch}, {steps} timed steps after {warmup} warm-up:")
     for device in devices:
-        ips = train_speed(device, batch=batch, steps=steps, warmup=warmup, **model)
         name = (
             torch.cuda.get_device_name()
             if device == "cuda"
             else f"cpu ({torch.get_num_threads()} threads)"
         )
-        print(f"  {name:<40} {ips:9.1f} images/s")
+        # On the CPU, only the recipe's fp32: bfloat16 autocast there is for checks.
+        for amp in (False, True) if device == "cuda" else (False,):
+            ips = train_speed(device, batch=batch, steps=steps, warmup=warmup, amp=amp, **model)
+            label = f"{name}, {'--amp' if amp else 'fp32'}" if device == "cuda" else name
+            print(f"  {label:<40} {ips:9.1f} images/s")
     with tempfile.TemporaryDirectory() as tmp:
         n, fps = cache_speed(Path(tmp), workers=args.workers, **data)
     print(f"preprocessing cache: {n} frames, {fps:.1f} frames/s ({args.workers} worker(s))")

@@ -189,14 +189,65 @@ def test_disfa_plus_errors(tmp_path, case, message):
 # ----------------------------------------------------------------------------- loss
 
 
+def test_mse_weights_are_the_authors_compute_weights_by_default():
+    """Their utils.compute_weights(counts, 'inverse', AUs, groups=[[0, 1], [2, 3, 4, 5]]).
+
+    Worked by hand from their code: every intensity gets 1 / (its group's count), and
+    the six entries of an AU are divided by their sum.
+    """
+    counts = np.array([[6, 2, 1, 1, 0, 0], [0, 0, 5, 0, 0, 0], [3, 0, 0, 0, 0, 1]])
+    w = mse_weights(counts)
+    np.testing.assert_array_equal(w, mse_weights(counts, "authors"))
+    # AU 1: groups {0,1} = 6 + 2 = 8, {2..5} = 1 + 1 = 2 -> entries
+    # 1/8, 1/8, 1/2, 1/2, 1/2, 1/2; their sum 2/8 + 4/2 = 9/4;
+    # (1/8) / (9/4) = 1/18 and (1/2) / (9/4) = 2/9 (2 * 1/18 + 4 * 2/9 = 1).
+    np.testing.assert_allclose(w[0], [1 / 18, 1 / 18, 2 / 9, 2 / 9, 2 / 9, 2 / 9])
+    # AU 2: {0,1} empty -> weight 0 (their `counts_grouped > 0`); {2..5} = 5 -> four
+    # entries 1/5, sum 4/5 -> 1/4 each.
+    np.testing.assert_allclose(w[1], [0, 0, 1 / 4, 1 / 4, 1 / 4, 1 / 4])
+    # AU 3: {0,1} = 3, {2..5} = 1 -> 1/3, 1/3, 1, 1, 1, 1; sum 2/3 + 4 = 14/3;
+    # -> 1/14 and 3/14.
+    np.testing.assert_allclose(w[2], [1 / 14, 1 / 14, 3 / 14, 3 / 14, 3 / 14, 3 / 14])
+    np.testing.assert_allclose(w.sum(axis=1), 1.0)
+    # An AU never seen in training: zeros (their 0/0 would be NaN).
+    np.testing.assert_array_equal(mse_weights(np.zeros((1, 6)))[0], np.zeros(6))
+    with pytest.raises(FergiError, match="'eq16': unknown"):
+        mse_weights(counts, "eq16")
+
+
+def test_mse_term_on_a_batch_with_the_authors_and_the_printed_weights():
+    import torch
+
+    # One labelled AU (AU1), two frames with intensities 0 and 2, predicted 1 too
+    # high each. Counts {0,1}: 1, {2..5}: 1 -> authors: all six entries 1/1, sum 6,
+    # so w = 1/6 for both frames; eq. 16 printed: (2/1) / (2/1 + 4/1) = 1/3 and 2/3.
+    # MSE term = mean over frames of w * 1^2: authors 1/6, printed (1/3 + 2/3) / 2 = 1/2.
+    labels = np.full((2, 12), np.nan, np.float32)
+    labels[:, 0] = [0, 2]
+    target = np.full((2, 64), np.nan, np.float32)
+    target[:, 0] = labels[:, 0]
+    out = torch.zeros(2, 384)
+    out[:, 0] = torch.tensor([1.0, 3.0])
+    counts = class_counts(labels)
+    w_bce = torch.from_numpy(expand_weights(bce_weights(counts), DISFA_AUS))
+    expected = {"authors": 1 / 6, "paper-eq16": 1 / 2}
+    for method, value in expected.items():
+        w_mse = torch.from_numpy(expand_weights(mse_weights(counts, method), DISFA_AUS))
+        mse = au_loss(out, torch.from_numpy(target), w_mse, w_bce)["mse"].item()
+        assert mse == pytest.approx(value, rel=1e-6), method
+
+
 def test_mse_and_bce_weights_match_hand_computation():
     counts = np.array([[6, 2, 1, 1, 0, 0], [0, 0, 5, 0, 0, 0]])
-    w = mse_weights(counts)
-    # {0,1}: 8 samples, {2..5}: 2 samples -> (2/8) / (2/8 + 4/2) = 1/9 and 8/9.
+    w = mse_weights(counts, "paper-eq16")
+    # Eq. 16 as printed. {0,1}: 8 samples, {2..5}: 2 samples -> (2/8) / (2/8 + 4/2) = 1/9
+    # and 8/9: twice and four times the authors' 1/18 and 2/9.
     np.testing.assert_allclose(w[0], [1 / 9, 1 / 9, 8 / 9, 8 / 9, 8 / 9, 8 / 9])
+    np.testing.assert_allclose(w[0], mse_weights(counts)[0] * [2, 2, 4, 4, 4, 4])
     # An AU with no low intensities: the high group takes the whole weight.
     np.testing.assert_allclose(w[1], [0, 0, 1, 1, 1, 1])
     wb = bce_weights(counts)
+    # Eq. 17 and the authors' compute_weights(threshold_counts, 'inverse', AUs) agree.
     # Below j: 6, 8, 9, 10, 10; at or above j: 4, 2, 1, 0, 0.
     z = (
         Fraction(1, 6)
@@ -537,8 +588,12 @@ def test_train_au_help_and_user_errors(tmp_path, capsys):
         "ICC(3,1)",
         "torchrun",
         "run folder",
+        "--mse-weights",
+        "paper-eq16",
+        "--amp",
     ):
         assert phrase in text
+    assert "--no-amp" not in text
     assert (
         main(["train-au", "--disfa", str(tmp_path / "missing"), "--out", str(tmp_path / "m.pth")])
         == 2
@@ -548,6 +603,108 @@ def test_train_au_help_and_user_errors(tmp_path, capsys):
     assert "error: --disfa/--disfa-plus" in capsys.readouterr().err
     assert main(["train-au", "--disfa", str(tmp_path)]) == 2
     assert "error: --out" in capsys.readouterr().err
+
+
+def test_out_with_cv_but_without_all_is_refused_before_anything_runs(tmp_path, capsys):
+    from fergi.cli import main
+
+    out = tmp_path / "model.pth"
+    # The dataset folder does not even exist: the check comes before any reading.
+    args = ["train-au", "--disfa", str(tmp_path / "DISFA"), "--out", str(out), "--cv", "3"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --out") and "add --all" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "model_run").exists() and not out.exists()
+    # With --all it goes on (here to the missing folder), and --cv alone needs no --out.
+    assert main([*args, "--all"]) == 2
+    assert "DISFA folder not found" in capsys.readouterr().err
+    assert main(["train-au", "--disfa", str(tmp_path / "DISFA"), "--cv", "3"]) == 2
+    assert "DISFA folder not found" in capsys.readouterr().err
+
+
+def test_defaults_are_the_authors_recipe():
+    config = TrainConfig()
+    assert (config.mse_weights, config.amp) == ("authors", False)
+    assert (config.epochs, config.batch_size, config.seed) == (3, 64, 42)
+    assert (config.lr_head, config.lr_backbone, config.weight_decay) == (1e-4, 1e-5, 5e-4)
+
+
+def test_a_run_folder_refuses_other_mse_weights_or_precision(tmp_path):
+    from fergi.au.train._run import _check_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    # A run folder written before --mse-weights existed: eq. 16 as printed, and amp.
+    old = TrainConfig(**TINY).to_dict()
+    old.pop("mse_weights")
+    old["amp"] = True
+    (run / "config.json").write_text(json.dumps(old))
+    with pytest.raises(FergiError, match=r'other mse_weights, amp \(mse_weights="paper-eq16"'):
+        _check_config(run, TrainConfig(**TINY), {})
+    _check_config(run, TrainConfig(mse_weights="paper-eq16", amp=True, **TINY), {})
+    assert json.loads((run / "config.json").read_text())["mse_weights"] == "paper-eq16"
+    with pytest.raises(FergiError, match="other amp"):
+        _check_config(run, TrainConfig(mse_weights="paper-eq16", **TINY), {})
+
+
+def test_model_file_records_how_it_was_trained(synthetic, tmp_path):
+    import torch
+
+    from fergi.au import build_ir50, create_au_estimator
+    from fergi.au.train import read_training_record
+
+    cache = synthetic["cache"]
+    rows = cache.usable[:32]
+    backbone = tmp_path / "private" / "r50.pth"
+    backbone.parent.mkdir()
+    torch.save(build_ir50(width=4, layers=(1, 1, 1, 1)).state_dict(), backbone)
+    config = TrainConfig(max_steps=1, mse_weights="paper-eq16", backbone=str(backbone), **TINY)
+    model, _ = train_model(cache, rows, config, progress=False)
+    path = save_model(model, tmp_path / "m.pth")
+    record = read_training_record(path)
+    assert record["trainer"] == "fergi train-au"
+    assert (record["mse_weights"], record["precision"], record["frames"]) == (
+        "paper-eq16",
+        "fp32",
+        32,
+    )
+    assert record["config"]["lr_head"] == 3e-3 and record["config"]["max_steps"] == 1
+    assert record["config"]["backbone"] == "r50.pth"  # no local path in a shared file
+    assert "device" not in record["config"]
+    # Still a plain state_dict: strict loading as the authors do, and fergi's loader.
+    state = torch.load(path, weights_only=True)
+    build_ir50(width=4, layers=(1, 1, 1, 1)).load_state_dict(state, strict=True)
+    est = create_au_estimator("ir50", checkpoint=path, device="cpu")
+    faces = np.asarray(cache.faces[rows[:2]], dtype=np.float32) / 255.0
+    np.testing.assert_allclose(
+        est.predict(faces), predict(model, cache.faces, rows[:2]), rtol=1e-5, atol=1e-5
+    )
+    # A state_dict without a record (the authors' checkpoint, older fergi files).
+    torch.save({k: v for k, v in state.items()}, tmp_path / "plain.pth")
+    assert read_training_record(tmp_path / "plain.pth") is None
+    with pytest.raises(FergiError, match="model file not found"):
+        read_training_record(tmp_path / "missing.pth")
+
+
+def test_amp_is_opt_in_and_recorded(synthetic, tmp_path):
+    from fergi.au.train import read_training_record
+
+    cache = synthetic["cache"]
+    model, history = train_model(
+        cache, cache.usable[:32], TrainConfig(max_steps=2, amp=True, **TINY), progress=False
+    )
+    assert np.isfinite(history["loss"]).all()
+    # On the CPU, mixed precision is bfloat16 autocast.
+    assert read_training_record(save_model(model, tmp_path / "m.pth"))["precision"] == "amp-bf16"
+
+
+def test_a_last_batch_of_one_frame_is_trained_as_the_authors_loader_does(synthetic):
+    cache = synthetic["cache"]
+    # 17 frames, batch 16: their DataLoader (no drop_last) makes a 16 and a 1.
+    _, history = train_model(
+        cache, cache.usable[:17], TrainConfig(epochs=1, **TINY), progress=False
+    )
+    assert len(history) == 2 and np.isfinite(history["loss"]).all()
 
 
 def _cli(synthetic, out: Path, *extra):

@@ -18,18 +18,22 @@ on the other subjects and tested on its own, reported as per-AU ICC(3,1), Pearso
 and mean absolute error on the 0-5 scale; (4) train the final model on every subject
 (--all, the default when --cv is not given) and write --out.
 
-The defaults are the paper's: Adam, learning rate 1e-4 for the last layer and 1e-5
-for the rest, weight decay 5e-4, batch 64, 3 epochs, seed 42, random flip and
-resized crop (area 0.90-1, aspect 19/20-20/19). Start from a face-recognition
-IResNet-50 (--backbone, e.g. Glint360K's r50 weights, as the paper does); without it
-the network starts from random weights and learns far less.
+The defaults are the authors' recipe (their DISFAwithPlus_train_model.py): Adam,
+learning rate 1e-4 for the last layer and 1e-5 for the rest, weight decay 5e-4,
+batch 64, 3 epochs, seed 42, random flip and resized crop (area 0.90-1, aspect
+19/20-20/19), fp32, and the MSE intensity weights as their code normalises them
+(--mse-weights paper-eq16: as the paper's eq. 16 is printed, 2x and 4x larger).
+Start from a face-recognition IResNet-50 (--backbone, e.g. Glint360K's r50 weights,
+as the paper does); without it the network starts from random weights and learns
+far less. The model file records how it was trained (options, precision).
 
 Interrupted? Run the same command again: the cache and the training continue from
 the last checkpoint (written every epoch). The run folder (default MODEL_run/ next
 to --out) holds config.json, losses.csv, epoch_losses.csv, eval.csv/eval.json and
 learning_curve.png.
 
-Uses a GPU when there is one (mixed precision). Several GPUs: build the cache
+Uses a GPU when there is one (fp32; --amp for mixed precision, faster but not the
+authors' arithmetic). Several GPUs: build the cache
 once, then start one process per GPU (rank 0 writes every file):
   fergi train-au --disfa DISFA --out model.pth --prepare-only --workers 8
   torchrun --nproc_per_node 4 -m fergi train-au --disfa DISFA --out model.pth
@@ -38,6 +42,7 @@ Examples:
   fergi train-au --disfa DISFA/ --disfa-plus DISFA+/ --out fergi_ir50.pth --backbone glint360k_r50.pth
   fergi train-au --disfa DISFA/ --disfa-plus DISFA+/ --out fergi_ir50.pth --cv 3 --all
   fergi train-au --disfa DISFA/ --cv 3                  (accuracy estimate only)
+  (--out with --cv needs --all: the cross-validation alone writes no model)
 """
 
 
@@ -141,6 +146,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--weight-decay", type=float, default=5e-4, help="Adam weight decay (default 5e-4)"
     )
     train.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    train.add_argument(
+        "--mse-weights",
+        choices=("authors", "paper-eq16"),
+        default="authors",
+        help="normalisation of the MSE intensity weights: the authors' code (default, "
+        "it made their model) or eq. 16 as printed (2x/4x the authors')",
+    )
     train.add_argument("--no-flip", action="store_true", help="no random horizontal flip")
     train.add_argument(
         "--crop-scale",
@@ -179,7 +191,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     hw = parser.add_argument_group("hardware")
     hw.add_argument("--device", help="cpu, cuda or cuda:K (default: cuda when available)")
     hw.add_argument(
-        "--no-amp", action="store_true", help="full precision on GPU (default: mixed precision)"
+        "--amp",
+        action="store_true",
+        help="mixed precision (bfloat16 autocast; float16 on older GPUs): faster, not the "
+        "authors' recipe (default: fp32, as they trained)",
     )
     hw.add_argument(
         "--loader-workers",
@@ -226,7 +241,8 @@ def run(args) -> int:
         layers=tuple(args.layers),
         backbone=None if args.backbone is None else str(args.backbone),
         device=args.device,
-        amp=not args.no_amp,
+        mse_weights=args.mse_weights,
+        amp=args.amp,
         num_workers=args.loader_workers,
         max_steps=args.max_steps,
         save_every=args.save_every,

@@ -5,7 +5,9 @@
 * :func:`build_cache`, :class:`FaceCache`: every labelled frame preprocessed once into
   a memory-mapped 112x112 uint8 array.
 * :func:`class_counts`, :func:`mse_weights`, :func:`bce_weights`, :func:`au_loss`: the
-  loss of eqs. 11-17.
+  loss of eqs. 11-17, as the authors' code computes it.
+* :func:`train_model`, :func:`save_model`, :func:`read_training_record`: training, and
+  the record of how a model was trained that its file carries.
 """
 
 from fergi.au.train._cache import FaceCache, build_cache
@@ -17,7 +19,14 @@ from fergi.au.train._datasets import (
     read_datasets,
     subject_groups,
 )
-from fergi.au.train._loss import au_loss, bce_weights, class_counts, expand_weights, mse_weights
+from fergi.au.train._loss import (
+    MSE_WEIGHTS,
+    au_loss,
+    bce_weights,
+    class_counts,
+    expand_weights,
+    mse_weights,
+)
 from fergi.au.train._metrics import au_metrics, format_metrics, icc31
 from fergi.au.train._run import plot_learning_curve, train_au
 from fergi.au.train._synthetic import write_synthetic_datasets
@@ -27,6 +36,7 @@ from fergi.au.train._train import (
     cross_validate,
     make_model,
     predict,
+    read_training_record,
     save_model,
     subject_folds,
     train_model,
@@ -42,6 +52,7 @@ __all__ = [
     "make_model",
     "plot_learning_curve",
     "predict",
+    "read_training_record",
     "save_model",
     "subject_folds",
     "train_au",
@@ -51,6 +62,7 @@ __all__ = [
     "DisfaPlusReader",
     "DisfaReader",
     "FaceCache",
+    "MSE_WEIGHTS",
     "au_loss",
     "bce_weights",
     "build_cache",

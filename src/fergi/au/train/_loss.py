@@ -1,15 +1,22 @@
-"""The AU training loss of the FERGI paper (Supp. B.3, eqs. 11-17).
+"""The AU training loss of the FERGI paper (Supp. B.3, eqs. 11-17), as the authors ran it.
 
 The network's 384 outputs are read as: output ``i`` (0-based) of the first 64 is the
 regression intensity of AU ``i + 1``; output ``64 + 5 * i + (j - 1)`` is the logit of
-"intensity of AU ``i + 1`` >= ``j``" for ``j = 1..5`` (AU-major order; only the
-first 64 outputs are used at inference, so this order is fergi's own choice).
+"intensity of AU ``i + 1`` >= ``j``" for ``j = 1..5`` (AU-major order, the
+``reshape(-1, 64, 5)`` of the authors' ``combination_loss.py``, so the ordinal logits of
+their checkpoint mean the same here).
+
+Where the printed equations and the authors' code (``utils.compute_weights``,
+``combination_loss.CombinationLoss``, ShuangquanFeng/FERGI) differ, the code made the
+published model and is the default; the printed version is an option
+(:func:`mse_weights` ``method="paper-eq16"``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from fergi._errors import FergiError
 from fergi.au._ir50 import N_AU_SLOTS
 
 N_LEVELS = 6  #: intensities 0..5
@@ -45,28 +52,60 @@ def _inv(n: np.ndarray) -> np.ndarray:
     return np.divide(1.0, n, out=np.zeros_like(n), where=n > 0)
 
 
-def mse_weights(counts: np.ndarray) -> np.ndarray:
+#: Choices of :func:`mse_weights`: the authors' code (default) and the printed eq. 16.
+MSE_WEIGHTS = ("authors", "paper-eq16")
+
+
+def mse_weights(counts: np.ndarray, method: str = "authors") -> np.ndarray:
     """Inverse-frequency weights ``w_{i,j}`` of the MSE loss (eq. 16).
 
-    Intensities are merged into the groups {0, 1} and {2, 3, 4, 5}; each group's
-    inverse frequency is multiplied by its number of levels (2 and 4), and the two
-    are normalised to sum to 1 per AU.
+    Intensities are merged into the groups {0, 1} and {2, 3, 4, 5}, and every
+    intensity of a group gets the inverse of the group's count. The two methods
+    differ only in the normalisation:
+
+    ``"authors"`` (default)
+        The authors' ``compute_weights(intensity_counts, 'inverse', AUs, device,
+        groups=[[0, 1], [2, 3, 4, 5]])``, which made the published model: the six
+        per-intensity weights of an AU sum to 1, i.e.
+        ``w_low = (1/n_low) / (2/n_low + 4/n_high)`` and
+        ``w_high = (1/n_high) / (2/n_low + 4/n_high)``.
+    ``"paper-eq16"``
+        Eq. 16 as printed: the numerators carry the group sizes 2 and 4, so the two
+        *group* weights sum to 1 and every weight is 2x (intensities 0-1) or 4x (2-5)
+        the authors'. This scales the MSE term up against the cosine and cross
+        entropy terms (weighted 1:1:1 in both).
 
     Parameters
     ----------
     counts : numpy.ndarray
         ``(n_au, 6)`` counts from :func:`class_counts` (training set).
+    method : {"authors", "paper-eq16"}, default "authors"
 
     Returns
     -------
     numpy.ndarray
         ``(n_au, 6)``: the weight of a sample of AU ``i`` with intensity ``j``.
-        An AU with no samples gets zeros.
+        An AU with no samples gets zeros. (The authors' division is 0/0 = NaN there,
+        which would turn their whole loss into NaN; it never happens on DISFA.)
+
+    Raises
+    ------
+    fergi.FergiError
+        Unknown ``method``.
     """
+    if method not in MSE_WEIGHTS:
+        raise FergiError(f"mse weights {method!r}: unknown (choose from {', '.join(MSE_WEIGHTS)})")
     counts = np.asarray(counts, dtype=float)
-    low = 2 * _inv(counts[:, :2].sum(axis=1))
-    high = 4 * _inv(counts[:, 2:].sum(axis=1))
-    total = low + high
+    # An empty group gets weight 0, as in the authors' `weights[counts_grouped > 0]`.
+    low = _inv(counts[:, :2].sum(axis=1))
+    high = _inv(counts[:, 2:].sum(axis=1))
+    if method == "paper-eq16":
+        low, high = 2 * low, 4 * high
+        total = low + high
+    else:
+        # Their normalisation runs over the table's six columns, so each group's
+        # inverse count enters once per intensity it holds.
+        total = 2 * low + 4 * high
     w_low = np.divide(low, total, out=np.zeros_like(low), where=total > 0)
     w_high = np.divide(high, total, out=np.zeros_like(high), where=total > 0)
     return np.column_stack([w_low, w_low, w_high, w_high, w_high, w_high])
@@ -78,6 +117,9 @@ def bce_weights(counts: np.ndarray) -> np.ndarray:
     For threshold ``j = 1..5``, the positive class ("intensity >= j") is weighted by
     ``1 / sum_{j' >= j} n_{i,j'}`` and the negative class by
     ``1 / sum_{j' < j} n_{i,j'}``; the 10 weights of an AU are normalised to sum to 1.
+    Eq. 17 as printed and the authors' code agree here: their
+    ``compute_weights(threshold_counts, 'inverse', AUs, device)`` (no groups)
+    normalises over all 5 x 2 entries of an AU, and an empty class gets weight 0.
 
     Parameters
     ----------
@@ -119,10 +161,14 @@ def au_loss(outputs, target, w_mse, w_bce, *, eps: float = 1e-8) -> dict:
 
     Eq. 13 is printed as ``1 - <y, y_hat> / ((sum y^2)(sum y_hat^2))``; without
     square roots that is not a cosine and depends on the scale of the intensities.
-    What the text names, a cosine similarity loss, is implemented:
-    ``1 - <y, y_hat> / (||y|| ||y_hat||)``. A frame whose labelled AUs are all 0 has
-    no direction: its cosine term is 1 whatever the prediction (no gradient), as
-    ``eps`` in the denominator makes it.
+    What the text names and the authors' code computes, a cosine similarity loss, is
+    implemented: ``1 - <y, y_hat> / (||y|| ||y_hat||)``. A frame whose labelled AUs are
+    all 0 has no direction: its cosine term is 1 whatever the prediction (no
+    gradient), as ``eps`` in the denominator makes it.
+
+    The reduction is the authors': each part is summed over the labelled AUs (and
+    thresholds), not divided by the weights' sum (their ``# / reg_weights.sum(1)`` is
+    commented out), then averaged over the batch; the parts are weighted 1:1:1.
 
     Parameters
     ----------
@@ -132,10 +178,12 @@ def au_loss(outputs, target, w_mse, w_bce, *, eps: float = 1e-8) -> dict:
         ``(B, 64)`` intensities 0-5 by AU slot; NaN where not labelled.
     w_mse : torch.Tensor
         ``(64, 6)`` weights of eq. 16 by slot (:func:`mse_weights`, :func:`expand_weights`).
+        The weight of a label is looked up at its intensity rounded to 0-5 (the
+        authors truncate with ``.long()``; DISFA's labels are integers, so they agree).
     w_bce : torch.Tensor
         ``(64, 5, 2)`` weights of eq. 17 by slot (:func:`bce_weights`).
     eps : float
-        Guards the cosine's denominator.
+        Guards the cosine's denominator (torch's default, which the authors use).
 
     Returns
     -------
@@ -157,11 +205,10 @@ def au_loss(outputs, target, w_mse, w_bce, *, eps: float = 1e-8) -> dict:
     w = w_mse[torch.arange(N_AU_SLOTS, device=y.device), level] * m  # (B, 64)
     mse = (w * (y - reg) ** 2).sum(dim=1)
 
-    reg_m = reg * m
-    dot = (y * reg_m).sum(dim=1)
-    # sqrt of the clamped product: the gradient of sqrt(0) would be infinite (NaN).
-    norm = (y.pow(2).sum(dim=1) * reg_m.pow(2).sum(dim=1)).clamp_min(eps * eps).sqrt()
-    cos = 1.0 - dot / norm
+    # torch's cosine_similarity on the masked vectors, as the authors' CombinationLoss
+    # calls it: each norm is clamped at eps, so a neutral frame (y = 0) gives 0 and no
+    # gradient rather than 0/0.
+    cos = 1.0 - F.cosine_similarity(reg * m, y, dim=1, eps=eps)
 
     thresholds = torch.arange(1, 6, device=y.device, dtype=y.dtype)
     chi = (y.unsqueeze(-1) >= thresholds).float()  # (B, 64, 5)

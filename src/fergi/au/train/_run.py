@@ -45,7 +45,11 @@ _RECIPE = (
     "width",
     "layers",
     "backbone",
+    "mse_weights",
+    "amp",
 )
+# What a run folder written before an option existed was trained with.
+_BEFORE = {"mse_weights": "paper-eq16"}
 
 
 def _write_json(path: Path, obj) -> None:
@@ -65,7 +69,7 @@ def _check_config(run_dir: Path, config: TrainConfig, extra: dict) -> None:
     new = {**config.to_dict(), **extra}
     if path.is_file():
         try:
-            old = json.loads(path.read_text())
+            old = {**_BEFORE, **json.loads(path.read_text())}
         except ValueError as exc:
             raise FergiError(f"{path}: not valid JSON ({exc})") from exc
         changed = [
@@ -75,9 +79,10 @@ def _check_config(run_dir: Path, config: TrainConfig, extra: dict) -> None:
             and json.loads(json.dumps(old[k])) != json.loads(json.dumps(new[k], default=str))
         ]
         if changed:
+            was = ", ".join(f"{k}={json.dumps(old[k])}" for k in changed)
             raise FergiError(
-                f"{path}: this run folder was trained with other {', '.join(changed)}; "
-                "use another --run-dir or delete it"
+                f"{path}: this run folder was trained with other {', '.join(changed)} "
+                f"({was}); use another --run-dir or delete it"
             )
     _write_json(path, new)
 
@@ -152,7 +157,9 @@ def train_au(
         Dataset folders (at least one).
     out : str or path-like, optional
         Model file written when ``final`` (a plain state_dict for
-        ``create_au_estimator("ir50", checkpoint=out)``).
+        ``create_au_estimator("ir50", checkpoint=out)``, recording how it was
+        trained: :func:`~fergi.au.train.read_training_record`). Giving it with ``cv``
+        but without ``final`` is an error (no model would be written).
     run_dir : str or path-like, optional
         Run folder (see the module docstring); default ``<out>_run`` next to ``out``.
     cache_dir : str or path-like, optional
@@ -177,6 +184,12 @@ def train_au(
     config = config or TrainConfig()
     if final and out is None:
         raise FergiError("--out: give the model file to write")
+    if out is not None and cv is not None and not final and not prepare_only:
+        # Checked before any data is read: the cross-validation alone can run for days.
+        raise FergiError(
+            f"--out {out}: --cv {cv} alone writes no model; add --all to also train the "
+            "final model on every subject (or leave out --out)"
+        )
     if not final and cv is None and not prepare_only:
         raise FergiError("--cv/--all: nothing to do (give --cv K, --all, or both)")
     if run_dir is None:

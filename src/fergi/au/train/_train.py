@@ -8,6 +8,7 @@ checkpoints and logs. Batches are drawn from the preprocessing cache
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -22,7 +23,14 @@ import pandas as pd
 
 from fergi._errors import FergiError
 from fergi.au._ir50 import AU_OUTPUT_INDEX, IR50_LAYERS, N_AU_SLOTS, build_ir50, load_matching
-from fergi.au.train._loss import au_loss, bce_weights, class_counts, expand_weights, mse_weights
+from fergi.au.train._loss import (
+    MSE_WEIGHTS,
+    au_loss,
+    bce_weights,
+    class_counts,
+    expand_weights,
+    mse_weights,
+)
 from fergi.datasets._schema import AU_NAMES
 
 logger = logging.getLogger(__name__)
@@ -34,7 +42,11 @@ _AU_NUMBERS = tuple(int(n[2:]) for n in AU_NAMES)
 
 @dataclass
 class TrainConfig:
-    """Options of a training run; the defaults are the paper's (Supp. B.3).
+    """Options of a training run; the defaults are the authors' recipe.
+
+    The defaults are what the authors' ``DISFAwithPlus_train_model.py``
+    (ShuangquanFeng/FERGI) ran to make their published model, which agrees with the
+    paper's Supp. B.3 text except in the MSE weights (see ``mse_weights``).
 
     Attributes
     ----------
@@ -61,8 +73,15 @@ class TrainConfig:
         None starts from random weights.
     device : str, optional
         ``"cuda"`` when available, else ``"cpu"``.
-    amp : bool, default True
-        Mixed precision (CUDA only).
+    mse_weights : {"authors", "paper-eq16"}, default "authors"
+        Normalisation of the MSE intensity weights (:func:`~fergi.au.train.mse_weights`):
+        the authors' ``compute_weights`` (default; it made the published model) or
+        eq. 16 as printed (2x and 4x the authors' weights).
+    amp : bool, default False
+        Mixed precision: autocast to bfloat16 (float16 with loss scaling on GPUs
+        without bfloat16; bfloat16 on the CPU). Off by default, as the authors
+        trained in fp32. In fp32, TF32 tensor-core maths is switched off for the
+        run, as the authors' GPU (a GTX 1080 Ti) has none.
     channels_last : bool, default True
         Channels-last memory format (CUDA only).
     num_workers : int, default 0
@@ -86,7 +105,8 @@ class TrainConfig:
     layers: tuple = IR50_LAYERS
     backbone: str | None = None
     device: str | None = None
-    amp: bool = True
+    mse_weights: str = "authors"
+    amp: bool = False
     channels_last: bool = True
     num_workers: int = 0
     max_steps: int | None = None
@@ -126,6 +146,26 @@ def _distributed() -> tuple[int, int, int]:
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
 
 
+@contextlib.contextmanager
+def _fp32_maths(active: bool):
+    """IEEE fp32 convolutions and matmuls on CUDA while active (TF32 off), then restored.
+
+    torch lets cuDNN use TF32 by default on Ampere and later GPUs; "fp32" is meant
+    as the authors had it on a GTX 1080 Ti, which has no TF32.
+    """
+    import torch
+
+    if not active:
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def resolve_device(device: str | None, local_rank: int = 0):
     """The torch device of this process (``cuda:LOCAL_RANK`` under torchrun)."""
     import torch
@@ -147,6 +187,12 @@ def augment(x, generator, *, flip=True, scale=(0.9, 1.0), ratio=(19 / 20, 20 / 1
     The crop is resampled back to the input size by one batched affine warp (bilinear),
     so the same code runs on CPU and GPU. Random numbers come from ``generator`` (a
     CPU ``torch.Generator``): a batch's augmentation depends only on its seed.
+
+    The authors use torchvision's ``RandomHorizontalFlip`` and ``RandomResizedCrop``
+    on PIL images: the same distributions of area and log-aspect, but their crop
+    has whole-pixel sides and position and redraws a box wider than the image (up to
+    10 times), where this one is continuous and clamps such a box to the image. The
+    crops are alike, not the same pixels.
 
     Parameters
     ----------
@@ -223,19 +269,128 @@ def _atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def save_model(model, path) -> Path:
-    """Write the plain fp32 ``state_dict`` that ``create_au_estimator("ir50")`` loads (atomically)."""
+#: Key of the training record in a saved model's ``state_dict._metadata[""]``.
+RECORD_KEY = "fergi_training"
+# Options of a run that say nothing about the model it made.
+_NOT_RECORDED = ("device", "num_workers", "save_every", "channels_last")
+
+
+def precision_of(config: TrainConfig, device) -> str:
+    """The arithmetic a run of ``config`` uses on ``device``.
+
+    Returns
+    -------
+    str
+        ``"fp32"`` (the authors'), ``"amp-bf16"`` or ``"amp-fp16"`` (float16 with loss
+        scaling, on GPUs without bfloat16).
+    """
+    import torch
+
+    if not config.amp or device.type not in ("cuda", "cpu"):
+        return "fp32"
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return "amp-fp16"
+    return "amp-bf16"
+
+
+def training_record(config: TrainConfig, *, precision: str, frames: int, world_size: int = 1):
+    """What a model file records of how it was trained (see :func:`save_model`).
+
+    The options of ``config`` that shape the model (as in the run folder's
+    ``config.json``, less the hardware ones), the precision actually used, the
+    number of training frames and processes, and the fergi version. The backbone
+    is recorded by file name only, so a shared model does not carry a local path.
+    """
+    from fergi import __version__
+
+    options = {k: v for k, v in config.to_dict().items() if k not in _NOT_RECORDED}
+    options.pop("amp")
+    if options.get("backbone") is not None:
+        options["backbone"] = Path(options["backbone"]).name
+    return {
+        "trainer": "fergi train-au",
+        "fergi_version": __version__,
+        "mse_weights": config.mse_weights,
+        "precision": precision,
+        "frames": int(frames),
+        "world_size": int(world_size),
+        "config": options,
+    }
+
+
+def save_model(model, path, *, record: dict | None = None) -> Path:
+    """Write the plain fp32 ``state_dict`` that ``create_au_estimator("ir50")`` loads (atomically).
+
+    The file stays a plain ``state_dict`` (the authors' format, which their
+    ``model.load_state_dict(torch.load(path))`` and fergi's loader read unchanged).
+    How the model was trained rides in the ``state_dict``'s own ``_metadata``
+    (where torch keeps each module's version), under ``[""]["fergi_training"]``;
+    :func:`read_training_record` reads it back.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    path : str or path-like
+    record : dict, optional
+        The training record; default: the one :func:`train_model` attached to
+        ``model`` (none for other models).
+    """
+    import collections
+    import copy
+
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)
-    state = {
-        k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu()
-        for k, v in model.state_dict().items()
-    }
+    source = model.state_dict()
+    state = collections.OrderedDict(
+        (k, v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu())
+        for k, v in source.items()
+    )
+    record = getattr(model, "fergi_training_", None) if record is None else record
+    meta = copy.deepcopy(getattr(source, "_metadata", collections.OrderedDict()))
+    if record is not None:
+        meta.setdefault("", {})[RECORD_KEY] = record
+    state._metadata = meta
     _atomic_torch_save(state, path)
     return path
+
+
+def read_training_record(path) -> dict | None:
+    """How a model file was trained, as :func:`save_model` recorded it.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A model file written by ``fergi train-au`` (or any ``state_dict`` file).
+
+    Returns
+    -------
+    dict or None
+        ``trainer``, ``fergi_version``, ``mse_weights`` (``"authors"`` or
+        ``"paper-eq16"``), ``precision`` (``"fp32"``, ``"amp-bf16"``,
+        ``"amp-fp16"``), ``frames``, ``world_size`` and ``config`` (the options of
+        the run); None for a file without a record (e.g. the authors' checkpoint, or
+        one fergi wrote before it kept records).
+
+    Raises
+    ------
+    fergi.FergiError
+        Missing or unreadable file.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FergiError(f"{path}: model file not found")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise FergiError(f"{path}: not a PyTorch checkpoint ({type(exc).__name__})") from exc
+    meta = getattr(obj, "_metadata", None) or {}
+    record = meta.get("", {}).get(RECORD_KEY) if isinstance(meta.get(""), dict) else None
+    return dict(record) if isinstance(record, dict) else None
 
 
 def make_model(config: TrainConfig):
@@ -325,9 +480,16 @@ def train_model(
     rank, world, local_rank = _distributed()
     device = resolve_device(config.device, local_rank)
     cuda = device.type == "cuda"
+    if config.mse_weights not in MSE_WEIGHTS:
+        raise FergiError(
+            f"--mse-weights {config.mse_weights}: unknown (choose from {', '.join(MSE_WEIGHTS)})"
+        )
     y = cache.labels(rows) if labels is None else np.asarray(labels, dtype=np.float32)
+    # As the authors' compute_frequency: counted once over the whole training set.
     counts = class_counts(y)
-    w_mse = torch.from_numpy(expand_weights(mse_weights(counts), _AU_NUMBERS)).to(device)
+    w_mse = torch.from_numpy(
+        expand_weights(mse_weights(counts, config.mse_weights), _AU_NUMBERS)
+    ).to(device)
     w_bce = torch.from_numpy(expand_weights(bce_weights(counts), _AU_NUMBERS)).to(device)
     dataset = _CacheDataset(cache.folder, len(cache.table), rows, _targets(y))
 
@@ -340,9 +502,12 @@ def train_model(
         [{"params": head, "lr": config.lr_head}, {"params": body, "lr": config.lr_backbone}],
         weight_decay=config.weight_decay,
     )
-    amp = bool(config.amp and cuda)
-    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+    precision = precision_of(config, device)
+    if config.amp and precision == "fp32":
+        logger.warning("--amp: no mixed precision on %s; training in fp32", device.type)
+    amp = precision != "fp32"
+    amp_dtype = torch.float16 if precision == "amp-fp16" else torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "amp-fp16")
 
     epoch, step_in_epoch, history = 0, 0, []
     state_path = Path(state_path) if state_path is not None else None
@@ -397,75 +562,81 @@ def train_model(
     sampler = DistributedSampler(
         range(len(rows)), num_replicas=world, rank=rank, shuffle=True, seed=config.seed
     )
-    net.train()
-    stop = False
-    while epoch < config.epochs and not stop:
-        sampler.set_epoch(epoch)
-        order = list(sampler)
-        # A batch of 1 cannot train BatchNorm: fold a lone last sample away.
-        batches = [
-            order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)
-        ]
-        if len(batches) > 1 and len(batches[-1]) < 2:
-            batches.pop()
-        loader = DataLoader(
-            dataset,
-            batch_sampler=batches[step_in_epoch:],
-            num_workers=config.num_workers,
-            pin_memory=cuda,
-            persistent_workers=False,
-        )
-        bar = tqdm(
-            total=len(batches),
-            initial=step_in_epoch,
-            desc=f"{desc}epoch {epoch + 1}/{config.epochs}",
-            unit="batch",
-            file=sys.stderr,
-            disable=not progress or rank != 0,
-        )
-        for faces, target in loader:
-            gen = torch.Generator().manual_seed(
-                config.seed * 1_000_003 + epoch * 100_003 + step_in_epoch * 101 + rank
+    with _fp32_maths(cuda and not amp):
+        net.train()
+        stop = False
+        while epoch < config.epochs and not stop:
+            sampler.set_epoch(epoch)
+            order = list(sampler)
+            # Every sample, a short last batch included, as the authors' DataLoader
+            # (shuffle=True, no drop_last): BatchNorm still sees 7x7 values a channel
+            # in a batch of 1, as the model has no BatchNorm1d head in training.
+            batches = [
+                order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)
+            ]
+            loader = DataLoader(
+                dataset,
+                batch_sampler=batches[step_in_epoch:],
+                num_workers=config.num_workers,
+                pin_memory=cuda,
+                persistent_workers=False,
             )
-            x = faces.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-            x = augment(x, gen, flip=config.flip, scale=config.crop_scale, ratio=config.crop_ratio)
-            if cuda and config.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            target = target.to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
-                out = net(x)
-            parts = au_loss(out.float(), target, w_mse, w_bce)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(parts["loss"]).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step_in_epoch += 1
-            total_steps += 1
-            history.append(
-                {
-                    "epoch": epoch + 1,
-                    "step": total_steps,
-                    **{k: float(v.detach()) for k, v in parts.items()},
-                }
+            bar = tqdm(
+                total=len(batches),
+                initial=step_in_epoch,
+                desc=f"{desc}epoch {epoch + 1}/{config.epochs}",
+                unit="batch",
+                file=sys.stderr,
+                disable=not progress or rank != 0,
             )
-            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
-            bar.update(1)
-            if (
-                config.save_every
-                and step_in_epoch % config.save_every == 0
-                and step_in_epoch < len(batches)
-            ):
-                save(epoch, step_in_epoch)
-            if kill_after and total_steps >= kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
-            if config.max_steps is not None and total_steps >= config.max_steps:
-                stop = True
-                break
-        bar.close()
-        if not stop:
-            epoch, step_in_epoch = epoch + 1, 0
-        save(epoch, step_in_epoch)
+            for faces, target in loader:
+                gen = torch.Generator().manual_seed(
+                    config.seed * 1_000_003 + epoch * 100_003 + step_in_epoch * 101 + rank
+                )
+                x = faces.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+                x = augment(
+                    x, gen, flip=config.flip, scale=config.crop_scale, ratio=config.crop_ratio
+                )
+                if cuda and config.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                target = target.to(device, non_blocking=True)
+                with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
+                    out = net(x)
+                parts = au_loss(out.float(), target, w_mse, w_bce)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(parts["loss"]).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                step_in_epoch += 1
+                total_steps += 1
+                history.append(
+                    {
+                        "epoch": epoch + 1,
+                        "step": total_steps,
+                        **{k: float(v.detach()) for k, v in parts.items()},
+                    }
+                )
+                bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
+                bar.update(1)
+                if (
+                    config.save_every
+                    and step_in_epoch % config.save_every == 0
+                    and step_in_epoch < len(batches)
+                ):
+                    save(epoch, step_in_epoch)
+                if kill_after and total_steps >= kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if config.max_steps is not None and total_steps >= config.max_steps:
+                    stop = True
+                    break
+            bar.close()
+            if not stop:
+                epoch, step_in_epoch = epoch + 1, 0
+            save(epoch, step_in_epoch)
     model.eval()
+    model.fergi_training_ = training_record(
+        config, precision=precision, frames=len(rows), world_size=world
+    )
     return model, pd.DataFrame(history, columns=["epoch", "step", "loss", "mse", "cos", "bce"])
 
 
