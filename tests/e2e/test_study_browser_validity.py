@@ -287,7 +287,7 @@ def test_a_slow_uplink_never_holds_the_survey_and_every_chunk_arrives(chromium, 
 
     assert not [t for t in texts if t[0] == "survey-submit" and "Saving" in t[2]], texts
     rates = [float(m.group(1)) for line in console if (m := re.search(r"recording at ([\d.]+) Mbit/s", line))]
-    assert len(rates) == 3, console
+    assert len(rates) == 3, "\n".join(line for line in console if "fergi" in line)
     # From the measured 1 Mbit/s uplink: 80 % of it, never under 0.6 Mbit/s.
     assert all(0.6 <= rate <= 1.0 for rate in rates), rates
     job = wait_for_processing(app)
