@@ -473,6 +473,11 @@ function setAttempts(left) {
 
 function showStructured() {
   showPage("page-prompt-structured", "prompt");
+  // The fields' own limits follow the server's too (typing stops where Add would refuse).
+  const L = limits();
+  for (const [ids, max] of [[["an-name", "in-name"], L.name_chars], [["an-act", "ot-loc", "ot-style"], L.text_chars], [["ir-rel", "pr-rel"], L.relation_chars]]) {
+    for (const id of ids) $(id).maxLength = max;
+  }
   renderStructured();
   setAttempts(state.attempts_left);
   const last = state.generated_prompts[state.generated_prompts.length - 1];
@@ -1034,9 +1039,11 @@ $("webcam-check").addEventListener("click", async () => {
     webcamStatus("Checking…");
     const shot = await snapshot(), began = performance.now();
     const result = await api("POST", sessionPath("/webcam-check"), { body: shot, headers: { "Content-Type": "image/jpeg" } });
-    // A first guess of the uplink (it includes the server's face check, so it errs low);
-    // the chunks of each recording refine it.
-    if (uplinkBps === null) measureUplink(shot.size, performance.now() - began);
+    // A first guess of the uplink: the time includes the server's face check, so it errs
+    // low and only a slow one counts (a fast link then records its first image at the
+    // full bitrate); the chunks of each recording refine it.
+    const guess = (shot.size * 8) / ((performance.now() - began) / 1000);
+    if (uplinkBps === null && guess < 1500000) measureUplink(shot.size, performance.now() - began);
     state = result.state;
     webcamStatus(result.message, result.face ? "ok" : "bad");
     $("webcam-continue").disabled = state.step === "webcam";
