@@ -4,6 +4,8 @@
   page, from the stop to the painted frame), before the pause dialog; the replay is
   stored as exposure 2, seen before about 2 s; the admin page lists both showings; the
   export's `fergi annotate` leaves the replay out and counts it.
+- A reload while an image is on screen: the showing is recorded as ended by "reload"
+  (pagehide reports it, the reloaded page names it) and the replay is exposure 2.
 - Invitations bind (390x844, touch): a typed invited ID is refused beside the field, a
   typed ID with a wrong character gets the rule in words, the link works once.
 - The structured form (390x844): a too-long characteristic is refused at Add beside its
@@ -309,3 +311,45 @@ def test_a_slow_uplink_never_holds_the_survey_and_every_chunk_arrives(chromium, 
             assert [c.seq for c in seg.chunks] == list(range(seg.n_chunks))
             assert store.missing_chunks(sess.id, seg.index, [c.seq for c in seg.chunks]) == []
         assert sorted(c.image_index for c in sess.clips if c.clip == "reaction") == [1, 2, 3]
+
+
+def test_a_reload_mid_image_is_recorded_as_such_and_the_replay_counts_it(chromium, webcam_y4m, study_server):
+    """The page left while an image is on screen reports it (pagehide); the reloaded page
+    names how it was left; the replay is the second showing."""
+    import time
+
+    from playwright.sync_api import expect, sync_playwright
+    from sqlalchemy import select
+
+    from fergi.study._db import StudySession
+    from fergi.study._presentations import presentation_attempts
+
+    base, app = study_server(n_images=2, present_s=3.0)
+    with sync_playwright() as pw:
+        browser = _launch(pw, chromium, webcam_y4m)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page.on("dialog", lambda dialog: dialog.accept())  # "leave the page?"
+            page.add_init_script(OBSERVE_JS)
+            begin_study(page, base, "reload01")
+            expect(page.locator("#stage-image")).to_be_visible(timeout=30_000)
+            wait_for(page, "window.__stage.some((e) => !e.hidden && performance.now() > e.paint + 1000)")
+            page.reload()
+            # The same image again, from its baseline, after the reload.
+            expect(page.locator("#stage-baseline")).to_be_visible(timeout=30_000)
+            expect(page.locator("#stage-counter")).to_have_text("Image 1 of 2")
+            expect(page.locator("#stage-image")).to_be_visible(timeout=30_000)
+            deadline = time.monotonic() + 30
+            while True:
+                with app.state.sessionmaker() as db:
+                    sess = db.scalar(select(StudySession))
+                    attempts = presentation_attempts(sess, present_s=3.0, chunk_s=0.5)
+                if len(attempts) == 2 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+        finally:
+            browser.close()
+    first, replay = attempts
+    assert (first.image, first.exposure, first.end_reason) == (1, 1, "reload")
+    assert not first.visible_estimated and 1.0 <= first.visible_s < 2.5, first
+    assert (replay.image, replay.exposure) == (1, 2) and replay.seen_before_s == first.visible_s
