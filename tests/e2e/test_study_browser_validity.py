@@ -33,7 +33,7 @@ from _browser import (
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 # Timestamps of the page (performance.now()): when the stage image was shown or hidden
-# (the DOM change and the frame that painted it) and when the pause dialog appeared.
+# (the DOM change, and once it was painted) and when the pause dialog appeared.
 OBSERVE_JS = """
 window.__stage = []; window.__pauseAt = null; window.__texts = [];
 new MutationObserver((records) => {
@@ -42,7 +42,9 @@ new MutationObserver((records) => {
     if (!el) continue;
     if (el.id === "stage-image" && r.type === "attributes") {
       const hidden = el.hidden, t = performance.now();
-      requestAnimationFrame((paint) => window.__stage.push({ hidden, t, paint }));
+      // paint: an upper bound of when the change was on screen (the frame after the one
+      // that rendered it has begun)
+      requestAnimationFrame(() => requestAnimationFrame(() => window.__stage.push({ hidden, t, paint: performance.now() })));
     }
     if (el.id === "pause" && r.type === "attributes" && !el.hidden && window.__pauseAt === null) window.__pauseAt = performance.now();
     if (el.id === "survey-upload" || el.id === "survey-submit") window.__texts.push([el.id, el.hidden, el.textContent]);
