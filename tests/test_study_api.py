@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 
 import numpy as np
 import pytest
@@ -220,12 +221,41 @@ def test_admin_creates_participants_with_invitation_links(client):
     response = client.post("/api/admin/participants", json={}, headers=ADMIN)
     assert response.status_code == 201
     first = response.json()
-    assert first["participant_id"] == "001" and "?invite=" in first["link"]
-    assert client.post("/api/admin/participants", json={}, headers=ADMIN).json()["participant_id"] == "002"
+    assert "?invite=" in first["link"]
+    # IDs handed out are random, not the next number: one says nothing about the others.
+    ids = [first["participant_id"]] + [
+        client.post("/api/admin/participants", json={}, headers=ADMIN).json()["participant_id"] for _ in range(5)
+    ]
+    assert len(set(ids)) == 6
+    assert all(re.fullmatch(r"p[0-9a-f]{10}", pid) for pid in ids), ids
+    assert not {"001", "002"} & set(ids)
     invite = first["link"].split("?invite=")[1]
     response = client.post("/api/sessions", json={"invite": invite})
-    assert response.status_code == 201 and response.json()["state"]["participant_id"] == "001"
+    assert response.status_code == 201 and response.json()["state"]["participant_id"] == first["participant_id"]
     assert client.post("/api/sessions", json={"invite": "forged"}).status_code == 404
+
+
+def test_an_invitation_binds_its_participant_id(client):
+    """Typing an invited ID is refused; the link opens one session; an open study still
+    takes new typed IDs."""
+    link = client.post("/api/admin/participants", json={"participant_id": "001"}, headers=ADMIN).json()["link"]
+    invite = link.split("?invite=")[1]
+    # Typed, before and after the link was used: refused in plain words.
+    for _ in range(2):
+        response = client.post("/api/sessions", json={"participant_id": "001"})
+        assert response.status_code == 403, response.text
+        assert "invitation link" in response.json()["detail"] and "001" in response.json()["detail"]
+        if _ == 0:
+            assert client.post("/api/sessions", json={"invite": invite}).status_code == 201
+    # The link works once.
+    response = client.post("/api/sessions", json={"invite": invite})
+    assert response.status_code == 410 and "already used" in response.json()["detail"]
+    # An open study: a new typed ID starts a session, and that ID stays typeable.
+    assert client.post("/api/sessions", json={"participant_id": "walkin-7"}).status_code == 201
+    assert client.post("/api/sessions", json={"participant_id": "walkin-7"}).status_code == 201
+    # Inviting a participant who typed an ID before binds the ID from then on.
+    client.post("/api/admin/participants", json={"participant_id": "walkin-7"}, headers=ADMIN)
+    assert client.post("/api/sessions", json={"participant_id": "walkin-7"}).status_code == 403
 
 
 def test_participant_ids_are_validated(client, app):

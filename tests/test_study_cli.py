@@ -79,6 +79,20 @@ def test_serve_options_become_settings(tmp_path, monkeypatch):
     assert settings_from_args(args).admin_token == settings.admin_token
     monkeypatch.setenv("FERGI_ADMIN_TOKEN", "from-env")
     assert settings_from_args(args).admin_token == "from-env"
+    # An open study by default; --invitations-only is FERGI_ALLOW_NEW_PARTICIPANTS=false.
+    assert settings.allow_new_participants is True
+    closed = build_parser().parse_args(["serve", "--data-dir", str(tmp_path / "d"), "--invitations-only"])
+    assert settings_from_args(closed).allow_new_participants is False
+
+
+def test_serve_help_explains_who_can_start_a_session(capsys):
+    from fergi.cli._main import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "FERGI_ALLOW_NEW_PARTICIPANTS=false" in text and "--invitations-only" in text
+    assert "an invited ID is only opened through its link, typing it is refused" in text
 
 
 def test_serve_refuses_bad_options_with_one_line(capsys, tmp_path):

@@ -246,7 +246,13 @@ def test_a_replay_in_a_new_segment_replaces_the_interrupted_attempt(tmp_path, se
         assert {image: clips[(image, "reaction")]["segment"] for image in (1, 2, 3)} == {1: replay, 2: again, 3: third}
         assert all(c["clip_valid"] and c["n_frames"] == FPS for c in clips.values())
         detail = client.get(f"/api/admin/sessions/{p.id}", headers=ADMIN).json()
-        assert len(detail["labels"]) == 3
+        # Both replays are second looks (image 1 was seen in full, image 2 for the part of
+        # its presentation its video holds): stored as exposure 2 and left out of the
+        # labels, which pair only first impressions.
+        assert {image: clips[(image, "reaction")]["exposure"] for image in (1, 2, 3)} == {1: 2, 2: 2, 3: 1}
+        assert clips[(1, "reaction")]["seen_before_s"] == pytest.approx(1.0)
+        assert clips[(2, "reaction")]["seen_before_s"] > 0.5
+        assert detail["labels"] == []
         by_index = {s["segment"]: s for s in detail["segments"]}
         # the interrupted segment can never complete; it held up nothing
         assert by_index[broken]["abandoned"] and not by_index[broken]["complete"]
@@ -472,7 +478,9 @@ def test_the_consent_text_says_exactly_what_is_recorded(tmp_path):
         text = client.get("/api/config").json()["consent_text"]
     assert "only while each image is on screen" in text
     assert "baseline" in text
-    assert "Nothing is recorded while you answer the questions, rank the images or write the prompt" in text
+    # recording stops at the first frame 0.1 s after the image is hidden, and says so
+    assert "one tenth of a second after it disappears" in text
+    assert "Nothing else is recorded: not while you answer the questions, rank the images or write the prompt" in text
     assert "no sound" in text
 
 

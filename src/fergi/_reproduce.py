@@ -22,6 +22,7 @@ from fergi.datasets import (
     load_frames,
     load_images,
     load_invalid_images,
+    load_seen_images,
 )
 from fergi.features import compute_activation_values, image_table, screen_participants
 from fergi.stats import reaction_statistics
@@ -91,6 +92,7 @@ def reproduce(
     preference: bool = True,
     figures: bool = True,
     download: bool = True,
+    max_seen_before_s: float | None = 0.5,
 ) -> Reproduction:
     """Recompute the paper's findings (Sec. 6.1 and, with ``preference``, Sec. 6.2).
 
@@ -107,6 +109,10 @@ def reproduce(
         Write the figures.
     download : bool, default True
         Allow downloading the release when it is not found.
+    max_seen_before_s : float or None, default 0.5
+        Leave out (and count, in a warning) reactions to an image seen before for
+        longer than this: replays after an interrupted presentation in a study export.
+        None keeps them.
 
     Returns
     -------
@@ -125,6 +131,12 @@ def reproduce(
     frames = load_frames(root)
     images = load_images(root)
     invalid = load_invalid_images(root)
+    seen = load_seen_images(root, max_seen_before_s) - invalid
+    if seen:
+        logger.warning("%s: left out %d reaction(s) to an image seen before for more than %.1f s "
+                       "(a replay after an interruption; --max-seen-before)",
+                       root, len(seen), max_seen_before_s)
+        invalid = invalid | seen
     timings["load"] = time.perf_counter() - t0
 
     t = time.perf_counter()

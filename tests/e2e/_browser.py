@@ -220,7 +220,8 @@ def study_server(tmp_path):
 
     servers = []
 
-    def start(**overrides):
+    def start(wrap=None, **overrides):
+        """``wrap(app)``: an ASGI app served in front of the study (e.g. a slow network)."""
         values = {
             "data_dir": tmp_path / "study",
             "admin_token": "e2e-admin",
@@ -236,7 +237,8 @@ def study_server(tmp_path):
         values.update(overrides)
         app = create_app(StudySettings(**values))
         port = _free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        served = wrap(app) if wrap is not None else app
+        server = uvicorn.Server(uvicorn.Config(served, host="127.0.0.1", port=port, log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         servers.append((server, thread))

@@ -64,6 +64,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--skip-single", action="store_true",
                         help="leave out participants with fewer than two valid images (they form "
                              "no pair) instead of stopping with an error")
+    parser.add_argument("--max-seen-before", type=float, default=0.5, metavar="SECONDS",
+                        help="leave out reactions to an image the participant had seen before for "
+                             "longer than this (a replay after an interrupted presentation, from a "
+                             "study export's study/clips.csv; default: %(default)s)")
     return parser
 
 
@@ -71,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     from fergi.preference import annotate_reactions, load_model, load_reaction_data, write_jsonl
 
     model = load_model(args.model)
-    data, _ = load_reaction_data(args.data, skip_single=args.skip_single)
+    data, _ = load_reaction_data(args.data, skip_single=args.skip_single,
+                                 max_seen_before_s=args.max_seen_before)
     labels = annotate_reactions(data, model, integrate=args.integrate,
                                 on_few_baselines=args.on_few_baselines, force=args.force_scale)
     n_all = len(labels)

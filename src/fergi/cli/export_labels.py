@@ -99,6 +99,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     parser.add_argument("--skip-single", action="store_true",
                         help="leave out participants with fewer than two valid images")
+    parser.add_argument("--max-seen-before", type=float, default=0.5, metavar="SECONDS",
+                        help="leave out reactions to an image the participant had seen before for "
+                             "longer than this (a replay after an interrupted presentation, from a "
+                             "study export's study/clips.csv; default: %(default)s)")
     return parser
 
 
@@ -122,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
         abstentions=args.abstentions, min_confidence=args.min_confidence,
         exclude_participants=args.exclude_participants, with_features=args.with_features,
         shard_size=args.shard_size, images_dir=args.images, salt_file=args.salt_file,
-        overwrite=args.overwrite, skip_single=args.skip_single)
+        overwrite=args.overwrite, skip_single=args.skip_single,
+        max_seen_before_s=args.max_seen_before)
     counts = ", ".join(f"{n} {s}" for s, n in summary.per_source.items())
     print(f"wrote {summary.n_rows} labelled pairs ({counts}) to {summary.out} ({summary.format})")
     if len(summary.splits) > 1:

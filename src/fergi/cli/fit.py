@@ -77,6 +77,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--skip-single", action="store_true",
                         help="leave out participants with fewer than two valid images (they form "
                              "no pair) instead of stopping with an error")
+    parser.add_argument("--max-seen-before", type=float, default=0.5, metavar="SECONDS",
+                        help="leave out reactions to an image the participant had seen before for "
+                             "longer than this (a replay after an interrupted presentation, from a "
+                             "study export's study/clips.csv; default: %(default)s)")
     return parser
 
 
@@ -104,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
         raise FergiError(f"--bootstrap must be at least 100, got {args.bootstrap}")
     screen = args.screen == "on" or (args.screen == "auto" and args.model != "faunet")
     data, excluded = load_reaction_data(args.data, screen=screen, need_rankings=True,
-                                        skip_single=args.skip_single)
+                                        skip_single=args.skip_single,
+                                        max_seen_before_s=args.max_seen_before)
     print(f"Features: {data.provenance.describe()}")
     if args.normalization == "none" and data.provenance.estimator == "mixed":
         raise FergiError(f"{args.data}: features from several AU estimators ({data.provenance.source}); "

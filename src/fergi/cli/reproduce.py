@@ -38,6 +38,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--no-preference", action="store_true", help="skip Sec. 6.2 (Tables 1 and 2, FAU-Net)"
     )
     parser.add_argument("--no-download", action="store_true", help="never download the release")
+    parser.add_argument("--max-seen-before", type=float, default=0.5, metavar="SECONDS",
+                        help="leave out reactions to an image the participant had seen before for "
+                             "longer than this (a replay after an interrupted presentation, from a "
+                             "study export's study/clips.csv; default: %(default)s)")
     return parser
 
 
@@ -51,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         figures=not args.no_figures,
         # An explicit --data is the user's data: a wrong path is an error, not a download.
         download=not args.no_download and args.data is None,
+        max_seen_before_s=args.max_seen_before,
     )
     print(format_summary(result.results))
     untrained = format_score_columns(result.results)

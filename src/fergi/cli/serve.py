@@ -23,6 +23,13 @@ a proxy elsewhere: --trusted-proxies 10.0.0.5,10.1.0.0/16. Forwarding headers of
 anyone else are ignored.
 Every option also has an environment variable FERGI_<NAME> (e.g. FERGI_N_IMAGES=5,
 FERGI_BASELINE_S=5, FERGI_PRESENT_S=5, FERGI_RETENTION=delete_after_features).
+Participants: an open study (the default) starts a session for any participant ID
+typed on the start page and registers new IDs; --invitations-only
+(FERGI_ALLOW_NEW_PARTICIPANTS=false) refuses IDs the admin did not register.
+Invitation links (admin page) bind their ID in either mode: an invited ID is only
+opened through its link, typing it is refused; a link opens one session unless
+created reusable; IDs the admin page hands out are random. Unfinished sessions count
+as abandoned after FERGI_ABANDONED_SESSION_AFTER_MIN minutes idle (default 15).
 Upload limits: FERGI_MAX_CHUNK_BYTES, FERGI_MAX_RECORDING_BYTES (per segment),
 FERGI_MAX_SESSION_RECORDING_BYTES, FERGI_MAX_SEGMENTS_PER_SESSION,
 FERGI_RATE_LIMIT_PER_MINUTE.
@@ -77,6 +84,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "see `fergi score --help` for their weights)")
     parser.add_argument("--scorer-weights", action="append", default=[], metavar="NAME=PATH",
                         help="weights of one scorer, repeatable (default: the Hugging Face cache)")
+    parser.add_argument("--invitations-only", action="store_true",
+                        help="only invitation links and IDs the admin registered start a session "
+                             "(FERGI_ALLOW_NEW_PARTICIPANTS=false); default: any typed ID that "
+                             "has no invitation")
     parser.add_argument("--no-worker", action="store_true", help="do not process in this process")
     parser.add_argument("--queue", choices=("auto", "threads", "procrastinate"),
                         help="who runs processing jobs: auto (default: `fergi worker` processes through "
@@ -145,6 +156,8 @@ def settings_from_args(args, *, keep_admin_token: bool = True):
                                        if "weights" in v}
     if getattr(args, "no_worker", False):
         overrides["worker"] = False
+    if getattr(args, "invitations_only", False):
+        overrides["allow_new_participants"] = False
     if getattr(args, "behind_proxy", False):
         overrides["behind_proxy"] = True
     try:

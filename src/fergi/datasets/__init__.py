@@ -9,10 +9,13 @@ from fergi.datasets._fetch import (
     verify_release,
 )
 from fergi.datasets._load import (
+    DEFAULT_MAX_SEEN_BEFORE_S,
     list_clip_files,
     load_frames,
     load_images,
     load_invalid_images,
+    load_seen_before,
+    load_seen_images,
     load_valid_sessions,
 )
 from fergi.datasets._provenance import (
@@ -65,6 +68,9 @@ __all__ = [
     "load_frames",
     "load_images",
     "load_invalid_images",
+    "load_seen_before",
+    "load_seen_images",
+    "DEFAULT_MAX_SEEN_BEFORE_S",
     "load_manifest",
     "load_valid_sessions",
     "read_features_meta",

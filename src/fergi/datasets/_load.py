@@ -336,6 +336,72 @@ def load_invalid_images(path: str | os.PathLike) -> set[tuple[str, int, int]]:
     return out
 
 
+#: Reactions to an image the participant had seen before for longer than this (seconds)
+#: are left out by default: a replay after an interruption is not a first impression.
+DEFAULT_MAX_SEEN_BEFORE_S = 0.5
+
+
+def load_seen_before(path: str | os.PathLike) -> dict[tuple[str, int, int], float]:
+    """Seconds each reaction's image had been seen before it, from ``study/clips.csv``.
+
+    ``fergi export`` writes that file with the ``exposure`` and ``seen_before_s`` of
+    every clip: 0 for the first showing of an image, more for a replay after an
+    interrupted presentation (camera lost, tab hidden, reload). The public release has
+    no such file: nothing was seen before.
+
+    Returns
+    -------
+    dict
+        ``{(participant, session, image): seen_before_s}`` of the reaction clips that
+        have a value; empty when the file or its column is missing.
+    """
+    file = _check_root(path) / "study" / "clips.csv"
+    if not file.is_file():
+        return {}
+    try:
+        table = pd.read_csv(file, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise FergiError(f"{file}: unreadable ({exc})") from None
+    if "seen_before_s" not in table.columns:
+        return {}
+    missing = [c for c in ("participant", "session", "image", "clip") if c not in table.columns]
+    if missing:
+        raise FergiError(f"{file}: missing column(s) {', '.join(missing)}")
+    out = {}
+    for row in table[(table["clip"] == "reaction") & (table["seen_before_s"] != "")].itertuples(index=False):
+        try:
+            out[(str(row.participant), int(row.session), int(row.image))] = float(row.seen_before_s)
+        except ValueError:
+            raise FergiError(
+                f"{file}: seen_before_s {row.seen_before_s!r} of {row.participant}/session_{row.session}"
+                f"/image {row.image} is not a number"
+            ) from None
+    return out
+
+
+def load_seen_images(
+    path: str | os.PathLike, max_seen_before_s: float | None = DEFAULT_MAX_SEEN_BEFORE_S
+) -> set[tuple[str, int, int]]:
+    """Images whose reaction came after more than ``max_seen_before_s`` of an earlier look.
+
+    Parameters
+    ----------
+    path : path-like
+        A study export (see :func:`load_seen_before`).
+    max_seen_before_s : float or None
+        Seconds of earlier viewing tolerated (default 0.5); None keeps every reaction.
+
+    Returns
+    -------
+    set of (participant, session, image)
+    """
+    if max_seen_before_s is None:
+        return set()
+    if max_seen_before_s < 0:
+        raise FergiError(f"--max-seen-before must be at least 0, got {max_seen_before_s}")
+    return {key for key, seen in load_seen_before(path).items() if seen > max_seen_before_s}
+
+
 _TRUE = np.array(["true", "1"])
 _FALSE = np.array(["false", "0"])
 
@@ -443,5 +509,8 @@ __all__ = [
     "load_frames",
     "load_images",
     "load_invalid_images",
+    "load_seen_before",
+    "load_seen_images",
+    "DEFAULT_MAX_SEEN_BEFORE_S",
     "load_valid_sessions",
 ]

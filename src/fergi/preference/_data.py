@@ -31,7 +31,8 @@ def load_table(path, *, screen: bool = False, need_rankings: bool = False, skip_
 
 
 def load_reaction_data(path, *, screen: bool = False, need_rankings: bool = False,
-                       skip_single: bool = False, keep_frames: bool = True):
+                       skip_single: bool = False, keep_frames: bool = True,
+                       max_seen_before_s: float | None = 0.5):
     """Reactions of a release-layout folder as :class:`~fergi.preference.ReactionData`.
 
     Loads the baseline and reaction clips (baseline clips normalise activation values and
@@ -49,6 +50,11 @@ def load_reaction_data(path, *, screen: bool = False, need_rankings: bool = Fals
         Leave out, with a warning, participants with fewer than two valid images.
     keep_frames : bool
         Keep the per-frame table (the quantile normalisation needs it).
+    max_seen_before_s : float or None
+        Leave out, with a warning that counts them, reactions to an image the
+        participant had seen before for longer than this (a replay after an interrupted
+        presentation; ``study/clips.csv`` of a ``fergi export``). Default 0.5 s; None
+        keeps them.
 
     Returns
     -------
@@ -56,7 +62,13 @@ def load_reaction_data(path, *, screen: bool = False, need_rankings: bool = Fals
     excluded : list of str
         Screened-out participants (empty unless ``screen``).
     """
-    from fergi.datasets import feature_provenance, load_frames, load_images, load_invalid_images
+    from fergi.datasets import (
+        feature_provenance,
+        load_frames,
+        load_images,
+        load_invalid_images,
+        load_seen_images,
+    )
     from fergi.features import compute_activation_values, image_table, screen_participants
     from fergi.preference._annotation import ReactionData
 
@@ -75,6 +87,13 @@ def load_reaction_data(path, *, screen: bool = False, need_rankings: bool = Fals
     keys = ["participant", "session", "image"]
     reactions = clips.loc[clips["clip"] == "reaction", keys]
     invalid = load_invalid_images(root)
+    seen = load_seen_images(root, max_seen_before_s) - invalid
+    if seen:
+        # A second look is not a spontaneous reaction: such images are not labelled.
+        logger.warning("%s: left out %d reaction(s) to an image seen before for more than %.1f s "
+                       "(a replay after an interruption; --max-seen-before)",
+                       root, len(seen), max_seen_before_s)
+        invalid = invalid | seen
     if images_dir.is_dir():
         images = load_images(root)
         if not need_rankings:

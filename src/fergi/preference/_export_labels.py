@@ -1077,7 +1077,8 @@ def export_labels(data, out, *, format: str = "pickapic", source="reactions", mo
                   exclude_participants=(), with_features: bool = False,
                   shard_size: int = 10_000, images_dir=None, salt_file=None,
                   overwrite: bool = False, skip_single: bool = False,
-                  on_few_baselines: str = "fallback") -> ExportSummary:
+                  on_few_baselines: str = "fallback",
+                  max_seen_before_s: float | None = 0.5) -> ExportSummary:
     """Export a study's preference labels for reward-model and DPO training.
 
     Parameters
@@ -1126,6 +1127,9 @@ def export_labels(data, out, *, format: str = "pickapic", source="reactions", mo
         Where the images are (default ``data/../images``).
     salt_file : path-like, optional
         Where the pseudonym salt is kept (default ``<data>/.fergi_salt``).
+    max_seen_before_s : float or None
+        Reaction-based sources leave out (and count, in a warning) images seen before
+        for longer than this (default 0.5 s); ranking labels keep them.
 
     Returns
     -------
@@ -1141,7 +1145,8 @@ def export_labels(data, out, *, format: str = "pickapic", source="reactions", mo
     salt = study_salt(root, salt_file=salt_file)
     withdrawn = withdrawn_participants(root) | {str(p) for p in exclude_participants}
     wants_model = any(s in sources for s in ("reactions", "integrated"))
-    reactions = load_reaction_data(root, skip_single=skip_single)[0] if wants_model else None
+    reactions = load_reaction_data(root, skip_single=skip_single,
+                                   max_seen_before_s=max_seen_before_s)[0] if wants_model else None
     rankings, invalid = _survey(root, reactions)
     present = set(rankings["participant"].astype(str))
     if reactions is not None:

@@ -191,6 +191,9 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(String(32))
     video_time: Mapped[float] = mapped_column(Float)
     received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # Why a presentation ended early ("camera", "hidden", "reload", "back", "network",
+    # "recording", "left"): set on ``image_interrupted`` events only.
+    reason: Mapped[str | None] = mapped_column(String(32))
 
 
 class Job(Base):
@@ -227,6 +230,10 @@ class Clip(Base):
     # a replay of the image in a later segment replaces it.
     expected_frames: Mapped[int | None] = mapped_column(Integer)
     segment: Mapped[int | None] = mapped_column(Integer)
+    # Which showing of the image the clip's presentation was (1: the first) and for how
+    # many seconds the participant had seen the image before it (0.0 on a first showing).
+    exposure: Mapped[int | None] = mapped_column(Integer)
+    seen_before_s: Mapped[float | None] = mapped_column(Float)
     activations: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     video_file: Mapped[str | None] = mapped_column(String(255))  # relative to media dir
     features_file: Mapped[str | None] = mapped_column(String(255))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -16,6 +17,8 @@ from sqlalchemy.orm import Session
 from fergi.study._db import StudySession, hash_token
 from fergi.study._settings import StudySettings, get_settings
 from fergi.study._storage import MediaStore
+
+logger = logging.getLogger(__name__)
 
 SESSION_HEADER = "X-Session-Token"
 ADMIN_COOKIE = "fergi_admin"
@@ -224,9 +227,18 @@ async def read_body_limited(request: Request, limit: int, what: str) -> bytes:
                 raise HTTPException(413, f"{what} is {int(declared)} bytes; the limit is {limit}")
         except ValueError:
             raise HTTPException(400, "invalid Content-Length header") from None
+    from starlette.requests import ClientDisconnect
+
     data = bytearray()
-    async for part in request.stream():
-        data.extend(part)
-        if len(data) > limit:
-            raise HTTPException(413, f"{what} is larger than the limit of {limit} bytes")
+    try:
+        async for part in request.stream():
+            data.extend(part)
+            if len(data) > limit:
+                raise HTTPException(413, f"{what} is larger than the limit of {limit} bytes")
+    except ClientDisconnect:
+        # A participant closing the page mid-upload is normal: one line, no traceback.
+        # Nothing was stored; the client sends the whole body again if it comes back.
+        logger.info("%s %s: the client disconnected after %d bytes of %s; nothing stored",
+                    request.method, request.url.path, len(data), what)
+        raise HTTPException(400, f"{what}: the upload was interrupted") from None
     return bytes(data)

@@ -10,8 +10,13 @@ The output runs through ``fergi.datasets.load_frames`` / ``load_images`` and so 
                                                              with an invalid clip (below)
     preparation/preprocessed_image_data/<participant>.csv
     study/{sessions,prompts,images,answers,labels}.csv     what the release does not hold
-    study/clips.csv                                          every clip's frame count, validity
-                                                             and the reason it is invalid
+    study/clips.csv                                          every clip's frame count, validity,
+                                                             the reason it is invalid, and its
+                                                             presentation's exposure (1: the
+                                                             first showing) and seen_before_s
+    study/presentations.csv                                  every showing of every image: its
+                                                             start, end, why it ended and the
+                                                             seconds the image was visible
     images/<participant>/session_<s>/image_<i>.png           the generated images
     raw/<participant>/session_<s>/{baseline,reaction}_clip_<i>.<ext>
                                                              face videos, only of sessions
@@ -24,6 +29,11 @@ the release marks images that must not be labelled: its image is listed in
 own feature file is left out (a few frames of a baseline must not enter participant
 screening or normalisation). An image whose stored clips come from a presentation that
 a later replay superseded is listed there too.
+
+A replay (the image shown again after an interruption) is not a first impression: its
+clips carry ``exposure`` > 1 and the seconds the image was seen before. They are
+exported as they are; ``fergi annotate``, ``fit``, ``reproduce`` and ``export-labels``
+leave them out when ``seen_before_s`` exceeds their ``--max-seen-before`` (0.5 s).
 """
 
 from __future__ import annotations
@@ -285,8 +295,12 @@ def _export_into(
     engine, store: MediaStore, out: Path, include_raw: bool, estimator: str, min_frame_share: float = 0.8
 ) -> dict[str, Any]:
     from fergi.datasets import META_NAME, write_features_meta
+    from fergi.study._presentations import presentation_attempts
     from fergi.study._realtime import clip_video, has_recording_fault
+    from fergi.study._settings import StudySettings
     from fergi.study._worker import stale_images
+
+    defaults = StudySettings()
 
     media = store.location
     factory = make_sessionmaker(engine)
@@ -296,7 +310,7 @@ def _export_into(
     valid_sessions: dict[str, list[int]] = {}
     invalid_images: dict[str, dict[str, list[int]]] = {}
     tables: dict[str, list[list[Any]]] = {
-        k: [] for k in ("sessions", "prompts", "images", "answers", "labels", "clips")
+        k: [] for k in ("sessions", "prompts", "images", "answers", "labels", "clips", "presentations")
     }
     try:
         with factory() as db:
@@ -328,7 +342,9 @@ def _export_into(
                         [pid, s, clip.image_index, clip.clip, clip.n_frames,
                          "" if clip.expected_frames is None else clip.expected_frames,
                          "" if clip.valid_frame_share is None else clip.valid_frame_share,
-                         "" if clip.clip_valid is None else clip.clip_valid, reason or "", exported]
+                         "" if clip.clip_valid is None else clip.clip_valid, reason or "", exported,
+                         "" if clip.exposure is None else clip.exposure,
+                         "" if clip.seen_before_s is None else clip.seen_before_s]
                     )
                     if reason and (clip.image_index in left_out):
                         summary["invalid_clips"][f"{pid}/session_{s}/{clip.clip}_clip_{clip.image_index}"] = reason
@@ -368,6 +384,14 @@ def _export_into(
                 image_data.setdefault(pid, []).extend(image_rows(sess))
                 summary["sessions"] += 1
                 summary["images"] += sess.n_images
+                for a in presentation_attempts(
+                    sess, present_s=defaults.present_s, chunk_s=defaults.chunk_ms / 1000
+                ):
+                    d = a.as_dict()
+                    tables["presentations"].append(
+                        [pid, s, a.image, a.exposure, a.segment, d["shown_at"] or "", d["ended_at"] or "",
+                         a.end_reason or "", d["visible_s"], a.visible_estimated, d["seen_before_s"]]
+                    )
                 tables["prompts"].append(
                     [pid, s, sess.session_type, sess.prompt, sess.generator,
                      json.dumps(sess.structured_input) if sess.structured_input else "",
@@ -410,7 +434,10 @@ def _export_into(
         "labels": ["participant", "session", "image_a", "image_b", "preferred",
                    "score_difference", "confident"],
         "clips": ["participant", "session", "image", "clip", "n_frames", "expected_frames",
-                  "valid_frame_share", "clip_valid", "invalid_reason", "exported"],
+                  "valid_frame_share", "clip_valid", "invalid_reason", "exported", "exposure",
+                  "seen_before_s"],
+        "presentations": ["participant", "session", "image", "exposure", "segment", "shown_at", "ended_at",
+                          "end_reason", "visible_s", "visible_estimated", "seen_before_s"],
     }
     for name, rows in tables.items():
         _write_csv(out / "study" / f"{name}.csv", headers[name], rows)

@@ -54,9 +54,35 @@ MAX_OBJECTS = 10
 MAX_RELATIONS = 10
 MAX_QUANTITY = 20
 MAX_PROMPT_CHARS = 1000
+#: Characters of an object's name, of a relation, of an activity/location/style, and of
+#: one characteristic or keyword; items per characteristics and keywords list. The
+#: participant's page reads them from ``GET /api/config`` (:func:`structured_limits`),
+#: so the form checks exactly what the server does.
+MAX_NAME_CHARS = 60
+MAX_RELATION_CHARS = 60
+MAX_TEXT_CHARS = 100
+MAX_ITEM_CHARS = 40
+MAX_CHARACTERISTICS = 10
+MAX_KEYWORDS = 20
 
-Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=60)]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_TEXT_CHARS)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME_CHARS)]
+Item = Annotated[str, StringConstraints(max_length=MAX_ITEM_CHARS)]
+
+
+def structured_limits() -> dict[str, int]:
+    """The structured form's limits, as the participant's page checks them."""
+    return {
+        "name_chars": MAX_NAME_CHARS,
+        "relation_chars": MAX_RELATION_CHARS,
+        "text_chars": MAX_TEXT_CHARS,
+        "item_chars": MAX_ITEM_CHARS,
+        "characteristics": MAX_CHARACTERISTICS,
+        "keywords": MAX_KEYWORDS,
+        "objects": MAX_OBJECTS,
+        "relations": MAX_RELATIONS,
+        "quantity": MAX_QUANTITY,
+    }
 
 
 def _split_list(value: Any) -> Any:
@@ -102,9 +128,7 @@ class AnimateObject(_Model):
     name: Name
     quantity: int = Field(1, ge=1, le=MAX_QUANTITY)
     activity: Text = ""
-    characteristics: list[Annotated[str, StringConstraints(max_length=40)]] = Field(
-        default_factory=list, max_length=10
-    )
+    characteristics: list[Item] = Field(default_factory=list, max_length=MAX_CHARACTERISTICS)
 
     _split = field_validator("characteristics", mode="before")(_split_list)
 
@@ -114,9 +138,7 @@ class InanimateObject(_Model):
 
     name: Name
     quantity: int = Field(1, ge=1, le=MAX_QUANTITY)
-    characteristics: list[Annotated[str, StringConstraints(max_length=40)]] = Field(
-        default_factory=list, max_length=10
-    )
+    characteristics: list[Item] = Field(default_factory=list, max_length=MAX_CHARACTERISTICS)
 
     _split = field_validator("characteristics", mode="before")(_split_list)
 
@@ -151,7 +173,7 @@ class Relation(_Model):
 
     entity1: EntityRef
     entity2: EntityRef
-    relation: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=60)]
+    relation: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_RELATION_CHARS)]
 
 
 class StructuredInput(_Model):
@@ -186,9 +208,7 @@ class StructuredInput(_Model):
     positional_relations: list[Relation] = Field(default_factory=list, max_length=MAX_RELATIONS)
     location: Text = ""
     style: Text = ""
-    keywords: list[Annotated[str, StringConstraints(max_length=40)]] = Field(
-        default_factory=list, max_length=20
-    )
+    keywords: list[Item] = Field(default_factory=list, max_length=MAX_KEYWORDS)
 
     _split = field_validator("keywords", mode="before")(_split_list)
 
@@ -283,6 +303,71 @@ def format_validation_error(error: ValidationError) -> str:
         message = message.removeprefix("Value error, ")
         parts.append(f"{', '.join(words)}: {message}" if words else message)
     return "; ".join(parts)
+
+
+_GROUPS = {
+    "animate_objects": "animate object",
+    "inanimate_objects": "inanimate object",
+    "interactional_relations": "interactional relation",
+    "positional_relations": "positional relation",
+}
+_FIELDS = {
+    "name": "The name", "activity": "The activity", "relation": "The relation",
+    "location": "The location", "style": "The style", "quantity": "The quantity",
+    "characteristics": "Characteristics", "keywords": "Keywords",
+}
+_RULE = re.compile(r"^(interactional|positional) relation (\d+): (.*)$", re.S)
+
+
+def form_errors(error: ValidationError) -> list[dict[str, Any]]:
+    """Where each problem of a structured form is, and what it is in plain words.
+
+    Returns
+    -------
+    list of dict
+        ``{"group", "index", "field", "item", "message"}``: ``group`` is the form's
+        list (``"animate_objects"``, ...) or None for a top-level field, ``index`` the
+        0-based row, ``field`` the field, ``item`` the 0-based entry of a list field
+        (characteristics, keywords); ``message`` a sentence for the participant, e.g.
+        ``Characteristic "a very long ..." has 46 characters; at most 40 are allowed.``
+    """
+    out = []
+    for err in error.errors():
+        loc = list(err.get("loc", ()))
+        group = index = field = item = None
+        if loc and loc[0] in _GROUPS:
+            group = loc.pop(0)
+            if loc and isinstance(loc[0], int):
+                index = loc.pop(0)
+        if loc and isinstance(loc[0], str):
+            field = loc.pop(0)
+        if loc and isinstance(loc[0], int):
+            item = loc.pop(0)
+        kind, ctx, value = err.get("type", ""), err.get("ctx") or {}, err.get("input")
+        what = _FIELDS.get(field or "", (field or "This value").replace("_", " ").capitalize())
+        if item is not None:
+            singular = {"characteristics": "Characteristic", "keywords": "Keyword"}.get(field or "", "Entry")
+            what = f"{singular} \u201c{value}\u201d" if isinstance(value, str) else f"{singular} {item + 1}"
+        if kind == "string_too_long":
+            n = len(value) if isinstance(value, str) else None
+            message = (f"{what} has {n} characters; at most {ctx.get('max_length')} are allowed. Please shorten it."
+                       if n is not None else f"{what} is too long: at most {ctx.get('max_length')} characters.")
+        elif kind == "string_too_short":
+            message = f"{what} is empty; please fill it in."
+        elif kind == "too_long":
+            message = f"{what}: at most {ctx.get('max_length')} entries are allowed."
+        elif kind in ("less_than_equal", "greater_than_equal", "int_parsing"):
+            message = f"{what} must be a whole number from 1 to {MAX_QUANTITY}."
+        else:
+            message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+            rule = _RULE.match(message)
+            if rule and group is None:
+                # a rule of the whole form that names its relation
+                group, index = f"{rule.group(1)}_relations", int(rule.group(2)) - 1
+                message = rule.group(3)
+            message = message[:1].upper() + message[1:]
+        out.append({"group": group, "index": index, "field": field, "item": item, "message": message})
+    return out
 
 
 def parse_structured_input(data: Any) -> StructuredInput:

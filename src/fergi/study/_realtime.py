@@ -556,10 +556,14 @@ def process_ready_clips(
         Unreadable video, missing chunk files or a failed analysis (one line, naming the
         image). Everything stored before stays.
     """
+    from fergi.study._presentations import exposures_by_segment
     from fergi.study._worker import unusable_segments
 
     report = on_image or (lambda image, status: None)
     fps = float(settings.fps)
+    exposures = exposures_by_segment(
+        sess, present_s=float(settings.present_s), chunk_s=float(getattr(settings, "chunk_ms", 1000)) / 1000
+    )
     windows = image_windows(
         list(sess.events), sess.n_images,
         baseline_s=settings.baseline_s, reaction_s=settings.present_s, fps=fps,
@@ -621,6 +625,7 @@ def process_ready_clips(
                     min_frame_share=float(getattr(settings, "clip_min_frame_share", 0.8)),
                     still_s=still,
                     max_still_s=float(getattr(settings, "clip_max_still_s", 1.0)),
+                    exposure=exposures.get((iw.image, iw.segment)),
                 )
             except Exception:
                 db.rollback()
@@ -710,6 +715,7 @@ def _store_image(
     db, sess, store, image: int, pair, *, estimator, fps: float,
     segment: int | None = None, expected: Mapping[str, int] | None = None, min_frame_share: float = 0.8,
     still_s: Mapping[str, float] | None = None, max_still_s: float = 1.0,
+    exposure: tuple[int, float] | None = None,
 ) -> None:
     """Analyse both clips of an image and store their files and rows in one commit."""
     import pandas as pd
@@ -754,6 +760,8 @@ def _store_image(
                 invalid_reason=reason,
                 expected_frames=n_expected,
                 segment=segment,
+                exposure=None if exposure is None else exposure[0],
+                seen_before_s=None if exposure is None else round(exposure[1], 3),
                 activations={k: _float(v) for k, v in row.items() if k.endswith("_activation_value")},
                 video_file=None,
                 features_file=store.relative(path),

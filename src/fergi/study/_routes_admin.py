@@ -14,6 +14,7 @@ from sqlalchemy import select
 from fergi._errors import FergiError
 from fergi.study._db import Job, Participant, StudySession, hash_token
 from fergi.study._deps import DB, MAX_DB_INT, Settings, Store, require_admin
+from fergi.study._presentations import presentation_attempts
 from fergi.study._routes_sessions import PARTICIPANT_ID, session_state
 from fergi.study._storage import file_response
 from fergi.study._worker import enqueue, retry_job, stale_images
@@ -110,11 +111,16 @@ def list_participants(request: Request, db: DB, settings: Settings) -> list[dict
 
 @router.post("/participants", status_code=201)
 def create_participant(body: ParticipantRequest, request: Request, db: DB, settings: Settings) -> dict[str, Any]:
-    """Register a participant (next free 3-digit ID when none is given) with an invitation link."""
+    """Register a participant with an invitation link (a random ID when none is given).
+
+    The link binds the ID: once it has an invitation, typing the ID on the start page
+    is refused, only the link opens a session.
+    """
     pid = (body.participant_id or "").strip()
     if not pid:
+        # Random, not sequential: an ID says nothing about the others (40 bits).
         taken = set(db.scalars(select(Participant.id)).all())
-        pid = next(f"{n:03d}" for n in range(1, 10**6) if f"{n:03d}" not in taken)
+        pid = next(p for p in (f"p{secrets.token_hex(5)}" for _ in range(100)) if p not in taken)
     if not PARTICIPANT_ID.match(pid):
         raise HTTPException(422, "participant_id: use 1-32 letters, digits, '-' or '_'")
     participant = db.get(Participant, pid)
@@ -178,8 +184,14 @@ def session_detail(session_id: DbId, db: DB, settings: Settings, store: Store) -
         ],
         "ranking": None if sess.ranking is None else {"order": sess.ranking.order, "method": sess.ranking.method},
         "events": [
-            {"segment": e.segment, "image_index": e.image_index, "kind": e.kind, "video_time": e.video_time}
+            {"segment": e.segment, "image_index": e.image_index, "kind": e.kind, "video_time": e.video_time,
+             "reason": e.reason}
             for e in sess.events
+        ],
+        # every showing of every image, with why it ended and the seconds it was visible
+        "presentations": [
+            a.as_dict()
+            for a in presentation_attempts(sess, present_s=settings.present_s, chunk_s=settings.chunk_ms / 1000)
         ],
         "segments": [
             {
@@ -205,6 +217,8 @@ def session_detail(session_id: DbId, db: DB, settings: Settings, store: Store) -
                 "invalid_reason": c.invalid_reason,
                 "expected_frames": c.expected_frames,
                 "segment": c.segment,
+                "exposure": c.exposure,
+                "seen_before_s": c.seen_before_s,
                 # a later presentation of the image (a replay) is not analysed yet
                 "superseded": c.image_index in superseded,
             }

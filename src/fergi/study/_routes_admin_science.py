@@ -32,6 +32,7 @@ from fergi.study._db import (
     utcnow,
 )
 from fergi.study._deps import DB, MAX_DB_INT, Settings, Store, require_admin
+from fergi.study._presentations import presentation_attempts
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,9 @@ router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[Depends(re
 DbId = Annotated[int, PathParam(ge=1, le=MAX_DB_INT)]
 
 DEFAULT_AUS = ("AU4", "AU12")
-#: A session not finished and without any activity for this long is abandoned.
-DEFAULT_ABANDONED_AFTER_MIN = 60.0
+#: A session not finished and without any activity for this long is abandoned (the
+#: settings' ``abandoned_session_after_min`` is what the routes use).
+DEFAULT_ABANDONED_AFTER_MIN = 15.0
 CI_LEVEL = 0.95
 CI_METHOD = "wilson"
 
@@ -303,6 +305,9 @@ def session_science(
     clips = {(c.image_index, c.clip): c for c in sess.clips}
     answers = {a.image_index: a for a in sess.answers}
     order = [int(i) for i in (sess.ranking.order if sess.ranking is not None else [])]
+    attempts: dict[int, list[dict[str, Any]]] = {}
+    for attempt in presentation_attempts(sess, present_s=settings.present_s, chunk_s=settings.chunk_ms / 1000):
+        attempts.setdefault(attempt.image, []).append(attempt.as_dict())
     images_out = []
     for image in sess.images:
         entry: dict[str, Any] = {
@@ -310,6 +315,8 @@ def session_science(
             "invalid_image": bool(image.invalid),
             "rank": order.index(image.index) + 1 if image.index in order else None,
             "overall_rating": None if image.index not in answers else answers[image.index].overall_rating,
+            # every showing of the image (a replay after an interruption is a second look)
+            "presentations": attempts.get(image.index, []),
             "clips": {},
         }
         iw = windows.get(image.index)
@@ -331,6 +338,8 @@ def session_science(
                 "valid_frame_share": _num(clip.valid_frame_share),
                 "clip_valid": clip_valid(clip),
                 "invalid_reason": getattr(clip, "invalid_reason", None),
+                "exposure": clip.exposure,
+                "seen_before_s": _num(clip.seen_before_s),
                 "reasons": clip_reasons(clip, rules, expected),
                 "activations": {
                     au: _num((clip.activations or {}).get(f"{au}_activation_value")) for au in AU_NAMES
@@ -416,13 +425,17 @@ def session_status(
     return "abandoned" if now - last > abandoned_after else "in progress"
 
 
-AbandonedAfter = Annotated[float, Query(gt=0, le=60 * 24 * 365, description="minutes")]
+AbandonedAfter = Annotated[
+    float | None, Query(gt=0, le=60 * 24 * 365, description="minutes (default FERGI_ABANDONED_SESSION_AFTER_MIN)")
+]
 
 
 @router.get("/activity")
-def activity(db: DB, abandoned_after_min: AbandonedAfter = DEFAULT_ABANDONED_AFTER_MIN) -> dict[str, Any]:
+def activity(db: DB, settings: Settings, abandoned_after_min: AbandonedAfter = None) -> dict[str, Any]:
     """Each session's status (finished, abandoned, in progress) and last activity: the
     sessions list's light companion of :func:`overview` (aggregate queries only)."""
+    if abandoned_after_min is None:
+        abandoned_after_min = settings.abandoned_session_after_min
     now = utcnow()
     after = dt.timedelta(minutes=abandoned_after_min)
     latest = last_activity(db)
@@ -443,11 +456,14 @@ def activity(db: DB, abandoned_after_min: AbandonedAfter = DEFAULT_ABANDONED_AFT
 @router.get("/overview")
 def overview(
     db: DB,
-    abandoned_after_min: AbandonedAfter = DEFAULT_ABANDONED_AFTER_MIN,
+    settings: Settings,
+    abandoned_after_min: AbandonedAfter = None,
 ) -> dict[str, Any]:
     """The study so far: participants, sessions (started, finished, abandoned) with
     their times, the share of valid clips, and the running agreement of the confident
     reaction labels with the participants' rankings (with its binomial 95 % CI)."""
+    if abandoned_after_min is None:
+        abandoned_after_min = settings.abandoned_session_after_min
     now = utcnow()
     after = dt.timedelta(minutes=abandoned_after_min)
     n_participants = db.scalar(select(func.count()).select_from(Participant)) or 0

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
-from pydantic import BaseModel, Field
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError
 
-from fergi._errors import FergiError
 from fergi.study._db import utcnow
 from fergi.study._deps import DB, CurrentSession, Settings
 from fergi.study._routes_sessions import session_state
@@ -38,7 +38,7 @@ def generate_prompt(
     body: GenerateRequest, request: Request, sess: CurrentSession, db: DB, settings: Settings
 ) -> dict[str, Any]:
     """Compose a prompt from the structured form (Fig. S1-S2); counts one attempt."""
-    from fergi.study._prompting import parse_structured_input
+    from fergi.study._prompting import StructuredInput, form_errors, format_validation_error
 
     _require_prompt_step(sess)
     if sess.session_type != "structured":
@@ -48,9 +48,15 @@ def generate_prompt(
             429, f"all {settings.prompt_attempts} prompt generations are used: edit the last prompt"
         )
     try:
-        form = parse_structured_input(body.form)
-    except FergiError as exc:
-        raise HTTPException(422, str(exc)) from None
+        form = StructuredInput.model_validate(body.form)
+    except ValidationError as exc:
+        # ``detail`` as before; ``errors`` say which row and field, in plain words, so the
+        # page shows each message next to its row.
+        return JSONResponse(
+            {"detail": f"structured input: {format_validation_error(exc)}", "code": "invalid_form",
+             "errors": form_errors(exc)},
+            status_code=422,
+        )
     composer = request.app.state.composer
     if hasattr(composer, "compose_detailed"):
         composed = composer.compose_detailed(form)

@@ -21,7 +21,9 @@ The client's contract
   uses, per image, the last segment that holds all three events; clips already stored
   from an earlier attempt are replaced. Do not post ``image_hidden`` for an interrupted
   attempt: an image with all three events counts as presented (the session state then
-  says ``survey`` after a reload). A replay in the same segment is not possible (a
+  says ``survey`` after a reload). Post ``image_interrupted`` with its ``reason`` and
+  the video time the image was blanked instead: the replay is then stored as exposure 2
+  with the seconds seen before (see :mod:`fergi.study._presentations`). A replay in the same segment is not possible (a
   repeated event of a segment is taken as a retry and the first one is kept).
 * **Validity is the server's.** A clip with fewer than ``clip_min_frame_share`` of its
   frames, or without a new camera frame for over ``clip_max_still_s``, is stored as
@@ -366,31 +368,44 @@ def complete_segment(
 class EventRequest(BaseModel):
     segment: int = Field(ge=0, le=MAX_DB_INT)
     image_index: int = Field(ge=1, le=MAX_DB_INT)
-    kind: Literal["baseline_start", "image_shown", "image_hidden"]
+    kind: Literal["baseline_start", "image_shown", "image_hidden", "image_interrupted"]
     video_time: float = Field(ge=0, le=24 * 3600)
+    # image_interrupted only: why the presentation ended early
+    reason: Literal["camera", "hidden", "reload", "back", "network", "recording", "left"] | None = None
 
 
 @router.post("/events")
 def post_event(body: EventRequest, request: Request, sess: CurrentSession, db: DB) -> dict[str, Any]:
     """Record when the baseline started / the image appeared / disappeared, in seconds of
-    video time (zero = capture time of the segment's first recorded frame)."""
+    video time (zero = capture time of the segment's first recorded frame).
+
+    ``image_interrupted`` (with a ``reason``) ends a presentation early: the image was
+    blanked at ``video_time`` and will be shown again in a new segment. An attempt that
+    ended so never counts as presented; the replay is stored as a later exposure.
+    """
     if body.image_index > sess.n_images:
         raise HTTPException(422, f"image_index {body.image_index}: this session has {sess.n_images} images")
-    _segment(db, sess, body.segment)
-    same = [
-        e
-        for e in sess.events
-        if (e.segment, e.image_index, e.kind) == (body.segment, body.image_index, body.kind)
-    ]
+    interrupted = body.kind == "image_interrupted"
+    if interrupted != (body.reason is not None):
+        raise HTTPException(422, "reason: give it with image_interrupted events, and only with them")
+    _segment(db, sess, body.segment, abandoned_ok=interrupted)
+    mine = [e for e in sess.events if (e.segment, e.image_index) == (body.segment, body.image_index)]
+    same = [e for e in mine if e.kind == body.kind]
     if same:  # retried request: keep the first measurement
+        if interrupted and same[0].reason == "left" and body.reason != "left":
+            # The page, back again, says how it was left (a reload, Back).
+            same[0].reason = body.reason
+            db.commit()
         return {"id": same[0].id, "duplicate": True}
+    if body.kind in ("image_hidden", "image_interrupted"):
+        other = "image_interrupted" if body.kind == "image_hidden" else "image_hidden"
+        if any(e.kind == other for e in mine):
+            raise HTTPException(
+                409, f"image {body.image_index} of segment {body.segment} already has {other}"
+            )
     if body.kind != "baseline_start":
-        earlier = EVENT_KINDS[EVENT_KINDS.index(body.kind) - 1]
-        prior = [
-            e
-            for e in sess.events
-            if (e.segment, e.image_index, e.kind) == (body.segment, body.image_index, earlier)
-        ]
+        earlier = "image_shown" if interrupted else EVENT_KINDS[EVENT_KINDS.index(body.kind) - 1]
+        prior = [e for e in mine if e.kind == earlier]
         if not prior:
             raise HTTPException(409, f"event {body.kind} of image {body.image_index} before {earlier}")
         if body.video_time < prior[-1].video_time:
@@ -403,6 +418,7 @@ def post_event(body: EventRequest, request: Request, sess: CurrentSession, db: D
         image_index=body.image_index,
         kind=body.kind,
         video_time=body.video_time,
+        reason=body.reason,
     )
     db.add(ev)
     db.commit()

@@ -18,6 +18,7 @@ from fergi.study._db import (
     utcnow,
 )
 from fergi.study._deps import DB, MAX_DB_INT, CurrentSession, Settings, rate_limit, read_upload
+from fergi.study._prompting import structured_limits
 from fergi.study._settings import StudySettings
 
 router = APIRouter(prefix="/api", tags=["sessions"])
@@ -40,6 +41,8 @@ def public_config(settings: StudySettings) -> dict[str, Any]:
         "max_chunk_bytes": settings.max_chunk_bytes,
         "require_face_check": settings.require_face_check,
         "allow_new_participants": settings.allow_new_participants,
+        # the structured form checks these at Add (one source of truth: _prompting.py)
+        "structured_limits": structured_limits(),
     }
 
 
@@ -118,7 +121,11 @@ def get_config(settings: Settings) -> dict[str, Any]:
 
 @router.post("/sessions", status_code=201, dependencies=[Depends(rate_limit)])
 def start_session(body: StartRequest, request: Request, db: DB, settings: Settings) -> dict[str, Any]:
-    """Start a session for a participant (typed ID or an admin's invitation link)."""
+    """Start a session for a participant (typed ID or an admin's invitation link).
+
+    A typed ID starts a session unless the ID has an invitation (then only its link
+    does) or is unknown while ``allow_new_participants`` is off.
+    """
     if body.invite:
         # Stored hashed: a leaked database holds no usable links.
         participant = db.scalar(select(Participant).where(Participant.invite_token == hash_token(body.invite)))
@@ -144,6 +151,14 @@ def start_session(body: StartRequest, request: Request, db: DB, settings: Settin
                 422, "participant ID: use 1-32 letters, digits, '-' or '_' (e.g. 001)"
             )
         participant = db.get(Participant, pid)
+        if participant is not None and participant.invite_token is not None:
+            # An invitation binds its ID: only the link (its secret) opens a session, so
+            # nobody else can start one by typing the ID.
+            raise HTTPException(
+                403,
+                f"participant ID {pid!r} was invited: please open the study with your "
+                "invitation link (ask the study team if you do not have it)",
+            )
         if participant is None:
             if not settings.allow_new_participants:
                 raise HTTPException(403, f"participant ID {pid!r} is not registered for this study")

@@ -32,10 +32,13 @@ DEFAULT_EMOTIONS: tuple[str, ...] = (
 DEFAULT_CONSENT_TEXT = (
     "In this study you write a text prompt, look at images generated from it and rate them. "
     "Your webcam records your face only while each image is on screen: for every image, a "
-    "few seconds of a neutral screen just before it (the baseline) and the seconds the image "
-    "is shown. Nothing is recorded while you answer the questions, rank the images or write "
-    "the prompt, and no sound is recorded. If the camera stops during an image, that image "
-    "is shown again and recorded again. The video is used to measure facial expressions "
+    "few seconds of a neutral screen just before it (the baseline), the seconds the image "
+    "is shown, and one tenth of a second after it disappears (so that the recording holds "
+    "its last moment); the \"Recording\" sign shows the baseline and the image. Nothing else "
+    "is recorded: not while you answer the questions, rank the images or write the prompt, "
+    "and no sound. "
+    "If the camera stops during an image, the image is hidden at once and shown again later, "
+    "and the study notes that you saw it before. The video is used to measure facial expressions "
     "(action units) and is stored on the study server only. You can stop at any time by "
     "closing the page. Recording starts only after you agree below."
 )
@@ -83,8 +86,15 @@ class StudySettings(BaseSettings):
     emotions: list[str] = Field(default_factory=lambda: list(DEFAULT_EMOTIONS))
     consent_version: str = "1"
     consent_text: str = DEFAULT_CONSENT_TEXT
+    # Open study: a typed participant ID that is not registered yet starts a session and
+    # registers it. False (FERGI_ALLOW_NEW_PARTICIPANTS=false, --invitations-only): only
+    # invitation links and IDs the admin registered. Either way an ID with an invitation
+    # is bound to it: typing it is refused, only its link opens a session.
     allow_new_participants: bool = True
     require_face_check: bool = True
+    # An unfinished session without activity for this long counts as abandoned (admin
+    # overview); the overview's ?abandoned_after_min= overrides it.
+    abandoned_session_after_min: float = Field(default=15.0, gt=0, le=60 * 24 * 365)
 
     # Processing.
     estimator: str = "geometry"

@@ -759,6 +759,14 @@ class Worker:
         min_share = self.settings.clip_min_frame_share
         unusable = {c.image_index for c in sess.clips if c.features_file and has_recording_fault(c, min_share)}
         unusable |= set(stale_images(sess)) & {c.image_index for c in sess.clips}
+        # A replay seen before for long is a second look, not a spontaneous reaction.
+        from fergi.study._presentations import DEFAULT_MAX_SEEN_BEFORE_S
+
+        seen = {c.image_index for c in sess.clips
+                if c.clip == "reaction" and (c.seen_before_s or 0.0) > DEFAULT_MAX_SEEN_BEFORE_S}
+        if seen:
+            logger.info("session %d: images %s left out (seen before, replayed)", sess.id, sorted(seen))
+        unusable |= seen
         if unusable:
             logger.info("session %d: images %s left out (invalid clips)", sess.id, sorted(unusable))
         invalid = sorted(set(invalid) | unusable)

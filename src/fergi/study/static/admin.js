@@ -32,7 +32,9 @@ function formatBytes(n) {
 // Sessions whose processing details are expanded: kept open across refreshes.
 const openJobs = new Set();
 
-function abandonedAfter() { return Number($("abandoned-after").value) || 60; }
+// Empty: the server's FERGI_ABANDONED_SESSION_AFTER_MIN (shown as the placeholder).
+function abandonedAfter() { return Number($("abandoned-after").value) || null; }
+const abandonedQuery = () => (abandonedAfter() ? `?abandoned_after_min=${abandonedAfter()}` : "");
 
 async function retryJob(job) {
   try { await api("POST", `api/admin/jobs/${job.id}/retry`); show(true); } catch (e) { banner(e.message); }
@@ -42,7 +44,10 @@ async function refresh() {
   try {
     const [participants, sessions, activity] = await Promise.all([
       api("GET", "api/admin/participants"), api("GET", "api/admin/sessions"),
-      api("GET", `api/admin/activity?abandoned_after_min=${abandonedAfter()}`).then((a) => a.sessions),
+      api("GET", `api/admin/activity${abandonedQuery()}`).then((a) => {
+        $("abandoned-after").placeholder = String(a.abandoned_after_min);
+        return a.sessions;
+      }),
     ]);
     const pBody = $("participants"); pBody.replaceChildren();
     for (const p of participants) {

@@ -288,6 +288,25 @@
     return table;
   }
 
+  // Every showing of the image: a replay after an interruption is a second look, and its
+  // reaction is not a first impression.
+  const END_REASONS = { completed: "completed", camera: "camera lost", hidden: "tab hidden", reload: "page reloaded",
+    back: "Back pressed", network: "network lost", recording: "recording refused", left: "page left", unknown: "ended" };
+  function presentationList(image) {
+    const attempts = image.presentations || [];
+    const list = el("ol", null, "presentations");
+    list.setAttribute("aria-label", `Showings of image ${image.index}`);
+    for (const a of attempts) {
+      const end = a.end_reason ? END_REASONS[a.end_reason] || a.end_reason : "no end on record";
+      const seen = a.exposure > 1 ? ` · seen before ${fmt(a.seen_before_s, 1)} s` : "";
+      const item = el("li", `Showing ${a.exposure} (segment ${a.segment}): ${end}, visible ${a.visible_estimated ? "≈ " : ""}${fmt(a.visible_s, 1)} s${seen}`);
+      item.dataset.exposure = a.exposure;
+      if (a.exposure > 1) item.classList.add("replay");
+      list.append(item);
+    }
+    return list;
+  }
+
   function imageCard(sessionId, image, aus, xd, yd) {
     const card = el("figure", null, "image-card");
     card.dataset.image = image.index;
@@ -308,7 +327,7 @@
     title.append(pill(!reaction ? "no reaction clip" : reaction.clip_valid === false ? "reaction invalid" : "reaction valid",
       !reaction || reaction.clip_valid === false ? "failed" : "done"));
     cap.append(thumb, title);
-    card.append(cap, chart(image, aus, xd, yd), clipRows(image, aus));
+    card.append(cap, chart(image, aus, xd, yd), clipRows(image, aus), presentationList(image));
     const reasons = ["baseline", "reaction"].flatMap((k) => (image.clips[k] ? image.clips[k].reasons.map((r) => `${k}: ${r}`) : []));
     if (reasons.length) {
       const list = el("ul", null, "reasons");
@@ -493,7 +512,7 @@
   }
 
   async function renderOverview(box, abandonedAfterMin, onOpenSession) {
-    const o = await api(`api/admin/overview?abandoned_after_min=${encodeURIComponent(abandonedAfterMin)}`);
+    const o = await api(`api/admin/overview${abandonedAfterMin ? `?abandoned_after_min=${encodeURIComponent(abandonedAfterMin)}` : ""}`);
     box.replaceChildren();
     const tiles = el("div", null, "tiles");
     const s = o.sessions, c = o.clips.reaction, a = o.agreement;

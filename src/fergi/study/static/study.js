@@ -14,8 +14,8 @@ const imageUrls = {}; // image index -> blob URL
 
 // ---------------------------------------------------------------- utilities
 class ApiError extends Error {
-  constructor(status, detail, { code = null, fields = [] } = {}) {
-    super(detail); this.status = status; this.detail = detail; this.code = code; this.fields = fields;
+  constructor(status, detail, { code = null, fields = [], errors = null } = {}) {
+    super(detail); this.status = status; this.detail = detail; this.code = code; this.fields = fields; this.errors = errors;
   }
 }
 
@@ -43,7 +43,9 @@ function errorInfo(body, fallback) {
     if (typeof detail.field === "string") fields = [detail.field];
     detail = detail.message || detail.msg || JSON.stringify(detail);
   }
-  return { detail: String(detail), code, fields };
+  // {detail, code, errors: [{group, index, field, item, message}]}: where each problem is
+  const errors = body && Array.isArray(body.errors) ? body.errors : null;
+  return { detail: String(detail), code, fields, errors };
 }
 
 const SERVER_PAUSED = "The study is paused on the server side; your recording is kept, please wait.";
@@ -174,6 +176,7 @@ async function boot() {
     auth = saved;
     try {
       state = await api("GET", sessionPath());
+      await reportLeftImage();
       // A finished session shows its thank-you page again: a reload is not a new session.
       await route(); return;
     } catch (err) {
@@ -197,6 +200,7 @@ async function route() {
 }
 
 // ---------------------------------------------------------------- start
+const PARTICIPANT_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$/; // as the server (_routes_sessions.py)
 function showStart() {
   showPage("page-start", null);
   $("welcome-n").textContent = String(config.n_images);
@@ -217,11 +221,23 @@ async function startSession(payload) {
 $("start-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const button = $("start-button");
+  const typed = $("participant-id").value.trim();
+  // The browser's own "Please match the requested format" does not say what the format is.
+  if (!auth.invite && !PARTICIPANT_ID.test(typed)) {
+    fieldError("participant-id", typed
+      ? "This ID has a character that is not allowed. Use only English letters (A–Z, a–z), digits (0–9), “-” or “_”, at most 32, starting with a letter or digit."
+      : "Enter the participant ID you received from the study team.");
+    $("participant-id").focus();
+    return;
+  }
   button.disabled = true;
   try {
-    await startSession(auth.invite ? { invite: auth.invite } : { participant_id: $("participant-id").value.trim() });
+    await startSession(auth.invite ? { invite: auth.invite } : { participant_id: typed });
   } catch (err) {
-    if (auth.invite || !showFieldError(err, { participant_id: "participant-id" })) fail(err);
+    if (!auth.invite && err instanceof ApiError && err.status === 403) {
+      // invited elsewhere, or not registered: a refusal about this ID, next to it
+      fieldError("participant-id", fieldMessage(err.detail)); $("participant-id").focus();
+    } else if (auth.invite || !showFieldError(err, { participant_id: "participant-id" })) fail(err);
   } finally { button.disabled = false; }
 });
 
@@ -355,6 +371,44 @@ function removeObject(kind, uid) {
 
 const splitList = (text) => text.split(",").map((s) => s.trim()).filter(Boolean);
 
+// The form's limits come from the server (GET api/config, structured_limits): what Add
+// accepts here, "Generate prompt" accepts there.
+const limits = () => config.structured_limits;
+
+// A message next to a field, which gets the focus; false so that callers can `return`.
+function refuse(id, message) { fieldError(id, message); $(id).focus(); return false; }
+
+function checkText(id, what, max, { required = false } = {}) {
+  const text = $(id).value.trim();
+  if (required && !text) return refuse(id, `${what}: please enter one.`);
+  if (charCount(text) > max) return refuse(id, `${what} has ${charCount(text)} characters; at most ${max} are allowed. Please shorten it.`);
+  return true;
+}
+
+// A comma-separated list: at most `count` entries of at most `max` characters each.
+function checkList(id, singular, plural, max, count) {
+  const items = splitList($(id).value);
+  if (items.length > count) return refuse(id, `At most ${count} ${plural} are allowed; you entered ${items.length}.`);
+  const long = items.find((item) => charCount(item) > max);
+  if (long) return refuse(id, `${singular} “${long}” has ${charCount(long)} characters; at most ${max} are allowed. Please shorten it (separate ${plural} with commas).`);
+  return true;
+}
+
+function checkObject(prefix, kind) {
+  const L = limits();
+  if (form[kind].length >= L.objects) return refuse(`${prefix}-name`, `At most ${L.objects} objects of this kind are allowed.`);
+  return checkText(`${prefix}-name`, "The name", L.name_chars, { required: true })
+    && (prefix !== "an" || checkText("an-act", "The activity", L.text_chars))
+    && checkList(`${prefix}-char`, "Characteristic", "characteristics", L.item_chars, L.characteristics);
+}
+
+// Other inputs are checked before the form is sent.
+function checkOther() {
+  const L = limits();
+  return checkText("ot-loc", "The location", L.text_chars) && checkText("ot-style", "The style", L.text_chars)
+    && checkList("ot-kw", "Keyword", "keywords", L.item_chars, L.keywords);
+}
+
 function structuredError(message) {
   const box = $("structured-error");
   box.textContent = message || "";
@@ -367,7 +421,7 @@ $("page-prompt-structured").addEventListener("change", (event) => { if (event.ta
 
 $("an-add").addEventListener("click", () => {
   const name = $("an-name").value.trim();
-  if (!name) { structuredError("Animate object: enter a name."); $("an-name").focus(); return; }
+  if (!checkObject("an", "animate")) return;
   form.animate.push({ uid: nextUid++, name, quantity: Math.max(1, Math.min(20, Number($("an-qty").value) || 1)), activity: $("an-act").value.trim(), characteristics: splitList($("an-char").value) });
   for (const id of ["an-name", "an-act", "an-char"]) $(id).value = "";
   $("an-qty").value = 1; structuredError(""); renderStructured(); $("an-name").focus();
@@ -375,7 +429,7 @@ $("an-add").addEventListener("click", () => {
 
 $("in-add").addEventListener("click", () => {
   const name = $("in-name").value.trim();
-  if (!name) { structuredError("Inanimate object: enter a name."); $("in-name").focus(); return; }
+  if (!checkObject("in", "inanimate")) return;
   form.inanimate.push({ uid: nextUid++, name, quantity: Math.max(1, Math.min(20, Number($("in-qty").value) || 1)), characteristics: splitList($("in-char").value) });
   for (const id of ["in-name", "in-char"]) $(id).value = "";
   $("in-qty").value = 1; structuredError(""); renderStructured(); $("in-name").focus();
@@ -387,6 +441,8 @@ for (const [prefix, key, label] of [["ir", "inter", "Interactional relation"], [
     const e1 = Number($(`${prefix}-e1`).value), e2 = Number($(`${prefix}-e2`).value);
     const relation = $(`${prefix}-rel`).value.trim();
     if (!e1 || !e2 || !relation) { structuredError(`${label}: choose entity 1 and entity 2 and describe the relation.`); return; }
+    if (form[key].length >= limits().relations) { refuse(`${prefix}-rel`, `At most ${limits().relations} relations of this kind are allowed.`); return; }
+    if (!checkText(`${prefix}-rel`, "The relation", limits().relation_chars)) return;
     form[key].push({ e1, e2, relation });
     $(`${prefix}-rel`).value = ""; structuredError(""); renderStructured();
   });
@@ -417,6 +473,11 @@ function setAttempts(left) {
 
 function showStructured() {
   showPage("page-prompt-structured", "prompt");
+  // The fields' own limits follow the server's too (typing stops where Add would refuse).
+  const L = limits();
+  for (const [ids, max] of [[["an-name", "in-name"], L.name_chars], [["an-act", "ot-loc", "ot-style"], L.text_chars], [["ir-rel", "pr-rel"], L.relation_chars]]) {
+    for (const id of ids) $(id).maxLength = max;
+  }
   renderStructured();
   setAttempts(state.attempts_left);
   const last = state.generated_prompts[state.generated_prompts.length - 1];
@@ -435,10 +496,50 @@ function structuredMessage(detail) {
   return `${where.charAt(0).toUpperCase() + where.slice(1)}: ${rest.charAt(0).toUpperCase() + rest.slice(1)}`;
 }
 
+// A 422 of "Generate prompt" names the row (and field) of each problem: the message goes
+// under that row of its table, which is scrolled into view and focused.
+const GROUP_TABLES = { animate_objects: "an-table", inanimate_objects: "in-table", interactional_relations: "ir-table", positional_relations: "pr-table" };
+const OTHER_FIELDS = { location: "ot-loc", style: "ot-style", keywords: "ot-kw" };
+
+function clearRowErrors() {
+  document.querySelectorAll("#page-prompt-structured tr.row-error").forEach((tr) => tr.remove());
+  document.querySelectorAll("#page-prompt-structured tr.has-error").forEach((tr) => tr.classList.remove("has-error"));
+}
+
+function showFormErrors(errors) {
+  clearRowErrors();
+  let first = null;
+  for (const e of errors) {
+    const table = e.group && GROUP_TABLES[e.group];
+    const row = table && e.index !== null && $(table).tBodies[0].rows[e.index];
+    if (row) {
+      row.classList.add("has-error");
+      const tr = document.createElement("tr"); tr.className = "row-error";
+      const td = tr.insertCell(); td.colSpan = row.cells.length; td.textContent = e.message;
+      td.setAttribute("role", "alert"); td.tabIndex = -1; td.className = "field-error";
+      row.after(tr);
+      first = first || td;
+    } else if (!e.group && OTHER_FIELDS[e.field]) {
+      fieldError(OTHER_FIELDS[e.field], e.message);
+      first = first || $(OTHER_FIELDS[e.field]);
+    } else {
+      structuredError(e.message);
+      first = first || $("structured-error");
+    }
+  }
+  if (first) {
+    if (first.tabIndex < 0 && !first.hasAttribute("tabindex")) first.tabIndex = -1;
+    first.scrollIntoView({ block: "center" });
+    first.focus({ preventScroll: true });
+  }
+  return Boolean(first);
+}
+
 $("generate-prompt").addEventListener("click", async () => {
   const button = $("generate-prompt");
+  structuredError(""); clearRowErrors();
+  if (!checkOther()) return;
   button.disabled = true;
-  structuredError("");
   try {
     const result = await api("POST", sessionPath("/prompt/generate"), { json: { form: formPayload() } });
     $("generated-block").hidden = false;
@@ -447,7 +548,8 @@ $("generate-prompt").addEventListener("click", async () => {
     setAttempts(result.attempts_left);
     $("structured-prompt").focus();
   } catch (err) {
-    if (err instanceof ApiError && err.status === 422) structuredError(structuredMessage(err.detail));
+    if (err instanceof ApiError && err.status === 422 && err.errors && err.errors.length) showFormErrors(err.errors);
+    else if (err instanceof ApiError && err.status === 422) structuredError(structuredMessage(err.detail));
     else fail(err);
     button.disabled = false;
   }
@@ -655,16 +757,65 @@ class RecordingFailed extends Error {
   constructor(message, { badStart = false, fatal = false } = {}) { super(message); this.badStart = badStart; this.fatal = fatal; }
 }
 
+// ---------------------------------------------------------------- uplink and upload progress
+// The recorder's bitrate follows the measured uplink, so that a slow connection keeps up
+// with the recording instead of piling up megabytes behind it (VP9 at 2.5 Mbit/s is
+// about 2 MB an image). Each upload's throughput is a sample; the estimate is their
+// exponentially weighted mean.
+const MIN_BITRATE = 600000, MAX_BITRATE = 2500000;
+let uplinkBps = null;
+
+function measureUplink(bytes, ms) {
+  if (!(bytes > 0) || !(ms > 0)) return;
+  const sample = (bytes * 8) / (ms / 1000);
+  uplinkBps = uplinkBps === null ? sample : 0.6 * uplinkBps + 0.4 * sample;
+}
+
+// 80 % of the uplink (room for the other requests), between 0.6 and 2.5 Mbit/s.
+function pickBitrate() {
+  if (uplinkBps === null) return MAX_BITRATE;
+  return Math.round(Math.max(MIN_BITRATE, Math.min(MAX_BITRATE, 0.8 * uplinkBps)));
+}
+
+// Recordings still uploading (an image's video finishes in the background while its
+// survey is answered): the survey and the ranking page say how far along they are.
+const uploading = new Set();
+
+function uploadProgress() {
+  let total = 0, sent = 0;
+  for (const rec of uploading) { total += rec.bytesQueued; sent += rec.bytesSent; }
+  return { pending: uploading.size > 0, percent: total ? Math.floor((100 * sent) / total) : 0 };
+}
+
+function updateUploadStatus() {
+  const { pending, percent } = uploadProgress();
+  for (const id of ["survey-upload", "rank-upload"]) {
+    const box = $(id);
+    if (!box) continue;
+    box.hidden = !pending;
+    if (pending) box.textContent = `Uploading your recording (${percent} %)… You can go on meanwhile.`;
+  }
+}
+
+// Resolves once every recording is on the server (the ranking waits for this).
+async function uploadsDone() {
+  while (uploading.size) {
+    await Promise.allSettled([...uploading].map((rec) => rec.finished));
+  }
+}
+
 // One MediaRecorder stream = one server segment (one image: its baseline and presentation).
 class SegmentRecorder {
   constructor(stream, onFailure) {
     this.stream = stream;
     this.onFailure = onFailure;
     this.seq = 0;
-    this.tail = Promise.resolve();
-    this.dataWaiters = [];
+    this.tail = Promise.resolve();      // chunk uploads, in order
+    this.eventTail = Promise.resolve(); // events, in order (independent of the chunks)
     this.failed = null;
     this.dropped = false;
+    this.bytesQueued = 0;
+    this.bytesSent = 0;
   }
 
   async start() {
@@ -673,7 +824,9 @@ class SegmentRecorder {
     const seg = await api("POST", sessionPath("/recording/segments"), { json: { mime_type: mimeType, width: settings.width || null, height: settings.height || null } });
     this.segment = seg.segment;
     if (this.dropped || this.closing) return; // the take ended while the segment was opened
-    this.recorder = new MediaRecorder(this.stream, { mimeType, videoBitsPerSecond: 2500000 });
+    this.bitrate = pickBitrate();
+    console.info(`fergi: recording at ${(this.bitrate / 1e6).toFixed(2)} Mbit/s (uplink ${uplinkBps === null ? "not measured" : (uplinkBps / 1e6).toFixed(2) + " Mbit/s"})`);
+    this.recorder = new MediaRecorder(this.stream, { mimeType, videoBitsPerSecond: this.bitrate });
     this.recorder.ondataavailable = (event) => {
       if (event.data && event.data.size > 0) this.enqueueChunk(event.data);
     };
@@ -687,20 +840,28 @@ class SegmentRecorder {
 
   videoTime(t) { return Math.max(0, (t - this.t0) / 1000); }
 
-  // Uploads and events go through one serial queue: order on the server = order here.
+  // Chunk uploads go through one serial queue: order on the server = order here.
   // After a failure nothing more is sent: the server would refuse it.
   enqueue(task) {
-    this.tail = this.tail.then(() => (this.failed || this.dropped ? undefined : task())).catch((err) => {
-      if (this.failed || this.dropped) return;
-      this.failed = err instanceof RecordingFailed ? err : new RecordingFailed(err.detail || err.message || String(err));
-      this.onFailure(this.failed);
-    });
+    this.tail = this.tail.then(() => (this.failed || this.dropped ? undefined : task())).catch((err) => this.fail(err));
     return this.tail;
+  }
+
+  fail(err) {
+    if (this.failed || this.dropped) return;
+    this.failed = err instanceof RecordingFailed ? err : new RecordingFailed(err.detail || err.message || String(err));
+    this.onFailure(this.failed);
   }
 
   enqueueChunk(blob) {
     const seq = this.seq++;
-    return this.enqueue(() => this.upload(seq, blob));
+    this.bytesQueued += blob.size;
+    updateUploadStatus();
+    return this.enqueue(async () => {
+      await this.upload(seq, blob);
+      this.bytesSent += blob.size;
+      updateUploadStatus();
+    });
   }
 
   async upload(seq, blob) {
@@ -708,7 +869,9 @@ class SegmentRecorder {
     for (let attempt = 0; ; attempt++) {
       if (this.dropped) return;
       try {
+        const began = performance.now();
         await api("PUT", path, { body: blob, headers: { "Content-Type": "video/webm" }, retries: 2 });
+        measureUplink(blob.size, performance.now() - began);
         if (attempt > 0) showBanner(""); // the connection is back
         return;
       } catch (err) {
@@ -732,9 +895,20 @@ class SegmentRecorder {
     }
   }
 
-  event(imageIndex, kind, t) {
+  // Events have their own queue: a slow upload never delays them. A refused event
+  // makes the take fail (the image would not count as presented), except an
+  // interruption report, which is only information.
+  event(imageIndex, kind, t, reason = null) {
     const payload = { segment: this.segment, image_index: imageIndex, kind, video_time: this.videoTime(t) };
-    return this.enqueue(() => api("POST", sessionPath("/events"), { json: payload, retries: 20 }));
+    if (reason) payload.reason = reason;
+    // resolves true once the event is on the server, false when it was refused
+    const sent = this.eventTail.then(() => api("POST", sessionPath("/events"), { json: payload, retries: 20 })).then(() => true, (err) => {
+      if (reason) console.warn(`fergi: interruption of image ${imageIndex} not recorded:`, err.message || err);
+      else this.fail(err);
+      return false;
+    });
+    this.eventTail = sent;
+    return sent;
   }
 
   release() {
@@ -742,19 +916,30 @@ class SegmentRecorder {
     updateRecIndicator();
   }
 
-  // Stop recording; resolves once every chunk is on the server and the segment is complete.
-  async stop() {
+  // Stop recording now; `finished` resolves once every chunk is on the server and the
+  // segment is complete (it runs on in the background, shown as upload progress).
+  stop() {
     if (this.recorder && this.recorder.state !== "inactive") this.recorder.stop();
-    if (this.recorder) await this.stopped; // the last dataavailable comes before onstop
     this.release();
-    await this.tail;
-    if (this.failed) throw this.failed;
-    try {
-      await api("POST", sessionPath(`/recording/${this.segment}/complete`), { json: { n_chunks: this.seq }, retries: 10 });
-    } catch (err) {
-      if (err instanceof ApiError && err.status >= 400 && err.status < 500) throw new RecordingFailed(err.detail);
-      throw err;
-    }
+    uploading.add(this);
+    updateUploadStatus();
+    this.finished = (async () => {
+      try {
+        if (this.recorder) await this.stopped; // the last dataavailable comes before onstop
+        await this.tail;
+        if (this.failed) throw this.failed;
+        try {
+          await api("POST", sessionPath(`/recording/${this.segment}/complete`), { json: { n_chunks: this.seq }, retries: 10 });
+        } catch (err) {
+          if (err instanceof ApiError && err.status >= 400 && err.status < 500) throw new RecordingFailed(err.detail);
+          throw err;
+        }
+      } finally {
+        uploading.delete(this);
+        updateUploadStatus();
+      }
+    })();
+    return this.finished;
   }
 
   // The camera was lost: keep what was recorded (upload it, complete the segment) in the
@@ -852,7 +1037,13 @@ $("webcam-check").addEventListener("click", async () => {
   try {
     if (!$("preview").videoWidth) await sleep(500);
     webcamStatus("Checking…");
-    const result = await api("POST", sessionPath("/webcam-check"), { body: await snapshot(), headers: { "Content-Type": "image/jpeg" } });
+    const shot = await snapshot(), began = performance.now();
+    const result = await api("POST", sessionPath("/webcam-check"), { body: shot, headers: { "Content-Type": "image/jpeg" } });
+    // A first guess of the uplink: the time includes the server's face check, so it errs
+    // low and only a slow one counts (a fast link then records its first image at the
+    // full bitrate); the chunks of each recording refine it.
+    const guess = (shot.size * 8) / ((performance.now() - began) / 1000);
+    if (uplinkBps === null && guess < 1500000) measureUplink(shot.size, performance.now() - began);
     state = result.state;
     webcamStatus(result.message, result.face ? "ok" : "bad");
     $("webcam-continue").disabled = state.step === "webcam";
@@ -901,17 +1092,29 @@ class Interrupted extends Error {
 class Take {
   constructor() {
     this.reason = null;
+    this.blankedAt = null;
     this.aborted = new Promise((_, reject) => { this.abort = reject; });
     this.aborted.catch(() => { /* handled by whoever guards */ });
     this.onCamera = (reason) => this.stop(new Interrupted("camera", lossText(reason)));
     this.onVisibility = () => {
-      if (document.hidden) this.stop(new Interrupted("hidden", "The study page went into the background while an image was on screen."));
+      // (a page being left is reported by pagehide, with how it was left)
+      if (document.hidden && !pageLeaving) this.stop(new Interrupted("hidden", "The study page went into the background while an image was on screen."));
     };
     cameraListeners.add(this.onCamera);
     document.addEventListener("visibilitychange", this.onVisibility);
   }
 
-  stop(err) { if (!this.reason) { this.reason = err; this.abort(err); } }
+  // Nothing of the image may stay on screen under a pause: it is blanked at once, in
+  // the same task that notices the problem, before any dialog appears.
+  stop(err) {
+    if (this.reason) return;
+    this.reason = err;
+    if (!this.imageDone) {
+      $("stage-image").hidden = true; $("stage-baseline").hidden = true;
+      this.blankedAt = performance.now();
+    }
+    this.abort(err);
+  }
 
   guard(promise) { return Promise.race([promise, this.aborted]); }
 
@@ -921,8 +1124,19 @@ class Take {
   }
 }
 
-// Baseline, image, then the survey; resolves once the image's recording (its own segment)
-// and its three events are on the server. Recording runs only during baseline and image.
+// Why a presentation ended early, as the server records it.
+function interruptReason(err) {
+  if (err instanceof Interrupted) return { camera: "camera", hidden: "hidden", recording: "recording" }[err.kind] || "camera";
+  return "network";
+}
+
+// The take whose image is on screen now: a page left meanwhile reports it (pagehide).
+let onScreen = null; // {rec, index}
+let pageLeaving = false;
+
+// Baseline, image, then the survey; resolves once the image's three events are on the
+// server. Recording runs only during baseline and image; the video finishes uploading
+// in the background while the survey is answered.
 async function presentOnce(index) {
   showPage("page-stage", "images");
   $("stage-counter").textContent = `Image ${index} of ${state.n_images}`;
@@ -934,6 +1148,7 @@ async function presentOnce(index) {
   try { stream = await startCamera(); } catch (err) { throw new Interrupted("camera", cameraProblem(err)); }
   const take = new Take();
   const rec = new SegmentRecorder(stream, (err) => take.stop(err));
+  let hidden = null;
   try {
     if (cameraLost) throw new Interrupted("camera", lossText(cameraLost));
     watchingStalls = true;
@@ -944,34 +1159,88 @@ async function presentOnce(index) {
     rec.event(index, "baseline_start", baselineStart);
     await take.guard(waitUntil(baselineStart + config.baseline_s * 1000));
 
+    if (take.reason) throw take.reason;
     $("stage-baseline").hidden = true; $("stage-image").hidden = false; // present (Fig. S5)
     const shown = await take.guard(paintTime());
+    take.shown = true;
+    onScreen = { rec, index };
     rec.event(index, "image_shown", shown);
     await take.guard(waitUntil(shown + config.present_s * 1000));
 
+    if (take.reason) throw take.reason;
+    take.imageDone = true;
+    onScreen = null;
+    rec.release();                                                     // "Recording" goes with the image
     showSurvey(index);                                                 // annotate (Fig. S6)
-    const hidden = await paintTime();
+    hidden = await paintTime();
     // The clip must reach the end of the presentation: wait for a frame captured after it.
     if (!(await take.guard(frameAfter(hidden + 100, CAMERA_STALL_MS + 500)))) {
       throw new Interrupted("camera", lossText(cameraLost || "stalled"));
     }
     watchingStalls = false;
     take.close(); // a camera lost from now on concerns the next image, not this one
-    // The image counts as presented once its video is on the server: the survey is
-    // answered meanwhile, and its Next button waits for this.
-    await rec.stop();
-    await rec.event(index, "image_hidden", hidden);
-    if (rec.failed) throw rec.failed;
+    finishImage(rec, index, hidden);
   } catch (caught) {
     let err = caught;
     watchingStalls = false;
     take.close();
+    onScreen = null;
+    if (take.imageDone && hidden !== null && !(err instanceof RecordingFailed && err.fatal)) {
+      // The image was seen in full: showing it again would be a second look. What was
+      // recorded stands; the server judges the clip (a missing end makes it invalid).
+      console.warn(`fergi: image ${index}: the camera stopped after the image (${err.message || err}); not shown again`);
+      finishImage(rec, index, hidden);
+      await rec.hiddenPosted;
+      return;
+    }
     if (!(err instanceof Interrupted) && cameraLost) err = new Interrupted("camera", lossText(cameraLost));
     if (err instanceof RecordingFailed && !err.fatal) err = new Interrupted("recording", err.message);
+    if (take.shown) {
+      // The image was on screen: its replay will be a later exposure, with these seconds seen.
+      rec.event(index, "image_interrupted", take.blankedAt || performance.now(), interruptReason(err));
+    }
     // A refused segment is given up; an interrupted one keeps what it recorded.
     if (err instanceof Interrupted && err.kind !== "recording") rec.finishQuietly(); else rec.drop();
     throw err;
   }
+  // Refused (rare: the segment was abandoned): the image does not count as presented.
+  if (!(await rec.hiddenPosted)) throw new Interrupted("recording", (rec.failed && rec.failed.message) || "the end of the image was not recorded");
+}
+
+// The image was presented: its end is on record at once, and its video goes on
+// uploading in the background (a failure then costs this clip, never a second look).
+function finishImage(rec, index, hidden) {
+  rec.stop().catch((err) => console.warn(`fergi: the recording of image ${index} did not finish uploading:`, err.message || err));
+  rec.hiddenPosted = rec.event(index, "image_hidden", hidden);
+}
+
+// A page left (reload, Back, closed) while an image is on screen: the interruption is
+// kept here and sent with the page's last request; the next page load says how it was left.
+const LEFT_KEY = "fergi-study-left";
+window.addEventListener("pageshow", () => { pageLeaving = false; }); // back from the cache
+window.addEventListener("pagehide", () => {
+  pageLeaving = true;
+  if (!onScreen || !auth || !auth.token) return;
+  const { rec, index } = onScreen;
+  if (rec.segment === undefined || rec.t0 === undefined) return;
+  const payload = { segment: rec.segment, image_index: index, kind: "image_interrupted", video_time: rec.videoTime(performance.now()), reason: "left" };
+  try { localStorage.setItem(LEFT_KEY, JSON.stringify({ sessionId: auth.sessionId, payload })); } catch (_) { /* storage full */ }
+  try {
+    fetch(sessionPath("/events"), { method: "POST", keepalive: true, body: JSON.stringify(payload),
+      headers: { "Content-Type": "application/json", "X-Session-Token": auth.token } });
+  } catch (_) { /* the page is going away */ }
+});
+
+// After a reload or Back: the image left on screen is reported with how the page was left.
+async function reportLeftImage() {
+  let left = null;
+  try { left = JSON.parse(localStorage.getItem(LEFT_KEY) || "null"); } catch (_) { left = null; }
+  localStorage.removeItem(LEFT_KEY);
+  if (!left || !auth || left.sessionId !== auth.sessionId) return;
+  const nav = (performance.getEntriesByType && performance.getEntriesByType("navigation")[0]) || {};
+  const reason = nav.type === "reload" ? "reload" : nav.type === "back_forward" ? "back" : "left";
+  try { await api("POST", sessionPath("/events"), { json: { ...left.payload, reason }, retries: 3 }); }
+  catch (err) { console.warn("fergi: the interrupted image could not be reported:", err.message || err); }
 }
 
 const clicked = (button) => new Promise((resolve) => button.addEventListener("click", resolve, { once: true }));
@@ -1109,9 +1378,9 @@ $("survey-form").addEventListener("submit", async (event) => {
   }
   const button = $("survey-submit");
   button.disabled = true;
-  const label = button.textContent;
-  button.textContent = "Saving…";
   try {
+    // The image's end is on record within a moment of the survey appearing; its video
+    // may still be uploading, which the survey never waits for.
     await saving;
     const values = (name) => [...document.querySelectorAll(`input[name=${name}]:checked`)].map((i) => i.value);
     state = await api("PUT", sessionPath(`/images/${surveyIndex}/answer`), {
@@ -1123,7 +1392,7 @@ $("survey-form").addEventListener("submit", async (event) => {
       if (err.fields.includes("missing_elements")) { fieldError("missing", fieldMessage(err.detail)); $("missing").focus(); }
       else { $("survey-error").textContent = err.detail; $("survey-error").hidden = false; }
     } else fail(err);
-  } finally { button.disabled = false; button.textContent = label; }
+  } finally { button.disabled = false; }
 });
 
 // ---------------------------------------------------------------- ranking (Fig. S7)
@@ -1307,6 +1576,8 @@ async function showRanking() {
 $("rank-finish").addEventListener("click", async () => {
   const button = $("rank-finish");
   button.disabled = true;
+  // Every recording is on the server before the session ends (the status line says how far).
+  await uploadsDone();
   // "untouched": the participant kept the order the images were shown in.
   const method = rankMethods.size > 1 ? "mixed" : [...rankMethods][0] || "untouched";
   try {
