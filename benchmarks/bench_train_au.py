@@ -95,7 +95,8 @@ def cache_speed(
     )
     table = read_datasets(disfa, plus)
     t = time.perf_counter()
-    build_cache(table, folder / f"cache_{workers}", workers=workers, progress=False)
+    build_cache(table, folder / f"cache_{workers}", workers=workers, progress=False,
+                preprocessing="fergi")
     return len(table), len(table) / (time.perf_counter() - t)
 
 

@@ -34,7 +34,7 @@ Their import-time side effects are handled, and printed in the report:
   report (the comparison of those transforms is then not independent).
 
 Frames: ``skimage.data.astronaut()``, matplotlib's ``grace_hopper.jpg``, the astronaut
-rolled by 20 degrees, enlarged 4x (so the alignment shrinks first), moved against the
+rolled by 20 degrees, enlarged 6x (so the alignment shrinks first, by 2), moved against the
 top-left corner (so the margin box leaves the frame and is padded), with a synthetic frown,
 and the last frame of a smile video made by ``fergi.face.write_reaction_video`` (decoded
 by fergi, and the same RGB array is given to both). Each frame goes through both pipelines
@@ -179,7 +179,7 @@ def _frames(tmp: Path) -> dict[str, np.ndarray]:
     with cbook.get_sample_data("grace_hopper.jpg") as fh:
         hopper = np.asarray(PIL.Image.open(fh).convert("RGB"))
     rolled = (transform.rotate(astronaut, 20, center=(230, 140), mode="edge") * 255).round().astype(np.uint8)
-    big = np.asarray(PIL.Image.fromarray(astronaut).resize((2048, 2048), PIL.Image.BICUBIC))
+    big = np.asarray(PIL.Image.fromarray(astronaut).resize((3072, 3072), PIL.Image.BICUBIC))
     corner = np.zeros_like(astronaut)
     corner[:400, :340] = astronaut[70:470, 160:500]  # the face against the top-left corner
     frown = synthesize_expression(astronaut, frown=1.0)
@@ -188,7 +188,7 @@ def _frames(tmp: Path) -> dict[str, np.ndarray]:
     for _t, frame in iter_frames(video, fps=30.0):
         last = frame
     return {"astronaut": astronaut, "grace_hopper": hopper, "rolled_20deg": rolled,
-            "enlarged_4x": big, "top_left_corner": np.ascontiguousarray(corner),
+            "enlarged_6x": big, "top_left_corner": np.ascontiguousarray(corner),
             "frown": frown, "smile_video_frame": last}
 
 

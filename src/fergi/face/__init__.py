@@ -2,10 +2,10 @@
 
 * :class:`FaceAnalyzer` finds the largest face with MediaPipe BlazeFace short range
   (the FERGI paper's detector) and its 478 FaceMesh landmarks (refined iris points).
-* :func:`pose_ratios` computes the pitch and yaw indicative ratios of Supp. C of the
-  paper on FaceMesh points (the mapping is documented in ``fergi.face._pose``);
-  :func:`pose_ratios_68` computes them on 68-point landmarks in the oriented face
-  frame of the authors' ``align_face`` (:func:`oriented_pose_ratios`, :func:`face_axes`).
+* :func:`pose_ratios` (FaceMesh points) and :func:`pose_ratios_68` (68-point landmarks)
+  compute the pitch and yaw indicative ratios of Supp. C of the paper, both in the
+  oriented face frame of the authors' ``align_face`` (:func:`oriented_pose_ratios`,
+  :func:`face_axes`; the point mapping is documented in ``fergi.face._pose``).
 * :func:`align_face`, :func:`enhance_contrast` and :func:`preprocess_face` prepare the
   112x112 input of the IR-50 AU model (Supp. B.2).
 * :class:`AuthorsPreprocessor` is the FERGI authors' own AU-model preprocessing,
