@@ -4,8 +4,10 @@
    one complete optimiser step per batch (augmentation, forward, the Supp. B loss,
    backward, Adam), on the CPU and, when present, on the GPU (mixed precision,
    channels-last), after warm-up steps.
-2. Frames per second of the preprocessing cache (``fergi.au.train.build_cache``:
-   decoding, BlazeFace + FaceMesh, alignment, contrast step, 112x112 write) on a
+2. Frames per second of the preprocessing cache (``fergi.au.train.build_cache`` with
+   ``preprocessing="fergi"``: decoding, BlazeFace + FaceMesh, alignment, contrast step,
+   112x112 write; the default ``authors`` preprocessing needs the authors' landmark
+   weights, which a benchmark cannot assume) on a
    synthetic DISFA/DISFA+ tree (MJPEG .avi videos and jpg folders).
 
 The paper trained 3 epochs of DISFA + DISFA+ (~190k frames, both DISFA cameras about

@@ -56,7 +56,6 @@ from pathlib import Path
 
 import numpy as np
 
-from fergi._errors import FergiError
 from fergi.face._pose import pose_ratios_68
 
 logger = logging.getLogger(__name__)
@@ -67,6 +66,8 @@ AUTHORS_MARGINS = {"ymin": -0.2, "ymax": 0.05, "xmin": -0.125, "xmax": 0.125}
 #: Their ``alignment`` output size and ``heNlm`` weights (equalisation, linear map).
 AUTHORS_OUTPUT_SIZE = 112
 AUTHORS_HENLM_WEIGHTS = (0.5, 0.5)
+#: Names of the face preprocessings: the authors' exact pipeline, fergi's own.
+PREPROCESSINGS = ("authors", "fergi")
 
 
 def bundled_detector_model() -> Path:
@@ -462,19 +463,3 @@ def compare_detectors(images) -> dict:
 def _update(acc, box, other, score, other_score) -> None:
     acc[0] = max(acc[0], float(np.abs(np.asarray(box, float) - other).max()))
     acc[1] = max(acc[1], abs(float(score) - float(other_score)))
-
-
-def require_landmarks_for(preprocessing: str, landmarks) -> None:
-    """Check a ``preprocessing`` name (``"authors"`` or ``"fergi"``) and its weights early."""
-    from fergi.face._mobilefacenet import landmark_weights_path
-
-    if preprocessing not in PREPROCESSINGS:
-        raise FergiError(
-            f"--preprocessing {preprocessing!r}: unknown (choose from {', '.join(PREPROCESSINGS)})"
-        )
-    if preprocessing == "authors":
-        landmark_weights_path(landmarks)
-
-
-#: Names of the face preprocessings: the authors' exact pipeline, fergi's own.
-PREPROCESSINGS = ("authors", "fergi")

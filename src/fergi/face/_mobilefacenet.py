@@ -228,9 +228,10 @@ def save_synthetic_landmark_weights(path: str | os.PathLike, *, seed: int = 0,
     """Save MobileFaceNet weights in the authors' format that give a plausible face.
 
     For tests and parity checks where the real weights are not at hand: random
-    convolutions (``seed``), and a last BatchNorm whose bias is :func:`mean_face_68`
-    and whose gain is ``jitter``, so the landmarks are the mean face moved by about
-    ``jitter`` (a fraction of the crop) in a way that depends on the input. With
+    convolutions (``seed``) with the BatchNorm statistics of random images, and a last
+    BatchNorm whose bias is :func:`mean_face_68` and whose gain is ``jitter``, so the
+    landmarks are the mean face moved by about ``jitter`` (a fraction of the crop) in a
+    way that depends on the input. With
     ``jitter=0`` the landmarks are exactly the mean face on every machine.
 
     Returns
@@ -243,11 +244,17 @@ def save_synthetic_landmark_weights(path: str | os.PathLike, *, seed: int = 0,
     torch.manual_seed(seed)
     model = build_mobilefacenet()
     with torch.no_grad():
-        bn = model.output_layer.bn
-        # The random network's outputs before this BatchNorm are about 5e-7, and its
-        # eps (1e-5) dominates a zero running variance: this gain makes them about 1.
-        bn.running_var.fill_(0.0)
-        bn.weight.fill_(float(jitter) * (1e-5) ** 0.5 / 5e-7)
+        # BatchNorm statistics of one batch of random images, so the activations stay
+        # near 1 through the depth (fresh statistics shrink them towards denormal
+        # floats, which the CPU computes hundreds of times slower).
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None
+        model.train()(torch.rand(8, 3, INPUT_SIZE, INPUT_SIZE))
+        model.eval()
+        bn = model.output_layer.bn  # its statistics standardise the outputs
+        bn.weight.fill_(float(jitter))
         bn.bias.copy_(torch.from_numpy(mean_face_68().reshape(-1)).float())
     path = Path(path)
     torch.save({"state_dict": model.state_dict()}, path)
