@@ -164,8 +164,8 @@ def test_extract_with_ir50_feeds_the_preprocessed_face(tmp_path, estimator):
     frames = list(reaction_frames(data.astronaut(), neutral_s=0.1, expression_s=0.0))
     frames.append(np.full_like(frames[0], 128))  # a frame without a face
     video = write_video(tmp_path / "clip.mp4", frames)
-    table = extract_features(video, estimator=estimator)
-    assert len(table) == 4
+    table = extract_features(video, estimator=estimator, preprocessing="fergi")
+    assert len(table) == 4 and table.attrs["preprocessing"] == "fergi"
     with FaceAnalyzer() as analyzer:
         from fergi.video import read_video
 
@@ -181,6 +181,8 @@ def test_extract_with_ir50_feeds_the_preprocessed_face(tmp_path, estimator):
 
 @pytest.mark.slow
 def test_fergi_extract_with_ir50_checkpoint(tmp_path):
+    from fergi.face import save_synthetic_landmark_weights
+
     # A head that ignores the image and outputs its own index: the written file must
     # hold output AU-1 in the column of each AU, formatted like the release.
     model = build_ir50()
@@ -205,6 +207,8 @@ def test_fergi_extract_with_ir50_checkpoint(tmp_path):
                 "ir50",
                 "--checkpoint",
                 str(weights),
+                "--landmarks",
+                str(save_synthetic_landmark_weights(tmp_path / "mfn.pth.tar", jitter=0.02)),
             ]
         )
         == 0

@@ -46,7 +46,7 @@ def test_extract_writes_geometry_provenance(video, tmp_path, capsys):
     assert main(["extract", str(video), "--out", str(out)]) == 0
     meta = _meta(out)
     assert meta["estimator"] == "geometry" and meta["estimator_version"] == "2"
-    assert meta["checkpoint_sha256"] is None
+    assert meta["checkpoint_sha256"] is None and meta["preprocessing"] == "fergi"
     assert meta["neutral_reference"] == "least_expressive"
     prov = feature_provenance(out)
     assert (prov.estimator, prov.estimator_version, prov.scale) == ("geometry", "2", "geometry-v2")
@@ -82,7 +82,7 @@ def test_extract_ir50_records_the_checkpoint_and_refuses_a_second_scale(
     out = tmp_path / "out"
     assert main(["extract", str(video), "--out", str(out)]) == 0
     capsys.readouterr()
-    ir50 = ["--estimator", "ir50", "--checkpoint", str(weights)]
+    ir50 = ["--estimator", "ir50", "--checkpoint", str(weights), "--preprocessing", "fergi"]
     # Another estimator into the same folder would mix two AU scales: refused.
     assert main(["extract", str(video), "--out", str(out), *ir50]) == 2
     err = capsys.readouterr().err
@@ -94,7 +94,7 @@ def test_extract_ir50_records_the_checkpoint_and_refuses_a_second_scale(
     meta = _meta(out)
     assert meta["estimator"] == "ir50" and meta["estimator_version"] == "1"
     assert meta["checkpoint_sha256"] == sha256_file(weights)
-    assert meta["neutral_reference"] == "absolute"
+    assert meta["neutral_reference"] == "absolute" and meta["preprocessing"] == "fergi"
     prov = feature_provenance(out)
     assert prov.estimator == "ir50" and prov.checkpoint_sha256 == sha256_file(weights)
     assert pd.read_csv(out / "extract_report.csv").loc[0, "neutral_reference"] == "absolute"
@@ -108,7 +108,11 @@ def test_features_provenance_in_the_library(weights):
     assert (geometry.estimator_version, geometry.checkpoint_sha256) == ("2", None)
     assert geometry.neutral_reference == "least_expressive"
     ir50 = features_provenance("ir50", weights)
-    assert ir50.neutral_reference == "absolute"
+    assert ir50.neutral_reference == "absolute" and ir50.preprocessing == "authors"
+    assert geometry.preprocessing == "fergi"
+    assert features_provenance("ir50", weights, preprocessing="fergi").scale != ir50.scale
+    with pytest.raises(FergiError, match="only for the ir50 estimator"):
+        features_provenance("geometry", preprocessing="authors")
     assert ir50.checkpoint_sha256 == sha256_file(weights)
     with pytest.raises(FergiError, match="neutral_reference 'median'"):
         features_provenance("geometry", neutral_reference="median")

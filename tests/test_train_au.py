@@ -375,7 +375,7 @@ def synthetic(tmp_path_factory):
         root, disfa_subjects=4, plus_subjects=2, frames=40, seed=0
     )
     table = read_datasets(disfa, plus)
-    cache = build_cache(table, root / "cache", progress=False)
+    cache = build_cache(table, root / "cache", progress=False, preprocessing="fergi")
     return {"root": root, "disfa": disfa, "plus": plus, "table": table, "cache": cache}
 
 
@@ -413,7 +413,7 @@ def test_cache_matches_preprocessing_counts_failures_and_resumes(synthetic, tmp_
     no_face = image_rows.head(1).assign(path=str(grey), trial="grey")
     past_end = video_rows.head(1).assign(frame=999, index=998)
     small = pd.concat([video_rows, past_end, image_rows, no_face], ignore_index=True)
-    cache = build_cache(small, tmp_path / "c", progress=False)
+    cache = build_cache(small, tmp_path / "c", progress=False, preprocessing="fergi")
     assert cache.summary() == {
         "frames": 8,
         "faces": 6,
@@ -437,11 +437,11 @@ def test_cache_matches_preprocessing_counts_failures_and_resumes(synthetic, tmp_
     monkeypatch.setattr(
         _cache, "_process_unit", lambda *a, **k: seen.append(len(a[2])) or real(*a, **k)
     )
-    again = build_cache(small, tmp_path / "c", progress=False)
+    again = build_cache(small, tmp_path / "c", progress=False, preprocessing="fergi")
     assert seen == [3] and again.summary()["faces"] == 6
     np.testing.assert_array_equal(again.faces[4], cache.faces[4])
     with pytest.raises(FergiError, match="cache of other frames"):
-        build_cache(small.head(5), tmp_path / "c", progress=False)
+        build_cache(small.head(5), tmp_path / "c", progress=False, preprocessing="fergi")
 
 
 @pytest.mark.slow
@@ -450,8 +450,8 @@ def test_parallel_cache_equals_serial(synthetic, tmp_path):
     small = pd.concat(
         [table[table["trial"] == "right"].head(4), table[table["dataset"] == "disfa_plus"].head(4)]
     )
-    serial = build_cache(small, tmp_path / "s", progress=False)
-    parallel = build_cache(small, tmp_path / "p", workers=2, progress=False)
+    serial = build_cache(small, tmp_path / "s", progress=False, preprocessing="fergi")
+    parallel = build_cache(small, tmp_path / "p", workers=2, progress=False, preprocessing="fergi")
     np.testing.assert_array_equal(serial.table["status"], parallel.table["status"])
     np.testing.assert_array_equal(np.asarray(serial.faces), np.asarray(parallel.faces))
 
@@ -716,7 +716,7 @@ def _cli(synthetic, out: Path, *extra):
         "--out", str(out),
         "--width", "4", "--layers", "1,1,1,1", "--batch-size", "16",
         "--lr-head", "3e-3", "--lr-backbone", "3e-3", "--device", "cpu",
-        "--loader-workers", "0", "--no-progress",
+        "--loader-workers", "0", "--no-progress", "--preprocessing", "fergi",
         *extra,
     ]  # fmt: skip
 

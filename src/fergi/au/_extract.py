@@ -22,6 +22,54 @@ STAGES = ("decode", "face", "au")
 
 # One analyser per process: MediaPipe graph start-up is slow compared with a frame.
 _ANALYZERS: dict[str, object] = {}
+# One authors' preprocessor per landmark weights file and process (MobileFaceNet, detector).
+_AUTHORS: dict[str, object] = {}
+
+
+def _authors_preprocessor(landmarks):
+    from fergi.face import AuthorsPreprocessor, landmark_weights_path
+
+    key = str(landmark_weights_path(landmarks).resolve())
+    if key not in _AUTHORS:
+        _AUTHORS[key] = AuthorsPreprocessor(key)
+    return _AUTHORS[key]
+
+
+def default_preprocessing(estimator) -> str:
+    """``"authors"`` for appearance estimators (``ir50``), ``"fergi"`` for landmark ones."""
+    if isinstance(estimator, str):
+        from fergi.au._registry import get_au_estimator_spec
+
+        kind = get_au_estimator_spec(estimator).input_kind
+    else:
+        kind = getattr(estimator, "input_kind", "landmarks")
+    return "authors" if kind == "face" else "fergi"
+
+
+def check_preprocessing(estimator, preprocessing: str | None) -> str:
+    """The preprocessing to use with ``estimator`` (default: :func:`default_preprocessing`).
+
+    Raises
+    ------
+    fergi.FergiError
+        Unknown name, or ``"authors"`` with a landmark estimator (``geometry`` reads
+        FaceMesh landmarks, not faces).
+    """
+    from fergi.face import PREPROCESSINGS
+
+    default = default_preprocessing(estimator)
+    if preprocessing is None:
+        return default
+    if preprocessing not in PREPROCESSINGS:
+        raise FergiError(
+            f"--preprocessing {preprocessing!r}: unknown (choose from {', '.join(PREPROCESSINGS)})"
+        )
+    if preprocessing == "authors" and default != "authors":
+        raise FergiError(
+            "--preprocessing authors: only for the ir50 estimator (geometry reads FaceMesh "
+            "landmarks, its preprocessing is 'fergi')"
+        )
+    return preprocessing
 
 
 def _default_analyzer():
@@ -63,6 +111,8 @@ class _Clip:
         self.scores: list[float] = []
         self.landmarks: list[np.ndarray | None] = []
         self.aus: dict[int, np.ndarray] = {}
+        # Pose ratios measured by the preprocessing itself (the authors' 68 landmarks).
+        self.pose: list[tuple[float, float]] | None = None
 
     def landmark_array(self) -> np.ndarray:
         out = np.full((len(self.landmarks), 478, 3), np.nan)
@@ -72,7 +122,12 @@ class _Clip:
         return out
 
 
-def _analyse(frames, analyzer, estimator, timings, progress) -> _Clip:
+def _analyse(frames, analyzer, estimator, timings, progress, authors=None) -> _Clip:
+    """Run the face analysis (and the AU model on faces) over the frames.
+
+    ``authors``: an :class:`fergi.face.AuthorsPreprocessor`; then it alone finds the face,
+    its pose ratios and the IR-50 input (no FaceMesh), as the authors' code does.
+    """
     from fergi.face import preprocess_face
 
     clip = _Clip()
@@ -89,6 +144,27 @@ def _analyse(frames, analyzer, estimator, timings, progress) -> _Clip:
         batch_idx.clear()
         timings["au"] += time.perf_counter() - t
 
+    if authors is not None:
+        clip.pose = []
+        for t, img in _timed(frames, timings):
+            tf = time.perf_counter()
+            result = authors.process(img)
+            timings["face"] += time.perf_counter() - tf
+            i = len(clip.times)
+            clip.times.append(float(t))
+            clip.scores.append(result.score)
+            clip.landmarks.append(None)
+            clip.pose.append((result.pir, result.yir))
+            if wants_faces and result.face is not None:
+                batch.append(result.tensor())
+                batch_idx.append(i)
+                if len(batch) >= batch_size:
+                    flush()
+            if progress is not None:
+                progress(1)
+        if batch:
+            flush()
+        return clip
     analyzer.reset()
     face0 = analyzer.timings["face"]
     for t, img in _timed(frames, timings):
@@ -122,6 +198,8 @@ def extract_features(
     baseline_seconds: float | None = None,
     analyzer=None,
     progress: Callable[[int], None] | None = None,
+    preprocessing: str | None = None,
+    landmarks=None,
 ) -> pd.DataFrame:
     """Per-frame face and AU features of one video, in the public release's schema.
 
@@ -148,6 +226,19 @@ def extract_features(
         Reuse a face analyser (one per process is created otherwise).
     progress : callable, optional
         Called with 1 after every analysed frame.
+    preprocessing : {"authors", "fergi"}, optional
+        How faces are found and prepared. ``"authors"`` (the default for ``ir50``): the
+        FERGI authors' own pipeline, exactly (:class:`fergi.face.AuthorsPreprocessor`:
+        BlazeFace, margin crop, MobileFaceNet 68-point alignment, heNlm, padding), so
+        their published IR-50 weights see the input they were trained on; the pose
+        ratios come from the same 68 landmarks. ``"fergi"`` (the only one for
+        ``geometry``, an option for ``ir50``): FaceMesh landmarks, fergi's rotation and
+        contrast step (:func:`fergi.face.preprocess_face`), pose ratios from FaceMesh in
+        the same oriented face frame.
+    landmarks : str or path-like, optional
+        MobileFaceNet weights for ``preprocessing="authors"`` (the authors'
+        ``mobilefacenet_model_best.pth.tar``); default: fergi's model folder
+        (:func:`fergi.face.models_dir`).
 
     Returns
     -------
@@ -160,7 +251,7 @@ def extract_features(
         taken: ``"baseline_clip"``, ``"baseline_seconds"``, ``"least_expressive"``, the
         clip's own least-expressive stable frames, used when neither is given or the
         given one has no face, or ``"absolute"`` for estimators that need none) and
-        ``neutral_reference_detail`` (which frames, in words).
+        ``neutral_reference_detail`` (which frames, in words) and ``preprocessing``.
 
     Raises
     ------
@@ -176,12 +267,14 @@ def extract_features(
         # 0 or less would select no frame and silently fall back to the whole clip.
         raise FergiError(f"baseline_seconds must be above 0 seconds, got {baseline_seconds!r}")
     timings = dict.fromkeys(STAGES, 0.0)
+    preprocessing = check_preprocessing(estimator, preprocessing)
+    authors = _authors_preprocessor(landmarks) if preprocessing == "authors" else None
     if isinstance(estimator, str):
         options = {} if checkpoint is None else {"checkpoint": checkpoint}
         estimator = create_au_estimator(estimator, **options)
     analyzer = analyzer or _default_analyzer()
     frames, source = _frames_of(video, fps)
-    clip = _analyse(frames, analyzer, estimator, timings, progress)
+    clip = _analyse(frames, analyzer, estimator, timings, progress, authors)
     n = len(clip.times)
     if n == 0:
         raise FergiError(f"{source}: no video frames")
@@ -189,7 +282,10 @@ def extract_features(
     t0 = time.perf_counter()
     lms = clip.landmark_array()
     _remember_landmarks(video, analyzer, lms)
-    pir, yir = pose_ratios(lms)
+    if clip.pose is not None:
+        pir, yir = (np.asarray(v, dtype=float) for v in zip(*clip.pose, strict=True))
+    else:
+        pir, yir = pose_ratios(lms)
     aus = np.full((n, len(AU_NAMES)), np.nan)
     times = np.asarray(clip.times)
     if getattr(estimator, "input_kind", "landmarks") == "landmarks":
@@ -212,7 +308,7 @@ def extract_features(
 
     scores = np.asarray(clip.scores, dtype=float)
     has_face = scores > 0
-    has_lm = np.isfinite(lms).all(axis=(1, 2))
+    has_lm = np.isfinite(lms).all(axis=(1, 2)) if clip.pose is None else has_face
     values = np.column_stack([pir, yir, aus])
     values[~has_lm, :2] = -1.0
     values[~np.isfinite(values)] = -1.0
@@ -228,6 +324,7 @@ def extract_features(
         face_share=float(has_face.mean()),
         neutral_reference=neutral,
         neutral_reference_detail=detail,
+        preprocessing=preprocessing,
     )
     return table
 

@@ -5,7 +5,12 @@ An IResNet-50 (the ArcFace face-recognition backbone of insightface's
 ``Linear(512 * 7 * 7, 64 * 6)``. Output ``i`` (0-based) of the first 64 is the
 regression intensity of AU ``i + 1`` on the DISFA 0-5 scale; the other ``64 * 5`` are
 ordinal logits ("intensity >= 1..5") used only in training. Input: the aligned,
-contrast-normalised 112x112 RGB face in [0, 1] (``fergi.face.preprocess_face``).
+contrast-normalised 112x112 RGB face in [0, 1]. The authors' published weights were
+trained on, and made the release's values from, the authors' own preprocessing:
+:func:`fergi.au.extract_features` uses it by default with this estimator
+(``preprocessing="authors"``, :class:`fergi.face.AuthorsPreprocessor`, which needs their
+MobileFaceNet landmark weights); ``preprocessing="fergi"`` feeds fergi's FaceMesh-based
+crop (``fergi.face.preprocess_face``) instead, which the authors' weights read differently.
 
 No weights ship with fergi. :meth:`IR50AUEstimator.load_checkpoint` reads a plain
 PyTorch ``state_dict`` of this model (the format the FERGI authors distribute);

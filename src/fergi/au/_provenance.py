@@ -12,6 +12,7 @@ def features_provenance(
     checkpoint: str | os.PathLike | None = None,
     *,
     neutral_reference: str | None = None,
+    preprocessing: str | None = None,
 ):
     """What to write to ``features_meta.json`` beside features made by ``estimator``.
 
@@ -28,12 +29,15 @@ def features_provenance(
         ``"absolute"`` or ``"mixed"`` (several within one folder). Default: ``"absolute"`` for
         estimators that need no neutral face, else ``"least_expressive"`` (what
         :func:`extract_features` uses without a baseline).
+    preprocessing : {"authors", "fergi"}, optional
+        The face preprocessing; default that of :func:`extract_features`: ``"authors"``
+        for ``ir50``, ``"fergi"`` for ``geometry``.
 
     Returns
     -------
     fergi.datasets.FeatureProvenance
         Estimator name, the registry's version, the weights' SHA-256 (None without
-        weights), the neutral reference and the fergi version.
+        weights), the neutral reference, the preprocessing and the fergi version.
 
     Raises
     ------
@@ -41,6 +45,7 @@ def features_provenance(
         Unknown estimator or neutral reference, or an unreadable checkpoint.
     """
     from fergi import __version__
+    from fergi.au._extract import check_preprocessing
     from fergi.au._registry import get_au_estimator_spec
     from fergi.datasets._provenance import NEUTRAL_REFERENCES, FeatureProvenance, sha256_file
 
@@ -61,6 +66,7 @@ def features_provenance(
             f"neutral_reference {neutral_reference!r}: unknown (choose from "
             f"{', '.join(NEUTRAL_REFERENCES)})"
         )
+    preprocessing = check_preprocessing(spec.name, preprocessing)
     digest = None
     if checkpoint is not None:
         try:
@@ -73,4 +79,5 @@ def features_provenance(
         checkpoint_sha256=digest,
         neutral_reference=neutral_reference,
         fergi_version=__version__,
+        preprocessing=preprocessing,
     )

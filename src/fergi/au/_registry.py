@@ -20,7 +20,9 @@ class AUEstimatorSpec:
         ``factory(**options)`` returns the estimator.
     input_kind : str
         ``"landmarks"``: ``(N, 478, 3)`` FaceMesh landmarks in pixels;
-        ``"face"``: ``(N, 112, 112, 3)`` float faces from ``fergi.face.preprocess_face``.
+        ``"face"``: ``(N, 112, 112, 3)`` float faces in [0, 1] (from
+        ``fergi.face.AuthorsPreprocessor`` with the ``authors`` preprocessing, the default
+        of :func:`fergi.au.extract_features`, or ``fergi.face.preprocess_face``).
     preprocessing : str
         The input preparation, in words.
     output_scale : str
@@ -138,9 +140,12 @@ register_au_estimator(
         name="ir50",
         factory=_make_ir50,
         input_kind="face",
-        preprocessing="BlazeFace box with margins top -0.2, bottom +0.05, sides 0.125 (zero "
-        "padding), rotated so the eyes are level, 112x112, histogram equalisation + linear "
-        "mapping, RGB float in [0, 1]",
+        preprocessing="default 'authors': the FERGI authors' own pipeline, exactly (BlazeFace "
+        "Tasks API, widest face; margin box top -0.2, bottom +0.05, sides 0.125 of the box "
+        "with int() margins and black padding; MobileFaceNet 68-landmark ffhq-style alignment; "
+        "heNlm on the RGB array as BGR; padding to 112x112; RGB float in [0, 1]); 'fergi': "
+        "BlazeFace box with the same margins, rotated so the FaceMesh eyes are level, 112x112, "
+        "luma-ratio contrast step",
         output_scale="DISFA 0-5 regression output (index AU - 1 of the first 64 outputs)",
         needs_reference=False,
     )

@@ -58,6 +58,10 @@ class ExtractionJob:
         A baseline clip used as the neutral face (geometry; may be ``video`` itself).
     decimals : int
         Decimals of the values in CSV.
+    preprocessing : str or None
+        Face preprocessing (``"authors"`` or ``"fergi"``; None: the estimator's default).
+    landmarks : str or None
+        MobileFaceNet weights of the ``authors`` preprocessing (None: fergi's model folder).
     """
 
     video: str
@@ -66,6 +70,8 @@ class ExtractionJob:
     baseline_seconds: float | None = None
     baseline: str | None = None
     decimals: int = 3
+    preprocessing: str | None = None
+    landmarks: str | None = None
 
 
 @dataclass
@@ -308,6 +314,8 @@ def _process(job: ExtractionJob, progress=None, *, estimator=None, output=None) 
             baseline_seconds=job.baseline_seconds,
             baseline=job.baseline,
             progress=progress,
+            preprocessing=job.preprocessing,
+            landmarks=job.landmarks,
         )
         write_features(table, job.output if output is None else output, decimals=job.decimals)
         record.update(
@@ -388,7 +396,8 @@ def _earlier_rows(path: Path) -> dict[Path, dict]:
     return rows
 
 
-def _check_meta(out: Path, estimator: str, checkpoint, baseline_seconds, overwrite: bool):
+def _check_meta(out: Path, estimator: str, checkpoint, baseline_seconds, overwrite: bool,
+                preprocessing: str | None = None):
     """This run's provenance, after checking it against an earlier run's meta file.
 
     Returns ``(provenance, earlier neutral reference or None)``. Files of two AU scales
@@ -403,7 +412,8 @@ def _check_meta(out: Path, estimator: str, checkpoint, baseline_seconds, overwri
         neutral = "absolute"
     else:
         neutral = "baseline_seconds" if baseline_seconds is not None else "least_expressive"
-    provenance = features_provenance(estimator, checkpoint, neutral_reference=neutral)
+    provenance = features_provenance(estimator, checkpoint, neutral_reference=neutral,
+                                     preprocessing=preprocessing)
     path = out / META_NAME
     if not path.exists() or overwrite:
         return provenance, None
@@ -460,6 +470,8 @@ def extract_videos(
     decimals: int | None = None,
     overwrite: bool = False,
     executor=None,
+    preprocessing: str | None = None,
+    landmarks=None,
 ) -> ExtractionResult:
     """Extract per-frame features of every video in ``inputs`` into ``out``, resumably.
 
@@ -491,6 +503,12 @@ def extract_videos(
         Recompute videos whose output exists.
     executor : LocalExecutor or RayExecutor, optional
         Where the jobs run (default one local process).
+    preprocessing : {"authors", "fergi"}, optional
+        Face preprocessing (default ``"authors"`` for ir50, ``"fergi"`` for geometry;
+        see :func:`fergi.au.extract_features`).
+    landmarks : path, optional
+        MobileFaceNet weights of the ``authors`` preprocessing (default: fergi's model
+        folder, :func:`fergi.face.models_dir`).
 
     Returns
     -------
@@ -512,6 +530,15 @@ def extract_videos(
         )
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise FergiError(f"{checkpoint}: checkpoint file not found")
+    from fergi.au._extract import check_preprocessing
+    from fergi.face import landmark_weights_path
+
+    preprocessing = check_preprocessing(estimator, preprocessing)
+    if preprocessing == "authors":
+        # Found (or refused) once here, so that no worker starts without it.
+        landmarks = str(landmark_weights_path(landmarks).resolve())
+    elif landmarks is not None:
+        raise FergiError("--landmarks is only used with --preprocessing authors (ir50)")
     if executor is None:
         from fergi.batch._local import LocalExecutor
 
@@ -529,7 +556,7 @@ def extract_videos(
     report = out / REPORT_NAME
     provenance, earlier_neutral = _check_meta(
         out, estimator, None if checkpoint is None else Path(checkpoint), baseline_seconds,
-        overwrite,
+        overwrite, preprocessing,
     )
     earlier = _earlier_rows(report)
 
@@ -562,6 +589,8 @@ def extract_videos(
                 baseline_seconds=baseline_seconds,
                 baseline=None if partner is None else str(partner),
                 decimals=decimals or _release_decimals(video),
+                preprocessing=preprocessing,
+                landmarks=landmarks,
             )
         )
     order = {str(target): i for i, (_, target) in enumerate(pairs)}

@@ -39,10 +39,19 @@ baseline_clip_<i>.* beside it, and a baseline clip against itself, as the study 
 (not its median face, which is an expression when the person reacts for most of the
 clip). The report's neutral_reference column says which was used (baseline_clip,
 baseline_seconds, least_expressive, or absolute for ir50, which needs none).
-OUT/features_meta.json records the estimator, its version, the checkpoint's SHA-256
-and the neutral reference, so that later stages know which AU scale they read; a run
-with another estimator or checkpoint into the same OUT is refused (use another --out,
-or --overwrite to recompute everything).
+With --estimator ir50 the faces are found and prepared by default exactly as the
+FERGI authors' code does (--preprocessing authors: BlazeFace, their margin crop,
+alignment on the 68 landmarks of their MobileFaceNet, histogram equalisation plus
+linear mapping, padding to 112x112; the pose ratios from the same landmarks), so the
+authors' published IR-50 weights see the input they were trained on. It needs their
+landmark weights, mobilefacenet_model_best.pth.tar: --landmarks PATH, or the file in
+$FERGI_MODELS_DIR (default ~/.cache/fergi/models). --preprocessing fergi keeps
+fergi's own FaceMesh-based crop (geometry always uses FaceMesh).
+
+OUT/features_meta.json records the estimator, its version, the checkpoint's SHA-256,
+the preprocessing and the neutral reference, so that later stages know which AU scale
+they read; a run with another estimator, checkpoint or preprocessing into the same
+OUT is refused (use another --out, or --overwrite to recompute everything).
 
 --executor ray runs one Ray task per video on a Ray cluster (--ray-address auto or
 ray://HOST:PORT; without it a local Ray with --workers CPUs): geometry in the tasks,
@@ -54,7 +63,8 @@ Examples:
   fergi extract recording.webm --out feats/
   fergi extract videos/ --out feats/ --workers 2
   fergi extract day1/ day2/ --out feats/        (feats/day1/..., feats/day2/...)
-  fergi extract clips/ --out feats/ --estimator ir50 --checkpoint fergi_ir50.pth
+  fergi extract clips/ --out feats/ --estimator ir50 --checkpoint checkpoint_epoch3.pth \\
+      --landmarks mobilefacenet_model_best.pth.tar
   fergi extract reaction.webm --baseline-seconds 5 --out feats/
   fergi extract videos/ --out feats/ --executor ray --ray-address auto
 """
@@ -80,6 +90,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         type=Path,
         metavar="PATH",
         help="weights of the ir50 estimator (a state_dict)",
+    )
+    parser.add_argument(
+        "--landmarks",
+        type=Path,
+        metavar="PATH",
+        help="MobileFaceNet 68-landmark weights of the authors' preprocessing (their "
+        "mobilefacenet_model_best.pth.tar); default: $FERGI_MODELS_DIR or "
+        "~/.cache/fergi/models (never downloaded)",
+    )
+    parser.add_argument(
+        "--preprocessing",
+        choices=("authors", "fergi"),
+        default=None,
+        help="face preprocessing of ir50: 'authors' (default: the FERGI authors' own "
+        "pipeline, exactly, what their published IR-50 was trained on) or 'fergi' "
+        "(FaceMesh-based, geometry's only one)",
     )
     parser.add_argument(
         "--baseline-seconds",
@@ -229,6 +255,8 @@ def _run(args: argparse.Namespace) -> int:
         decimals=args.decimals,
         overwrite=args.overwrite,
         executor=_executor(args),
+        preprocessing=args.preprocessing,
+        landmarks=args.landmarks,
     )
     return _summarise(result.records, result.report, result.wall_s)
 

@@ -11,8 +11,12 @@ Supp. B) on the DISFA and/or DISFA+ datasets as distributed, and write a model f
 that `fergi extract --estimator ir50 --checkpoint MODEL` uses unchanged.
 
 Steps: (1) read the datasets' label files; (2) preprocess every labelled frame once
-(largest face, alignment, contrast step, 112x112) into a cache in the run folder
-(frames without a face are counted and left out); (3) optionally estimate the
+into a cache in the run folder (frames without a face are counted and left out): by
+default exactly as the FERGI authors did (--preprocessing authors: BlazeFace, margin
+crop, alignment on their MobileFaceNet's 68 landmarks, --landmarks PATH or
+$FERGI_MODELS_DIR/mobilefacenet_model_best.pth.tar, heNlm, padding, 112x112), which
+is also what `fergi extract --estimator ir50` feeds by default, or fergi's own
+FaceMesh-based crop (--preprocessing fergi); (3) optionally estimate the
 accuracy by subject-independent cross-validation (--cv K): K models, each trained
 on the other subjects and tested on its own, reported as per-AU ICC(3,1), Pearson r
 and mean absolute error on the 0-5 scale; (4) train the final model on every subject
@@ -100,6 +104,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="processes preprocessing frames (default 1)",
+    )
+    data.add_argument(
+        "--preprocessing",
+        choices=("authors", "fergi"),
+        default="authors",
+        help="face crop: 'authors' (default: the FERGI authors' pipeline, exactly) or "
+        "'fergi' (FaceMesh-based); extract with the same --preprocessing",
+    )
+    data.add_argument(
+        "--landmarks",
+        type=Path,
+        metavar="PATH",
+        help="MobileFaceNet weights of the authors' preprocessing (their "
+        "mobilefacenet_model_best.pth.tar; default: $FERGI_MODELS_DIR or ~/.cache/fergi/models)",
     )
     what = parser.add_argument_group("what to do")
     what.add_argument(
@@ -259,6 +277,8 @@ def run(args) -> int:
         workers=args.workers,
         progress=not args.no_progress,
         prepare_only=args.prepare_only,
+        preprocessing=args.preprocessing,
+        landmarks=args.landmarks,
     )
     c = result["cache"]
     print(

@@ -6,7 +6,7 @@ and the study worker write a small JSON file beside their outputs::
     {"format": "fergi-features-meta", "version": 1,
      "estimator": "geometry", "estimator_version": "2",
      "checkpoint_sha256": null, "neutral_reference": "baseline_clip",
-     "fergi_version": "0.2.0"}
+     "fergi_version": "0.2.0", "preprocessing": "fergi"}
 
 A meta file describes every feature file in its folder and below it; the nearest one up
 the tree wins. A folder without any meta file whose files are those of the public FERGI
@@ -14,7 +14,10 @@ release (names and a checksum sample against the manifest shipped with fergi) co
 ``ir50-fergi``: the authors' IR-50 AU model. Anything else is ``unknown``.
 
 The *scale* of a provenance names the AU scale: two feature sets share a scale only when
-the same estimator (and, for learned ones, the same weights) made them. A preference
+the same estimator (and, for learned ones, the same weights and face preprocessing) made
+them. ``preprocessing`` is ``"authors"`` (the FERGI authors' own pipeline, the default of
+``ir50``) or ``"fergi"`` (FaceMesh-based; ``geometry``, and ``ir50`` on request); a meta
+file without it was written before fergi had the choice, with ``"fergi"``. A preference
 model that reads raw activation values is only valid on its own scale.
 """
 
@@ -78,6 +81,8 @@ class FeatureProvenance:
         (``landmarks_68``, ``facemesh_478`` or ``head_pose_angles``).
     missing_aus : tuple of str or None
         AUs the tool does not estimate (NaN in the feature files).
+    preprocessing : str or None
+        The face preprocessing: ``"authors"`` or ``"fergi"`` (None: not known).
     """
 
     estimator: str
@@ -90,6 +95,7 @@ class FeatureProvenance:
     normalization_required: str | None = None
     pose_ratios: str | None = None
     missing_aus: tuple[str, ...] | None = None
+    preprocessing: str | None = None
 
     @property
     def scale(self) -> str:
@@ -97,12 +103,17 @@ class FeatureProvenance:
         if self.estimator in (RELEASE_ESTIMATOR, UNKNOWN, "mixed"):
             return self.estimator
         if self.checkpoint_sha256:
-            return f"{self.estimator}:{self.checkpoint_sha256[:16]}"
-        base = self.estimator
-        if self.estimator_version:
-            base = f"{self.estimator}-v{self.estimator_version}"
+            scale = f"{self.estimator}:{self.checkpoint_sha256[:16]}"
+        elif self.estimator_version:
+            scale = f"{self.estimator}-v{self.estimator_version}"
+        else:
+            scale = self.estimator
+        # The same weights read other numbers from the authors' crops than from fergi's
+        # (and "fergi" is what every meta file without the field was made with).
+        if self.preprocessing == "authors":
+            scale += "/authors"
         # Imported features: py-feat probabilities and intensities are different scales.
-        return f"{base} ({self.au_scale})" if self.au_scale else base
+        return f"{scale} ({self.au_scale})" if self.au_scale else scale
 
     @property
     def known(self) -> bool:
@@ -119,6 +130,8 @@ class FeatureProvenance:
             text += f" v{self.estimator_version}"
         if self.checkpoint_sha256:
             text += f", weights sha256 {self.checkpoint_sha256[:12]}"
+        if self.preprocessing:
+            text += f", preprocessing {self.preprocessing}"
         if self.au_scale:
             text += f" ({self.au_scale}, imported)"
         elif self.neutral_reference:
@@ -142,7 +155,8 @@ class FeatureProvenance:
     def from_dict(cls, data: dict, source: str = "") -> FeatureProvenance:
         if not isinstance(data, dict) or not isinstance(data.get("estimator"), str):
             raise ValueError("no 'estimator' name")
-        fields = ("estimator_version", "checkpoint_sha256", "neutral_reference", "fergi_version")
+        fields = ("estimator_version", "checkpoint_sha256", "neutral_reference", "fergi_version",
+                  "preprocessing")
         values = {}
         for name in fields:
             value = data.get(name)
@@ -165,7 +179,7 @@ class FeatureProvenance:
 _IMPORT_FIELDS = ("au_scale", "normalization_required", "pose_ratios", "missing_aus")
 
 RELEASE = FeatureProvenance(RELEASE_ESTIMATOR, neutral_reference="absolute",
-                            source="public release (checksums)")
+                            source="public release (checksums)", preprocessing="authors")
 UNKNOWN_PROVENANCE = FeatureProvenance(UNKNOWN, source="no features_meta.json")
 
 
@@ -188,7 +202,7 @@ def write_features_meta(folder: str | os.PathLike, provenance: FeatureProvenance
         The output folder of the feature files (created if needed).
     provenance : FeatureProvenance or dict
         ``estimator``, ``estimator_version``, ``checkpoint_sha256``,
-        ``neutral_reference``, ``fergi_version`` (and, for imported features,
+        ``neutral_reference``, ``fergi_version``, ``preprocessing`` (and, for imported features,
         ``au_scale``, ``normalization_required``, ``pose_ratios``, ``missing_aus``).
     extra : dict, optional
         More keys for the document (e.g. ``sources``: each imported file's SHA-256);

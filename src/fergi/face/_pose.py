@@ -1,26 +1,39 @@
-"""Pitch and yaw indicative ratios (FERGI paper, Supp. C) from FaceMesh landmarks.
+"""Pitch and yaw indicative ratios (FERGI paper, Supp. C) from FaceMesh or 68-point landmarks.
 
-The paper defines the ratios on the 68-point landmarks of PyTorch Face Landmark.
-The FaceMesh points used here are the ones at the same anatomical places:
+The paper defines the ratios on the 68-point landmarks of PyTorch Face Landmark, and the
+authors' code (``align_face`` in ``preprocess_datasets.py``, which made the released
+features) measures them in the *oriented face frame* of ffhq-dataset's alignment
+(:func:`face_axes`: ``x`` from eye to eye tilted by the eye-to-mouth direction, ``y`` a
+quarter turn from it), not along the image's rows and columns as Supp. C's text reads.
+fergi follows the code on every path, so the frame-validity rule means the same thing
+whichever landmarks made the ratios: :func:`pose_ratios_68` on the 68 points of the
+``authors`` preprocessing, :func:`pose_ratios` on FaceMesh points at the same anatomical
+places (``geometry`` and ``preprocessing="fergi"``):
 
 =====================  ===================================  ============================
-paper (68-point)       meaning                              FaceMesh (478-point)
+68-point (iBUG)        meaning                              FaceMesh (478-point)
 =====================  ===================================  ============================
 36-41 (mean)           centre of the image-left eye         33, 160, 158, 133, 153, 144
 42-47 (mean)           centre of the image-right eye        362, 385, 387, 263, 373, 380
+48                     image-left outer mouth corner        61
+54                     image-right outer mouth corner       291
 0                      image-left edge of the face          234
 16                     image-right edge of the face         454
 31-35 (mean)           centre of the nostrils (nose base)   98, 97, 2, 326, 327
 =====================  ===================================  ============================
 
-``YIR = d_left / (d_left + d_right)`` with ``d_left`` the horizontal distance from the
-image-left face edge to the image-left eye centre and ``d_right`` from the image-right
-eye centre to the image-right face edge: 0.5 for a frontal face, towards 0 or 1 as the
-head turns. ``PIR = d_nostrils_eyes / d_eyes``: the vertical distance from the eye
-centres' midpoint to the nostril centre over the horizontal distance between the eye
-centres, about 0.6-0.75 for a frontal face, smaller when the head tilts up or down far
-enough to foreshorten the nose. Frames are valid for FERGI when
+``YIR = a / (a + b)`` with ``a`` the distance along ``x`` from the image-left face edge
+to the image-left eye centre and ``b`` from the image-right eye centre to the
+image-right face edge: 0.5 for a frontal face, towards 0 or 1 as the head turns.
+``PIR``: the distance along ``y`` from the eye centres' midpoint to the nostril centre
+over the distance along ``x`` between the eye centres, about 0.6-0.75 for a frontal
+face, smaller when the head tilts up or down far enough to foreshorten the nose. A
+rolled head (tilted in the image plane) keeps its ratios. Frames are valid for FERGI when
 ``0.3 <= YIR <= 0.7`` and ``0.55 <= PIR <= 0.85``.
+
+FaceMesh's 234/454 and iBUG's 0/16 are both the face outline beside the eyes but not
+the same point, and the two detectors differ, so the two paths agree on a face's pose
+(same frame, same formulas), not to the last decimal.
 """
 
 from __future__ import annotations
@@ -32,10 +45,15 @@ RIGHT_EYE = (362, 385, 387, 263, 373, 380)
 LEFT_FACE_EDGE = 234
 RIGHT_FACE_EDGE = 454
 NOSTRILS = (98, 97, 2, 326, 327)
+LEFT_MOUTH_CORNER = 61
+RIGHT_MOUTH_CORNER = 291
 
 
 def pose_ratios(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pitch and yaw indicative ratios of one or many faces.
+    """Pitch and yaw indicative ratios of one or many faces, from FaceMesh landmarks.
+
+    Measured in the authors' oriented face frame (:func:`oriented_pose_ratios`) on the
+    FaceMesh points listed in the module docstring.
 
     Parameters
     ----------
@@ -46,23 +64,22 @@ def pose_ratios(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Returns
     -------
     pir, yir : numpy.ndarray or float
-        Pitch and yaw indicative ratios (Supp. C of the FERGI paper), scalars for one
-        face, ``(N,)`` arrays for many.
+        Pitch and yaw indicative ratios (Supp. C of the FERGI paper, as the authors'
+        code computes them), scalars for one face, ``(N,)`` arrays for many.
     """
     lm = np.asarray(landmarks, dtype=float)
     single = lm.ndim == 2
     if single:
         lm = lm[None]
-    left_eye = lm[:, LEFT_EYE, :2].mean(axis=1)
-    right_eye = lm[:, RIGHT_EYE, :2].mean(axis=1)
-    nostrils = lm[:, NOSTRILS, :2].mean(axis=1)
-    d_left = left_eye[:, 0] - lm[:, LEFT_FACE_EDGE, 0]
-    d_right = lm[:, RIGHT_FACE_EDGE, 0] - right_eye[:, 0]
-    d_eyes = right_eye[:, 0] - left_eye[:, 0]
-    eyes_y = (left_eye[:, 1] + right_eye[:, 1]) / 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        yir = d_left / (d_left + d_right)
-        pir = (nostrils[:, 1] - eyes_y) / d_eyes
+    pir, yir = oriented_pose_ratios(
+        eye_left=lm[:, LEFT_EYE, :2].mean(axis=1),
+        eye_right=lm[:, RIGHT_EYE, :2].mean(axis=1),
+        mouth_left=lm[:, LEFT_MOUTH_CORNER, :2],
+        mouth_right=lm[:, RIGHT_MOUTH_CORNER, :2],
+        nostrils=lm[:, NOSTRILS, :2].mean(axis=1),
+        edge_left=lm[:, LEFT_FACE_EDGE, :2],
+        edge_right=lm[:, RIGHT_FACE_EDGE, :2],
+    )
     if single:
         return float(pir[0]), float(yir[0])
     return pir, yir

@@ -544,6 +544,14 @@ def check_compatibility(model, provenance: FeatureProvenance, *, where: str = "f
         return
     elif provenance.scale == fitted.scale:
         return
+    elif (_preprocessing(provenance) != _preprocessing(fitted)
+          and replace(provenance, preprocessing=None).scale
+          == replace(fitted, preprocessing=None).scale):
+        message = (f"{where}: features made with preprocessing {_preprocessing(provenance)!r}, but "
+                   f"{model_name} was fitted on features made with preprocessing "
+                   f"{_preprocessing(fitted)!r} (same AU model, different input crops); "
+                   f"re-extract with --preprocessing {_preprocessing(fitted)} or fit a model on "
+                   "these features")
     else:
         message = (f"{where}: features from {provenance.describe()}, but {model_name} reads raw AU "
                    f"values on the {fitted.scale} scale; use a scale-free model (the default, "
@@ -595,6 +603,11 @@ def check_features_have_aus(model, data: ReactionData, *, model_name: str = "the
 
 
 # ----------------------------------------------------------------------------- helpers
+def _preprocessing(provenance: FeatureProvenance) -> str:
+    # Meta files written before the choice existed were made with fergi's preprocessing.
+    return provenance.preprocessing or "fergi"
+
+
 def _finite(table: pd.DataFrame, columns) -> pd.Series:
     columns = list(columns)
     if any(c not in table.columns for c in columns):

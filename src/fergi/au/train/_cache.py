@@ -5,6 +5,8 @@ Layout of a cache folder::
     frames.csv    the frame table (fergi.au.train readers) the cache was built from
     faces.u8      (N, 112, 112, 3) uint8 memory-mapped array, row i = table row i
     status.npy    per row: -1 not yet processed, 0 no face, 1 face, 2 not in the video
+    preprocessing.txt  "authors" or "fergi": how the faces were made (absent: "fergi",
+                  a cache from before the choice existed)
 
 Frames are processed per source (a video, or a trial's image folder); ``status.npy``
 is rewritten atomically after each source, so an interrupted build resumes at the
@@ -57,6 +59,7 @@ class FaceCache:
     folder: Path
     table: pd.DataFrame
     faces: np.ndarray
+    preprocessing: str = "fergi"
 
     @classmethod
     def open(cls, folder) -> FaceCache:
@@ -78,7 +81,7 @@ class FaceCache:
             mode="r",
             shape=(len(table), FACE_SIZE, FACE_SIZE, 3),
         )
-        return cls(folder, table, faces)
+        return cls(folder, table, faces, _read_preprocessing(folder))
 
     @property
     def usable(self) -> np.ndarray:
@@ -141,13 +144,29 @@ def _frames_of_unit(paths: list[str], indices: np.ndarray):
             yield pos, None
 
 
+PREPROCESSING_FILE = "preprocessing.txt"
+
+
+def _read_preprocessing(folder: Path) -> str:
+    path = Path(folder) / PREPROCESSING_FILE
+    # Caches written before the choice existed hold fergi's faces.
+    return path.read_text().strip() if path.is_file() else "fergi"
+
+
 def _process_unit(
-    folder: str, n_rows: int, rows: np.ndarray, paths: list[str], indices: np.ndarray, progress=None
+    folder: str, n_rows: int, rows: np.ndarray, paths: list[str], indices: np.ndarray, progress=None,
+    preprocessing: str = "fergi", landmarks: str | None = None,
 ):
     """Preprocess one unit's frames into the memmap; returns their status codes."""
-    from fergi.face import FaceAnalyzer, preprocess_face
+    from fergi.face import AuthorsPreprocessor, FaceAnalyzer, preprocess_face
 
-    analyzer = _ANALYZER.setdefault("a", FaceAnalyzer())
+    if preprocessing == "authors":
+        key = f"authors:{landmarks}"
+        if key not in _ANALYZER:
+            _ANALYZER[key] = AuthorsPreprocessor(landmarks)
+        authors = _ANALYZER[key]
+    else:
+        analyzer = _ANALYZER.setdefault("a", FaceAnalyzer())
     faces = np.memmap(
         Path(folder) / "faces.u8",
         dtype=np.uint8,
@@ -158,6 +177,12 @@ def _process_unit(
     for pos, img in _frames_of_unit(paths, indices):
         if img is None:
             status[pos] = MISSING
+        elif preprocessing == "authors":
+            # The authors' exact face (uint8, what their training read from disk).
+            result = authors.process(img)
+            if result.face is not None:
+                faces[rows[pos]] = result.face
+                status[pos] = FACE
         else:
             obs = analyzer.process(img)
             if obs.box is not None:
@@ -175,15 +200,19 @@ _ANALYZER: dict = {}
 
 
 def build_cache(
-    table: pd.DataFrame, folder, *, workers: int = 1, progress: bool = True
+    table: pd.DataFrame, folder, *, workers: int = 1, progress: bool = True,
+    preprocessing: str = "authors", landmarks=None,
 ) -> FaceCache:
     """Preprocess every frame of a frame table into a cache folder (resumable).
 
-    Each frame goes through the ``ir50`` preprocessing used at inference
-    (``fergi.face.FaceAnalyzer``: largest BlazeFace face and FaceMesh landmarks, then
-    ``fergi.face.preprocess_face``: alignment, contrast step, 112x112) and is stored
-    as uint8. Frames without a face, or past the end of their video, are counted,
-    left out of training, and reported in the log.
+    Each frame goes through the ``ir50`` preprocessing used at inference and is stored
+    as uint8: by default the FERGI authors' own pipeline
+    (:class:`fergi.face.AuthorsPreprocessor`, what their ``preprocess_datasets.py``
+    applied to DISFA/DISFA+), so that fergi-trained and authors-trained models see the
+    same input; with ``preprocessing="fergi"``, ``fergi.face.FaceAnalyzer`` (largest
+    BlazeFace face and FaceMesh landmarks) then ``fergi.face.preprocess_face``.
+    Frames without a face, or past the end of their video, are counted, left out of
+    training, and reported in the log.
 
     Parameters
     ----------
@@ -195,6 +224,10 @@ def build_cache(
         Processes (each with its own MediaPipe graph).
     progress : bool, default True
         Progress bar on stderr.
+    preprocessing : {"authors", "fergi"}, default "authors"
+    landmarks : str or path-like, optional
+        MobileFaceNet weights of the ``authors`` preprocessing (default: fergi's model
+        folder, :func:`fergi.face.models_dir`).
 
     Returns
     -------
@@ -203,10 +236,19 @@ def build_cache(
     Raises
     ------
     fergi.FergiError
-        The folder holds a cache of other frames.
+        The folder holds a cache of other frames or of the other preprocessing, or
+        the landmark weights are missing.
     """
     from tqdm.auto import tqdm
 
+    from fergi.face import PREPROCESSINGS, landmark_weights_path
+
+    if preprocessing not in PREPROCESSINGS:
+        raise FergiError(
+            f"--preprocessing {preprocessing!r}: unknown (choose from {', '.join(PREPROCESSINGS)})"
+        )
+    if preprocessing == "authors":
+        landmarks = str(landmark_weights_path(landmarks).resolve())
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     table = table.reset_index(drop=True)
@@ -222,8 +264,15 @@ def build_cache(
                 f"{folder}: cache of other frames (delete it or choose another --cache folder)"
             )
         status = np.load(status_path)
+        made_with = _read_preprocessing(folder)
+        if made_with != preprocessing and (status != TODO).any():
+            raise FergiError(
+                f"{folder}: cache of faces made with preprocessing {made_with!r}, not "
+                f"{preprocessing!r} (delete it or choose another --cache folder)"
+            )
     else:
         status = np.full(n, TODO, dtype=np.int8)
+    (folder / PREPROCESSING_FILE).write_text(preprocessing + "\n")
     # Labels may be corrected between runs: always store the current ones.
     tmp = table_path.with_name("frames.csv.tmp")
     table.to_csv(tmp, index=False)
@@ -252,7 +301,8 @@ def build_cache(
         if workers <= 1:
             for rows in units:
                 status[rows] = _process_unit(
-                    str(folder), n, rows, list(paths[rows]), indices[rows], bar.update
+                    str(folder), n, rows, list(paths[rows]), indices[rows], bar.update,
+                    preprocessing, landmarks,
                 )
                 _atomic_save_npy(status_path, status)
         else:
@@ -264,7 +314,8 @@ def build_cache(
             ) as pool:
                 futures = {
                     pool.submit(
-                        _process_unit, str(folder), n, rows, list(paths[rows]), indices[rows]
+                        _process_unit, str(folder), n, rows, list(paths[rows]), indices[rows],
+                        None, preprocessing, landmarks,
                     ): rows
                     for rows in units
                 }

@@ -47,9 +47,10 @@ _RECIPE = (
     "backbone",
     "mse_weights",
     "amp",
+    "preprocessing",
 )
 # What a run folder written before an option existed was trained with.
-_BEFORE = {"mse_weights": "paper-eq16"}
+_BEFORE = {"mse_weights": "paper-eq16", "amp": True, "preprocessing": "fergi"}
 
 
 def _write_json(path: Path, obj) -> None:
@@ -148,6 +149,8 @@ def train_au(
     workers: int = 1,
     progress: bool = True,
     prepare_only: bool = False,
+    preprocessing: str = "authors",
+    landmarks=None,
 ) -> dict:
     """Read DISFA/DISFA+, cache the faces, cross-validate and/or train the final model.
 
@@ -174,6 +177,12 @@ def train_au(
     progress : bool, default True
     prepare_only : bool, default False
         Build the cache and stop (e.g. before a multi-GPU ``torchrun``).
+    preprocessing : {"authors", "fergi"}, default "authors"
+        How faces are cropped (:func:`build_cache`): the authors' own pipeline, as
+        their published model was trained, or fergi's FaceMesh-based one. Use the same
+        with ``fergi extract --preprocessing``.
+    landmarks : str or path-like, optional
+        MobileFaceNet weights of the ``authors`` preprocessing.
 
     Returns
     -------
@@ -214,9 +223,11 @@ def train_au(
                 "cv": cv,
                 "final": final,
                 "world_size": world,
+                "preprocessing": preprocessing,
             },
         )
-        cache = build_cache(table, cache_dir, workers=workers, progress=progress)
+        cache = build_cache(table, cache_dir, workers=workers, progress=progress,
+                            preprocessing=preprocessing, landmarks=landmarks)
     if not lead:
         cache = _wait_for_cache(cache_dir, len(table))
     summary = cache.summary()
