@@ -76,7 +76,7 @@ def _check_config(run_dir: Path, config: TrainConfig, extra: dict) -> None:
         changed = [
             k
             for k in _RECIPE
-            if k in old
+            if k in old and k in new
             and json.loads(json.dumps(old[k])) != json.loads(json.dumps(new[k], default=str))
         ]
         if changed:
