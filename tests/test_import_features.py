@@ -404,7 +404,9 @@ MESH_AT_68 = {0: 234, 16: 454, 31: 98, 32: 97, 33: 2, 34: 326, 35: 327,
 MESH_AT_68_EYE_LEFT = [33, 160, 158, 133, 153, 144]
 MESH_AT_68_EYE_RIGHT = [362, 385, 387, 263, 373, 380]
 #: Tolerance between the geometry estimator's ratios and the 68-point ones on the same video.
-GEOMETRY_TOLERANCE = 0.02
+#: Both are measured in the authors' oriented face frame from the same points, so they
+#: differ only by the CSV's rounding of the landmark table (1.4e-7 measured).
+GEOMETRY_TOLERANCE = 1e-5
 
 
 @pytest.mark.slow
