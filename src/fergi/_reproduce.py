@@ -19,10 +19,9 @@ from fergi.datasets import (
     SCORE_COLUMNS,
     check_score_columns,
     fetch_fergi,
+    load_excluded_images,
     load_frames,
     load_images,
-    load_invalid_images,
-    load_seen_images,
 )
 from fergi.features import compute_activation_values, image_table, screen_participants
 from fergi.stats import reaction_statistics
@@ -130,13 +129,7 @@ def reproduce(
             raise FergiError(f"{out}: cannot create the output folder ({exc.strerror})") from None
     frames = load_frames(root)
     images = load_images(root)
-    invalid = load_invalid_images(root)
-    seen = load_seen_images(root, max_seen_before_s) - invalid
-    if seen:
-        logger.warning("%s: left out %d reaction(s) to an image seen before for more than %.1f s "
-                       "(a replay after an interruption; --max-seen-before)",
-                       root, len(seen), max_seen_before_s)
-        invalid = invalid | seen
+    invalid = load_excluded_images(root, max_seen_before_s)
     timings["load"] = time.perf_counter() - t0
 
     t = time.perf_counter()

@@ -11,6 +11,7 @@ from fergi.datasets._fetch import (
 from fergi.datasets._load import (
     DEFAULT_MAX_SEEN_BEFORE_S,
     list_clip_files,
+    load_excluded_images,
     load_frames,
     load_images,
     load_invalid_images,
@@ -67,6 +68,7 @@ __all__ = [
     "list_clip_files",
     "load_frames",
     "load_images",
+    "load_excluded_images",
     "load_invalid_images",
     "load_seen_before",
     "load_seen_images",

@@ -402,6 +402,35 @@ def load_seen_images(
     return {key for key, seen in load_seen_before(path).items() if seen > max_seen_before_s}
 
 
+def load_excluded_images(
+    path: str | os.PathLike, max_seen_before_s: float | None = DEFAULT_MAX_SEEN_BEFORE_S
+) -> set[tuple[str, int, int]]:
+    """Images whose reactions give no label: invalid ones and those seen before.
+
+    The union of :func:`load_invalid_images` and :func:`load_seen_images`; how many
+    were left out for an earlier look is logged, since a second look is not a
+    spontaneous reaction.
+
+    Parameters
+    ----------
+    path : path-like
+        The dataset root.
+    max_seen_before_s : float or None
+        Seconds of earlier viewing tolerated (default 0.5); None keeps every reaction.
+
+    Returns
+    -------
+    set of (participant, session, image)
+    """
+    invalid = load_invalid_images(path)
+    seen = load_seen_images(path, max_seen_before_s) - invalid
+    if seen:
+        logger.warning("%s: left out %d reaction(s) to an image seen before for more than %.1f s "
+                       "(a replay after an interruption; --max-seen-before)",
+                       path, len(seen), max_seen_before_s)
+    return invalid | seen
+
+
 _TRUE = np.array(["true", "1"])
 _FALSE = np.array(["false", "0"])
 

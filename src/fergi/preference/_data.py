@@ -64,10 +64,9 @@ def load_reaction_data(path, *, screen: bool = False, need_rankings: bool = Fals
     """
     from fergi.datasets import (
         feature_provenance,
+        load_excluded_images,
         load_frames,
         load_images,
-        load_invalid_images,
-        load_seen_images,
     )
     from fergi.features import compute_activation_values, image_table, screen_participants
     from fergi.preference._annotation import ReactionData
@@ -86,14 +85,7 @@ def load_reaction_data(path, *, screen: bool = False, need_rankings: bool = Fals
     images_dir = root / "preparation" / "preprocessed_image_data"
     keys = ["participant", "session", "image"]
     reactions = clips.loc[clips["clip"] == "reaction", keys]
-    invalid = load_invalid_images(root)
-    seen = load_seen_images(root, max_seen_before_s) - invalid
-    if seen:
-        # A second look is not a spontaneous reaction: such images are not labelled.
-        logger.warning("%s: left out %d reaction(s) to an image seen before for more than %.1f s "
-                       "(a replay after an interruption; --max-seen-before)",
-                       root, len(seen), max_seen_before_s)
-        invalid = invalid | seen
+    invalid = load_excluded_images(root, max_seen_before_s)
     if images_dir.is_dir():
         images = load_images(root)
         if not need_rankings:
