@@ -157,6 +157,10 @@ class Run:
         self.errors: list[str] = []
         self.acknowledged: dict[tuple[int, int, int], tuple[int, str]] = {}
         self.held = 0
+        self.n = 0  # participants of the run
+        self.sample_cpu = None  # the server's CPU seconds so far (a callable), if measured
+        # the server's CPU when the last participant started recording (steady state)
+        self.steady_cpu0: float | None = None
 
 
 async def participant(
@@ -195,6 +199,8 @@ async def _participant(client, run: Run, pid: str, chunks: list[tuple[bytes, str
         return
     start = time.perf_counter()
     run.recording_since.append(start)
+    if len(run.recording_since) == run.n and run.sample_cpu is not None:
+        run.steady_cpu0 = run.sample_cpu()
     ok = True
     for seq, (chunk, digest) in enumerate(chunks):
         # MediaRecorder hands over a chunk each second; a slow upload delays the next one.
@@ -233,10 +239,12 @@ async def poll_health(client, run: Run, stop: asyncio.Event) -> None:
             pass
 
 
-async def drive(base: str, n: int, seconds: int, ramp_s: float, chunk_bytes: int, recording: bytes) -> Run:
+async def drive(base: str, n: int, seconds: int, ramp_s: float, chunk_bytes: int, recording: bytes,
+                sample_cpu=None) -> Run:
     import httpx
 
     run = Run()
+    run.n, run.sample_cpu = n, sample_cpu
     jpeg = face_jpeg()
     # The same bytes for every participant (each session stores its own copy): the
     # generator's memory and CPU stay small next to the server's.
@@ -327,9 +335,11 @@ def _one(args, n: int, data_dir: Path, recording: bytes) -> dict:
         cpu0 = cpu_seconds(proc.pid)
         client0 = time.process_time()
         t0 = time.perf_counter()
-        run = asyncio.run(drive(base, n, args.seconds, args.ramp_s, args.chunk_kb * 1024, recording))
+        run = asyncio.run(drive(base, n, args.seconds, args.ramp_s, args.chunk_kb * 1024, recording,
+                                sample_cpu=lambda: cpu_seconds(proc.pid)))
         wall = time.perf_counter() - t0
-        server_cpu = cpu_seconds(proc.pid) - cpu0
+        cpu1 = cpu_seconds(proc.pid)
+        server_cpu = cpu1 - cpu0
         client_cpu = time.process_time() - client0
         load_during = os.getloadavg()[0]
     finally:
@@ -340,6 +350,9 @@ def _one(args, n: int, data_dir: Path, recording: bytes) -> dict:
     # generation of the arrivals are over) and is recording.
     all_in = max(run.recording_since, default=float("inf"))
     steady = [lat for lat, t in zip(run.latencies, run.sent_at, strict=True) if t >= all_in]
+    # CPU per chunk once everyone records: the chunk route's own cost, without the
+    # arrivals' set-up requests, face checks and image generation.
+    steady_cpu = cpu1 - run.steady_cpu0 if run.steady_cpu0 is not None else float("nan")
     figures = {
         "participants": n,
         "held": run.held,
@@ -361,6 +374,7 @@ def _one(args, n: int, data_dir: Path, recording: bytes) -> dict:
         # sensitive to other load on the machine than the latencies.
         "server_cpu_s": server_cpu,
         "server_cpu_ms_per_chunk": 1000 * server_cpu / max(1, len(run.latencies)),
+        "steady_cpu_ms_per_chunk": 1000 * steady_cpu / len(steady) if steady else float("nan"),
         "load_generator_cpu_s": client_cpu,
         "load_before": load_before,
         "load_during": load_during,
@@ -371,7 +385,8 @@ def _one(args, n: int, data_dir: Path, recording: bytes) -> dict:
         f"p99 {figures['p99_ms']:.0f} ms (max {figures['max_ms']:.0f}), errors {len(run.errors)}, "
         f"chunks verified {verified}/{len(run.acknowledged)}; once all recording: p50 {figures['steady_p50_ms']:.0f} ms, "
         f"p99 {figures['steady_p99_ms']:.0f} ms ({len(steady)} chunks); /healthz p99 {figures['healthz_p99_ms']:.0f} ms "
-        f"(max {figures['healthz_max_ms']:.0f}); server CPU {server_cpu:.1f} s = {figures['server_cpu_ms_per_chunk']:.1f} ms/chunk, load generator CPU {client_cpu:.1f} s; load average {load_before:.1f} before, {load_during:.1f} at the end",
+        f"(max {figures['healthz_max_ms']:.0f}); server CPU {server_cpu:.1f} s = {figures['server_cpu_ms_per_chunk']:.1f} ms/chunk "
+        f"({figures['steady_cpu_ms_per_chunk']:.1f} ms/chunk once all recording), load generator CPU {client_cpu:.1f} s; load average {load_before:.1f} before, {load_during:.1f} at the end",
         flush=True,
     )
     for err in run.errors[:3]:

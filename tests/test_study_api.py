@@ -11,7 +11,11 @@ from fastapi.testclient import TestClient
 
 from fergi.study import StudySettings, create_app, get_settings
 
-WEBM_HEAD = b"\x1a\x45\xdf\xa3"
+#: The start of a WebM stream as MediaRecorder writes it: the EBML header (DocType webm)
+#: and the Segment's id with an unknown size.
+WEBM_HEAD = bytes.fromhex(
+    "1a45dfa39f4286810142f7810142f2810442f381084282847765626d4287810242858102" "1853806701ffffffffffffff"
+)
 ADMIN = {"Authorization": "Bearer test-admin"}
 FORM = {
     "animate_objects": [

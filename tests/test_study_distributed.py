@@ -108,11 +108,11 @@ def test_unreachable_bucket_is_one_line(s3):
 def test_local_chunks_keep_their_layout(tmp_path):
     app = create_app(make_settings(tmp_path))
     with TestClient(app) as client:
-        from test_study_api import ready_participant
+        from test_study_api import WEBM_HEAD, ready_participant
 
         p = ready_participant(client, app)
         seg = p.start_segment()
-        body = b"\x1a\x45\xdf\xa3" + b"x" * 100
+        body = WEBM_HEAD + b"x" * 100
         assert p.chunk(seg, 0, body).status_code == 200
         assert p.chunk(seg, 0, body).json()["duplicate"] is True
         folder = app.state.store.segment_dir(p.id, seg)

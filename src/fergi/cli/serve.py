@@ -253,6 +253,8 @@ def run(args) -> int:
         print(f"fergi study: media {settings.media_url}", flush=True)
     else:
         print(f"fergi study: media folder {settings.resolved_media_dir}", flush=True)
+    if app.state.store.key_notice:
+        print(f"fergi study: {app.state.store.key_notice}", flush=True)
     print(f"fergi study: participants open {base}/", flush=True)
     print(admin_notice(settings, base, getattr(args, "admin_token_created", None)), flush=True)
     log.info("serving on %s:%d", host, args.port)
