@@ -459,6 +459,9 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
     # Innermost: the refusals it sends still get the security headers.
     app.add_middleware(JsonBodyLimit, limit=MAX_JSON_BYTES)
 
+    # The next chunk of a segment, served before FastAPI's routing (the route handles the rest).
+    app.add_middleware(_routes_recording.ChunkFastPath, study=app)
+
     app.add_middleware(ResponseHeaders, worker=worker, wait_s=settings.db_pool_timeout)
 
     proxies = settings.resolved_trusted_proxies

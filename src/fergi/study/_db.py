@@ -275,6 +275,14 @@ class _DeadlinePool(QueuePool):
     def _timeout(self, value: float) -> None:
         self._full_timeout = value
 
+    def recreate(self) -> QueuePool:
+        # The new pool gets the full timeout, not what a request happens to have left.
+        token = REQUEST_DEADLINE.set(None)
+        try:
+            return super().recreate()
+        finally:
+            REQUEST_DEADLINE.reset(token)
+
 
 def _sqlite_busy_until_deadline(dbapi_connection, _record, _proxy) -> None:
     # The write lock is waited for until the request's deadline at most (10 s outside requests).
