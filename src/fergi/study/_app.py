@@ -259,9 +259,11 @@ class ResponseHeaders:
             # ``db_pool_timeout`` after its arrival: overload is answered 503 by then.
             arrival = time.monotonic()
             REQUEST_DEADLINE.set((arrival, arrival + self.wait_s))
-        from starlette.datastructures import URL, MutableHeaders
+        from starlette.datastructures import MutableHeaders
 
-        url = URL(scope=scope)
+        # The scheme and path as starlette's URL(scope=scope) has them, without building
+        # the whole URL (host header parsing and all) for every chunk.
+        scheme, path = scope.get("scheme", "http"), scope["path"]
         status = 0
 
         async def send_with_headers(message) -> None:
@@ -271,19 +273,19 @@ class ResponseHeaders:
                 headers = MutableHeaders(scope=message)
                 for key, value in SECURITY_HEADERS.items():
                     headers.setdefault(key, value)
-                if url.scheme == "https":
+                if scheme == "https":
                     # Served over TLS (directly, or by a trusted proxy saying so): browsers stay on it.
                     headers.setdefault("Strict-Transport-Security", "max-age=31536000")
-                if url.path.startswith("/api/"):
+                if path.startswith("/api/"):
                     headers.setdefault("Cache-Control", "no-store")
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
         # Jobs are queued by prompt and ranking requests: start them without waiting a poll.
         if scope["method"] in ("PUT", "POST") and 0 < status < 300:
-            if url.path.endswith("/prompt"):
+            if path.endswith("/prompt"):
                 self.worker.wake("generate")
-            elif url.path.endswith("/ranking"):
+            elif path.endswith("/ranking"):
                 self.worker.wake("process")
 
 

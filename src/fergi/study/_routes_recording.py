@@ -649,6 +649,7 @@ class ChunkFastPath:
         known = _known_tokens_of(self.study.state).get(hash_token(token)) if token else None
         if (
             seq == 0
+            or scope.get("query_string")  # the route's checks (control characters) apply
             or session_id > MAX_DB_INT
             or segment > MAX_DB_INT
             or known != session_id
