@@ -278,9 +278,15 @@ async def _participant(client, run: Run, pid: str, chunks: list[tuple[bytes, str
 
 async def _images_generated(client, run: Run, api: str, headers: dict) -> None:
     """Poll the session's state until its images are generated (the worker's work)."""
+    import httpx
+
     try:
         for _ in range(600):
-            r = await client.get(api, headers=headers)
+            try:
+                r = await client.get(api, headers=headers)
+            except httpx.HTTPError:  # a dropped keep-alive connection: ask again
+                await asyncio.sleep(1.0)
+                continue
             if r.status_code == 200:
                 state = r.json()
                 if len(state.get("images_ready") or []) >= state.get("n_images", 5):
