@@ -12,7 +12,11 @@ from fastapi.testclient import TestClient
 
 from fergi.study import StudySettings, create_app, get_settings
 
-WEBM_HEAD = b"\x1a\x45\xdf\xa3"
+#: The start of a WebM stream as MediaRecorder writes it: the EBML header (DocType webm)
+#: and the Segment's id with an unknown size.
+WEBM_HEAD = bytes.fromhex(
+    "1a45dfa39f4286810142f7810142f2810442f381084282847765626d4287810242858102" "1853806701ffffffffffffff"
+)
 ADMIN = {"Authorization": "Bearer test-admin"}
 FORM = {
     "animate_objects": [
@@ -179,7 +183,7 @@ def test_whole_session_through_the_api(client, app):
     assert detail["answers"][0]["emotions"] == ["amused", "surprised"]
     assert detail["ranking"] == {"order": [3, 1, 2], "method": "keyboard"}
     assert detail["consent_version"] == "1" and detail["share_video"] is True
-    expected = {"segment": 0, "mime_type": "video/webm;codecs=vp9", "n_chunks": 3, "n_bytes": 3004, "complete": True, "abandoned": False}
+    expected = {"segment": 0, "mime_type": "video/webm;codecs=vp9", "n_chunks": 3, "n_bytes": 3000 + len(WEBM_HEAD), "complete": True, "abandoned": False}
     assert [{k: s[k] for k in expected} for s in detail["segments"]] == [expected]
     # each presented image queued its real-time processing; the ranking queued the labels
     assert [j["kind"] for j in detail["jobs"]] == ["generate", "clips", "process"]
@@ -612,11 +616,12 @@ def test_recording_size_limit_per_session(client, app):
         update={"max_session_recording_bytes": 250, "max_segments_per_session": 3}
     )
     # Each segment is under the per-segment limit; together they exceed the session's.
+    chunk = WEBM_HEAD + b"a" * (100 - len(WEBM_HEAD))  # 100 bytes
     for _ in range(2):
         seg = p.start_segment()
-        assert p.chunk(seg, 0, WEBM_HEAD + b"a" * 96).status_code == 200
+        assert p.chunk(seg, 0, chunk).status_code == 200
     seg = p.start_segment()
-    response = p.chunk(seg, 0, WEBM_HEAD + b"a" * 96)
+    response = p.chunk(seg, 0, chunk)
     assert response.status_code == 413 and "250 bytes per session" in response.json()["detail"]
     response = p.call("POST", "/recording/segments", json={"mime_type": "video/webm"})
     assert response.status_code == 413 and "the limit is 3" in response.json()["detail"]

@@ -108,11 +108,11 @@ def test_unreachable_bucket_is_one_line(s3):
 def test_local_chunks_keep_their_layout(tmp_path):
     app = create_app(make_settings(tmp_path))
     with TestClient(app) as client:
-        from test_study_api import ready_participant
+        from test_study_api import WEBM_HEAD, ready_participant
 
         p = ready_participant(client, app)
         seg = p.start_segment()
-        body = b"\x1a\x45\xdf\xa3" + b"x" * 100
+        body = WEBM_HEAD + b"x" * 100
         assert p.chunk(seg, 0, body).status_code == 200
         assert p.chunk(seg, 0, body).json()["duplicate"] is True
         folder = app.state.store.segment_dir(p.id, seg)
@@ -175,23 +175,20 @@ def test_raw_video_is_encrypted_at_rest_and_still_processed(tmp_path, recording)
         # the admin's clip playback decrypts too
         assert client.get(f"/api/admin/sessions/{p.id}/clips/1/reaction", headers=ADMIN).status_code == 200
 
-    # The same media with another key: processing fails with a clear error, nothing is lost.
+    # The same media with another key: the server does not start (the media key check),
+    # and a chunk read with it fails with a clear error; nothing is lost.
     wrong = fernet.Fernet.generate_key().decode()
     from pydantic import SecretStr
 
-    app = create_app(settings.model_copy(update={"media_key": SecretStr(wrong)}))
-    with TestClient(app) as client:
-        with app.state.sessionmaker() as db:
-            from fergi.study._db import Clip
+    from fergi import FergiError
+    from fergi.study._storage import MediaStore
 
-            db.query(Clip).delete()
-            db.commit()
-        assert client.post(f"/api/admin/sessions/{p.id}/process", headers=ADMIN).status_code == 202
-        app.state.worker.run_pending("process")
-        detail = client.get(f"/api/admin/sessions/{p.id}", headers=ADMIN).json()
-        job = [j for j in detail["jobs"] if j["kind"] == "process"][-1]
-        assert job["status"] == "failed" and "wrong FERGI_MEDIA_KEY" in job["error"], job
-        assert app.state.store.chunk_path(p.id, seg, 0).read_bytes() == stored
+    with pytest.raises(FergiError, match="not the key the media were encrypted with"):
+        create_app(settings.model_copy(update={"media_key": SecretStr(wrong)}))
+    store = MediaStore(settings.resolved_media_dir, key=wrong)
+    with pytest.raises(FergiError, match="wrong FERGI_MEDIA_KEY"):
+        store.read_chunk(store.chunk_path(p.id, seg, 0))
+    assert app.state.store.chunk_path(p.id, seg, 0).read_bytes() == stored
 
 
 # --------------------------------------------------------------------------- the queue

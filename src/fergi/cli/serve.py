@@ -212,19 +212,33 @@ def admin_notice(settings, base: str, created: bool | None) -> str:
             "delete that file and restart for a new one)")
 
 
+#: Seconds a `--workers N` process may take to answer uvicorn's health check.
+WORKER_HEALTHCHECK_S = 60
+
+
 def uvicorn_options(args, settings) -> dict:
     """Keyword arguments of ``uvicorn.run`` for ``fergi serve``.
 
     Uvicorn's own proxy-header handling (which believes 127.0.0.1 by default) is off:
     the app believes X-Forwarded-* only from ``settings.trusted_proxies``.
     """
-    return {
+    import inspect
+
+    import uvicorn
+
+    options = {
         "host": args.host,
         "port": args.port,
         "log_level": "info",
         "access_log": False,
         "proxy_headers": False,
     }
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:  # uvicorn >= 0.30
+        # With --workers N, uvicorn kills a process whose ping thread has not answered
+        # within this time, and every connection it held drops. Under full CPU load (face
+        # checks, image generation) its default 5 s kills busy, healthy processes.
+        options["timeout_worker_healthcheck"] = WORKER_HEALTHCHECK_S
+    return options
 
 
 def _check_port(host: str, port: int) -> None:
@@ -266,6 +280,8 @@ def run(args) -> int:
         print(f"fergi study: media {settings.media_url}", flush=True)
     else:
         print(f"fergi study: media folder {settings.resolved_media_dir}", flush=True)
+    if app.state.store.key_notice:
+        print(f"fergi study: {app.state.store.key_notice}", flush=True)
     print(f"fergi study: participants open {base}/", flush=True)
     print(admin_notice(settings, base, getattr(args, "admin_token_created", None)), flush=True)
     log.info("serving on %s:%d", host, args.port)

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import secrets
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from fergi._errors import FergiError
-from fergi.study._db import make_engine, make_sessionmaker
+from fergi.study._db import REQUEST_DEADLINE, make_engine, make_sessionmaker
 from fergi.study._deps import ADMIN_COOKIE, RateLimiter, is_admin
 from fergi.study._settings import StudySettings
 from fergi.study._storage import store_from_settings
@@ -244,17 +245,25 @@ class ResponseHeaders:
     and each such layer costs the event loop a task and a stream per request.
     """
 
-    def __init__(self, app, worker) -> None:
+    def __init__(self, app, worker, wait_s: float | None = None) -> None:
         self.app = app
         self.worker = worker
+        self.wait_s = wait_s
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        from starlette.datastructures import URL, MutableHeaders
+        if self.wait_s is not None:
+            # Every wait of this request (a thread, a connection, SQLite's write lock) ends
+            # ``db_pool_timeout`` after its arrival: overload is answered 503 by then.
+            arrival = time.monotonic()
+            REQUEST_DEADLINE.set((arrival, arrival + self.wait_s))
+        from starlette.datastructures import MutableHeaders
 
-        url = URL(scope=scope)
+        # The scheme and path as starlette's URL(scope=scope) has them, without building
+        # the whole URL (host header parsing and all) for every chunk.
+        scheme, path = scope.get("scheme", "http"), scope["path"]
         status = 0
 
         async def send_with_headers(message) -> None:
@@ -264,19 +273,19 @@ class ResponseHeaders:
                 headers = MutableHeaders(scope=message)
                 for key, value in SECURITY_HEADERS.items():
                     headers.setdefault(key, value)
-                if url.scheme == "https":
+                if scheme == "https":
                     # Served over TLS (directly, or by a trusted proxy saying so): browsers stay on it.
                     headers.setdefault("Strict-Transport-Security", "max-age=31536000")
-                if url.path.startswith("/api/"):
+                if path.startswith("/api/"):
                     headers.setdefault("Cache-Control", "no-store")
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
         # Jobs are queued by prompt and ranking requests: start them without waiting a poll.
         if scope["method"] in ("PUT", "POST") and 0 < status < 300:
-            if url.path.endswith("/prompt"):
+            if path.endswith("/prompt"):
                 self.worker.wake("generate")
-            elif url.path.endswith("/ranking"):
+            elif path.endswith("/ranking"):
                 self.worker.wake("process")
 
 
@@ -284,11 +293,50 @@ def redacted_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _overloaded() -> JSONResponse:
+def overloaded_response() -> JSONResponse:
+    """``503`` with ``Retry-After``; ``waited_s``: how long the request waited before it."""
+    body: dict = {"detail": f"the server is busy; retry in {OVERLOAD_RETRY_S} s"}
+    span = REQUEST_DEADLINE.get()
+    if span is not None:
+        body["waited_s"] = round(time.monotonic() - span[0], 3)
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(OVERLOAD_RETRY_S)})
+
+
+_overloaded = overloaded_response
+
+
+#: SQLite's SQLITE_FULL and PostgreSQL's disk_full (SQLSTATE 53100).
+_SQLITE_FULL = 13
+_PG_DISK_FULL = "53100"
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    """Whether an error means the disk under the media or the database is full.
+
+    ``ENOSPC``/``EDQUOT`` from a file write, SQLite's ``SQLITE_FULL`` ("database or disk
+    is full") and PostgreSQL's ``disk_full`` (wrapped by SQLAlchemy or not).
+    """
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    orig = getattr(exc, "orig", None) or exc
+    if getattr(orig, "sqlite_errorcode", None) == _SQLITE_FULL or "database or disk is full" in str(orig):
+        return True
+    return (getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) == _PG_DISK_FULL
+
+
+def storage_full_response(request: Request, exc: BaseException) -> JSONResponse:
+    """``507`` with ``paused`` and ``Retry-After``: the client waits and sends again."""
+    where = "database" if isinstance(exc, sa_exc.DBAPIError) else "media"
+    reason = str(getattr(exc, "orig", None) or exc).splitlines()[0] if where == "database" else exc.strerror
+    logger.error("%s storage is full (%s): %s %s refused", where, reason, request.method, request.url.path)
     return JSONResponse(
-        {"detail": f"the server is busy; retry in {OVERLOAD_RETRY_S} s"},
-        status_code=503,
-        headers={"Retry-After": str(OVERLOAD_RETRY_S)},
+        {
+            "detail": "the study's storage is full: the study is paused on the server side; "
+            "keep this page open, nothing you sent before was lost",
+            "paused": True,
+        },
+        status_code=507,
+        headers={"Retry-After": "60"},
     )
 
 
@@ -413,7 +461,10 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
     # Innermost: the refusals it sends still get the security headers.
     app.add_middleware(JsonBodyLimit, limit=MAX_JSON_BYTES)
 
-    app.add_middleware(ResponseHeaders, worker=worker)
+    # The next chunk of a segment, served before FastAPI's routing (the route handles the rest).
+    app.add_middleware(_routes_recording.ChunkFastPath, study=app)
+
+    app.add_middleware(ResponseHeaders, worker=worker, wait_s=settings.db_pool_timeout)
 
     proxies = settings.resolved_trusted_proxies
     if proxies:
@@ -429,24 +480,17 @@ def create_app(settings: StudySettings | None = None) -> FastAPI:
         return _overloaded()
 
     @app.exception_handler(sa_exc.OperationalError)
-    async def database_busy(_request: Request, exc: sa_exc.OperationalError):
+    async def database_busy(request: Request, exc: sa_exc.OperationalError):
         if "database is locked" in str(exc.orig):  # SQLite's writer lock, held past busy_timeout
             return _overloaded()
+        if is_storage_full(exc):  # the disk under the database: paused, like a full media disk
+            return storage_full_response(request, exc)
         raise exc
 
     @app.exception_handler(OSError)
     async def disk_full(request: Request, exc: OSError):
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            logger.error("media storage is full (%s): %s %s refused", exc.strerror, request.method, request.url.path)
-            return JSONResponse(
-                {
-                    "detail": "the study's storage is full: the study is paused on the server side; "
-                    "keep this page open, nothing you sent before was lost",
-                    "paused": True,
-                },
-                status_code=507,
-                headers={"Retry-After": "60"},
-            )
+        if is_storage_full(exc):
+            return storage_full_response(request, exc)
         raise exc
 
     @app.exception_handler(FergiError)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import time
 from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from sqlalchemy.orm import (
     relationship,
     sessionmaker,
 )
+from sqlalchemy.pool import QueuePool
 
 from fergi._errors import FergiError
 
@@ -251,13 +254,58 @@ class Label(Base):
     confident: Mapped[bool] = mapped_column(Boolean)
 
 
+#: (arrival, deadline) of the request being served, in ``time.monotonic()`` seconds; None
+#: outside requests (the worker). Its waits for a connection and for SQLite's write lock
+#: end at the deadline, so that an overloaded server answers 503 within the pool timeout
+#: of the request's arrival, not after each wait in turn (thread, connection, lock).
+REQUEST_DEADLINE: ContextVar[tuple[float, float] | None] = ContextVar("fergi_request_deadline", default=None)
+#: SQLite's busy_timeout (ms) outside requests.
+SQLITE_BUSY_MS = 10_000
+
+
+def request_time_left(default: float) -> float:
+    """Seconds the current request may still wait (``default`` outside a request)."""
+    span = REQUEST_DEADLINE.get()
+    if span is None:
+        return default
+    return min(default, span[1] - time.monotonic())
+
+
+class _DeadlinePool(QueuePool):
+    """A QueuePool whose wait for a connection ends at the request's deadline."""
+
+    @property
+    def _timeout(self) -> float:
+        return max(0.001, request_time_left(self._full_timeout))
+
+    @_timeout.setter
+    def _timeout(self, value: float) -> None:
+        self._full_timeout = value
+
+    def recreate(self) -> QueuePool:
+        # The new pool gets the full timeout, not what a request happens to have left.
+        token = REQUEST_DEADLINE.set(None)
+        try:
+            return super().recreate()
+        finally:
+            REQUEST_DEADLINE.reset(token)
+
+
+def _sqlite_busy_until_deadline(dbapi_connection, _record, _proxy) -> None:
+    # The write lock is waited for until the request's deadline at most (10 s outside requests).
+    ms = int(1000 * max(0.0, request_time_left(SQLITE_BUSY_MS / 1000)))
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={ms}")
+    cursor.close()
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets the worker write while requests read; busy_timeout rides out short locks.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
     cursor.close()
 
 
@@ -299,6 +347,7 @@ def make_engine(url: str, *, pool_size: int | None = None, pool_timeout: float |
         if pool_size is not None:
             # A fixed size: overflow connections would only be opened under overload.
             kwargs["pool_size"], kwargs["max_overflow"] = pool_size, 0
+            kwargs["poolclass"] = _DeadlinePool
         if pool_timeout is not None:
             kwargs["pool_timeout"] = pool_timeout
     try:
@@ -310,6 +359,8 @@ def make_engine(url: str, *, pool_size: int | None = None, pool_timeout: float |
         ) from None
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+        if file_db:
+            event.listen(engine, "checkout", _sqlite_busy_until_deadline)
     try:
         Base.metadata.create_all(engine)
         _upgrade(engine)

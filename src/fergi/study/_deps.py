@@ -180,7 +180,10 @@ _KNOWN_TOKENS_MAX = 100_000
 
 
 def _known_tokens(request: Request) -> dict[str, int]:
-    state = request.app.state
+    return _known_tokens_of(request.app.state)
+
+
+def _known_tokens_of(state) -> dict[str, int]:
     if getattr(state, "known_tokens", None) is None:
         state.known_tokens = {}
     return state.known_tokens

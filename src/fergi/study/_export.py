@@ -218,7 +218,7 @@ def export_study(
         Missing database or media folder, non-empty output folder, or an output
         folder that is, contains or lies inside the database's or media folder.
     """
-    from fergi.study._storage import is_url, open_store
+    from fergi.study._storage import check_media_key, is_url, open_store
 
     engine = _open_db(db_url)
     key = os.environ.get("FERGI_MEDIA_KEY", "").strip() or None
@@ -229,6 +229,7 @@ def export_study(
         raise FergiError(f"--media {media}: no such folder")
     try:
         store = open_store(media_dir, key=key) if remote else MediaStore(media, key=key)
+        check_media_key(store, write=False)
     except FergiError:
         engine.dispose()
         raise
@@ -243,7 +244,10 @@ def export_study(
         # Written beside the target and swapped in at the end: a failed export leaves
         # the previous one untouched.
         out = final.with_name(f".{final.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
-        out.mkdir()
+        # Owner-only from the start (face videos, answers): nobody else can enter it
+        # while it is written, whatever the umask.
+        out.mkdir(mode=0o700)
+        out.chmod(0o700)
     except OSError as exc:
         engine.dispose()
         raise FergiError(f"--out {final}: cannot write there ({exc.strerror or exc})") from None
@@ -259,6 +263,7 @@ def export_study(
             clip_min_frame_share = defaults.clip_min_frame_share
     try:
         summary = _export_into(engine, store, out, include_raw, estimator, clip_min_frame_share)
+        _owner_only(out)
         _swap_in(out, final)
     except OSError as exc:
         shutil.rmtree(out, ignore_errors=True)
@@ -272,6 +277,17 @@ def export_study(
         summary["sessions"], summary["participants"], final, len(summary["skipped"]),
     )
     return summary
+
+
+def _owner_only(tree: Path) -> None:
+    """Files 0600 and folders 0700 under ``tree``, as the study folder is, whatever the
+    umask the export ran under (links are not followed)."""
+    for folder, _dirs, files in os.walk(tree):  # symbolic links to folders are not entered
+        os.chmod(folder, 0o700)
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o600)
 
 
 def _swap_in(staged: Path, final: Path) -> None:

@@ -164,6 +164,16 @@ class _Cipher:
     def encrypt(self, data: bytes) -> bytes:
         return self._fernet.encrypt(data)
 
+    def opens(self, token: bytes) -> bool:
+        """Whether one of the keys decrypts ``token``."""
+        from cryptography.fernet import InvalidToken
+
+        try:
+            self._fernet.decrypt(token)
+        except (InvalidToken, TypeError, ValueError):
+            return False
+        return True
+
     def decrypt(self, data: bytes, where: str) -> bytes:
         from cryptography.fernet import InvalidToken
 
@@ -276,6 +286,8 @@ class MediaStore:
     def __init__(self, root: Path | RemotePath, *, key: str | None = None) -> None:
         self.root = root if isinstance(root, RemotePath) else Path(root)
         self._cipher = _Cipher(key) if key else None
+        #: What :func:`check_media_key` had to say at start-up (None: nothing).
+        self.key_notice: str | None = None
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._cache_bytes = 0
         self._cache_lock = threading.Lock()
@@ -495,8 +507,10 @@ class MediaStore:
             data = path.read_bytes()
         except FileNotFoundError:
             raise FergiError(f"{path}: recording chunk does not exist") from None
-        if self._cipher is not None:
+        if self._cipher is not None and data.startswith(_FERNET_PREFIX):
             data = self._cipher.decrypt(data, str(path))
+        elif self._cipher is not None:
+            pass  # stored in plaintext before the key was set (check_media_key said so)
         elif data.startswith(_FERNET_PREFIX) and re.fullmatch(rb"[A-Za-z0-9_=-]+", data):
             raise FergiError(f"{path}: the recording chunk is encrypted; set FERGI_MEDIA_KEY to read it")
         if cache_key is not None:
@@ -603,9 +617,101 @@ def open_store(
 
 def store_from_settings(settings) -> MediaStore:
     """The media store a :class:`~fergi.study.StudySettings` names (``media_url`` or the
-    media folder, ``media_key``, ``media_options``)."""
+    media folder, ``media_key``, ``media_options``), its key checked (:func:`check_media_key`).
+
+    ``store.key_notice`` holds what the check has to say (None when nothing), also logged.
+    """
     key = settings.media_key.get_secret_value() if settings.media_key is not None else ""
-    return open_store(settings.media_location, key=key.strip() or None, options=settings.media_options)
+    store = open_store(settings.media_location, key=key.strip() or None, options=settings.media_options)
+    store.key_notice = check_media_key(store)
+    if store.key_notice:
+        logger.warning("%s", store.key_notice)
+    return store
+
+
+#: The key-check value in the media root: a Fernet token of this text under the media key.
+KEY_CHECK_NAME = "media_key_check"
+_KEY_CHECK_TEXT = b"fergi media key check 1"
+
+
+def check_media_key(store: MediaStore, *, write: bool = True) -> str | None:
+    """Check ``FERGI_MEDIA_KEY`` against the media it will read and write.
+
+    The first start with a key writes a key-check value (``media_key_check``, the
+    key's encryption of a fixed text) into the media root. From then on, a start
+    without a key, or with a key that cannot decrypt the check value, is refused:
+    new video would otherwise be stored in plaintext, or under a key that cannot read
+    the video already stored. With a rotated key list (the new key first), any of the
+    keys may open it.
+
+    Parameters
+    ----------
+    store : MediaStore
+    write : bool
+        Write the check value on a first start with a key (``fergi export`` only reads).
+
+    Returns
+    -------
+    str or None
+        A notice for the person starting the server: a key given for media that hold
+        plaintext recordings says which recordings will be encrypted; None otherwise.
+
+    Raises
+    ------
+    fergi.FergiError
+        The media are encrypted and the key is missing or different.
+    """
+    check = store.root / KEY_CHECK_NAME
+    try:
+        stored = check.read_bytes().strip() if check.is_file() else None
+    except OSError as exc:
+        raise FergiError(f"{check}: cannot read the media key check ({exc})") from None
+    if stored is not None:
+        if store._cipher is None:
+            raise FergiError(
+                f"--media {store.location}: the media are encrypted ({KEY_CHECK_NAME}); "
+                "start with the FERGI_MEDIA_KEY they were encrypted with"
+            )
+        if not store._cipher.opens(stored):
+            raise FergiError(
+                f"--media {store.location}: FERGI_MEDIA_KEY is not the key the media were encrypted with "
+                f"({KEY_CHECK_NAME} does not decrypt); start with that key (a new key goes first in a "
+                "comma-separated list, the old one after it)"
+            )
+        return None
+    # No check value yet: media of an earlier fergi may hold encrypted chunks all the same.
+    encrypted, plain = [], []
+    for first in store.root.glob("sessions/*/segments/*/chunk_000000.webm"):
+        try:
+            with first.open("rb") as handle:
+                head = handle.read(4096)
+        except OSError:
+            continue
+        (encrypted if head.startswith(_FERNET_PREFIX) else plain).append(first)
+    if store._cipher is None:
+        if encrypted:
+            raise FergiError(
+                f"--media {store.location}: {len(encrypted)} recording segment(s) are encrypted "
+                f"(e.g. {encrypted[0]}); start with the FERGI_MEDIA_KEY they were encrypted with"
+            )
+        return None
+    for path in encrypted:
+        if not store._cipher.opens(path.read_bytes().strip()):
+            raise FergiError(
+                f"--media {store.location}: FERGI_MEDIA_KEY does not decrypt {path}; start with the key "
+                "the media were encrypted with"
+            )
+        break  # one is enough: a segment is written under the first key
+    if write:
+        store.write_bytes(check, store._cipher.encrypt(_KEY_CHECK_TEXT))
+    if plain:
+        sessions = {p.parent.parent.parent.name for p in plain}
+        return (
+            f"FERGI_MEDIA_KEY is set on media that hold plaintext video: from now on every new recording "
+            f"chunk in {store.location} is stored encrypted; the {len(plain)} recording segment(s) of "
+            f"{len(sessions)} session(s) already stored stay plaintext (readable with or without the key)"
+        )
+    return None
 
 
 def _fsync_dir(folder: Path) -> None:
