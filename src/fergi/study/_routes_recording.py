@@ -319,12 +319,24 @@ async def put_chunk(
     route runs every second for every participant), never on the event loop; the
     connection is held only during that trip.
     """
-    limiters = getattr(request.app.state, "chunk_limiters", None)
+    return await _run_admitted(
+        request.app.state, settings,
+        _put_chunk_in_thread, data, request, settings, store, session_id, segment, seq,
+    )
+
+
+async def _run_admitted(state, settings, func, *args):
+    """Run a chunk's storage ``func(*args)`` in the chunk threads, admitted by the deadline.
+
+    Returns ``func``'s result, or the ``503`` response when no chunk thread frees up
+    before the request's deadline (the pool timeout from its arrival).
+    """
+    limiters = getattr(state, "chunk_limiters", None)
     if limiters is None:
         # Created lazily: an anyio limiter belongs to the event loop that serves the app.
         # One admits chunks (the wait ends at the request's deadline), the other runs the
         # admitted ones without a second wait in the default thread pool.
-        limiters = request.app.state.chunk_limiters = (
+        limiters = state.chunk_limiters = (
             anyio.CapacityLimiter(CHUNK_THREADS), anyio.CapacityLimiter(CHUNK_THREADS)
         )
     admission, threads = limiters
@@ -336,9 +348,7 @@ async def put_chunk(
 
         return overloaded_response()
     try:
-        return await anyio.to_thread.run_sync(
-            _put_chunk_in_thread, data, request, settings, store, session_id, segment, seq, limiter=threads
-        )
+        return await anyio.to_thread.run_sync(func, *args, limiter=threads)
     finally:
         admission.release()
 
@@ -719,21 +729,9 @@ class ChunkFastPath:
         state = self.study.state
         token = request.headers[SESSION_HEADER]
         state.rate_limiter.hit(token, settings.rate_limit_per_minute)
-        limiters = getattr(state, "chunk_limiters", None)
-        if limiters is None:
-            limiters = state.chunk_limiters = (anyio.CapacityLimiter(CHUNK_THREADS), anyio.CapacityLimiter(CHUNK_THREADS))
-        admission, threads = limiters
-        try:
-            with anyio.fail_after(max(0.0, request_time_left(settings.db_pool_timeout))):
-                await admission.acquire()
-        except TimeoutError:
-            from fergi.study._app import overloaded_response
-
-            return overloaded_response()
-        try:
-            stored = await anyio.to_thread.run_sync(
-                store_next_chunk, request, settings, state.store, session_id, segment, seq, data, limiter=threads
-            )
-        finally:
-            admission.release()
+        stored = await _run_admitted(
+            state, settings, store_next_chunk, request, settings, state.store, session_id, segment, seq, data
+        )
+        if isinstance(stored, JSONResponse):  # the 503 of a chunk not admitted in time
+            return stored
         return None if stored is None else JSONResponse(stored)
