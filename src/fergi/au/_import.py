@@ -259,12 +259,9 @@ def _openface(table, n, name, fps, frame_size) -> _Faces:
     confidence = _numeric(table, "confidence", name, rows)
     face = success > 0
     aus, missing = _aus(table, "openface", name, rows, face)
-    xs_cols, ys_cols = _landmark_columns(_N68, "x_{}", "y_{}")
-    if any(c in table for c in xs_cols + ys_cols):
-        _require(table, xs_cols + ys_cols, name, "OpenFace's 68 landmarks")
-        xs = _numeric_block(table, xs_cols, name, rows)
-        ys = _numeric_block(table, ys_cols, name, rows)
-        pir, yir = _ratios_68(xs, ys)
+    landmarks = _landmarks_68(table, name, rows, "OpenFace's 68 landmarks")
+    if landmarks is not None:
+        xs, ys, pir, yir = landmarks
         size, pose = _box_area(xs, ys), "landmarks_68"
     elif "pose_Rx" in table or "pose_Ry" in table:
         _require(table, ("pose_Rx", "pose_Ry"), name, "head-pose fallback")
@@ -310,12 +307,9 @@ def _pyfeat(table, n, name, fps, frame_size) -> _Faces:
     width = _numeric(table, "FaceRectWidth", name, rows)
     height = _numeric(table, "FaceRectHeight", name, rows)
     size = np.nan_to_num(width * height, nan=0.0)
-    xs_cols, ys_cols = _landmark_columns(_N68, "x_{}", "y_{}")
-    if any(c in table for c in xs_cols + ys_cols):
-        _require(table, xs_cols + ys_cols, name, "py-feat's 68 landmarks")
-        xs = _numeric_block(table, xs_cols, name, rows)
-        ys = _numeric_block(table, ys_cols, name, rows)
-        pir, yir = _ratios_68(xs, ys)
+    landmarks = _landmarks_68(table, name, rows, "py-feat's 68 landmarks")
+    if landmarks is not None:
+        _, _, pir, yir = landmarks
         pose = "landmarks_68"
     else:
         _require(table, ("Pitch", "Yaw"), name, "head-pose fallback: no x_0..x_67 landmarks")
@@ -359,10 +353,22 @@ def _libreface(table, n, name, fps, frame_size) -> _Faces:
                   time_column="frame_time_in_ms", frame_column="frame_idx")
 
 
-def _ratios_68(xs: np.ndarray, ys: np.ndarray):
+def _landmarks_68(table: pd.DataFrame, name: str, rows: np.ndarray, what: str):
+    """``(xs, ys, pir, yir)`` from the ``x_0…x_67, y_0…y_67`` columns, or None without them.
+
+    OpenFace and py-feat name their 68 landmarks alike; a file with some of the
+    columns but not all is refused, naming ``what``.
+    """
     from fergi.face import pose_ratios_68
 
-    return pose_ratios_68(np.stack([xs, ys], axis=2))
+    xs_cols, ys_cols = _landmark_columns(_N68, "x_{}", "y_{}")
+    if not any(c in table for c in xs_cols + ys_cols):
+        return None
+    _require(table, xs_cols + ys_cols, name, what)
+    xs = _numeric_block(table, xs_cols, name, rows)
+    ys = _numeric_block(table, ys_cols, name, rows)
+    pir, yir = pose_ratios_68(np.stack([xs, ys], axis=2))
+    return xs, ys, pir, yir
 
 
 def _check_args(n: int, fps, name: str) -> None:
