@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PUBLIC_RELEASE = REPO_ROOT.parent / "shared" / "fergi-public"
+from tests.helpers.paths import PUBLIC_RELEASE, REPO_ROOT  # noqa: F401  (REPO_ROOT: imported by tests)
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +57,7 @@ def postgres_url():
     ``FERGI_TEST_DB_URL`` points at an existing server instead. Skipped, with the reason
     printed by ``-ra``, where the PostgreSQL binaries or psycopg are missing.
     """
-    from _services import postgres_missing, throwaway_postgres
+    from tests.helpers.services import postgres_missing, throwaway_postgres
 
     existing = os.environ.get("FERGI_TEST_DB_URL", "")
     if existing.startswith("postgresql"):

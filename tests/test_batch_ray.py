@@ -19,7 +19,7 @@ import pytest
 
 import fergi
 from fergi.cli._main import main
-from test_extract_cli import _gray_clip, videos  # noqa: F401  (a fixture)
+from tests.test_extract_cli import _gray_clip, videos  # noqa: F401  (a fixture)
 
 
 @pytest.fixture(scope="module")

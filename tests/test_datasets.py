@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from _release_folder import make_release
+from tests.helpers.release import make_release
 from fergi import FergiError
 from fergi.datasets import (
     AU_NAMES,

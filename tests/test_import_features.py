@@ -23,7 +23,7 @@ from fergi.cli import main
 from fergi.datasets import AU_NAMES, FRAME_COLUMNS, feature_provenance, load_frames
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _tool_outputs import (
+from tests.helpers.tool_outputs import (
     FERGI_TO_NUMBER,
     openface_columns,
     openface_table,
@@ -159,7 +159,7 @@ def astronaut_mesh():
 
 
 def test_libreface_fixture_uses_facemesh_ratios_and_restores_dropped_frames(tmp_path, astronaut_mesh):
-    from _tool_outputs import libreface_table
+    from tests.helpers.tool_outputs import libreface_table
     from fergi.face import pose_ratios
 
     frames = np.array([0, 1, 2, 4, 5])  # LibreFace dropped frame 3 (no face found)

@@ -56,7 +56,7 @@ PROMPTS = ["a red cat", "a dog", "a red cat", "cat and dog on a red sofa", "a do
 
 
 def test_registry_lists_the_six_in_release_order_with_their_columns():
-    from fergi.datasets._schema import SCORE_COLUMNS
+    from fergi.schema import SCORE_COLUMNS
 
     assert list_scorers() == ALL
     assert list_scorers(release=True) == RELEASE

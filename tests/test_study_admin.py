@@ -17,9 +17,9 @@ from fergi.features import compute_activation_values, frame_validity
 from fergi.study import create_app
 from fergi.study._db import Clip, Label, StudySession
 from fergi.study._routes_admin_science import binomial_ci, clip_reasons, clip_valid, validity_rules
-from test_study_api import ADMIN, ANSWER, WEBM_HEAD, Participant, make_settings, ready_participant
-from test_study_processing import upload_recording
-from test_study_worker import fake_features, finished_session
+from tests.test_study_api import ADMIN, ANSWER, WEBM_HEAD, Participant, make_settings, ready_participant
+from tests.test_study_processing import upload_recording
+from tests.test_study_worker import fake_features, finished_session
 
 FPS = 30
 #: (image, baseline_start) of each presentation: 1 s baseline, 1 s image. The recording is

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 
 from fergi.cli._main import main
 from fergi.study import create_app
-from test_study_api import make_settings
-from test_study_worker import add_processed_clips, finished_session
+from tests.test_study_api import make_settings
+from tests.test_study_worker import add_processed_clips, finished_session
 
 
 def _free_port() -> int:

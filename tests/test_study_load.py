@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fergi.study import create_app
-from test_study_api import WEBM_HEAD, make_settings, ready_participant
+from tests.test_study_api import WEBM_HEAD, make_settings, ready_participant
 
 
 def _upload_settings(tmp_path, **overrides):
@@ -225,7 +225,7 @@ def test_serve_with_several_processes(tmp_path):
             api, headers = f"/api/sessions/{body['session_id']}", {"X-Session-Token": body["token"]}
             client.post(f"{api}/consent", json={"agree": True, "consent_version": "1"}, headers=headers).raise_for_status()
             if body["state"]["session_type"] == "structured":
-                from test_study_api import FORM
+                from tests.test_study_api import FORM
 
                 client.post(f"{api}/prompt/generate", json={"form": FORM}, headers=headers).raise_for_status()
             client.put(f"{api}/prompt", json={"prompt": "a dog"}, headers=headers).raise_for_status()

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from fergi.datasets import AU_NAMES
 from fergi.study import create_app, export_study
-from test_study_api import ADMIN, ANSWER, Participant, make_settings
+from tests.test_study_api import ADMIN, ANSWER, Participant, make_settings
 
 pytestmark = pytest.mark.slow
 

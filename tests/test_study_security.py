@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fergi.study import create_app
-from test_study_api import ADMIN, ANSWER, WEBM_HEAD, make_settings, ready_participant
+from tests.test_study_api import ADMIN, ANSWER, WEBM_HEAD, make_settings, ready_participant
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from fergi.study import create_app
 from fergi.study._db import StudySession
-from test_study_api import ADMIN, ANSWER, FORM, Participant, make_settings, ready_participant
+from tests.test_study_api import ADMIN, ANSWER, FORM, Participant, make_settings, ready_participant
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from fergi import FergiError
 from fergi.datasets import FRAME_COLUMNS, load_images, load_invalid_images, load_valid_sessions
 from fergi.study import create_app, create_generator, export_study
 from fergi.study._db import Clip, Job, StudySession
-from test_study_api import ADMIN, ANSWER, WEBM_HEAD, Participant, make_settings, ready_participant
+from tests.test_study_api import ADMIN, ANSWER, WEBM_HEAD, Participant, make_settings, ready_participant
 
 
 def finished_session(client, app, pid="001", share=True, order=(2, 3, 1)) -> Participant:

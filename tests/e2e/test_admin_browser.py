@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_study_browser import _free_port, chromium  # noqa: F401  (a fixture)
+from tests.e2e.test_study_browser import _free_port, chromium  # noqa: F401  (a fixture)
 
-from test_study_admin import processed_session  # tests/ is on sys.path (conftest)
-from test_study_api import make_settings
+from tests.test_study_admin import processed_session  # tests/ is on sys.path (conftest)
+from tests.test_study_api import make_settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -16,14 +16,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import _browser
+from tests.helpers import browser as _browser
 import numpy as np
 import pytest
-from _browser import BASELINE_S, CHROMIUM_ARGS, FPS, N_IMAGES, PRESENT_S, Shots
-from _browser import answer_survey as _answer_survey
-from _browser import fill_structured_form as _fill_structured_form
-from _browser import wait_for as _wait_for
-from _browser import wait_for_processing as _wait_for_processing
+from tests.helpers.browser import BASELINE_S, CHROMIUM_ARGS, FPS, N_IMAGES, PRESENT_S, Shots
+from tests.helpers.browser import answer_survey as _answer_survey
+from tests.helpers.browser import fill_structured_form as _fill_structured_form
+from tests.helpers.browser import wait_for as _wait_for
+from tests.helpers.browser import wait_for_processing as _wait_for_processing
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 
 import pytest
-from _browser import (
+from tests.helpers.browser import (
     BASELINE_S,
     CHROMIUM_ARGS,
     FPS,

@@ -22,7 +22,7 @@ import asyncio
 import re
 
 import pytest
-from _browser import (
+from tests.helpers.browser import (
     CHROMIUM_ARGS,
     answer_survey,
     begin_study,

@@ -58,7 +58,7 @@ import numpy as np
 import pandas as pd
 
 from fergi._errors import FergiError
-from fergi.datasets._schema import AU_NAMES, FRAME_COLUMNS
+from fergi.schema import AU_NAMES, FRAME_COLUMNS
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from fergi._errors import FergiError
-from fergi.datasets._schema import AU_NAMES
+from fergi.schema import AU_NAMES
 
 logger = logging.getLogger(__name__)
 

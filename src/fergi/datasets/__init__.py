@@ -28,7 +28,8 @@ from fergi.datasets._provenance import (
     sha256_file,
     write_features_meta,
 )
-from fergi.datasets._schema import (
+from fergi.datasets._score_check import UNTRAINED_IN_RELEASE, check_score_columns, untrained_columns
+from fergi.schema import (
     ACTIVATION_COLUMNS,
     AU_NAMES,
     CLIP_KINDS,
@@ -41,7 +42,6 @@ from fergi.datasets._schema import (
     SCORE_COLUMNS,
     activation_column,
 )
-from fergi.datasets._score_check import UNTRAINED_IN_RELEASE, check_score_columns, untrained_columns
 
 __all__ = [
     "ACTIVATION_COLUMNS",

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from fergi._errors import FergiError
-from fergi.datasets._schema import (
+from fergi.schema import (
     AU_NAMES,
     CLIP_KINDS,
     EMOTIONS,

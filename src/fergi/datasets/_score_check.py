@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from fergi.datasets._schema import SCORE_COLUMNS
+from fergi.schema import SCORE_COLUMNS
 
 #: Columns whose scorer produced untrained output in the authors' release, with why.
 UNTRAINED_IN_RELEASE: dict[str, str] = {

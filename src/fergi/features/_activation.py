@@ -21,7 +21,7 @@ import pandas as pd
 
 from fergi._errors import FergiError
 from fergi._validation import require_columns
-from fergi.datasets._schema import AU_NAMES, activation_column
+from fergi.schema import AU_NAMES, activation_column
 
 CLIP_KEYS: tuple[str, ...] = ("participant", "session", "image", "clip")
 

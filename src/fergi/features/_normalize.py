@@ -27,8 +27,8 @@ import pandas as pd
 
 from fergi._errors import FergiError
 from fergi._validation import require_columns
-from fergi.datasets._schema import AU_NAMES, activation_column
 from fergi.features._activation import frame_validity
+from fergi.schema import AU_NAMES, activation_column
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fergi.datasets._schema import AU_NAMES, EMOTIONS, activation_column
 from fergi.plots._common import pyplot, save_figure
+from fergi.schema import AU_NAMES, EMOTIONS, activation_column
 
 _BLUE = "#1f5fa8"
 _BROWN = "#8c5a2b"

@@ -38,8 +38,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fergi._atomic import stage_folder, swap_in
 from fergi._errors import FergiError
-from fergi.datasets._schema import AU_NAMES
+from fergi.schema import AU_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -873,23 +874,7 @@ def _stage(final: Path, overwrite: bool, protect: Path | None) -> Path:
         if _is_within(data, target):
             raise FergiError(f"--out {final}: is or contains the study folder {protect}; "
                              "choose a folder outside it")
-    if final.exists() and not final.is_dir():
-        raise FergiError(f"--out {final}: exists and is not a folder")
-    if final.is_dir() and any(final.iterdir()) and not overwrite:
-        raise FergiError(f"--out {final}: folder is not empty (use --overwrite to replace it)")
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        staged = final.with_name(f".{final.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
-        staged.mkdir()
-    except OSError as exc:
-        raise FergiError(f"--out {final}: cannot write there ({exc.strerror or exc})") from None
-    return staged
-
-
-def _swap_in(staged: Path, final: Path) -> None:
-    from fergi.study._export import _swap_in as swap
-
-    swap(staged, final)
+    return stage_folder(final, overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------- the export
@@ -1027,7 +1012,7 @@ def write_labels(chunks: Iterable[pd.DataFrame], out, *, format: str = "pickapic
                                             for k, v in summary.agreement.items()},
                 **summary.settings}
         (staged / "export_info.json").write_text(json.dumps(info, indent=1, default=str) + "\n")
-        _swap_in(staged, final)
+        swap_in(staged, final)
     except OSError as exc:
         if writer is not None and hasattr(writer, "abort"):
             writer.abort()

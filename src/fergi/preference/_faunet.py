@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 
 from fergi._errors import FergiError
-from fergi.datasets._schema import ACTIVATION_COLUMNS
 from fergi.preference._base import PreferenceModel
 from fergi.preference._pairs import PairIndex, pair_index
+from fergi.schema import ACTIVATION_COLUMNS
 
 _PARAM_NAMES = ("pre_weight", "pre_bias", "hidden_weight", "hidden_bias", "out_weight", "out_bias")
 

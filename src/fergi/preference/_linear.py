@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from fergi._errors import FergiError
-from fergi.datasets._schema import ACTIVATION_COLUMNS
 from fergi.preference._base import PreferenceModel
 from fergi.preference._pairs import correct_mask, pair_index
+from fergi.schema import ACTIVATION_COLUMNS
 
 C_GRID: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 """Candidate inverse regularisation strengths (per pair: the penalty is ``|w|^2 / (2 C n)``)."""

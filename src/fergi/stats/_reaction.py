@@ -11,7 +11,7 @@ from scipy import stats
 
 from fergi._errors import FergiError
 from fergi._validation import require_columns
-from fergi.datasets._schema import AU_NAMES, EMOTIONS, activation_column
+from fergi.schema import AU_NAMES, EMOTIONS, activation_column
 
 STAT_COLUMNS = ("au", "test", "statistic_name", "statistic", "p", "n", "significant")
 

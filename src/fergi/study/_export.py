@@ -42,7 +42,6 @@ import csv
 import json
 import logging
 import os
-import secrets
 import shutil
 from pathlib import Path
 from typing import Any
@@ -50,8 +49,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
+from fergi._atomic import stage_folder, swap_in
 from fergi._errors import FergiError
-from fergi.datasets._schema import EMOTIONS, IMAGE_COLUMNS, ISSUES, SCORE_COLUMNS
+from fergi.schema import EMOTIONS, IMAGE_COLUMNS, ISSUES, SCORE_COLUMNS
 from fergi.study._db import StudySession, make_engine, make_sessionmaker
 from fergi.study._storage import MediaStore
 
@@ -236,18 +236,9 @@ def export_study(
     final = Path(out).expanduser()
     try:
         _check_out_is_safe(final, db_url, None if remote else media)
-        if final.exists() and not final.is_dir():
-            raise FergiError(f"--out {final}: exists and is not a folder")
-        if final.is_dir() and any(final.iterdir()) and not overwrite:
-            raise FergiError(f"--out {final}: folder is not empty (use --overwrite to replace it)")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        # Written beside the target and swapped in at the end: a failed export leaves
-        # the previous one untouched.
-        out = final.with_name(f".{final.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
         # Owner-only from the start (face videos, answers): nobody else can enter it
         # while it is written, whatever the umask.
-        out.mkdir(mode=0o700)
-        out.chmod(0o700)
+        out = stage_folder(final, overwrite=overwrite, mode=0o700)
     except OSError as exc:
         engine.dispose()
         raise FergiError(f"--out {final}: cannot write there ({exc.strerror or exc})") from None
@@ -264,7 +255,7 @@ def export_study(
     try:
         summary = _export_into(engine, store, out, include_raw, estimator, clip_min_frame_share)
         _owner_only(out)
-        _swap_in(out, final)
+        swap_in(out, final)
     except OSError as exc:
         shutil.rmtree(out, ignore_errors=True)
         raise FergiError(f"--out {final}: export failed, previous export kept ({exc})") from None
@@ -288,23 +279,6 @@ def _owner_only(tree: Path) -> None:
             path = os.path.join(folder, name)
             if not os.path.islink(path):
                 os.chmod(path, 0o600)
-
-
-def _swap_in(staged: Path, final: Path) -> None:
-    """Replace ``final`` by the finished ``staged`` folder, the old one removed last."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
-        final.rename(old)
-    try:
-        staged.rename(final)
-    except OSError:
-        if old is not None:
-            old.rename(final)
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _export_into(

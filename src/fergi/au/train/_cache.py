@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from fergi._errors import FergiError
-from fergi.datasets._schema import AU_NAMES
 from fergi.face import FACE_SIZE
+from fergi.schema import AU_NAMES
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from fergi._errors import FergiError
-from fergi.datasets._schema import AU_NAMES
+from fergi.schema import AU_NAMES
 
 logger = logging.getLogger(__name__)
 

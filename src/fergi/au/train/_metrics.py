@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from fergi.datasets._schema import AU_NAMES
+from fergi.schema import AU_NAMES
 
 
 def icc31(y_true, y_pred) -> float:

@@ -31,7 +31,7 @@ from fergi.au.train._loss import (
     expand_weights,
     mse_weights,
 )
-from fergi.datasets._schema import AU_NAMES
+from fergi.schema import AU_NAMES
 
 logger = logging.getLogger(__name__)
 

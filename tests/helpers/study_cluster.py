@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 #: The `fergi` command, as the installed entry point runs it.
 FERGI = "import sys; from fergi.cli._main import main; sys.exit(main(sys.argv[1:]))"
 ADMIN_TOKEN = "test-admin"
