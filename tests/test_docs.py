@@ -59,6 +59,22 @@ def test_mkdocs_build_strict_passes_and_renders_the_api(tmp_path):
         html = (site / "api" / page / "index.html").read_text(encoding="utf-8")
         assert f'id="{name}"' in html, f"{name} is missing from the API page api/{page}.md"
 
+    # docs/_hooks.py turned the docstrings' Sphinx roles into links: none is left as text,
+    # and every link it made lands on an object that a page documents.
+    api_pages = sorted((site / "api").glob("*/index.html"))
+    ids = {page.parent: set(re.findall(r'id="([^"]+)"', page.read_text(encoding="utf-8")))
+           for page in api_pages}
+    dead, roles = [], []
+    for page in api_pages:
+        html = page.read_text(encoding="utf-8")
+        roles += [f"{page.parent.name}: {m}" for m in re.findall(r":(?:func|class|meth):<code>[^<]+", html)]
+        for href, anchor in re.findall(r'class="autorefs" href="([^"#]*)#(fergi[^"]+)"', html):
+            target = (page.parent / href).resolve()
+            if anchor not in ids.get(target, set()):
+                dead.append(f"{page.parent.name}: {href}#{anchor}")
+    assert not roles, f"Sphinx roles left as text in the API pages: {roles[:10]}"
+    assert not dead, f"links to objects no API page documents: {dead[:10]}"
+
 
 @pytest.mark.slow
 def test_a_broken_link_or_anchor_fails_the_strict_build(tmp_path):
@@ -71,7 +87,8 @@ def test_a_broken_link_or_anchor_fails_the_strict_build(tmp_path):
         encoding="utf-8")
     (docs / "guide.md").write_text("# Guide\n\n## A section\n", encoding="utf-8")
     config.update(docs_dir=str(docs), nav=["index.md", "guide.md"],
-                  plugins=["search"])  # no API pages here: the links are what is tested
+                  plugins=["search"],  # no API pages here: the links are what is tested
+                  hooks=[str(REPO_ROOT / hook) for hook in config.get("hooks", [])])
     config_file = tmp_path / "mkdocs.yml"
     config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
 
