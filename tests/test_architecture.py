@@ -76,7 +76,7 @@ def _add_line(path: Path, line: str) -> None:
 def _lint(contract: str, pythonpath: Path) -> subprocess.CompletedProcess:
     """Run one import-linter contract over the fergi found on ``pythonpath``."""
     env = {**os.environ, "PYTHONPATH": str(pythonpath)}
-    code = "import sys; from importlinter.cli import lint_imports_command; lint_imports_command()"
+    code = "from importlinter.cli import lint_imports_command; lint_imports_command()"
     return subprocess.run(
         [sys.executable, "-c", code, str(PYPROJECT), "--contract", contract, "--no-cache",
          "--no-logo"],
@@ -433,6 +433,20 @@ def test_layer_contract_reports_an_upward_import(tmp_path):
     assert done.returncode != 0
     assert "fergi.video is not allowed to import fergi.study" in done.stdout, done.stdout
     assert "fergi.video -> fergi.study" in done.stdout, done.stdout
+
+
+def test_rooms_contract_reports_an_upward_room_import(tmp_path):
+    """The store importing the web room breaks the study's room order."""
+    src = _copy_of_fergi(tmp_path)
+    study = src / "fergi" / "study"
+    # The rooms are made where the copy lacks them, so the check runs before and after the move.
+    for room in ("web", "jobs", "processing", "content", "protocol", "store"):
+        (study / room).mkdir(exist_ok=True)
+        (study / room / "__init__.py").touch()
+    _add_line(study / "store" / "__init__.py", "import fergi.study.web  # an upward import")
+    done = _lint("study-rooms", src)
+    assert done.returncode != 0
+    assert "fergi.study.store is not allowed to import fergi.study.web" in done.stdout, done.stdout
 
 
 def test_private_module_contract_reports_a_private_import(tmp_path):
