@@ -370,9 +370,10 @@ def test_import_contract_holds(contract):
     done = _lint(contract, FERGI_DIR.parent)
     if done.returncode != 0:
         # import-linter's own report: each broken rule with its importer, lines and chain.
-        report = (done.stdout + done.stderr).partition("Broken contracts")[2] or done.stdout
-        pytest.fail(f"import-linter contract {contract!r} is broken:{report.rstrip()}\n"
-                    f"{done.stderr}", pytrace=False)
+        output = done.stdout + done.stderr
+        report = output.partition("Broken contracts")[2] or output
+        pytest.fail(f"import-linter contract {contract!r} is broken:{report.rstrip()}",
+                    pytrace=False)
 
 
 def test_no_import_cycle_between_modules(import_graph):
