@@ -9,281 +9,68 @@ outputs go to separate files, so a failed or retried job never loses a raw uploa
 Job kinds: ``generate`` (the session's images), ``clips`` (real time: queued by an
 ``image_hidden`` event and by each chunk while a presented image is not analysed yet;
 it analyses and stores every image whose video is on the server, see
-:mod:`fergi.study._realtime`) and ``process`` (queued by the ranking: any image left,
+:mod:`fergi.study.processing._realtime`) and ``process`` (queued by the ranking: any image left,
 then the session's labels). Work is idempotent per image: an image's feature files and
 clip rows are committed together, and a stored image is never analysed again.
 
 With a PostgreSQL database the same job functions run in ``fergi worker`` processes
-instead (:mod:`fergi.study._queue`): the server's :class:`Worker` then starts no
+instead (:mod:`fergi.study.jobs._queue`): the server's :class:`Worker` then starts no
 threads, and :meth:`Worker.wake` hands queued rows to procrastinate.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import io
 import logging
-import os
-import re
 import secrets
-import stat
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from fergi.study._db import Clip, Image, Job, Label, Segment, StudySession, utcnow
+from fergi._errors import FergiError
+from fergi.study import processing
 from fergi.study._settings import StudySettings
-from fergi.study._storage import MediaStore
+from fergi.study.content import create_generator
+from fergi.study.jobs._jobs import JOB_KINDS, enqueue
+from fergi.study.processing import (
+    LiveDecoders,
+    StageError,
+    Stages,
+    activations_stage,
+    frames_table,
+    has_recording_fault,
+    labels_stage,
+    session_features_provenance,
+    session_provenance,
+)
+from fergi.study.protocol import (
+    abandon_segment,
+    abandon_stale_segments,
+    chosen_presentations,
+    retention_blocker,
+    segment_is_open,
+    segment_last_activity,
+    stale_images,
+)
+from fergi.study.store import (
+    DEFAULT_MAX_SEEN_BEFORE_S,
+    Clip,
+    Image,
+    Job,
+    Label,
+    MediaStore,
+    Segment,
+    StudySession,
+    clean_temporary_files,
+    utcnow,
+)
 
 logger = logging.getLogger(__name__)
-
-JOB_KINDS = ("generate", "clips", "process")
-EVENT_KINDS = ("baseline_start", "image_shown", "image_hidden")
-
-
-def enqueue(db: Session, session_id: int, kind: str, *, revive: bool = True) -> Job:
-    """Queue a job (the caller commits); an already queued/running job of the kind is reused.
-
-    A ``clips`` job is different: new video may have arrived after a running one read
-    the chunks, so a running one gets a queued successor, and a finished one is queued
-    again (one row per session, its stages the images' status). A failed one is queued
-    again only with ``revive`` (a new image was presented), not for every new chunk, so
-    a broken recording is not decoded again each second.
-    """
-    if kind not in JOB_KINDS:
-        raise ValueError(f"unknown job kind {kind!r}")
-    if kind == "clips":
-        jobs = db.scalars(
-            select(Job).where(Job.session_id == session_id, Job.kind == kind).order_by(Job.id.desc())
-        ).all()
-        queued = next((j for j in jobs if j.status == "queued"), None)
-        if queued is not None:
-            return queued
-        if jobs and jobs[0].status == "failed" and not revive:
-            return jobs[0]
-        if jobs and jobs[0].status != "running":
-            job = jobs[0]
-            job.status, job.error, job.finished_at, job.attempts = "queued", None, None, 0
-            return job
-        job = Job(session_id=session_id, kind=kind, status="queued", stages=dict(jobs[0].stages) if jobs else {})
-        db.add(job)
-        return job
-    job = db.scalar(
-        select(Job).where(
-            Job.session_id == session_id, Job.kind == kind, Job.status.in_(("queued", "running"))
-        )
-    )
-    if job is None:
-        job = Job(session_id=session_id, kind=kind, status="queued", stages={})
-        db.add(job)
-    return job
-
-
-def retry_job(db: Session, job: Job) -> Job:
-    """Put a failed (or finished) job back in the queue (the caller commits)."""
-    job.status = "queued"
-    job.error = None
-    job.stages = {}
-    job.finished_at = None
-    return job
-
-
-def select_image_events(
-    events: list[Any], n_images: int, skip_segments: Iterable[int] = ()
-) -> dict[int, tuple[int, list[dict]]]:
-    """For each image, the segment and events of its last complete presentation.
-
-    A presentation is complete when ``baseline_start``, ``image_shown`` and
-    ``image_hidden`` of the image are all on record in one segment. The client records
-    a new segment for each image, and after a camera interruption or a reload it replays
-    the image from its baseline in a new segment, so the latest segment with all three
-    events wins: an interrupted earlier attempt is superseded.
-
-    Parameters
-    ----------
-    events : list
-        The session's events (rows or objects with ``segment``, ``image_index``,
-        ``kind``, ``video_time``).
-    n_images : int
-    skip_segments : iterable of int
-        Segments that hold no video and never will (see :func:`unusable_segments`).
-
-    Returns
-    -------
-    dict
-        ``{image: (segment, [event dicts in EVENT_KINDS order])}``.
-    """
-    skip = set(skip_segments)
-    chosen: dict[int, tuple[int, list[dict]]] = {}
-    for image in range(1, n_images + 1):
-        by_segment: dict[int, dict[str, float]] = {}
-        for ev in events:
-            if ev.image_index == image and ev.segment not in skip:
-                by_segment.setdefault(ev.segment, {}).setdefault(ev.kind, ev.video_time)
-        complete = [s for s, kinds in by_segment.items() if all(k in kinds for k in EVENT_KINDS)]
-        if complete:
-            seg = max(complete)
-            chosen[image] = (
-                seg,
-                [
-                    {"image_index": image, "kind": k, "video_time": by_segment[seg][k]}
-                    for k in EVENT_KINDS
-                ],
-            )
-    return chosen
-
-
-def unusable_segments(sess: StudySession) -> set[int]:
-    """Segments that hold no video and never will: abandoned without an accepted chunk
-    (a refused stream start). Their events do not count as a presentation."""
-    return {seg.index for seg in sess.segments if seg.abandoned_at is not None and seg.n_chunks == 0}
-
-
-def chosen_presentations(sess: StudySession) -> dict[int, tuple[int, list[dict]]]:
-    """:func:`select_image_events` of a session, its unusable segments left out."""
-    return select_image_events(list(sess.events), sess.n_images, unusable_segments(sess))
-
-
-def stale_images(sess: StudySession) -> list[int]:
-    """Images presented (completely) whose stored clips are missing or come from an
-    earlier, superseded presentation."""
-    stored: dict[int, set] = {}
-    for c in sess.clips:
-        if c.features_file:
-            stored.setdefault(c.image_index, set()).add(c.segment)
-    out = []
-    for image, (segment, _) in sorted(chosen_presentations(sess).items()):
-        have = stored.get(image)
-        # rows stored before clips recorded their segment (None) stay valid
-        if not have or not have <= {segment, None}:
-            out.append(image)
-    return out
-
-
-def needs_clips(sess: StudySession) -> bool:
-    """Whether an image of an unfinished session was presented but has no stored clips
-    (or only clips of an attempt that a replay superseded)."""
-    if sess.finished_at is not None:
-        return False  # the ranking queued the session's processing, which does the rest
-    return bool(stale_images(sess))
-
-
-def segment_last_activity(seg: Segment) -> dt.datetime:
-    """When the segment last received something (its start, or its newest chunk)."""
-    times = [seg.started_at, *(c.received_at for c in seg.chunks if c.received_at is not None)]
-    return max(t for t in times if t is not None)
-
-
-def segment_is_open(seg: Segment, *, now: dt.datetime | None = None, abandoned_after_s: float | None = None) -> bool:
-    """Whether more chunks may still arrive for a segment: not complete, not abandoned,
-    and (with ``abandoned_after_s``) an upload within that many seconds."""
-    if seg.complete or seg.abandoned_at is not None:
-        return False
-    if abandoned_after_s is None:
-        return True
-    now = now or utcnow()
-    return (now - segment_last_activity(seg)).total_seconds() < abandoned_after_s
-
-
-def abandon_segment(seg: Segment, reason: str) -> None:
-    """Mark a segment as one that can never complete (the caller commits)."""
-    if seg.abandoned_at is None and not seg.complete:
-        seg.abandoned_at = utcnow()
-        seg.abandon_reason = reason[:500]
-
-
-def abandon_stale_segments(sess: StudySession, abandoned_after_s: float, *, now: dt.datetime | None = None) -> list[int]:
-    """Abandon the incomplete segments of ``sess`` without an upload for ``abandoned_after_s``
-    seconds (the caller commits); returns their indices."""
-    now = now or utcnow()
-    out = []
-    for seg in sess.segments:
-        if seg.complete or seg.abandoned_at is not None:
-            continue
-        if not segment_is_open(seg, now=now, abandoned_after_s=abandoned_after_s):
-            abandon_segment(seg, f"no upload for {abandoned_after_s:g} s")
-            out.append(seg.index)
-    return out
-
-
-def retention_blocker(
-    sess: StudySession,
-    *,
-    processed: bool = False,
-    abandoned_after_s: float | None = None,
-    now: dt.datetime | None = None,
-) -> str | None:
-    """Why the raw video of a session may not be deleted yet; None when it may.
-
-    Only a finished session loses its raw upload. A segment still open (incomplete, not
-    abandoned, and with ``abandoned_after_s`` an upload within that time) holds it up,
-    and so does an image without both clips, until the session is ``processed``: the
-    final processing analyses everything the uploaded video holds, so after it no missing
-    clip can appear any more, and a segment incomplete then is abandoned.
-    """
-    if sess.finished_at is None:
-        return "session not finished"
-    if not sess.segments:
-        return "no recording"
-    if processed:
-        return None
-    open_segments = [
-        seg.index for seg in sess.segments if segment_is_open(seg, now=now, abandoned_after_s=abandoned_after_s)
-    ]
-    if open_segments:
-        return f"segment {open_segments[0]} not complete"
-    have = {(c.image_index, c.clip) for c in sess.clips if c.features_file}
-    missing = [
-        i for i in range(1, sess.n_images + 1) if not {(i, "baseline"), (i, "reaction")} <= have
-    ]
-    if missing:
-        return f"image {missing[0]} has no clips"
-    return None
-
-
-#: Temporary names of the atomic writes in the media folder (write_atomic, write_features,
-#: clip videos, features meta files): never a finished file.
-_TEMPORARY_NAME = re.compile(r"^\.(tmp-.*|.*\.partial(\.[^.]+)?|.*\.tmp|features_meta-.*\.json)$")
-
-
-def clean_temporary_files(root: Path, *, older_than_s: float = 60.0) -> int:
-    """Delete the temporary files a killed process left in the media folder.
-
-    Only files named like the atomic writes' temporary files, older than
-    ``older_than_s`` (a write in progress in another process is younger), directly
-    inside ``root`` or its subfolders; symbolic links are not followed.
-
-    Returns
-    -------
-    int
-        The number of files deleted.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        return 0
-    cutoff = time.time() - older_than_s
-    removed = 0
-    for folder, _dirs, files in os.walk(root, followlinks=False):
-        for name in files:
-            if not _TEMPORARY_NAME.match(name):
-                continue
-            path = Path(folder) / name
-            try:
-                info = path.lstat()
-                if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
-                    path.unlink()
-                    removed += 1
-            except OSError as exc:  # gone meanwhile, or not ours to delete
-                logger.debug("%s: not removed (%s)", path, exc)
-    if removed:
-        logger.info("removed %d temporary file(s) left by an interrupted write in %s", removed, root)
-    return removed
-
 
 class Worker:
     """Polls the job table in background threads (one per job kind).
@@ -294,7 +81,7 @@ class Worker:
         Database sessions.
     settings : StudySettings
     store : MediaStore
-    dispatcher : fergi.study._queue.QueueDispatcher, optional
+    dispatcher : fergi.study.jobs._queue.QueueDispatcher, optional
         Jobs go to ``fergi worker`` processes through PostgreSQL: no threads are started
         and :meth:`wake` defers the queued rows.
     """
@@ -311,8 +98,6 @@ class Worker:
         self._stop = threading.Event()
         self._wake = {kind: threading.Event() for kind in JOB_KINDS}
         self._threads: list[threading.Thread] = []
-        from fergi.study._realtime import LiveDecoders
-
         self.live = LiveDecoders()
         self._estimator = None
         # not the generator's lock: loading a diffusion model must not hold up analysis
@@ -358,22 +143,20 @@ class Worker:
         int
             Segments abandoned.
         """
-        from fergi.study._db import Segment as SegmentRow
-
         self._last_sweep = time.monotonic()
         after = self.settings.abandoned_segment_after_s
         retention = self.settings.retention == "delete_after_features"
         abandoned = 0
         with self.factory() as db:
             ids = set(db.scalars(
-                select(SegmentRow.session_id).where(
-                    SegmentRow.complete.is_(False), SegmentRow.abandoned_at.is_(None)
+                select(Segment.session_id).where(
+                    Segment.complete.is_(False), Segment.abandoned_at.is_(None)
                 ).distinct()
             ).all())
             if retention:
                 ids |= set(db.scalars(
-                    select(SegmentRow.session_id)
-                    .join(StudySession, StudySession.id == SegmentRow.session_id)
+                    select(Segment.session_id)
+                    .join(StudySession, StudySession.id == Segment.session_id)
                     .where(StudySession.finished_at.is_(None))
                     .distinct()
                 ).all())
@@ -594,8 +377,6 @@ class Worker:
     def generator(self):
         with self._generator_lock:
             if self._generator is None:
-                from fergi.study._generators import create_generator
-
                 self._generator = create_generator(
                     self.settings.generator, **dict(self.settings.generator_options)
                 )
@@ -607,7 +388,6 @@ class Worker:
         return secrets.randbelow(2**31 - 1000)
 
     def _generate(self, db: Session, job: Job) -> None:
-        import io
 
         sess = db.get(StudySession, job.session_id)
         on_stage = self._stage(db, job)
@@ -643,12 +423,13 @@ class Worker:
             self.generator.generate(sess.prompt, sess.n_images, seed=base, on_image=store)
         missing = sorted(set(range(1, sess.n_images + 1)) - done)
         if missing:
-            raise RuntimeError(f"the generator returned no image {missing[0]}")
+            raise StageError("generate", f"the generator returned no image {missing[0]}")
 
     # ------------------------------------------------------------------ processing
     def _annotation_model(self):
         if self.settings.annotation_model is None:
             return None
+        # deferred: the annotation model's module loads scikit-learn, only when configured
         from fergi.preference import load_model
 
         return load_model(self.settings.annotation_model)
@@ -658,6 +439,7 @@ class Worker:
         """The AU estimator, created once (a learned one loads its weights only once)."""
         with self._estimator_lock:
             if self._estimator is None:
+                # deferred: a learned estimator loads torch
                 from fergi.au import create_au_estimator
 
                 self._estimator = create_au_estimator(self.settings.estimator)
@@ -665,13 +447,12 @@ class Worker:
 
     def _clips(self, db: Session, job: Job) -> None:
         """Real time: cut, analyse and store every image of the session that is ready."""
-        from fergi.study import _realtime
-
         sess = db.get(StudySession, job.session_id)
         on_stage = self._stage(db, job)
         with self.live.lock(sess.id):
             db.refresh(sess)
-            status = _realtime.process_ready_clips(
+            # through the room's name, so that a test can stand in for the video analysis
+            status = processing.process_ready_clips(
                 db, sess, self.store, self.settings, self.live,
                 estimator=self.estimator,
                 final=False,
@@ -692,18 +473,12 @@ class Worker:
 
     def _process(self, db: Session, job: Job) -> None:
         """After the ranking: the images not stored yet, then the session's labels."""
+        # deferred: pandas and the library's tables load slowly; the web app's start
+        # (which builds this worker) does not need them
         import numpy as np
         import pandas as pd
 
-        from fergi.study import _realtime
-        from fergi.study._pipeline import (
-            _activations_stage,
-            _frames_table,
-            _labels_stage,
-            _Stages,
-            session_provenance,
-        )
-        from fergi.study._realtime import has_recording_fault
+        from fergi.datasets import write_features_meta
 
         sess = db.get(StudySession, job.session_id)
         on_stage = self._stage(db, job)
@@ -714,10 +489,10 @@ class Worker:
             for seg in sess.segments:
                 abandon_segment(seg, "incomplete when the finished session was processed")
         db.commit()
-        stages = _Stages(on_stage)
+        stages = Stages(on_stage)
         chosen = chosen_presentations(sess)
         if not chosen:
-            raise RuntimeError("no image has a complete presentation (baseline, shown, hidden) on record")
+            raise StageError("clips", "no image has a complete presentation (baseline, shown, hidden) on record")
         missing = sorted(set(range(1, sess.n_images + 1)) - set(chosen))
         if missing:
             logger.warning("session %d: images %s have no complete presentation", sess.id, missing)
@@ -731,18 +506,18 @@ class Worker:
                 for seg_index in sorted({seg for image, (seg, _) in chosen.items() if image in todo}):
                     seg: Segment | None = segments.get(seg_index)
                     if seg is None or seg.n_chunks == 0:
-                        raise RuntimeError(f"segment {seg_index} has no uploaded video")
+                        raise FergiError(f"segment {seg_index} has no uploaded video")
                     lost = self.store.missing_chunks(sess.id, seg_index, [c.seq for c in seg.chunks])
                     if lost:
-                        raise RuntimeError(f"segment {seg_index}: chunk files missing in the media store: {lost[:3]}")
+                        raise FergiError(f"segment {seg_index}: chunk files missing in the media store: {lost[:3]}")
                     # streamed chunk by chunk (decrypted in memory), never assembled whole
                     stream = self.store.segment_stream(sess.id, seg_index, seg.chunks)
-                    _realtime.check_segment(stream, f"segment {seg_index}")
+                    processing.check_segment(stream, f"segment {seg_index}")
 
             stages.run("assemble", assemble)
             status = stages.run(
                 "clips",
-                lambda: _realtime.process_ready_clips(
+                lambda: processing.process_ready_clips(
                     db, sess, self.store, self.settings, self.live,
                     estimator=self.estimator,
                     final=True,
@@ -760,8 +535,6 @@ class Worker:
         unusable = {c.image_index for c in sess.clips if c.features_file and has_recording_fault(c, min_share)}
         unusable |= set(stale_images(sess)) & {c.image_index for c in sess.clips}
         # A replay seen before for long is a second look, not a spontaneous reaction.
-        from fergi.study._presentations import DEFAULT_MAX_SEEN_BEFORE_S
-
         seen = {c.image_index for c in sess.clips
                 if c.clip == "reaction" and (c.seen_before_s or 0.0) > DEFAULT_MAX_SEEN_BEFORE_S}
         if seen:
@@ -779,7 +552,7 @@ class Worker:
                 stored_valid[(clip.image_index, clip.clip)] = clip.clip_valid is not False
 
         def activations():
-            act = _activations_stage(frames, participant=sess.participant_id, session=sess.index)
+            act = activations_stage(frames, participant=sess.participant_id, session=sess.index)
             # The stored validity adds the frame-count rule to the face rule recomputed here.
             keys = zip(act["image"].astype(int), act["clip"].astype(str), strict=True)
             stored = np.array([stored_valid.get(k, True) for k in keys], dtype=bool)
@@ -789,11 +562,11 @@ class Worker:
         act = stages.run("activations", activations)
         labels = stages.run(
             "labels",
-            lambda: _labels_stage(
+            lambda: labels_stage(
                 act,
                 model=self._annotation_model(),
                 invalid_images=invalid,
-                frames=_frames_table(frames, participant=sess.participant_id, session=sess.index),
+                frames=frames_table(frames, participant=sess.participant_id, session=sess.index),
                 provenance=session_provenance(self.settings.estimator),
             ),
         )
@@ -815,9 +588,6 @@ class Worker:
                     confident=bool(rec.get("confident", False)),
                 )
             )
-        from fergi.datasets import write_features_meta
-        from fergi.study._export import session_features_provenance
-
         # Beside the files, so that the session's features say which AU scale they are on.
         with self.store.output_dir(self.store.features_dir(sess.id)) as features_dir:
             write_features_meta(features_dir, session_features_provenance(self.settings.estimator))
@@ -859,7 +629,7 @@ class Worker:
             self._score_with(db, sess, names, images, paths, on_stage)
 
     def _score_with(self, db, sess, names, images, paths, on_stage) -> None:
-        from fergi import FergiError
+        # deferred: the scorers load torch and open_clip
         from fergi.scorers import create_scorer
 
         loaded = self.__dict__.setdefault("_loaded_scorers", {})

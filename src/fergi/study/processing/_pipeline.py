@@ -6,7 +6,8 @@ stages, each reported to a callback so the study's worker can show its status:
 ``assemble``     (only when given chunks) concatenate the MediaRecorder chunks
 ``standardize``  re-time the recording to a constant 30 fps
 ``clips``        cut each image's baseline and reaction clip by the event times
-``features``     per-frame features of every clip (release format CSV)
+``features``     per-frame features of every clip (release format CSV), from the
+                 recording decoded as the study's server decodes it
 ``activations``  AU activation value of every clip (paper eqs. 1-2)
 ``labels``       pairwise preference labels from the annotation model
 
@@ -24,10 +25,24 @@ from pathlib import Path
 from typing import Any
 
 from fergi._errors import FergiError
+from fergi.study.processing._analysis import _clip_tables, decode_image_clips
+from fergi.study.processing._media import (
+    assemble_chunks,
+    clip_windows,
+    cut_clips,
+    standardize_video,
+)
+from fergi.study.processing._tables import (
+    _activations_stage,
+    _frames_table,
+    _labels_stage,
+    session_provenance,
+)
+from fergi.study.protocol import CLIP_KINDS, DEFAULT_CLIP_MIN_FRAME_SHARE
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STAGES", "SessionResult", "StageError", "process_session_media"]
+__all__ = ["STAGES", "SessionResult", "StageError", "Stages", "process_session_media"]
 
 STAGES = ("assemble", "standardize", "clips", "features", "activations", "labels")
 
@@ -77,7 +92,7 @@ class SessionResult:
     feature_files: dict[tuple[int, str], Path] = field(default_factory=dict)
 
 
-class _Stages:
+class Stages:
     """Run stages with status callbacks and uniform error reporting."""
 
     def __init__(self, on_stage: OnStage | None):
@@ -112,7 +127,6 @@ def _fresh(target: Path, *sources: Path) -> bool:
 
 def _existing_clips(events, out_dir: Path, recording: Path, baseline_s, reaction_s, fps):
     """The clips of an earlier run, when all of them are there and up to date."""
-    from fergi.study._media import clip_windows
 
     clips: dict[int, dict[str, Path]] = {}
     for window in clip_windows(events, baseline_s=baseline_s, reaction_s=reaction_s, fps=fps):
@@ -123,146 +137,56 @@ def _existing_clips(events, out_dir: Path, recording: Path, baseline_s, reaction
     return {image: pair for image, pair in clips.items() if len(pair) == 2} or None
 
 
-def _features_stage(clips, out_dir: Path, *, estimator, checkpoint, fps, resume):
+def _features_stage(clips, out_dir: Path, *, recording: Path, windows, estimator, checkpoint, fps, resume):
+    """Per-frame features of the clips, analysed as the server analyses them: the
+    recording decoded once by :class:`fergi.video.SegmentDecoder` and each image's clips
+    taken from its frames in memory (not from the clip videos, whose encoding is lossy),
+    so that a recording gives the same features here and in the study's worker."""
+    # deferred: pandas, and torch for a learned estimator
     import pandas as pd
 
-    from fergi.au import create_au_estimator, extract_features, write_features
+    from fergi.au import create_au_estimator, write_features
     from fergi.datasets import FRAME_COLUMNS
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    if isinstance(estimator, str):
-        # one estimator for the session: a learned one loads its weights only once
-        options = {} if checkpoint is None else {"checkpoint": checkpoint}
-        estimator = create_au_estimator(estimator, **options)
     frames: dict[tuple[int, str], pd.DataFrame] = {}
     files: dict[tuple[int, str], Path] = {}
+    todo = []
     for image, pair in sorted(clips.items()):
-        for clip in ("baseline", "reaction"):
-            video = Path(pair[clip])
+        kept = {}
+        for clip in CLIP_KINDS:
             target = out_dir / f"{clip}_clip_{image}_features.csv"
-            if resume and _fresh(target, video):
+            if resume and _fresh(target, Path(pair[clip])):
                 table = pd.read_csv(target)
                 if list(table.columns) == list(FRAME_COLUMNS):
-                    frames[(image, clip)], files[(image, clip)] = table, target
-                    continue
-            # the image's own baseline clip is the neutral face for its reaction clip,
-            # and for itself (features_meta.json says "baseline_clip" for the session)
-            baseline = Path(pair["baseline"])
-            try:
-                table = extract_features(video, estimator=estimator, baseline=baseline, fps=fps)
-            except FergiError as exc:
-                raise FergiError(f"{clip} clip of image {image}: {exc}") from exc
-            # the release writes baseline clips with 2 decimals and reaction clips with 3
-            write_features(table, target, decimals=2 if clip == "baseline" else 3)
-            # continue from the file as saved (release rounding), so that activations
-            # are the same on a resumed run and when recomputed from an export
-            frames[(image, clip)], files[(image, clip)] = pd.read_csv(target), target
-    return frames, files
-
-
-def _activations_stage(frames, *, participant: str, session: int):
-    from fergi.features import compute_activation_values
-
-    table = _frames_table(frames, participant=participant, session=session)
-    if table is None:
-        raise FergiError("no clips to summarise")
-    return compute_activation_values(table)
-
-
-LABEL_COLUMNS = (
-    "participant",
-    "session",
-    "image_a",
-    "image_b",
-    "preferred",
-    "score_difference",
-    "confident",
-)
-
-
-def _frames_table(frames, *, participant: str, session: int):
-    """The per-frame tables of a session's clips as one keyed table (``load_frames`` layout)."""
-    import pandas as pd
-
-    tables = []
-    for (image, clip), table in sorted(frames.items()):
-        keyed = table.copy()
-        keyed.insert(0, "clip", clip)
-        keyed.insert(0, "image", int(image))
-        keyed.insert(0, "session", int(session))
-        keyed.insert(0, "participant", str(participant))
-        tables.append(keyed)
-    return pd.concat(tables, ignore_index=True) if tables else None
-
-
-def session_provenance(estimator, checkpoint=None):
-    """Provenance of a session's features: each reaction clip is measured against its own
-    image's baseline clip (``baseline_clip``; ``absolute`` for estimators without one)."""
-    from fergi.au import features_provenance
-
-    spec = getattr(estimator, "spec", None)
-    if spec is None and isinstance(estimator, str):
-        from fergi.au import get_au_estimator_spec
-
-        spec = get_au_estimator_spec(estimator)
-    if spec is None:
-        from fergi.datasets import FeatureProvenance
-
-        return FeatureProvenance("unknown")
-    return features_provenance(
-        estimator, checkpoint,
-        neutral_reference="baseline_clip" if spec.needs_reference else "absolute",
-    )
-
-
-def _labels_stage(activations, *, model, invalid_images, frames=None, provenance=None):
-    """Pairwise labels of a session's valid images.
-
-    With an :class:`~fergi.preference.AnnotationModel` (the default is scale-free), the
-    session's own baseline clips normalise its reactions; its per-frame ``frames`` feed
-    the quantile fallback when too few baseline clips are valid.
-    """
-    import pandas as pd
-
-    try:
-        from fergi.preference import AnnotationModel, ReactionData, annotate_reactions, load_model
-    except ImportError:
-        raise FergiError(
-            "annotation model unavailable (fergi.preference.annotate_pairs is not installed)"
-        ) from None
-    if model is None:
-        try:
-            model = load_model(None)
-        except FergiError as exc:
-            raise FergiError(f"annotation model unavailable ({exc})") from exc
-    reaction = activations[
-        (activations["clip"] == "reaction")
-        & activations["clip_valid"].astype(bool)
-        & ~activations["image"].isin(set(invalid_images))
-    ]
-    reaction = reaction.dropna(subset=["AU4_activation_value", "AU12_activation_value"])
-    if len(reaction) < 2:
-        logger.info("fewer than 2 valid reaction clips: no pairs to label")
-        return pd.DataFrame(columns=list(LABEL_COLUMNS))
-    from fergi.datasets import FeatureProvenance
-
-    keys = ["participant", "session", "image"]
-    clips = activations.assign(participant=activations["participant"].astype(str))
-    participant, session = str(clips["participant"].iloc[0]), int(clips["session"].iloc[0])
-    data = ReactionData(
-        clips=clips,
-        images=clips.loc[clips["clip"] == "reaction", keys].reset_index(drop=True),
-        invalid={(participant, session, int(i)) for i in invalid_images},
-        provenance=provenance or FeatureProvenance("unknown"),
-        frames=frames,
-        source=f"participant {participant} session {session}",
-    )
-    if not isinstance(model, AnnotationModel):
-        # A bare valence model from an older model file: raw values, as before.
-        from fergi.preference import annotate_pairs
-
-        return annotate_pairs(reaction.reset_index(drop=True), model)
-    return annotate_reactions(data, model)
+                    kept[(image, clip)] = (table, target)
+        if len(kept) == len(CLIP_KINDS):
+            for key, (table, target) in kept.items():
+                frames[key], files[key] = table, target
+        else:
+            todo.append(image)
+    if todo:
+        if isinstance(estimator, str):
+            # one estimator for the session: a learned one loads its weights only once
+            options = {} if checkpoint is None else {"checkpoint": checkpoint}
+            estimator = create_au_estimator(estimator, **options)
+        wanted = [w for w in windows if w.image_index in todo]
+        with open(recording, "rb") as data:
+            for image, pair in decode_image_clips(data, wanted, fps=fps, source=str(recording)):
+                lost = [clip for clip, video in pair.items() if video is None]
+                if lost:
+                    raise FergiError(f"{lost[0]} clip of image {image}: not in the recording")
+                # the image's own baseline clip is the neutral face for its reaction clip,
+                # and for itself (features_meta.json says "baseline_clip" for the session)
+                tables = _clip_tables(pair, estimator=estimator, fps=fps, source=str(recording), image=image)
+                for clip, table in tables.items():
+                    target = out_dir / f"{clip}_clip_{image}_features.csv"
+                    # the release writes baseline clips with 2 decimals and reaction clips with 3
+                    write_features(table, target, decimals=2 if clip == "baseline" else 3)
+                    # continue from the file as saved (release rounding), so that activations
+                    # are the same on a resumed run and when recomputed from an export
+                    frames[(image, clip)], files[(image, clip)] = pd.read_csv(target), target
+    return dict(sorted(frames.items())), dict(sorted(files.items()))
 
 
 def process_session_media(
@@ -281,7 +205,7 @@ def process_session_media(
     session: int = 1,
     invalid_images: Iterable[int] = (),
     resume: bool = False,
-    min_frame_share: float = 0.8,
+    min_frame_share: float = DEFAULT_CLIP_MIN_FRAME_SHARE,
 ) -> SessionResult:
     """Process one session recording into clips, features, activations and labels.
 
@@ -333,10 +257,9 @@ def process_session_media(
         A stage failed (a :class:`~fergi.FergiError`, message ``stage 'X' failed:
         ...``). Inputs and earlier outputs are kept.
     """
-    from fergi.study._media import assemble_chunks, cut_clips, standardize_video
 
     work = Path(work_dir)
-    stages = _Stages(on_stage)
+    stages = Stages(on_stage)
     events = list(events)
     try:
         work.mkdir(parents=True, exist_ok=True)
@@ -389,6 +312,8 @@ def process_session_media(
         lambda: _features_stage(
             clips,
             work / "features",
+            recording=recording,
+            windows=clip_windows(events, baseline_s=baseline_s, reaction_s=reaction_s, fps=fps),
             estimator=estimator,
             checkpoint=checkpoint,
             fps=fps,

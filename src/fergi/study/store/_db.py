@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import time
-from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -405,6 +404,21 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def iter_db(factory: sessionmaker[Session]) -> Iterator[Session]:
-    with factory() as db:
-        yield db
+def redacted_url(url: str) -> str:
+    """A database URL with its password masked, for logs and messages."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of an SQLite URL or a bare path; None for a server database, an
+    in-memory one, or a URL that does not parse (:func:`make_engine` reports it)."""
+    if "://" not in url:
+        return Path(url).expanduser().resolve()
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return None
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return None
+    return Path(database).expanduser().resolve()

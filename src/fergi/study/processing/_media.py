@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 
 from fergi._errors import FergiError
+from fergi.study.protocol import CLIP_KINDS, EVENT_KINDS
+from fergi.video import iter_frames, write_video
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +49,6 @@ __all__ = [
     "standardize_video",
 ]
 
-EVENT_KINDS = ("baseline_start", "image_shown", "image_hidden")
-CLIP_KINDS = ("baseline", "reaction")
 _WEBM_MAGIC = b"\x1a\x45\xdf\xa3"  # EBML header: every webm file starts with it
 # An event a little before video time zero is clock jitter between the page's
 # clock and the first frame's capture time; more than this is a broken recording.
@@ -62,7 +62,6 @@ def _partial(path: Path) -> Path:
 
 def _check_decodable(path: Path, what: str) -> None:
     """Decode the first frame, so a broken file fails here and not in a later stage."""
-    from fergi.video import iter_frames
 
     try:
         frames = iter_frames(path, fps=None)
@@ -165,7 +164,6 @@ def standardize_video(
     fergi.FergiError
         Missing, empty, corrupt or frameless input.
     """
-    from fergi.video import iter_frames, write_video
 
     source, out = Path(in_path), Path(out_path)
     if fps is None or not fps > 0:
@@ -314,7 +312,6 @@ class _ClipSink:
             yield frame
 
     def _run(self) -> None:
-        from fergi.video import write_video
 
         try:
             write_video(self.partial, self._frames(), fps=self.fps)
@@ -383,7 +380,6 @@ def cut_clips(
     fergi.FergiError
         Malformed events, an unreadable recording, or no clip at all in it.
     """
-    from fergi.video import iter_frames
 
     source, out = Path(recording), Path(out_dir)
     windows = clip_windows(events, baseline_s=baseline_s, reaction_s=reaction_s, fps=fps)

@@ -10,11 +10,11 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 
-from fergi.study._db import Answer, Ranking, utcnow
-from fergi.study._deps import DB, MAX_DB_INT, CurrentSession, Settings, Store
-from fergi.study._routes_sessions import session_state
-from fergi.study._storage import file_response
-from fergi.study._worker import enqueue
+from fergi.study.jobs import enqueue
+from fergi.study.store import Answer, Ranking, utcnow
+from fergi.study.web._deps import DB, MAX_DB_INT, CurrentSession, Settings, Store
+from fergi.study.web._responses import file_response
+from fergi.study.web._state import session_state
 
 router = APIRouter(prefix="/api/sessions/{session_id}", tags=["answers"])
 

@@ -12,12 +12,13 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from fergi._errors import FergiError
-from fergi.study._db import Job, Participant, StudySession, hash_token
-from fergi.study._deps import DB, MAX_DB_INT, Settings, Store, require_admin
-from fergi.study._presentations import presentation_attempts
-from fergi.study._routes_sessions import PARTICIPANT_ID, session_state
-from fergi.study._storage import file_response
-from fergi.study._worker import enqueue, retry_job, stale_images
+from fergi.study.jobs import enqueue, retry_job
+from fergi.study.processing import clip_video
+from fergi.study.protocol import stale_images
+from fergi.study.store import Job, Participant, StudySession, hash_token, presentation_attempts
+from fergi.study.web._deps import DB, MAX_DB_INT, Settings, Store, require_admin
+from fergi.study.web._responses import file_response
+from fergi.study.web._state import PARTICIPANT_ID, session_state
 
 # Ids beyond the databases' INTEGER overflow the driver: refused as 422 before any query.
 DbId = Annotated[int, PathParam(ge=1, le=MAX_DB_INT)]
@@ -291,7 +292,6 @@ def admin_clip(
 
     Encoded from the raw upload on the first request and kept for the next ones.
     """
-    from fergi.study._realtime import clip_video
 
     sess = _session(db, session_id)
     try:

@@ -8,10 +8,11 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
-from fergi.study._db import utcnow
-from fergi.study._deps import DB, CurrentSession, Settings
-from fergi.study._routes_sessions import session_state
-from fergi.study._worker import enqueue
+from fergi.study.content import StructuredInput, form_errors, format_validation_error
+from fergi.study.jobs import enqueue
+from fergi.study.store import utcnow
+from fergi.study.web._deps import DB, CurrentSession, Settings
+from fergi.study.web._state import session_state
 
 router = APIRouter(prefix="/api/sessions/{session_id}", tags=["prompts"])
 
@@ -38,7 +39,6 @@ def generate_prompt(
     body: GenerateRequest, request: Request, sess: CurrentSession, db: DB, settings: Settings
 ) -> dict[str, Any]:
     """Compose a prompt from the structured form (Fig. S1-S2); counts one attempt."""
-    from fergi.study._prompting import StructuredInput, form_errors, format_validation_error
 
     _require_prompt_step(sess)
     if sess.session_type != "structured":

@@ -4,7 +4,7 @@ With a PostgreSQL database, ``fergi serve`` runs no jobs: every job it queues in
 ``jobs`` table (which stays the record the admin page shows: status, stages, errors)
 is also deferred as a procrastinate job, and any number of ``fergi worker`` processes,
 on any machines, take them. The job functions are the same as the in-process worker's
-(:class:`fergi.study._worker.Worker`); only the dispatch differs.
+(:class:`fergi.study.jobs._worker.Worker`); only the dispatch differs.
 
 Guarantees:
 
@@ -39,7 +39,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from fergi._errors import FergiError
-from fergi.study._db import Job
+from fergi.study.store import Job, make_engine
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ def libpq_url(url: str) -> str:
 
 
 def _import_procrastinate():
+    # deferred: procrastinate is an optional dependency (fergi[distributed])
     try:
         import procrastinate
     except ImportError:
@@ -121,8 +122,6 @@ def prepare_database(url: str):
 
     Idempotent, and safe when several processes start at once (advisory lock).
     """
-    from fergi.study._db import make_engine
-
     procrastinate = _import_procrastinate()
     with schema_lock(url) as conn:
         engine = make_engine(url)
@@ -217,7 +216,7 @@ def run_workers(
 
     Parameters
     ----------
-    worker : fergi.study._worker.Worker
+    worker : fergi.study.jobs._worker.Worker
         The job functions (its threads are not started).
     concurrency : int
         Jobs run at once in this process.

@@ -23,7 +23,7 @@ The client's contract
   attempt: an image with all three events counts as presented (the session state then
   says ``survey`` after a reload). Post ``image_interrupted`` with its ``reason`` and
   the video time the image was blanked instead: the replay is then stored as exposure 2
-  with the seconds seen before (see :mod:`fergi.study._presentations`). A replay in the same segment is not possible (a
+  with the seconds seen before (see :mod:`fergi.study.store._presentations`). A replay in the same segment is not possible (a
   repeated event of a segment is taken as a retry and the first one is kept).
 * **Validity is the server's.** A clip with fewer than ``clip_min_frame_share`` of its
   frames, or without a new camera frame for over ``clip_max_still_s``, is stored as
@@ -61,8 +61,18 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from fergi.study._db import Chunk, Clip, Event, Segment, StudySession, hash_token, request_time_left
-from fergi.study._deps import (
+from fergi.study.jobs import enqueue
+from fergi.study.protocol import EVENT_KINDS, abandon_segment, needs_clips
+from fergi.study.store import (
+    Chunk,
+    Clip,
+    Event,
+    Segment,
+    StudySession,
+    hash_token,
+    request_time_left,
+)
+from fergi.study.web._deps import (
     DB,
     MAX_DB_INT,
     SESSION_HEADER,
@@ -74,7 +84,7 @@ from fergi.study._deps import (
     get_study_session,
     read_upload,
 )
-from fergi.study._worker import abandon_segment, enqueue, needs_clips
+from fergi.study.web._responses import is_storage_full, overloaded_response, storage_full_response
 
 
 class RecordingRefused(HTTPException):
@@ -165,7 +175,6 @@ def webm_header_problem(data: bytes) -> str | None:
 #: Chunks stored at once. More threads only queue on SQLite's write lock and the GIL;
 #: a chunk waiting for one waits on the event loop, holding nothing.
 CHUNK_THREADS = 8
-EVENT_KINDS = ("baseline_start", "image_shown", "image_hidden")
 
 
 def _mime(value: str) -> str:
@@ -344,8 +353,6 @@ async def _run_admitted(state, settings, func, *args):
         with anyio.fail_after(max(0.0, request_time_left(settings.db_pool_timeout))):
             await admission.acquire()
     except TimeoutError:
-        from fergi.study._app import overloaded_response
-
         return overloaded_response()
     try:
         return await anyio.to_thread.run_sync(func, *args, limiter=threads)
@@ -701,8 +708,6 @@ class ChunkFastPath:
             response = JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
         except Exception as exc:
             from sqlalchemy import exc as sa_exc
-
-            from fergi.study._app import is_storage_full, overloaded_response, storage_full_response
 
             locked = isinstance(exc, sa_exc.OperationalError) and "database is locked" in str(exc.orig)
             if isinstance(exc, sa_exc.TimeoutError) or locked:

@@ -2,7 +2,7 @@
 image while the participant answers its survey.
 
 The browser uploads its recording as consecutive byte pieces of one MediaRecorder webm
-stream. :class:`SegmentDecoder` demuxes the chunks stored so far, decodes every video
+stream. :class:`fergi.video.SegmentDecoder` demuxes the chunks stored so far, decodes every video
 packet exactly once (its decoder state lives on between calls in the worker process)
 and standardises the frames to a constant rate on the fly, with the same rule as
 :func:`fergi.video.iter_frames`: tick ``k / fps`` shows the latest frame at or before
@@ -24,422 +24,34 @@ playback, the sharing export) and keeps it.
 
 from __future__ import annotations
 
-import io
 import logging
-import math
 import threading
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from fergi._errors import FergiError
+from fergi.study.processing._analysis import (
+    ImageWindows,
+    _clip_tables,
+    _read_chunks,
+    image_windows,
+)
+from fergi.study.processing._media import clip_windows
+from fergi.study.processing._tables import _frames_table
+from fergi.study.protocol import (
+    CLIP_KINDS,
+    DEFAULT_CLIP_MIN_FRAME_SHARE,
+    select_image_events,
+    unusable_segments,
+)
+from fergi.study.store import Clip, exposures_by_segment
+from fergi.video import SegmentDecoder, write_video
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SegmentDecoder", "clip_video", "extract_recording_features", "process_ready_clips"]
-
-CLIP_KINDS = ("baseline", "reaction")
-
-# Same tolerance as fergi.video: webm times are milliseconds, ticks are 1/30 s.
-_TICK_EPS = 2e-3
-
-
-def _read_chunks(chunk_paths: Iterable[Path]) -> bytes:
-    parts = []
-    for index, path in enumerate(chunk_paths):
-        path = Path(path)
-        if not path.is_file():
-            raise FergiError(f"{path}: recording chunk {index} does not exist")
-        parts.append(path.read_bytes())
-    if not parts:
-        raise FergiError("no recording chunks")
-    return b"".join(parts)
-
-
-def _reason(exc: BaseException) -> str:
-    from fergi.video._io import _reason as reason
-
-    return reason(exc).replace(": '<none>'", "")
-
-
-class SegmentDecoder:
-    """Decode one recording segment incrementally, standardised to ``fps``.
-
-    Parameters
-    ----------
-    fps : float
-        The constant frame rate (30 in the study).
-    source : str
-        Names the segment in errors.
-
-    Notes
-    -----
-    Call :meth:`advance` with the bytes of the stream uploaded so far (the stored
-    chunks, concatenated) as often as new chunks arrive. Frames are collected only for
-    the windows registered with :meth:`want`; every other frame is decoded (a video
-    decoder needs them all) but never converted to RGB.
-    """
-
-    def __init__(self, fps: float = 30.0, source: str = "recording"):
-        self.fps = float(fps)
-        self.source = source
-        self.n_fed = 0  # video packets given to the decoder so far
-        self.n_frames = 0  # native frames decoded
-        self.k = 0  # next tick to emit
-        self.finished = False
-        self._ctx = None
-        self._time_base = None
-        self._first: float | None = None
-        self._last_t = -math.inf
-        self._prev = None  # (av.VideoFrame, cached rgb or None)
-        self._windows: dict[Any, tuple[int, int]] = {}
-        # per window: a (n, H, W, 3) array filled in tick order, and how much is filled
-        self._frames: dict[Any, list] = {}
-        # per window: [native frame of the last tick, ticks it has lasted, the longest run]
-        self._runs: dict[Any, list] = {}
-
-    # ------------------------------------------------------------------ windows
-    def can_serve(self, first: int) -> bool:
-        """Whether frames from tick ``first`` on are still to come."""
-        return first >= self.k
-
-    def want(self, key: Any, first: int, n: int) -> None:
-        """Collect ticks ``first <= k < first + n`` under ``key``."""
-        if key in self._windows:
-            return
-        if not self.can_serve(first):
-            raise ValueError(f"tick {first} was already decoded (now at {self.k})")
-        self._windows[key] = (first, n)
-        self._frames[key] = [None, 0]
-        self._runs[key] = [None, 0, 0]
-
-    def done(self, key: Any) -> bool:
-        first, n = self._windows[key]
-        return self.finished or self._frames[key][1] >= n
-
-    def longest_still(self, key: Any) -> int:
-        """The most consecutive ticks of a window that show one camera frame (a camera
-        that froze, or delivered no frames for a while); call before :meth:`pop`."""
-        return self._runs[key][2]
-
-    def pop(self, key: Any) -> np.ndarray | None:
-        """The frames of a finished window (None when the recording holds none of it)."""
-        self._windows.pop(key)
-        self._runs.pop(key, None)
-        frames, filled = self._frames.pop(key)
-        return frames[:filled] if filled else None
-
-    @property
-    def until(self) -> int:
-        """The tick after the last registered window (how far decoding must go)."""
-        return max((first + n for first, n in self._windows.values()), default=0)
-
-    # ------------------------------------------------------------------ decoding
-    def _rgb(self) -> np.ndarray:
-        from fergi.video._io import _upright
-
-        frame, rgb = self._prev
-        if rgb is None:
-            rgb = _upright(frame)
-            self._prev = (frame, rgb)
-        return rgb
-
-    def _emit_tick(self) -> None:
-        k = self.k
-        for key, (first, n) in self._windows.items():
-            if first <= k < first + n:
-                slot = self._frames[key]
-                rgb = self._rgb()
-                if slot[0] is None:
-                    # one array per clip, filled in place: no list of frames to stack
-                    slot[0] = np.empty((n, *rgb.shape), dtype=rgb.dtype)
-                elif slot[0].shape[1:] != rgb.shape:
-                    raise FergiError(
-                        f"{self.source}: the frame size changes from "
-                        f"{slot[0].shape[2]}x{slot[0].shape[1]} to {rgb.shape[1]}x{rgb.shape[0]} "
-                        f"within a clip ({k / self.fps:.2f} s)"
-                    )
-                slot[0][slot[1]] = rgb
-                slot[1] += 1
-                # the tick shows the newest native frame so far (number n_frames - 1)
-                run = self._runs[key]
-                if run[0] == self.n_frames - 1:
-                    run[1] += 1
-                else:
-                    run[0], run[1] = self.n_frames - 1, 1
-                run[2] = max(run[2], run[1])
-        self.k += 1
-
-    def _on_frame(self, frame) -> None:
-        if frame.pts is not None and self._time_base is not None:
-            t = float(frame.pts * self._time_base)
-        else:
-            t = self.n_frames / self.fps
-        if self._first is None:
-            self._first = t
-        t -= self._first
-        if t <= self._last_t:
-            return  # a duplicate presentation time: the earlier frame wins (as in fergi.video)
-        step = 1.0 / self.fps
-        if self._prev is None:
-            self._prev = (frame, None)
-        # every tick before this frame's time shows the previous frame
-        while self.k * step + _TICK_EPS < t:
-            self._emit_tick()
-        self._prev = (frame, None)
-        self._last_t = t
-        self.n_frames += 1
-
-    def _open(self, data):
-        import av
-
-        # bytes, or a seekable file (a store's ChunkStream: never the whole video in memory)
-        source = io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else data
-        source.seek(0)
-        try:
-            container = av.open(source, mode="r")
-        except (av.error.FFmpegError, OSError, ValueError) as exc:
-            raise FergiError(f"{self.source}: not a readable video ({_reason(exc)})") from None
-        if not container.streams.video:
-            container.close()
-            raise FergiError(f"{self.source}: contains no video stream")
-        return container
-
-    def advance(self, data, *, final: bool = False, until: int | None = None) -> None:
-        """Decode the packets of ``data`` not decoded yet, up to tick ``until``.
-
-        Parameters
-        ----------
-        data : bytes or seekable binary file
-            The segment's stream as uploaded so far (a prefix of the final stream).
-        final : bool
-            The stream is complete: its last packet is decoded too, and the last frame
-            covers the ticks up to its own time (as :func:`fergi.video.iter_frames`).
-        until : int, optional
-            Stop once this tick is emitted (default: the end of the registered windows),
-            so frames nobody asked for yet are not decoded ahead of need.
-
-        Raises
-        ------
-        fergi.FergiError
-            The stream cannot be read or a complete packet does not decode.
-        """
-        import av
-
-        if self.finished:
-            return
-        until = self.until if until is None else until
-        if self.k >= until:
-            return
-        container = self._open(data)
-        try:
-            stream = container.streams.video[0]
-            if self._ctx is None:
-                self._ctx = av.CodecContext.create(stream.codec_context.name, "r")
-                if stream.codec_context.extradata:
-                    self._ctx.extradata = stream.codec_context.extradata
-                # Frame threading keeps decoding well below the cost of face analysis.
-                self._ctx.thread_type = "AUTO"
-                self._time_base = stream.time_base
-            index = 0
-            held = None  # the newest packet: complete only once a later one exists
-            stopped = False
-            try:
-                for packet in container.demux(stream):
-                    if packet.size == 0:
-                        continue
-                    index += 1
-                    if index <= self.n_fed:
-                        continue
-                    if held is not None:
-                        self._feed(held)
-                        if self.k >= until:
-                            held = None
-                            stopped = True
-                            break
-                    held = packet
-            except av.error.FFmpegError as exc:
-                # a cut at the end of an unfinished upload; the packets before it are whole
-                logger.debug("%s: demuxing stopped after %d packets (%s)", self.source, index, _reason(exc))
-            if final and not stopped:
-                if held is not None:
-                    self._feed(held)
-                self._flush()
-        finally:
-            container.close()
-
-    def _feed(self, packet) -> None:
-        import av
-
-        try:
-            frames = self._ctx.decode(packet)
-        except av.error.FFmpegError as exc:
-            raise FergiError(
-                f"{self.source}: corrupt video data after {self.n_frames} frames ({_reason(exc)})"
-            ) from None
-        self.n_fed += 1
-        for frame in frames:
-            self._on_frame(frame)
-
-    def _flush(self) -> None:
-        import av
-
-        try:
-            frames = self._ctx.decode(None)
-        except av.error.FFmpegError as exc:
-            raise FergiError(
-                f"{self.source}: corrupt video data after {self.n_frames} frames ({_reason(exc)})"
-            ) from None
-        for frame in frames:
-            self._on_frame(frame)
-        if self._prev is not None:
-            step = 1.0 / self.fps
-            # duration is unknown for MediaRecorder files, so nothing is invented after it
-            while self.k * step <= self._last_t + _TICK_EPS:
-                self._emit_tick()
-        self.finished = True
-        if self.n_frames == 0:
-            raise FergiError(f"{self.source}: contains no decodable video frames")
-
-
-# --------------------------------------------------------------------------- analysis
-
-
-_local = threading.local()
-
-
-def _analyzer():
-    # One face analyser per thread: the worker analyses in its clips and process threads
-    # at once, and a MediaPipe graph must not be shared between threads.
-    if getattr(_local, "analyzer", None) is None:
-        from fergi.face import FaceAnalyzer
-
-        _local.analyzer = FaceAnalyzer()
-    return _local.analyzer
-
-
-def _analyse_clip(frames: np.ndarray, baseline: Any, *, estimator, fps: float, source: str):
-    """Per-frame features of one clip's decoded frames (``baseline``: its image's baseline)."""
-    from fergi.au import extract_features
-    from fergi.video import VideoFrames
-
-    video = VideoFrames(
-        frames=frames, timestamps=np.arange(len(frames)) / fps, fps=fps, source=source
-    )
-    if baseline is None:
-        baseline = video  # a baseline clip is its own neutral reference
-    table = extract_features(video, estimator=estimator, baseline=baseline, analyzer=_analyzer())
-    return table, video
-
-
-def _clip_tables(pair: Mapping[str, np.ndarray], *, estimator, fps: float, source: str, image: int):
-    """Both clips of an image, analysed: ``{clip: DataFrame}`` (release CSV rounding applied)."""
-    out = {}
-    baseline_video = None
-    for clip in CLIP_KINDS:
-        try:
-            table, video = _analyse_clip(
-                pair[clip],
-                baseline_video,
-                estimator=estimator,
-                fps=fps,
-                source=f"{source}: {clip} clip of image {image}",
-            )
-        except FergiError as exc:
-            raise FergiError(f"{clip} clip of image {image}: {exc}") from exc
-        if clip == "baseline":
-            baseline_video = video
-        out[clip] = table
-    return out
-
-
-def _rounded(table, clip: str):
-    """The table as its release CSV file reads back (baseline 2 decimals, reaction 3)."""
-    import pandas as pd
-
-    from fergi.au import format_features_csv
-
-    return pd.read_csv(io.StringIO(format_features_csv(table, decimals=2 if clip == "baseline" else 3)))
-
-
-@dataclass
-class ImageWindows:
-    """The two clip windows of one image in one segment."""
-
-    image: int
-    segment: int
-    windows: dict[str, Any] = field(default_factory=dict)  # clip -> ClipWindow
-
-
-def image_windows(
-    events: list[Any], n_images: int, *, baseline_s, reaction_s, fps, skip_segments: Iterable[int] = ()
-) -> dict[int, ImageWindows]:
-    """The clip windows of every image whose presentation is complete (latest segment wins;
-    ``skip_segments``: segments without video, see :func:`fergi.study._worker.unusable_segments`)."""
-    from fergi.study._media import clip_windows
-    from fergi.study._worker import select_image_events
-
-    out = {}
-    for image, (segment, evs) in select_image_events(events, n_images, skip_segments).items():
-        windows = clip_windows(evs, baseline_s=baseline_s, reaction_s=reaction_s, fps=fps)
-        if len(windows) == 2:
-            out[image] = ImageWindows(image, segment, {w.kind: w for w in windows})
-    return out
-
-
-def extract_recording_features(
-    chunk_paths: Iterable[str | Path],
-    events: Iterable[Mapping[str, Any]],
-    *,
-    estimator="geometry",
-    baseline_s: float = 5.0,
-    reaction_s: float = 5.0,
-    fps: float = 30,
-) -> dict[tuple[int, str], Any]:
-    """Per-frame features of every clip of one whole recording segment, in one pass.
-
-    The same decoding and analysis as the real-time worker, run once at the end; the
-    worker's results equal these frame for frame.
-
-    Parameters
-    ----------
-    chunk_paths : iterable of path
-        The segment's chunks in order (or one webm file).
-    events : iterable of dict
-        ``{"image_index", "kind", "video_time"}`` of this segment.
-    estimator : str or estimator
-    baseline_s, reaction_s, fps : float
-
-    Returns
-    -------
-    dict
-        ``{(image, "baseline"|"reaction"): DataFrame}`` (release CSV rounding).
-    """
-    from fergi.au import create_au_estimator
-    from fergi.study._media import clip_windows
-
-    events = list(events)
-    if isinstance(estimator, str):
-        estimator = create_au_estimator(estimator)
-    data = _read_chunks([Path(p) for p in chunk_paths])
-    decoder = SegmentDecoder(fps, "recording")
-    windows = clip_windows(events, baseline_s=baseline_s, reaction_s=reaction_s, fps=fps)
-    for w in windows:
-        decoder.want((w.image_index, w.kind), w.first, w.n)
-    decoder.advance(data, final=True)
-    decoded = {key: decoder.pop(key) for key in list(decoder._windows)}
-    out = {}
-    for image in sorted({w.image_index for w in windows}):
-        pair = {c: decoded.get((image, c)) for c in CLIP_KINDS}
-        if any(v is None for v in pair.values()):
-            continue
-        tables = _clip_tables(pair, estimator=estimator, fps=fps, source="recording", image=image)
-        for clip, table in tables.items():
-            out[(image, clip)] = _rounded(table, clip)
-    return out
+__all__ = ["LiveDecoders", "check_segment", "clip_video", "process_ready_clips"]
 
 
 # --------------------------------------------------------------------------- the worker's side
@@ -450,7 +62,7 @@ def check_segment(chunks, source: str) -> None:
     missing or do not open as a video (the ``assemble`` stage).
 
     ``chunks``: the chunk files in order, or a seekable stream of the whole segment
-    (:meth:`fergi.study._storage.MediaStore.segment_stream`, read chunk by chunk).
+    (:meth:`fergi.study.store._storage.MediaStore.segment_stream`, read chunk by chunk).
     """
     if hasattr(chunks, "read"):
         data, n = chunks, len(getattr(chunks, "_loaders", ())) or 1
@@ -461,7 +73,7 @@ def check_segment(chunks, source: str) -> None:
             raise FergiError(f"{source}: chunk files missing on disk: {lost[:3]}")
         data, n = _read_chunks(paths), len(paths)
     decoder = SegmentDecoder(source=f"{source} (assembled from {n} chunks)")
-    decoder._open(data).close()
+    decoder.check_opens(data)
     decoder.want("first", 0, 1)
     decoder.advance(data, final=True)
     if decoder.pop("first") is None:
@@ -495,7 +107,7 @@ class LiveDecoders:
         key = (session_id, segment)
         decoder = self._decoders.get(key)
         fresh = decoder is None or decoder.fps != fps or decoder.finished or not all(
-            w in decoder._windows or decoder.can_serve(first) for w, first, _ in windows
+            decoder.wants(w) or decoder.can_serve(first) for w, first, _ in windows
         )
         with self._guard:
             if fresh:
@@ -556,8 +168,6 @@ def process_ready_clips(
         Unreadable video, missing chunk files or a failed analysis (one line, naming the
         image). Everything stored before stays.
     """
-    from fergi.study._presentations import exposures_by_segment
-    from fergi.study._worker import unusable_segments
 
     report = on_image or (lambda image, status: None)
     fps = float(settings.fps)
@@ -622,7 +232,7 @@ def process_ready_clips(
                     db, sess, store, iw.image, pair, estimator=estimator, fps=fps,
                     segment=iw.segment,
                     expected={clip: w.n for clip, w in iw.windows.items()},
-                    min_frame_share=float(getattr(settings, "clip_min_frame_share", 0.8)),
+                    min_frame_share=float(getattr(settings, "clip_min_frame_share", DEFAULT_CLIP_MIN_FRAME_SHARE)),
                     still_s=still,
                     max_still_s=float(getattr(settings, "clip_max_still_s", 1.0)),
                     exposure=exposures.get((iw.image, iw.segment)),
@@ -640,7 +250,7 @@ def clip_validity(
     frames,
     *,
     expected: int | None,
-    min_frame_share: float = 0.8,
+    min_frame_share: float = DEFAULT_CLIP_MIN_FRAME_SHARE,
     min_valid_share: float = 0.8,
     still_s: float | None = None,
     max_still_s: float = 1.0,
@@ -713,7 +323,7 @@ def has_recording_fault(clip, min_frame_share: float, min_valid_share: float = 0
 
 def _store_image(
     db, sess, store, image: int, pair, *, estimator, fps: float,
-    segment: int | None = None, expected: Mapping[str, int] | None = None, min_frame_share: float = 0.8,
+    segment: int | None = None, expected: Mapping[str, int] | None = None, min_frame_share: float = DEFAULT_CLIP_MIN_FRAME_SHARE,
     still_s: Mapping[str, float] | None = None, max_still_s: float = 1.0,
     exposure: tuple[int, float] | None = None,
 ) -> None:
@@ -723,8 +333,6 @@ def _store_image(
 
     from fergi.au import write_features
     from fergi.features import compute_activation_values
-    from fergi.study._db import Clip
-    from fergi.study._pipeline import _frames_table
 
     tables = _clip_tables(pair, estimator=estimator, fps=fps, source=f"session {sess.id}", image=image)
     folder = store.features_dir(sess.id)
@@ -806,9 +414,6 @@ def clip_video(db, sess, store, image: int, clip: str, *, fps: float = 30):
     pathlib.Path or RemotePath or None
         None when the clip was not analysed, or its raw video is gone (retention).
     """
-    from fergi.study._media import clip_windows
-    from fergi.study._worker import select_image_events
-    from fergi.video import write_video
 
     row = next((c for c in sess.clips if c.image_index == image and c.clip == clip), None)
     if row is None:
@@ -817,7 +422,6 @@ def clip_video(db, sess, store, image: int, clip: str, *, fps: float = 30):
         path = store.resolve(row.video_file)
         if path.is_file():
             return path
-    from fergi.study._worker import unusable_segments
 
     events = list(sess.events)
     if row.segment is not None:

@@ -14,9 +14,8 @@ from fastapi import Depends, HTTPException, Path, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fergi.study._db import StudySession, hash_token
 from fergi.study._settings import StudySettings, get_settings
-from fergi.study._storage import MediaStore
+from fergi.study.store import MediaStore, StudySession, hash_token
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 from typing import Annotated, Any
 
@@ -11,20 +10,18 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select, update
 
-from fergi.study._db import (
+from fergi.study._settings import StudySettings
+from fergi.study.content import decode_snapshot, face_confidence, structured_limits
+from fergi.study.store import (
     Participant,
     StudySession,
     hash_token,
     utcnow,
 )
-from fergi.study._deps import DB, MAX_DB_INT, CurrentSession, Settings, rate_limit, read_upload
-from fergi.study._prompting import structured_limits
-from fergi.study._settings import StudySettings
+from fergi.study.web._deps import DB, MAX_DB_INT, CurrentSession, Settings, rate_limit, read_upload
+from fergi.study.web._state import PARTICIPANT_ID, session_state
 
 router = APIRouter(prefix="/api", tags=["sessions"])
-
-PARTICIPANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
-
 
 def public_config(settings: StudySettings) -> dict[str, Any]:
     return {
@@ -46,48 +43,6 @@ def public_config(settings: StudySettings) -> dict[str, Any]:
     }
 
 
-def session_state(sess: StudySession, settings: StudySettings) -> dict[str, Any]:
-    """Where the participant is in the flow; the client resumes from this after a reload."""
-    answered = {a.image_index for a in sess.answers}
-    current = next((i for i in range(1, sess.n_images + 1) if i not in answered), None)
-    phase = None
-    if sess.consent_at is None:
-        step = "consent"
-    elif sess.prompt is None:
-        step = "prompt"
-    elif sess.webcam_ok_at is None:
-        step = "webcam"
-    elif current is not None:
-        step = "images"
-        hidden = any(e.kind == "image_hidden" and e.image_index == current for e in sess.events)
-        phase = "survey" if hidden else "present"
-    elif sess.ranking is None:
-        step = "ranking"
-    else:
-        step = "done"
-    ready = sorted(img.index for img in sess.images)
-    jobs = {job.kind: job for job in sess.jobs}
-    gen = jobs.get("generate")
-    return {
-        "session_id": sess.id,
-        "participant_id": sess.participant_id,
-        "session_index": sess.index,
-        "session_type": sess.session_type,
-        "n_images": sess.n_images,
-        "step": step,
-        "current_image": current,
-        "image_phase": phase,
-        "share_video": sess.share_video,
-        "prompt": sess.prompt,
-        "generated_prompts": list(sess.generated_prompts or []),
-        "attempts_left": max(0, settings.prompt_attempts - sess.prompt_attempts),
-        "images_ready": ready,
-        "images_invalid": sorted(img.index for img in sess.images if img.invalid),
-        "generation": None if gen is None else {"status": gen.status, "error": gen.error},
-        "next_segment": len(sess.segments),
-        "answered": sorted(answered),
-        "ranking": None if sess.ranking is None else list(sess.ranking.order),
-    }
 
 
 def choose_session_type(db, participant: Participant) -> str:
@@ -235,7 +190,6 @@ def webcam_check(
 
     A plain function: decoding and face detection run in the thread pool.
     """
-    from fergi.study._facecheck import decode_snapshot, face_confidence
 
     if sess.consent_at is None:
         raise HTTPException(409, "consent is needed before the webcam is used")
