@@ -13,6 +13,9 @@ stages, each reported to a callback so the study's worker can show its status:
 
 A failing stage raises :class:`StageError` naming the stage; nothing is deleted, so
 the inputs and every earlier stage's outputs stay for a retry.
+
+``fergi.au``, ``fergi.datasets`` and pandas are imported where used (they load pandas,
+which ``import fergi.study`` does not need).
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ one image per database commit. Stored images are skipped, so a job that is repea
 retried or restarted after a crash resumes from the last finished image. No clip is
 encoded to a video file here: :func:`clip_video` writes one on demand (admin
 playback, the sharing export) and keeps it.
+
+``fergi.au``, ``fergi.features`` and pandas are imported where used: they load pandas,
+which the web app's start (it builds the worker) does not need.
 """
 
 from __future__ import annotations

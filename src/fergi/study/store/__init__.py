@@ -1,9 +1,9 @@
 """The study's store: its tables (SQLAlchemy models, engine) and its files (the media
 store, local or on object storage).
 
-Import rule: the bottom room. It imports only the shared core (``fergi._errors``,
-``fergi.schema``) and ``fergi.study._settings``; every other room may import it, by
-the names below.
+Import rule: the bottom room. It imports only the shared core (``fergi._errors``); every
+other room, ``fergi.study._settings`` and ``fergi.study._export`` may import it, by the
+names below (settings reach it as plain objects, never by import).
 """
 
 from fergi.study.store._db import (
@@ -30,6 +30,7 @@ from fergi.study.store._db import (
     utcnow,
 )
 from fergi.study.store._files import ChunkStream, RemotePath, StorePath, is_url, write_atomic
+from fergi.study.store._keys import KEY_CHECK_NAME, check_media_key
 from fergi.study.store._presentations import (
     DEFAULT_MAX_SEEN_BEFORE_S,
     INTERRUPT_REASONS,
@@ -37,13 +38,7 @@ from fergi.study.store._presentations import (
     exposures_by_segment,
     presentation_attempts,
 )
-from fergi.study.store._storage import (
-    KEY_CHECK_NAME,
-    MediaStore,
-    check_media_key,
-    open_store,
-    store_from_settings,
-)
+from fergi.study.store._storage import MediaStore, open_store, store_from_settings
 from fergi.study.store._temporary import clean_temporary_files
 
 __all__ = [

@@ -9,7 +9,6 @@ let config = null;   // GET /api/config
 let state = null;    // GET /api/sessions/{id}
 let auth = null;     // {sessionId, token, participant, invite}
 let camera = null;   // MediaStream
-let recorder = null; // SessionRecorder while recording
 const imageUrls = {}; // image index -> blob URL
 
 // ---------------------------------------------------------------- utilities
@@ -200,7 +199,7 @@ async function route() {
 }
 
 // ---------------------------------------------------------------- start
-const PARTICIPANT_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$/; // as the server (_routes_sessions.py)
+const PARTICIPANT_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$/; // as the server (web/_state.py)
 function showStart() {
   showPage("page-start", null);
   $("welcome-n").textContent = String(config.n_images);
