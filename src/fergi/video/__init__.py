@@ -25,10 +25,10 @@ __all__ = [
     "SegmentDecoder",
     "TickClock",
     "VideoFrames",
+    "av_reason",
     "find_videos",
     "iter_frames",
     "read_video",
-    "av_reason",
     "upright_rgb",
     "write_video",
 ]

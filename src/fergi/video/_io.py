@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from fergi._errors import FergiError
-from fergi.video._ticks import TickClock, av_reason, upright_rgb
+from fergi.video._ticks import FrameTimes, TickClock, av_reason, upright_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +75,7 @@ def _native_frames(path: Path) -> Iterator[tuple[float, np.ndarray]]:
         # Frame threading keeps decoding well below the per-frame cost of face analysis.
         stream.thread_type = "AUTO"
         time_base = stream.time_base
-        first = None
-        last = -math.inf
+        times = FrameTimes()
         rate = float(stream.average_rate or stream.guessed_rate or 30.0)
         n = 0
         try:
@@ -87,14 +86,11 @@ def _native_frames(path: Path) -> Iterator[tuple[float, np.ndarray]]:
                     t = float(frame.time)
                 else:
                     # No timestamp at all (raw streams): fall back to the nominal rate.
-                    t = (last + 1.0 / rate) if n else 0.0
-                if first is None:
-                    first = t
-                t -= first
-                if t <= last:
+                    t = (times.last + 1.0 / rate) if n else 0.0
+                t = times.place(t)
+                if t is None:
                     # Duplicate or out-of-order presentation time: the earlier frame wins.
                     continue
-                last = t
                 n += 1
                 yield t, upright_rgb(frame)
         except av.error.FFmpegError as exc:

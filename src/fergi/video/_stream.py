@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 from typing import Any
 
 import numpy as np
 
 from fergi._errors import FergiError
-from fergi.video._ticks import TickClock, av_reason, upright_rgb
+from fergi.video._ticks import FrameTimes, TickClock, av_reason, upright_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +43,7 @@ class SegmentDecoder:
         self.finished = False
         self._ctx = None
         self._time_base = None
-        self._first: float | None = None
-        self._last_t = -math.inf
+        self._times = FrameTimes()
         self._prev = None  # (av.VideoFrame, cached rgb or None)
         self._windows: dict[Any, tuple[int, int]] = {}
         # per window: a (n, H, W, 3) array filled in tick order, and how much is filled
@@ -135,10 +133,8 @@ class SegmentDecoder:
             t = float(frame.pts * self._time_base)
         else:
             t = self.n_frames / self.fps
-        if self._first is None:
-            self._first = t
-        t -= self._first
-        if t <= self._last_t:
+        t = self._times.place(t)
+        if t is None:
             return  # a duplicate presentation time: the earlier frame wins (as in fergi.video)
         if self._prev is None:
             self._prev = (frame, None)
@@ -146,7 +142,6 @@ class SegmentDecoder:
         for k in self._clock.before(t):
             self._emit_tick(k)
         self._prev = (frame, None)
-        self._last_t = t
         self.n_frames += 1
 
     def _open(self, data):
@@ -258,7 +253,7 @@ class SegmentDecoder:
             self._on_frame(frame)
         if self._prev is not None:
             # duration is unknown for MediaRecorder files, so nothing is invented after it
-            for k in self._clock.through(self._last_t):
+            for k in self._clock.through(self._times.last):
                 self._emit_tick(k)
         self.finished = True
         if self.n_frames == 0:

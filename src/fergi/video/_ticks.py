@@ -1,6 +1,7 @@
 """The 30 fps standardisation rule, one copy for files (:func:`fergi.video.iter_frames`)
 and streams (:class:`fergi.video.SegmentDecoder`), and the frame helpers both decoders use.
 
+Frame times count from the first frame, a duplicate time dropped (:class:`FrameTimes`).
 Tick ``k`` sits at ``start + k / fps`` and shows the latest native frame at or before it;
 the last frame covers the ticks up to its own time (a MediaRecorder file has no duration,
 so nothing is invented after it).
@@ -16,6 +17,29 @@ import numpy as np
 # Tolerance when comparing frame times with 1/fps ticks: container time bases are
 # milliseconds (webm) or 1/90000 s, so a frame stamped 0.033 belongs to tick 1/30.
 TICK_EPS = 2e-3
+
+
+class FrameTimes:
+    """Native frame times, from the first frame on.
+
+    A frame stamped at or before the previous frame's time (a duplicate or out-of-order
+    presentation time) is dropped: the earlier frame wins. ``last`` is the time of the
+    newest frame kept (``-inf`` before the first).
+    """
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+        self.last = -math.inf
+
+    def place(self, t: float) -> float | None:
+        """The time of a frame stamped ``t``, relative to the first frame; None: drop it."""
+        if self.first is None:
+            self.first = t
+        t -= self.first
+        if t <= self.last:
+            return None
+        self.last = t
+        return t
 
 
 class TickClock:

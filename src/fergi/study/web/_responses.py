@@ -7,8 +7,8 @@ import errno
 import logging
 import time
 
-from fastapi import Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
 from sqlalchemy import exc as sa_exc
 
 from fergi.study.store import REQUEST_DEADLINE, RemotePath, StorePath
@@ -69,14 +69,10 @@ def storage_full_response(request: Request, exc: BaseException) -> JSONResponse:
 
 def file_response(path: StorePath, media_type: str, headers: dict[str, str] | None = None):
     """A FastAPI response with a stored file (images, clip videos: a few MB at most)."""
-    from fastapi.responses import Response
-
     if isinstance(path, RemotePath):
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            from fastapi import HTTPException
-
             raise HTTPException(404, f"{path.name} is not in the media store") from None
         return Response(data, media_type=media_type, headers=headers)
     return FileResponse(path, media_type=media_type, headers=headers)
