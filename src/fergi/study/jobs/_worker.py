@@ -9,9 +9,10 @@ outputs go to separate files, so a failed or retried job never loses a raw uploa
 Job kinds: ``generate`` (the session's images), ``clips`` (real time: queued by an
 ``image_hidden`` event and by each chunk while a presented image is not analysed yet;
 it analyses and stores every image whose video is on the server, see
-:mod:`fergi.study.processing._realtime`) and ``process`` (queued by the ranking: any image left,
-then the session's labels). Work is idempotent per image: an image's feature files and
-clip rows are committed together, and a stored image is never analysed again.
+:func:`fergi.study.processing.process_ready_clips`) and ``process`` (queued by the
+ranking: any image left, then the session's labels). Work is idempotent per image: an image's feature files and
+clip rows are committed together, and a stored image is never analysed again. The
+job bodies are in ``_generate`` and ``_process``; this module is the loop around them.
 
 With a PostgreSQL database the same job functions run in ``fergi worker`` processes
 instead (:mod:`fergi.study.jobs._queue`): the server's :class:`Worker` then starts no
@@ -33,9 +34,7 @@ from fergi.study._settings import StudySettings
 from fergi.study.jobs._generate import GenerateJobs
 from fergi.study.jobs._jobs import JOB_KINDS, enqueue
 from fergi.study.jobs._process import ProcessJobs
-from fergi.study.processing import (
-    LiveDecoders,
-)
+from fergi.study.processing import LiveDecoders
 from fergi.study.protocol import (
     abandon_stale_segments,
     retention_blocker,
