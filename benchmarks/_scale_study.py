@@ -34,8 +34,8 @@ def _run_batch(study, cluster, recording: bytes, n_workers: int, n_sessions: int
     import httpx
     from sqlalchemy import create_engine, text
 
-    from fergi.study._db import make_sessionmaker
-    from fergi.study._queue import QueueDispatcher
+    from fergi.study.jobs import QueueDispatcher
+    from fergi.study.store import make_sessionmaker
 
     with httpx.Client(base_url=study.base_url, timeout=120) as client:
         people = [cluster.HttpParticipant(client, f"{first_pid + i:03d}") for i in range(n_sessions)]

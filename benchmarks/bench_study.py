@@ -396,7 +396,7 @@ def main(argv=None) -> dict:
 
 def _one(args, n: int, data_dir: Path, recording: bytes) -> dict:
     if args.db:
-        from fergi.study._db import Base, make_engine
+        from fergi.study.store import Base, make_engine
 
         engine = make_engine(args.db)
         Base.metadata.drop_all(engine)

@@ -70,7 +70,7 @@ def make_recording(path: Path, images: int, clip_s: float, gap_s: float):
 def run_before(root: Path, recording: Path, events, clip_s: float) -> dict:
     """The whole recording after the ranking (``process_session_media``)."""
     from fergi.preference import AUcombValence
-    from fergi.study._pipeline import process_session_media
+    from fergi.study.processing import process_session_media
 
     marks = {}
 
@@ -117,7 +117,7 @@ def run_realtime(root: Path, recording: Path, events, images: int, clip_s: float
     from skimage import data
 
     from fergi.study import StudySettings, create_app
-    from fergi.study._db import Label
+    from fergi.study.store import Label
 
     # the server's own configuration: the shipped (scale-free) annotation model
     settings = StudySettings(

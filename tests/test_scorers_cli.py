@@ -22,7 +22,7 @@ from fergi.cli._main import main
 from fergi.schema import SCORE_COLUMNS
 from fergi.scorers._testing import make_scorer_weights
 from fergi.study import create_app
-from fergi.study._db import Clip, StudySession
+from fergi.study.store import Clip, StudySession
 from tests.test_study_api import make_settings
 from tests.test_study_worker import finished_session
 

@@ -15,9 +15,16 @@ from fastapi.testclient import TestClient
 from fergi.datasets import AU_NAMES
 from fergi.features import compute_activation_values, frame_validity
 from fergi.study import create_app
-from fergi.study._db import Clip, Label, StudySession
-from fergi.study._routes_admin_science import binomial_ci, clip_reasons, clip_valid, validity_rules
-from tests.test_study_api import ADMIN, ANSWER, WEBM_HEAD, Participant, make_settings, ready_participant
+from fergi.study.processing import binomial_ci, clip_reasons, clip_valid, validity_rules
+from fergi.study.store import Clip, Label, StudySession
+from tests.test_study_api import (
+    ADMIN,
+    ANSWER,
+    WEBM_HEAD,
+    Participant,
+    make_settings,
+    ready_participant,
+)
 from tests.test_study_processing import upload_recording
 from tests.test_study_worker import fake_features, finished_session
 

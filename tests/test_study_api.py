@@ -47,7 +47,7 @@ def make_settings(tmp_path, **overrides) -> StudySettings:
     """
     db_url = os.environ.get("FERGI_TEST_DB_URL")
     if db_url:
-        from fergi.study._db import Base, make_engine
+        from fergi.study.store import Base, make_engine
 
         engine = make_engine(db_url)
         Base.metadata.drop_all(engine)
@@ -427,10 +427,10 @@ def test_reload_resumes_where_the_participant_was(client, app):
     state = p.call("GET", "").json()
     assert (state["current_image"], state["image_phase"]) == (2, "survey")
 
-    from fergi.study._worker import select_image_events
+    from fergi.study.protocol import select_image_events
 
     with app.state.sessionmaker() as db:
-        from fergi.study._db import StudySession
+        from fergi.study.store import StudySession
 
         chosen = select_image_events(db.get(StudySession, p.id).events, 3)
     assert chosen[1][0] == 0 and chosen[2][0] == 1 and 3 not in chosen

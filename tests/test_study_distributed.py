@@ -14,9 +14,9 @@ from pathlib import Path, PurePath
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.helpers import study_cluster as cluster
 from fergi import FergiError
 from fergi.study import create_app
+from tests.helpers import study_cluster as cluster
 from tests.test_study_api import ADMIN, Participant, make_settings
 
 MEDIA_SUFFIXES = {".webm", ".mp4", ".png", ".csv", ".json", ".part"}
@@ -53,7 +53,7 @@ def _local_files(folder: Path) -> list[Path]:
 
 
 def test_object_store_keeps_the_local_layout_and_commits_chunks(s3):
-    from fergi.study._storage import RemotePath, open_store
+    from fergi.study.store import RemotePath, open_store
 
     store = open_store(f"s3://{s3.bucket}/study")
     assert store.is_remote and str(store.root) == f"s3://{s3.bucket}/study"
@@ -99,7 +99,7 @@ def test_object_store_keeps_the_local_layout_and_commits_chunks(s3):
 
 
 def test_unreachable_bucket_is_one_line(s3):
-    from fergi.study._storage import open_store
+    from fergi.study.store import open_store
 
     with pytest.raises(FergiError, match="the bucket does not exist"):
         open_store("s3://no-such-bucket/study")
@@ -130,7 +130,7 @@ def test_local_chunks_keep_their_layout(tmp_path):
 def test_object_store_without_its_package_names_the_extra(monkeypatch):
     import fsspec.core
 
-    from fergi.study._storage import open_store
+    from fergi.study.store import open_store
 
     def missing(url, **options):
         raise ImportError("Install s3fs to access S3", name="s3fs")
@@ -141,7 +141,7 @@ def test_object_store_without_its_package_names_the_extra(monkeypatch):
 
 
 def test_missing_cryptography_names_the_extra(monkeypatch):
-    from fergi.study._storage import MediaStore
+    from fergi.study.store import MediaStore
 
     monkeypatch.setitem(sys.modules, "cryptography.fernet", None)
     with pytest.raises(FergiError, match=r"pip install 'fergi\[encryption\]'"):
@@ -181,7 +181,7 @@ def test_raw_video_is_encrypted_at_rest_and_still_processed(tmp_path, recording)
     from pydantic import SecretStr
 
     from fergi import FergiError
-    from fergi.study._storage import MediaStore
+    from fergi.study.store import MediaStore
 
     with pytest.raises(FergiError, match="not the key the media were encrypted with"):
         create_app(settings.model_copy(update={"media_key": SecretStr(wrong)}))
@@ -202,9 +202,8 @@ def test_postgres_server_only_enqueues_and_a_job_runs_once(tmp_path, postgres_ur
     import psycopg
     from sqlalchemy import select
 
-    from fergi.study._db import Job
-    from fergi.study._queue import libpq_url
-    from fergi.study._worker import Worker
+    from fergi.study.jobs import Worker, libpq_url
+    from fergi.study.store import Job
 
     db_url = cluster.fresh_database(postgres_url)
     settings = make_settings(tmp_path, db_url=db_url, worker=True, max_job_attempts=2, queue="procrastinate")
@@ -252,7 +251,7 @@ def test_schema_is_created_once_by_processes_starting_together(postgres_url):
     import subprocess
 
     db_url = cluster.fresh_database(postgres_url)
-    code = "import sys; from fergi.study._queue import prepare_database; prepare_database(sys.argv[1]).dispose()"
+    code = "import sys; from fergi.study.jobs import prepare_database; prepare_database(sys.argv[1]).dispose()"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     procs = [subprocess.Popen([sys.executable, "-c", code, db_url], env=env, stderr=subprocess.PIPE)
              for _ in range(3)]
@@ -260,7 +259,7 @@ def test_schema_is_created_once_by_processes_starting_together(postgres_url):
     assert [p.returncode for p in procs] == [0, 0, 0], errors
     import psycopg
 
-    from fergi.study._queue import libpq_url
+    from fergi.study.jobs import libpq_url
 
     with psycopg.connect(libpq_url(db_url)) as conn:
         tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}

@@ -205,7 +205,7 @@ def test_overload_is_answered_within_the_pool_timeout(tmp_path):
 
 def test_chunks_waiting_for_a_thread_are_refused_at_the_deadline(tmp_path, monkeypatch):
     """Every chunk thread is busy: a chunk waits for one until the pool timeout, then 503."""
-    from fergi.study import _routes_recording
+    from fergi.study.web import _routes_recording
 
     settings = make_settings(tmp_path, rate_limit_per_minute=100_000, db_pool_timeout=0.5)
     app = create_app(settings)

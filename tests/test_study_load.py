@@ -164,7 +164,7 @@ def test_many_session_creations_at_once_never_fail(tmp_path):
     with app.state.sessionmaker() as db:
         from sqlalchemy import func, select
 
-        from fergi.study._db import StudySession
+        from fergi.study.store import StudySession
 
         assert db.scalar(select(func.count()).select_from(StudySession)) == 64
 

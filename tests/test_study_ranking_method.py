@@ -5,7 +5,7 @@ from __future__ import annotations
 import pydantic
 import pytest
 
-from fergi.study._routes_answers import RankingRequest
+from fergi.study.web._routes_answers import RankingRequest
 
 
 @pytest.mark.parametrize("method", ["drag", "keyboard", "tap", "mixed", "untouched"])

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from fergi.datasets import FRAME_COLUMNS
 from fergi.study import create_app
-from fergi.study._db import Clip, Job, Label, StudySession
+from fergi.study.store import Clip, Job, Label, StudySession
 from tests.test_study_api import ADMIN, ANSWER, Participant, make_settings
 
 FPS = 30
@@ -106,8 +106,7 @@ class Session:
 
 
 def test_decoding_as_chunks_arrive_equals_decoding_the_whole_file(recording):
-    from fergi.study._realtime import SegmentDecoder
-    from fergi.video import iter_frames
+    from fergi.video import SegmentDecoder, iter_frames
 
     path, chunks, _ = recording
     whole = [frame for _, frame in iter_frames(path, fps=FPS)]
@@ -129,7 +128,7 @@ def test_decoding_as_chunks_arrive_equals_decoding_the_whole_file(recording):
 
 @pytest.mark.slow
 def test_each_image_is_analysed_during_its_survey_and_equals_a_whole_recording_run(tmp_path, recording):
-    from fergi.study._realtime import extract_recording_features
+    from fergi.study.processing import extract_recording_features
 
     app = create_app(settings_for(tmp_path))
     with TestClient(app) as client:
@@ -183,7 +182,7 @@ def test_each_image_is_analysed_during_its_survey_and_equals_a_whole_recording_r
 
 @pytest.mark.slow
 def test_restart_resumes_after_the_last_stored_image(tmp_path, recording, monkeypatch):
-    from fergi.study import _realtime
+    from fergi.study.processing import _analysis as _realtime
 
     settings = settings_for(tmp_path)
     first = create_app(settings)
@@ -245,7 +244,7 @@ def test_restart_resumes_after_the_last_stored_image(tmp_path, recording, monkey
 @pytest.mark.slow
 def test_a_failed_image_is_one_line_keeps_what_was_stored_and_is_retried(tmp_path, recording, monkeypatch):
     from fergi import FergiError
-    from fergi.study import _realtime
+    from fergi.study.processing import _analysis as _realtime
 
     original = _realtime._analyse_clip
     broken = {"image 2"}

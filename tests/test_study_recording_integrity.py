@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from fergi.datasets import FRAME_COLUMNS, load_invalid_images
 from fergi.study import create_app, export_study
-from fergi.study._db import Chunk, Event, Segment, StudySession
+from fergi.study.store import Chunk, Event, Segment, StudySession
 from tests.test_study_api import ADMIN, ANSWER, WEBM_HEAD, make_settings, ready_participant
 
 FPS = 30
@@ -113,7 +113,7 @@ def _frames(n, *, no_face=0, turned=0):
 
 
 def test_clip_validity_names_the_reason():
-    from fergi.study._realtime import clip_validity
+    from fergi.study.processing import clip_validity
 
     assert clip_validity(_frames(150), expected=150) == (True, None)
     # the camera stopped: few frames, even though each shows a face
@@ -259,7 +259,7 @@ def test_a_replay_in_a_new_segment_replaces_the_interrupted_attempt(tmp_path, se
 
 
 def test_one_segment_per_image_equals_analysing_each_segment_whole(tmp_path, segments):
-    from fergi.study._realtime import extract_recording_features
+    from fergi.study.processing import extract_recording_features
 
     app = create_app(settings_for(tmp_path))
     with TestClient(app) as client:
@@ -350,7 +350,7 @@ def _age(app, session_id, seconds):
 
 
 def test_an_incomplete_segment_without_uploads_is_abandoned_after_the_configured_time(tmp_path, backend):
-    from fergi.study._worker import retention_blocker
+    from fergi.study.protocol import retention_blocker
 
     app = create_app(make_settings(tmp_path, abandoned_segment_after_s=600))
     with TestClient(app) as client:
@@ -377,7 +377,7 @@ def test_an_incomplete_segment_without_uploads_is_abandoned_after_the_configured
 
 
 def test_the_sweep_deletes_the_video_that_an_open_segment_held_after_processing(tmp_path):
-    from fergi.study._db import Job
+    from fergi.study.store import Job
 
     app = create_app(make_settings(tmp_path, retention="delete_after_features", abandoned_segment_after_s=600))
     store = app.state.store
@@ -502,7 +502,7 @@ def test_the_pipeline_of_a_whole_recording_applies_the_frame_count_rule(tmp_path
 def test_a_database_of_an_earlier_version_gets_the_new_columns(tmp_path, backend):
     from sqlalchemy import inspect
 
-    from fergi.study._db import make_engine
+    from fergi.study.store import make_engine
 
     settings = make_settings(tmp_path)
     engine = make_engine(settings.resolved_db_url)

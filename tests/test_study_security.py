@@ -261,7 +261,7 @@ def test_files_are_0600_and_folders_0700(tmp_path):
 def test_invites_are_stored_hashed_and_single_use(tmp_path):
     from sqlalchemy import select
 
-    from fergi.study._db import Participant, hash_token
+    from fergi.study.store import Participant, hash_token
 
     app = create_app(make_settings(tmp_path))
     with TestClient(app) as client:
@@ -291,7 +291,7 @@ def test_invites_are_stored_hashed_and_single_use(tmp_path):
 def test_a_database_with_plain_invites_is_upgraded(tmp_path):
     from sqlalchemy import text
 
-    from fergi.study._db import hash_token, make_engine
+    from fergi.study.store import hash_token, make_engine
 
     settings = make_settings(tmp_path)
     if settings.db_url:

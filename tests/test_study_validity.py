@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fergi.study import create_app
-from fergi.study._db import StudySession
+from fergi.study.store import StudySession
 from tests.test_study_api import ADMIN, ANSWER, FORM, Participant, make_settings, ready_participant
 
 
@@ -88,7 +88,7 @@ def test_a_page_left_mid_image_is_reported_then_named_by_the_next_load(client, a
 def test_an_attempt_without_an_end_is_estimated_from_its_video_never_as_unseen():
     from types import SimpleNamespace as NS
 
-    from fergi.study._presentations import presentation_attempts
+    from fergi.study.store import presentation_attempts
 
     now = dt.datetime(2026, 1, 1)
     events = [
@@ -110,7 +110,7 @@ def test_an_attempt_without_an_end_is_estimated_from_its_video_never_as_unseen()
 
 # ---------------------------------------------------------------- the structured form
 def test_the_form_limits_come_from_the_server_and_a_422_names_the_row(client):
-    from fergi.study._prompting import MAX_ITEM_CHARS, MAX_NAME_CHARS
+    from fergi.study.content import MAX_ITEM_CHARS, MAX_NAME_CHARS
 
     limits = client.get("/api/config").json()["structured_limits"]
     assert limits["item_chars"] == MAX_ITEM_CHARS == 40 and limits["name_chars"] == MAX_NAME_CHARS
@@ -140,7 +140,7 @@ def test_a_client_leaving_mid_upload_is_one_log_line(caplog):
     from fastapi import HTTPException
     from starlette.requests import Request
 
-    from fergi.study._deps import read_body_limited
+    from fergi.study.web._deps import read_body_limited
 
     messages = iter([{"type": "http.request", "body": b"abc", "more_body": True}, {"type": "http.disconnect"}])
 
@@ -149,7 +149,7 @@ def test_a_client_leaving_mid_upload_is_one_log_line(caplog):
 
     request = Request({"type": "http", "method": "PUT", "path": "/api/sessions/1/recording/0/chunks/3",
                        "headers": [], "query_string": b""}, receive)
-    caplog.set_level(logging.INFO, logger="fergi.study._deps")
+    caplog.set_level(logging.INFO, logger="fergi.study.web._deps")
 
     async def main():
         with pytest.raises(HTTPException) as info:
@@ -158,7 +158,7 @@ def test_a_client_leaving_mid_upload_is_one_log_line(caplog):
 
     exc = anyio.run(main)
     assert exc.status_code == 400 and "interrupted" in exc.detail
-    records = [r for r in caplog.records if r.name == "fergi.study._deps"]
+    records = [r for r in caplog.records if r.name == "fergi.study.web._deps"]
     assert len(records) == 1 and records[0].exc_info is None
     assert "disconnected after 3 bytes of chunk 3" in records[0].getMessage()
 

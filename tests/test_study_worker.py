@@ -13,8 +13,15 @@ from fastapi.testclient import TestClient
 from fergi import FergiError
 from fergi.datasets import FRAME_COLUMNS, load_images, load_invalid_images, load_valid_sessions
 from fergi.study import create_app, create_generator, export_study
-from fergi.study._db import Clip, Job, StudySession
-from tests.test_study_api import ADMIN, ANSWER, WEBM_HEAD, Participant, make_settings, ready_participant
+from fergi.study.store import Clip, Job, StudySession
+from tests.test_study_api import (
+    ADMIN,
+    ANSWER,
+    WEBM_HEAD,
+    Participant,
+    make_settings,
+    ready_participant,
+)
 
 
 def finished_session(client, app, pid="001", share=True, order=(2, 3, 1)) -> Participant:
@@ -198,7 +205,7 @@ def test_background_worker_generates_while_requests_are_served(tmp_path):
 
 def _fake_pipeline(monkeypatch):
     """Processing without video decoding: every presented image gets both clips."""
-    from fergi.study import _realtime
+    from fergi.study import processing
 
     def fake(db, sess, store, settings, live, **kwargs):
         presented = {e.image_index for e in sess.events if e.kind == "image_hidden"}
@@ -213,12 +220,13 @@ def _fake_pipeline(monkeypatch):
         db.refresh(sess)
         return dict.fromkeys(presented, "done")
 
-    monkeypatch.setattr(_realtime, "process_ready_clips", fake)
-    monkeypatch.setattr(_realtime, "check_segment", lambda paths, source: None)
+    monkeypatch.setattr(processing, "process_ready_clips", fake)
+    monkeypatch.setattr(processing, "check_segment", lambda paths, source: None)
 
 
 def test_retention_never_deletes_video_of_a_session_still_recording(tmp_path, monkeypatch):
-    from fergi.study._worker import enqueue, retention_blocker
+    from fergi.study.jobs import enqueue
+    from fergi.study.protocol import retention_blocker
 
     _fake_pipeline(monkeypatch)
     app = create_app(make_settings(tmp_path, retention="delete_after_features"))
@@ -267,7 +275,8 @@ def test_retention_never_deletes_video_of_a_session_still_recording(tmp_path, mo
 
 def test_simultaneous_answers_and_rankings_do_not_fail(client, app, monkeypatch):
     """A retry that races the first request hits the unique constraint: 200 or 409, never 500."""
-    from fergi.study import _db, _routes_answers
+    from fergi.study import store as _db
+    from fergi.study.web import _routes_answers
 
     p = ready_participant(client, app)
     seg = p.start_segment()

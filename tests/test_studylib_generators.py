@@ -9,13 +9,13 @@ import pytest
 from PIL import Image
 
 from fergi import FergiError
-from fergi.study._generators import (
+from fergi.study.content import (
     GeneratedImage,
     available_generators,
     create_generator,
     is_black_image,
 )
-from fergi.study._generators import prompt_folder_name as folder_name
+from fergi.study.content import prompt_folder_name as folder_name
 
 PROMPT = "A realistic photo of a furry Calico Cat sleeping with a flower."
 

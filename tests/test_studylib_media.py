@@ -10,7 +10,7 @@ import pytest
 from skimage import data
 
 from fergi import FergiError
-from fergi.study._media import assemble_chunks, clip_windows, cut_clips, standardize_video
+from fergi.study.processing import assemble_chunks, clip_windows, cut_clips, standardize_video
 from fergi.video import read_video, write_video
 
 BITS = 9

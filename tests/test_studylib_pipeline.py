@@ -9,7 +9,7 @@ from skimage import data
 
 from fergi import FergiError
 from fergi.datasets import FRAME_COLUMNS
-from fergi.study._pipeline import STAGES, StageError, process_session_media
+from fergi.study.processing import STAGES, StageError, process_session_media
 from fergi.video import read_video, write_video
 
 synthetic = pytest.importorskip("fergi.face._synthetic")
@@ -183,7 +183,7 @@ def test_labels(processed):
 
 
 def test_labels_with_the_default_model(processed):
-    from fergi.study._pipeline import _labels_stage
+    from fergi.study.processing._tables import _labels_stage
 
     activations = processed["result"].activations
     if not _default_model_available():
@@ -202,7 +202,7 @@ def test_labels_with_the_default_model(processed):
 def test_default_labels_use_the_session_baselines_or_the_fallback(processed):
     """The study labels each session in baseline units of its own baseline clips; with
     fewer than 3 valid baseline clips, the quantile fallback labels it from its frames."""
-    from fergi.study._pipeline import _frames_table, _labels_stage, session_provenance
+    from fergi.study.processing._tables import _frames_table, _labels_stage, session_provenance
 
     result = processed["result"]
     frames = _frames_table(result.frames, participant="901", session=3)
@@ -224,7 +224,7 @@ def test_default_labels_use_the_session_baselines_or_the_fallback(processed):
 
 
 def test_too_few_valid_images_give_no_labels(processed):
-    from fergi.study._pipeline import LABEL_COLUMNS, _labels_stage
+    from fergi.study.processing._tables import LABEL_COLUMNS, _labels_stage
 
     labels = _labels_stage(
         processed["result"].activations, model=_fixed_model(), invalid_images=[1, 2, 3, 4]

@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from fergi import FergiError
-from fergi.study._prompting import (
+from fergi.study.content import (
     StructuredInput,
     compose_prompt_template,
     create_prompt_composer,
@@ -311,7 +311,7 @@ def test_openai_composer_uses_the_endpoint(fake_endpoint):
 def test_openai_composer_falls_back_to_template(fake_endpoint, caplog, mode, reason):
     _FakeChat.mode = mode
     composer = create_prompt_composer("openai", base_url=fake_endpoint, model="m", timeout=0.3)
-    with caplog.at_level(logging.WARNING, logger="fergi.study._prompting"):
+    with caplog.at_level(logging.WARNING, logger="fergi.study.content._prompting"):
         result = composer.compose_detailed(PAPER_FORM)
     assert result.source == "template"
     assert result.text == compose_prompt_template(PAPER_FORM)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.e2e.test_study_browser import _free_port, chromium  # noqa: F401  (a fixture)
 
+from tests.e2e.test_study_browser import _free_port, chromium  # noqa: F401  (a fixture)
 from tests.test_study_admin import processed_session  # tests/ is on sys.path (conftest)
 from tests.test_study_api import make_settings
 
@@ -232,7 +232,7 @@ def test_admin_session_page_shows_au_curves(chromium, admin_server, tmp_path):  
             _assert_not_blank(_save(page, tmp_path, "admin_overview.png"))
 
             # A failed stage makes its kind's one badge red; details and Retry on expand.
-            from fergi.study._db import Job
+            from fergi.study.store import Job
 
             with app.state.sessionmaker() as db:
                 failed = Job(session_id=session_id, kind="clips", status="failed", attempts=1,

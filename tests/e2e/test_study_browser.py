@@ -16,9 +16,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.helpers import browser as _browser
 import numpy as np
 import pytest
+
+from tests.helpers import browser as _browser
 from tests.helpers.browser import BASELINE_S, CHROMIUM_ARGS, FPS, N_IMAGES, PRESENT_S, Shots
 from tests.helpers.browser import answer_survey as _answer_survey
 from tests.helpers.browser import fill_structured_form as _fill_structured_form
@@ -36,7 +37,7 @@ def test_whole_session_in_chromium(chromium, webcam_y4m, live_server, tmp_path):
     from playwright.sync_api import sync_playwright
     from sqlalchemy import select
 
-    from fergi.study._db import StudySession
+    from fergi.study.store import StudySession
 
     base, app = live_server
     args = [*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={webcam_y4m}"]
@@ -165,7 +166,7 @@ def test_whole_session_in_chromium(chromium, webcam_y4m, live_server, tmp_path):
         assert all(clips[(image, "reaction")].segment == seg for seg, image in hidden), hidden
         assert sorted(i for i, kind in clips if kind == "reaction") == [1, 2, 3, 4, 5]
         store = app.state.store
-        from fergi.study._realtime import clip_video
+        from fergi.study.processing import clip_video
         from fergi.video import read_video
 
         for index in range(1, N_IMAGES + 1):
@@ -232,7 +233,7 @@ def test_event_times_match_the_recorded_video(chromium, study_server, tmp_path):
     from skimage import data
     from sqlalchemy import select
 
-    from fergi.study._db import StudySession
+    from fergi.study.store import StudySession
 
     base, app = study_server(n_images=2)
     buffer = io.BytesIO()
@@ -272,7 +273,7 @@ def test_event_times_match_the_recorded_video(chromium, study_server, tmp_path):
     assert job is not None and job.status == "done", f"processing failed: {job and job.error}"
     with app.state.sessionmaker() as db:
         sess = db.scalar(select(StudySession))
-        from fergi.study._realtime import clip_video
+        from fergi.study.processing import clip_video
 
         clips = {
             (c.image_index, c.clip): clip_video(db, sess, app.state.store, c.image_index, c.clip)

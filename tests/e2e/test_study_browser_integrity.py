@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from tests.helpers.browser import (
     BASELINE_S,
     CHROMIUM_ARGS,
@@ -63,7 +64,7 @@ def _watch(page, console: list[str], dialogs: list[str]) -> None:
 def _session(app):
     from sqlalchemy import select
 
-    from fergi.study._db import StudySession
+    from fergi.study.store import StudySession
 
     db = app.state.sessionmaker()
     return db, db.scalar(select(StudySession).order_by(StudySession.id.desc()))
@@ -171,7 +172,7 @@ def test_camera_stopped_mid_image_is_shown_again(chromium, webcam_y4m, study_ser
     assert "beforeunload" not in dialogs, "a finished session must not ask before leaving"
     from sqlalchemy import func, select
 
-    from fergi.study._db import StudySession
+    from fergi.study.store import StudySession
 
     db, sess = _processed(app)
     with db:

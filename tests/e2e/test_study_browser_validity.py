@@ -22,6 +22,7 @@ import asyncio
 import re
 
 import pytest
+
 from tests.helpers.browser import (
     CHROMIUM_ARGS,
     answer_survey,
@@ -77,7 +78,7 @@ def test_a_camera_stop_blanks_the_image_and_its_replay_is_a_second_exposure(chro
     from sqlalchemy import select
 
     from fergi.study import export_study
-    from fergi.study._db import StudySession
+    from fergi.study.store import StudySession
 
     base, app = study_server(n_images=3, present_s=3.0)
     console: list[str] = []
@@ -266,7 +267,7 @@ def test_a_slow_uplink_never_holds_the_survey_and_every_chunk_arrives(chromium, 
     from playwright.sync_api import expect, sync_playwright
     from sqlalchemy import select
 
-    from fergi.study._db import StudySession
+    from fergi.study.store import StudySession
 
     base, app = study_server(n_images=3, wrap=_uplink(1_000_000))
     console: list[str] = []
@@ -323,8 +324,7 @@ def test_a_reload_mid_image_is_recorded_as_such_and_the_replay_counts_it(chromiu
     from playwright.sync_api import expect, sync_playwright
     from sqlalchemy import select
 
-    from fergi.study._db import StudySession
-    from fergi.study._presentations import presentation_attempts
+    from fergi.study.store import StudySession, presentation_attempts
 
     base, app = study_server(n_images=2, present_s=3.0)
     with sync_playwright() as pw:

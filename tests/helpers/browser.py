@@ -38,7 +38,7 @@ def wait_for_processing(app, timeout: float = 600):
     """The session's "process" job once it is done or failed (None if never queued)."""
     from sqlalchemy import select
 
-    from fergi.study._db import Job
+    from fergi.study.store import Job
 
     deadline = time.monotonic() + timeout
     while True:

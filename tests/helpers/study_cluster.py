@@ -191,7 +191,7 @@ class StudyCluster:
         """Until ``n`` procrastinate workers have registered."""
         import psycopg
 
-        from fergi.study._queue import libpq_url
+        from fergi.study.jobs import libpq_url
 
         deadline = time.monotonic() + timeout
         while True:

@@ -167,7 +167,7 @@ def settings_from_args(args, *, keep_admin_token: bool = True):
         where = ".".join(str(p) for p in err["loc"])
         raise FergiError(f"setting {where}: {err['msg']}") from None
     if settings.queue == "auto":
-        from fergi.study._queue import resolve_queue
+        from fergi.study.jobs import resolve_queue
 
         settings.queue = resolve_queue(settings)
     if keep_admin_token and "FERGI_ADMIN_TOKEN" not in os.environ:
@@ -263,7 +263,7 @@ def run(args) -> int:
 
     from fergi import FergiError
     from fergi.study import create_app, create_generator
-    from fergi.study._app import redacted_url
+    from fergi.study.store import redacted_url
 
     settings = settings_from_args(args)
     _check_port(args.host, args.port)
@@ -289,12 +289,12 @@ def run(args) -> int:
         raise FergiError(f"--workers {args.workers}: must be at least 1")
     try:
         if args.workers > 1:
-            from fergi.study._app import SETTINGS_ENV
+            from fergi.study.web import SETTINGS_ENV
 
             # The processes build their own app (an app object cannot be shared between them).
             app.state.engine.dispose()
             os.environ[SETTINGS_ENV] = settings.model_dump_json()
-            uvicorn.run("fergi.study._app:app_from_environment", factory=True, workers=args.workers,
+            uvicorn.run("fergi.study.web:app_from_environment", factory=True, workers=args.workers,
                         **uvicorn_options(args, settings))
         else:
             uvicorn.run(app, **uvicorn_options(args, settings))

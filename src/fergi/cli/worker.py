@@ -57,11 +57,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     from fergi import FergiError
     from fergi.cli.serve import settings_from_args
-    from fergi.study import _queue
-    from fergi.study._app import redacted_url
-    from fergi.study._db import make_sessionmaker
-    from fergi.study._storage import store_from_settings
-    from fergi.study._worker import Worker
+    from fergi.study.jobs import create_worker, is_postgres, prepare_database, run_workers
+    from fergi.study.store import make_sessionmaker, redacted_url, store_from_settings
 
     if args.concurrency < 1:
         raise FergiError(f"--concurrency {args.concurrency}: must be at least 1")
@@ -69,7 +66,7 @@ def run(args) -> int:
         raise FergiError("--stalled-s must be longer than --heartbeat-s (both positive)")
     settings = settings_from_args(args, keep_admin_token=False)
     url = settings.resolved_db_url
-    if not _queue.is_postgres(url):
+    if not is_postgres(url):
         raise FergiError(
             f"--db {redacted_url(url)}: `fergi worker` needs the study's PostgreSQL database "
             "(postgresql+psycopg://...); with SQLite, `fergi serve` processes in its own process"
@@ -79,13 +76,13 @@ def run(args) -> int:
 
         create_generator(settings.generator, **dict(settings.generator_options))
     store = store_from_settings(settings)
-    engine = _queue.prepare_database(url)
-    worker = Worker(make_sessionmaker(engine), settings, store)
+    engine = prepare_database(url)
+    worker = create_worker(settings, make_sessionmaker(engine), store, dispatch=False)
     print(f"fergi worker: database {redacted_url(url)}", flush=True)
     print(f"fergi worker: media {store.location}", flush=True)
     print(f"fergi worker: {args.concurrency} job(s) at once; stop with Ctrl-C", flush=True)
     try:
-        _queue.run_workers(
+        run_workers(
             worker,
             concurrency=args.concurrency,
             heartbeat_s=args.heartbeat_s,

@@ -15,35 +15,52 @@ Building blocks, usable on their own:
 * processing of a whole recording: :func:`process_session_media` (clips -> features ->
   activations -> labels, with clip files);
 * the server's real-time processing (each image while its survey is answered, decoded
-  once, in memory): :class:`SegmentDecoder`, :func:`extract_recording_features`.
+  once, in memory): :class:`SegmentDecoder` (from :mod:`fergi.video`),
+  :func:`extract_recording_features`; :func:`process_session_media` analyses its clips
+  the same way.
+
+The package is six rooms, each with its import rule in its ``__init__``, low to high:
+:mod:`~fergi.study.store` (tables and files) and :mod:`~fergi.study.protocol` (session,
+segment and event rules), :mod:`~fergi.study.content` (prompt forms, composers,
+generators), :mod:`~fergi.study.processing` (the stages, one clip path for live and
+offline, the admin science), :mod:`~fergi.study.jobs` (the queue and the worker) and
+:mod:`~fergi.study.web` (the app, its routers and pages). ``_settings`` and ``_export``
+sit beside them.
 """
 
-from fergi.study._app import create_app
-from fergi.study._db import make_engine
 from fergi.study._export import export_study
-from fergi.study._generators import (
+from fergi.study._settings import StudySettings, get_settings
+from fergi.study.content import (
+    ComposedPrompt,
     DiffusersGenerator,
     FolderGenerator,
     GeneratedImage,
-    PlaceholderGenerator,
-    available_generators,
-    create_generator,
-    is_black_image,
-)
-from fergi.study._media import assemble_chunks, clip_windows, cut_clips, standardize_video
-from fergi.study._pipeline import STAGES, SessionResult, StageError, process_session_media
-from fergi.study._prompting import (
-    ComposedPrompt,
     OpenAIPromptComposer,
+    PlaceholderGenerator,
     StructuredInput,
     TemplatePromptComposer,
+    available_generators,
     compose_prompt_template,
+    create_generator,
     create_prompt_composer,
+    is_black_image,
     parse_structured_input,
 )
-from fergi.study._realtime import SegmentDecoder, extract_recording_features
-from fergi.study._settings import StudySettings, get_settings
-from fergi.study._worker import Worker
+from fergi.study.jobs import Worker
+from fergi.study.processing import (
+    STAGES,
+    SessionResult,
+    StageError,
+    assemble_chunks,
+    clip_windows,
+    cut_clips,
+    extract_recording_features,
+    process_session_media,
+    standardize_video,
+)
+from fergi.study.store import make_engine
+from fergi.study.web import create_app
+from fergi.video import SegmentDecoder
 
 __all__ = [
     "STAGES",

@@ -52,21 +52,22 @@ from sqlalchemy.engine import make_url
 from fergi._atomic import stage_folder, swap_in
 from fergi._errors import FergiError
 from fergi.schema import EMOTIONS, IMAGE_COLUMNS, ISSUES, SCORE_COLUMNS
-from fergi.study._db import StudySession, make_engine, make_sessionmaker
-from fergi.study._storage import MediaStore
+from fergi.study._settings import StudySettings
+from fergi.study.processing import clip_video, has_recording_fault, session_features_provenance
+from fergi.study.protocol import DEFAULT_CLIP_MIN_FRAME_SHARE, stale_images
+from fergi.study.store import (
+    MediaStore,
+    StudySession,
+    check_media_key,
+    is_url,
+    make_engine,
+    make_sessionmaker,
+    open_store,
+    presentation_attempts,
+    sqlite_file,
+)
 
 logger = logging.getLogger(__name__)
-
-
-def _sqlite_file(db_url: str) -> Path | None:
-    """The database file of a bare path or an SQLite URL; None for a server database."""
-    if "://" not in db_url:
-        return Path(db_url).expanduser().resolve()
-    url = make_url(db_url)
-    database = url.database or ""
-    if url.get_backend_name() == "sqlite" and database not in ("", ":memory:"):
-        return Path(database).expanduser().resolve()
-    return None
 
 
 def _is_within(path: Path, folder: Path) -> bool:
@@ -78,7 +79,7 @@ def _check_out_is_safe(out: Path, db_url: str, media: Path | None) -> None:
     (``media`` None: the media are on object storage)."""
     target = out.resolve()
     protected = [("media folder", media.resolve())] if media is not None else []
-    db_file = _sqlite_file(db_url)
+    db_file = sqlite_file(db_url)
     if db_file is not None:
         protected.append(("database folder", db_file.parent))
     for what, folder in protected:
@@ -113,27 +114,6 @@ def _session_is_valid(sess: StudySession) -> tuple[bool, str]:
     if not need <= have:
         return False, "not processed (features missing)"
     return True, ""
-
-
-def session_features_provenance(estimator: str = "geometry"):
-    """The provenance of a processed study session's feature files.
-
-    Every reaction clip is read against its image's own baseline clip (and each
-    baseline clip against itself), so the neutral reference is ``"baseline_clip"``
-    (``"absolute"`` for estimators that need none).
-
-    Parameters
-    ----------
-    estimator : str, default "geometry"
-        The study's AU estimator (``StudySettings.estimator``).
-
-    Returns
-    -------
-    fergi.datasets.FeatureProvenance
-    """
-    from fergi.study._pipeline import session_provenance
-
-    return session_provenance(estimator)
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
@@ -201,7 +181,7 @@ def export_study(
         folder gets a ``features_meta.json``: the session's own, else one for this.
     clip_min_frame_share : float, optional
         The frame-count rule of clip validity (default the study settings',
-        ``FERGI_CLIP_MIN_FRAME_SHARE``, else 0.8): images with a clip under it (or
+        ``FERGI_CLIP_MIN_FRAME_SHARE``, else ``DEFAULT_CLIP_MIN_FRAME_SHARE``, 0.8): images with a clip under it (or
         one the camera froze in) are listed in ``invalid_images.json`` and that clip's
         features are not exported.
 
@@ -218,7 +198,6 @@ def export_study(
         Missing database or media folder, non-empty output folder, or an output
         folder that is, contains or lies inside the database's or media folder.
     """
-    from fergi.study._storage import check_media_key, is_url, open_store
 
     engine = _open_db(db_url)
     key = os.environ.get("FERGI_MEDIA_KEY", "").strip() or None
@@ -246,7 +225,6 @@ def export_study(
         engine.dispose()
         raise
     if estimator is None or clip_min_frame_share is None:
-        from fergi.study._settings import StudySettings
 
         defaults = StudySettings()
         estimator = defaults.estimator if estimator is None else estimator
@@ -282,13 +260,15 @@ def _owner_only(tree: Path) -> None:
 
 
 def _export_into(
-    engine, store: MediaStore, out: Path, include_raw: bool, estimator: str, min_frame_share: float = 0.8
+    engine,
+    store: MediaStore,
+    out: Path,
+    include_raw: bool,
+    estimator: str,
+    min_frame_share: float = DEFAULT_CLIP_MIN_FRAME_SHARE,
 ) -> dict[str, Any]:
+    # deferred: fergi.datasets loads pandas, which `import fergi.study` does not need
     from fergi.datasets import META_NAME, write_features_meta
-    from fergi.study._presentations import presentation_attempts
-    from fergi.study._realtime import clip_video, has_recording_fault
-    from fergi.study._settings import StudySettings
-    from fergi.study._worker import stale_images
 
     defaults = StudySettings()
 

@@ -10,6 +10,8 @@ from fastapi import Request
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from fergi.study.protocol import DEFAULT_CLIP_MIN_FRAME_SHARE
+
 #: Issue options of the annotation survey (Fig. S6), keyed by the release's column names.
 DEFAULT_ISSUES: dict[str, str] = {
     "unmentioned_content": "Output contains unwanted content that was not mentioned in the text prompt",
@@ -105,7 +107,7 @@ class StudySettings(BaseSettings):
     max_job_attempts: int = 3
     # A clip with fewer frames than this share of its window (duration x fps) is invalid:
     # the camera stopped or froze during it.
-    clip_min_frame_share: float = Field(default=0.8, gt=0, le=1)
+    clip_min_frame_share: float = Field(default=DEFAULT_CLIP_MIN_FRAME_SHARE, gt=0, le=1)
     # ... and so is a clip in which the camera delivered no new frame for longer than this.
     clip_max_still_s: float = Field(default=1.0, gt=0)
     # Who runs jobs: "procrastinate" = `fergi worker` processes through a PostgreSQL

@@ -12,16 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from fergi._errors import FergiError
+from fergi.video._ticks import FrameTimes, TickClock, av_reason, upright_rgb
 
 logger = logging.getLogger(__name__)
 
 #: File suffixes that :func:`fergi.video.find_videos` treats as videos.
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".avi", ".mkv", ".m4v", ".y4m")
-
-# Tolerance when comparing frame times with 1/fps ticks: container time bases are
-# milliseconds (webm) or 1/90000 s, so a frame stamped 0.033 belongs to tick 1/30.
-_TICK_EPS = 2e-3
-
 
 @dataclass
 class VideoFrames:
@@ -62,34 +58,11 @@ def _open(path: Path):
     try:
         container = av.open(str(path), mode="r")
     except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise FergiError(f"{path}: not a readable video ({_reason(exc)})") from exc
+        raise FergiError(f"{path}: not a readable video ({av_reason(exc)})") from exc
     if not container.streams.video:
         container.close()
         raise FergiError(f"{path}: contains no video stream")
     return container
-
-
-def _reason(exc: BaseException) -> str:
-    import re
-
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    # PyAV messages repeat the path and an errno; the caller already names the file.
-    text = re.sub(r"^\[Errno -?\d+\]\s*", "", text)
-    return text.split(": '")[0][:160]
-
-
-def _upright(frame) -> np.ndarray:
-    """RGB array of a decoded frame, turned as a player would show it.
-
-    Phones record portrait video as landscape frames plus a display matrix; PyAV
-    reports its angle (counter-clockwise degrees) as ``frame.rotation``.
-    """
-    img = frame.to_ndarray(format="rgb24")
-    angle = getattr(frame, "rotation", 0) or 0
-    k = round(angle / 90)
-    if k % 4 and abs(angle - 90 * k) < 1:
-        img = np.ascontiguousarray(np.rot90(img, k=k))
-    return img
 
 
 def _native_frames(path: Path) -> Iterator[tuple[float, np.ndarray]]:
@@ -102,8 +75,7 @@ def _native_frames(path: Path) -> Iterator[tuple[float, np.ndarray]]:
         # Frame threading keeps decoding well below the per-frame cost of face analysis.
         stream.thread_type = "AUTO"
         time_base = stream.time_base
-        first = None
-        last = -math.inf
+        times = FrameTimes()
         rate = float(stream.average_rate or stream.guessed_rate or 30.0)
         n = 0
         try:
@@ -114,19 +86,16 @@ def _native_frames(path: Path) -> Iterator[tuple[float, np.ndarray]]:
                     t = float(frame.time)
                 else:
                     # No timestamp at all (raw streams): fall back to the nominal rate.
-                    t = (last + 1.0 / rate) if n else 0.0
-                if first is None:
-                    first = t
-                t -= first
-                if t <= last:
+                    t = (times.last + 1.0 / rate) if n else 0.0
+                t = times.place(t)
+                if t is None:
                     # Duplicate or out-of-order presentation time: the earlier frame wins.
                     continue
-                last = t
                 n += 1
-                yield t, _upright(frame)
+                yield t, upright_rgb(frame)
         except av.error.FFmpegError as exc:
             raise FergiError(
-                f"{path}: corrupt video data after {n} frames ({_reason(exc)})"
+                f"{path}: corrupt video data after {n} frames ({av_reason(exc)})"
             ) from exc
         if n == 0:
             raise FergiError(f"{path}: contains no decodable video frames")
@@ -185,17 +154,15 @@ def iter_frames(
         return
     if fps <= 0:
         raise FergiError(f"--fps must be positive, got {fps}")
-    step = 1.0 / float(fps)
-    k = 0  # index of the next tick to fill, at time t0 + k * step
+    clock = TickClock(fps, start=t0, end=t1)
     prev: np.ndarray | None = None
     last_t = 0.0
     for t, img in frames:
         # Every tick before this frame's time shows the previous frame.
-        while t0 + k * step < t1 and t0 + k * step + _TICK_EPS < t:
+        for k in clock.before(t):
             # Ticks before the first frame (start < 0) repeat the first frame.
-            yield k * step, (prev if prev is not None else img)
-            k += 1
-        if t0 + k * step >= t1:
+            yield k * clock.step, (prev if prev is not None else img)
+        if clock.exhausted:
             frames.close()
             return
         prev, last_t = img, t
@@ -203,9 +170,8 @@ def iter_frames(
         return
     # The last frame covers the ticks up to its own time (duration is unknown for
     # MediaRecorder files, so nothing is invented after it).
-    while t0 + k * step < t1 and t0 + k * step <= last_t + _TICK_EPS:
-        yield k * step, prev
-        k += 1
+    for k in clock.through(last_t):
+        yield k * clock.step, prev
 
 
 def read_video(
