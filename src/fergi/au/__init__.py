@@ -17,7 +17,14 @@
   ``features_meta.json`` (:func:`fergi.datasets.write_features_meta`).
 """
 
-from fergi.au._extract import STAGES, extract_features, format_features_csv, write_features
+from fergi.au._extract import (
+    STAGES,
+    check_preprocessing,
+    default_preprocessing,
+    extract_features,
+    format_features_csv,
+    write_features,
+)
 from fergi.au._geometry import (
     BROW_COMPENSATION,
     GAINS,
@@ -63,6 +70,8 @@ __all__ = [
     "GeometryAUEstimator",
     "IR50AUEstimator",
     "build_ir50",
+    "check_preprocessing",
+    "default_preprocessing",
     "create_au_estimator",
     "extract_features",
     "features_provenance",

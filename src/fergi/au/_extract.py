@@ -13,7 +13,17 @@ import numpy as np
 import pandas as pd
 
 from fergi._errors import FergiError
+from fergi.au._registry import create_au_estimator, get_au_estimator_spec
+from fergi.face import (
+    PREPROCESSINGS,
+    AuthorsPreprocessor,
+    FaceAnalyzer,
+    landmark_weights_path,
+    pose_ratios,
+    preprocess_face,
+)
 from fergi.schema import AU_NAMES, FRAME_COLUMNS
+from fergi.video import VideoFrames, iter_frames
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +37,6 @@ _AUTHORS: dict[str, object] = {}
 
 
 def _authors_preprocessor(landmarks):
-    from fergi.face import AuthorsPreprocessor, landmark_weights_path
-
     key = str(landmark_weights_path(landmarks).resolve())
     if key not in _AUTHORS:
         _AUTHORS[key] = AuthorsPreprocessor(key)
@@ -38,8 +46,6 @@ def _authors_preprocessor(landmarks):
 def default_preprocessing(estimator) -> str:
     """``"authors"`` for appearance estimators (``ir50``), ``"fergi"`` for landmark ones."""
     if isinstance(estimator, str):
-        from fergi.au._registry import get_au_estimator_spec
-
         kind = get_au_estimator_spec(estimator).input_kind
     else:
         kind = getattr(estimator, "input_kind", "landmarks")
@@ -49,14 +55,24 @@ def default_preprocessing(estimator) -> str:
 def check_preprocessing(estimator, preprocessing: str | None) -> str:
     """The preprocessing to use with ``estimator`` (default: :func:`default_preprocessing`).
 
+    Parameters
+    ----------
+    estimator : str or estimator
+        A registry name (:func:`fergi.au.list_au_estimators`) or an estimator object.
+    preprocessing : {"authors", "fergi"} or None
+        The preprocessing asked for; None picks the estimator's default.
+
+    Returns
+    -------
+    str
+        ``"authors"`` or ``"fergi"``.
+
     Raises
     ------
     fergi.FergiError
         Unknown name, or ``"authors"`` with a landmark estimator (``geometry`` reads
         FaceMesh landmarks, not faces).
     """
-    from fergi.face import PREPROCESSINGS
-
     default = default_preprocessing(estimator)
     if preprocessing is None:
         return default
@@ -73,8 +89,6 @@ def check_preprocessing(estimator, preprocessing: str | None) -> str:
 
 
 def _default_analyzer():
-    from fergi.face import FaceAnalyzer
-
     return _ANALYZERS.setdefault("video", FaceAnalyzer())
 
 
@@ -92,8 +106,6 @@ def _timed(frames: Iterator, timings: dict) -> Iterator:
 
 
 def _frames_of(video, fps, start=None, end=None) -> tuple[Iterator, str]:
-    from fergi.video import VideoFrames, iter_frames
-
     if isinstance(video, VideoFrames):
         pairs = zip(video.timestamps, video.frames, strict=True)
         if start is not None or end is not None:
@@ -128,8 +140,6 @@ def _analyse(frames, analyzer, estimator, timings, progress, authors=None) -> _C
     ``authors``: an :class:`fergi.face.AuthorsPreprocessor`; then it alone finds the face,
     its pose ratios and the IR-50 input (no FaceMesh), as the authors' code does.
     """
-    from fergi.face import preprocess_face
-
     clip = _Clip()
     wants_faces = getattr(estimator, "input_kind", "landmarks") == "face"
     batch, batch_idx = [], []
@@ -258,9 +268,6 @@ def extract_features(
     fergi.FergiError
         The video (or baseline) cannot be read, or a bad estimator option.
     """
-    from fergi.au._registry import create_au_estimator
-    from fergi.face import pose_ratios
-
     if baseline_seconds is not None and not (
         np.isfinite(baseline_seconds) and baseline_seconds > 0
     ):
@@ -351,8 +358,6 @@ def _remember_landmarks(video, analyzer, lms: np.ndarray) -> None:
     has just analysed: this spares analysing those frames a second time. Landmarks do
     not depend on the AU estimator, only on the analyser (kept by identity).
     """
-    from fergi.video import VideoFrames
-
     if isinstance(video, VideoFrames):
         video.__dict__["_fergi_landmarks"] = (id(analyzer), lms)
 

@@ -92,7 +92,7 @@ import logging
 import numpy as np
 
 from fergi._errors import FergiError
-from fergi.face._pose import LEFT_EYE, RIGHT_EYE
+from fergi.face import LEFT_EYE, RIGHT_EYE
 from fergi.schema import AU_NAMES
 
 logger = logging.getLogger(__name__)

@@ -57,7 +57,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fergi import __version__
+from fergi._atomic import publish, temporary_beside
 from fergi._errors import FergiError
+from fergi.datasets import (
+    META_NAME,
+    FeatureProvenance,
+    read_features_meta,
+    sha256_file,
+    write_features_meta,
+)
+from fergi.face import pose_ratios, pose_ratios_68
 from fergi.schema import AU_NAMES, FRAME_COLUMNS
 
 logger = logging.getLogger(__name__)
@@ -338,8 +348,6 @@ def _libreface(table, n, name, fps, frame_size) -> _Faces:
         width, height = frame_size
         xs = _numeric_block(table, xs_cols, name, rows) * float(width)
         ys = _numeric_block(table, ys_cols, name, rows) * float(height)
-        from fergi.face import pose_ratios
-
         pir, yir = pose_ratios(np.stack([xs, ys], axis=2))
         size, pose = _box_area(xs, ys), "facemesh_478"
     else:
@@ -359,8 +367,6 @@ def _landmarks_68(table: pd.DataFrame, name: str, rows: np.ndarray, what: str):
     OpenFace and py-feat name their 68 landmarks alike; a file with some of the
     columns but not all is refused, naming ``what``.
     """
-    from fergi.face import pose_ratios_68
-
     xs_cols, ys_cols = _landmark_columns(_N68, "x_{}", "y_{}")
     if not any(c in table for c in xs_cols + ys_cols):
         return None
@@ -591,8 +597,6 @@ def _write_clip(table: dict[str, np.ndarray], path: Path) -> Path:
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    from fergi._atomic import publish, temporary_beside
-
     data = {"frame": pa.array(np.asarray(table["frame"], dtype=np.int64))}
     for column in FRAME_COLUMNS[1:]:
         values = np.round(np.asarray(table[column], dtype=float), 6) + 0.0  # + 0.0: no "-0"
@@ -745,15 +749,6 @@ def import_feature_folder(
     fergi.FergiError
         Nothing to import, a bad mapping file, or every file failed.
     """
-    from fergi import __version__
-    from fergi.datasets._provenance import (
-        META_NAME,
-        FeatureProvenance,
-        read_features_meta,
-        sha256_file,
-        write_features_meta,
-    )
-
     if source not in SOURCES:
         raise FergiError(f"--from {source!r}: unknown tool (choose from {', '.join(SOURCES)})")
     src, out = Path(src).expanduser(), Path(out).expanduser()

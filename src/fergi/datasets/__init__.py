@@ -21,6 +21,9 @@ from fergi.datasets._load import (
 )
 from fergi.datasets._provenance import (
     META_NAME,
+    NEUTRAL_REFERENCES,
+    RELEASE,
+    UNKNOWN_PROVENANCE,
     FeatureProvenance,
     feature_provenance,
     is_public_release,
@@ -55,6 +58,9 @@ __all__ = [
     "ISSUES",
     "KEY_COLUMNS",
     "META_NAME",
+    "NEUTRAL_REFERENCES",
+    "RELEASE",
+    "UNKNOWN_PROVENANCE",
     "RATINGS",
     "SCORE_COLUMNS",
     "UNTRAINED_IN_RELEASE",

@@ -46,16 +46,6 @@ from fergi.preference._bootstrap import bootstrap_ratio, bootstrap_selective, pa
 from fergi.preference._coverage import coverage_curve
 from fergi.preference._data import load_reaction_data
 from fergi.preference._ensemble import ENSEMBLE_COLUMNS, EnsembleScore, IntegratedScore
-from fergi.preference._export_labels import (
-    TIE_READERS,
-    ExportSummary,
-    export_labels,
-    pseudonym,
-    split_name,
-    study_salt,
-    tie_warning,
-    withdrawn_participants,
-)
 from fergi.preference._faunet import FAUNet
 from fergi.preference._grids import (
     ENSEMBLE_GRID,
@@ -77,8 +67,23 @@ from fergi.preference._io import (
 from fergi.preference._linear import Linear12Valence
 from fergi.preference._lopo import LOPOResult, lopo_evaluate
 from fergi.preference._pairs import make_pairs
-from fergi.preference._paper import DISCREPANCY, reproduce_paper_tables
+from fergi.preference._paper import (
+    DISCREPANCY,
+    attach_faunet,
+    faunet_results,
+    reproduce_paper_tables,
+)
 from fergi.preference._report import format_paper_tables
+from fergi.preference.export import (
+    TIE_READERS,
+    ExportSummary,
+    export_labels,
+    pseudonym,
+    split_name,
+    study_salt,
+    tie_warning,
+    withdrawn_participants,
+)
 
 __all__ = [
     "BASELINE_K_GRID",
@@ -103,6 +108,7 @@ __all__ = [
     "PreferenceModel",
     "ReactionData",
     "annotate_pairs",
+    "attach_faunet",
     "annotate_reactions",
     "aucomb_scores",
     "bootstrap_ratio",
@@ -114,6 +120,7 @@ __all__ = [
     "default_model_path",
     "default_valence",
     "evaluate_lopo",
+    "faunet_results",
     "export_labels",
     "format_evaluation",
     "format_paper_tables",

@@ -4,7 +4,7 @@ An :class:`AnnotationModel` is everything ``fergi annotate`` needs to turn react
 labels that mean the same whatever AU estimator made the features:
 
 * a **normalisation** of the activation values (``none``, ``baseline_median`` or
-  ``quantile``; see :mod:`fergi.features._normalize`), applied per participant from their
+  ``quantile``; see :func:`fergi.features.baseline_normalize` and :class:`fergi.features.QuantileNormalizer`), applied per participant from their
   own data at annotation time;
 * a **valence model** on the normalised image table (AUcomb, linear12 or FAU-Net);
 * optionally an **integration** with the z-scored ImageReward / PickScore / HPS v2
@@ -28,12 +28,19 @@ import numpy as np
 import pandas as pd
 
 from fergi._errors import FergiError
-from fergi.datasets._provenance import (
+from fergi.datasets import (
+    AU_NAMES,
     RELEASE,
     UNKNOWN_PROVENANCE,
     FeatureProvenance,
 )
-from fergi.features._normalize import NORMALIZATIONS, QuantileNormalizer, baseline_normalize
+from fergi.features import (
+    NORMALIZATIONS,
+    QuantileNormalizer,
+    baseline_normalize,
+    compute_activation_values,
+    image_table,
+)
 from fergi.preference._aucomb import AUcombValence
 from fergi.preference._base import PreferenceModel, clone
 from fergi.preference._bootstrap import bootstrap_ratio, bootstrap_selective, selective_accuracy
@@ -121,8 +128,6 @@ class ReactionData:
         ReactionData
             With activation values recomputed and provenance ``unknown``.
         """
-        from fergi.datasets import AU_NAMES
-
         if self.frames is None:
             raise FergiError(f"{self.source}: no per-frame features to transform")
         rng = np.random.default_rng(seed)
@@ -156,8 +161,6 @@ def reaction_data_from_frames(frames: pd.DataFrame, images: pd.DataFrame | None 
 
     Without ``images``, every reaction clip is an image (no survey answers).
     """
-    from fergi.features import compute_activation_values
-
     clips = compute_activation_values(frames)
     clips = clips.assign(participant=clips["participant"].astype(str))
     if images is None:
@@ -244,8 +247,6 @@ class AnnotationModel:
         Rows of participants whose values cannot be normalised (too few baseline
         clips) have NaN activations; ``attrs["too_few_baselines"]`` names them.
         """
-        from fergi.features import compute_activation_values, image_table
-
         self._check_params()
         clips = data.clips
         too_few: list[str] = []
@@ -564,8 +565,6 @@ def check_compatibility(model, provenance: FeatureProvenance, *, where: str = "f
 
 def missing_aus(data: ReactionData) -> list[str]:
     """AUs the features lack: empty (NaN) in every frame, or listed by the provenance."""
-    from fergi.datasets import AU_NAMES
-
     missing = set(data.provenance.missing_aus or ())
     if data.frames is not None:
         for au in AU_NAMES:

@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fergi import __version__
 from fergi._errors import FergiError
 from fergi.au._ir50 import AU_OUTPUT_INDEX, IR50_LAYERS, N_AU_SLOTS, build_ir50, load_matching
+from fergi.au.train._datasets import subject_groups
 from fergi.au.train._loss import (
     MSE_WEIGHTS,
     au_loss,
@@ -31,6 +33,8 @@ from fergi.au.train._loss import (
     expand_weights,
     mse_weights,
 )
+from fergi.au.train._metrics import au_metrics
+from fergi.face import FACE_SIZE
 from fergi.schema import AU_NAMES
 
 logger = logging.getLogger(__name__)
@@ -244,8 +248,6 @@ class _CacheDataset:
     def __getitem__(self, i):
         import torch
 
-        from fergi.face import FACE_SIZE
-
         if self._faces is None:
             self._faces = np.memmap(
                 Path(self.folder) / "faces.u8",
@@ -301,8 +303,6 @@ def training_record(config: TrainConfig, *, precision: str, frames: int, world_s
     number of training frames and processes, and the fergi version. The backbone
     is recorded by file name only, so a shared model does not carry a local path.
     """
-    from fergi import __version__
-
     options = {k: v for k, v in config.to_dict().items() if k not in _NOT_RECORDED}
     options.pop("amp")
     if options.get("backbone") is not None:
@@ -668,9 +668,6 @@ def cross_validate(
         Cache row, subject, fold, and true and predicted intensity of each AU.
     histories : list of pandas.DataFrame
     """
-    from fergi.au.train._datasets import subject_groups
-    from fergi.au.train._metrics import au_metrics
-
     usable = cache.usable
     groups = subject_groups(cache.table)[usable]
     folds = subject_folds(groups, n_folds, config.seed)
