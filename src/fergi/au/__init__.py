@@ -22,8 +22,6 @@ from fergi.au._extract import (
     check_preprocessing,
     default_preprocessing,
     extract_features,
-    format_features_csv,
-    write_features,
 )
 from fergi.au._geometry import (
     BROW_COMPENSATION,
@@ -32,13 +30,12 @@ from fergi.au._geometry import (
     GeometryAUEstimator,
     least_expressive_frames,
 )
-from fergi.au._import import (
+from fergi.au._import import import_features
+from fergi.au._import_folder import ImportSummary, import_feature_folder
+from fergi.au._import_tools import (
     AU_COLUMNS,
     AU_SCALES,
     SOURCES,
-    ImportSummary,
-    import_feature_folder,
-    import_features,
     ratios_from_head_pose,
     read_tool_output,
 )
@@ -51,6 +48,7 @@ from fergi.au._registry import (
     list_au_estimators,
     register_au_estimator,
 )
+from fergi.au._write import format_features_csv, write_features
 
 __all__ = [
     "AU_COLUMNS",

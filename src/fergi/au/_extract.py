@@ -1,4 +1,4 @@
-"""From a video to the release's per-frame feature table, and writing it exactly."""
+"""From a video to the release's per-frame feature table (written by :mod:`fergi.au._write`)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from fergi.schema import AU_NAMES, FRAME_COLUMNS
 from fergi.video import VideoFrames, iter_frames
 
 logger = logging.getLogger(__name__)
+
 
 #: Timed stages: decoding, the MediaPipe face graph (detection + landmarks), AUs.
 STAGES = ("decode", "face", "au")
@@ -420,86 +421,3 @@ def _neutral_reference(
         return estimator, "absolute", f"{type(estimator).__name__} chooses its own"
     est = copy.deepcopy(estimator).fit_least_expressive(lms)
     return est, "least_expressive", _span(est.reference_frames_, times)
-
-
-def _check_table(table: pd.DataFrame, path: Path) -> None:
-    if tuple(table.columns) != FRAME_COLUMNS:
-        raise FergiError(
-            f"{path}: table columns must be exactly {', '.join(FRAME_COLUMNS)}; got {', '.join(map(str, table.columns))}"
-        )
-
-
-def format_features_csv(table: pd.DataFrame, *, decimals: int = 2) -> str:
-    """The CSV text of a per-frame table, formatted exactly like the release.
-
-    ``frame`` is an integer, ``timestamp`` has 3 decimals, the other values
-    ``decimals`` (2 in the release's baseline clips, 3 in its reaction clips);
-    a row without a face is written ``frame,timestamp,0,-1,-1,...`` and a missing
-    value in a row with a face as ``-1``.
-    """
-    n = len(table)
-    header = ",".join(FRAME_COLUMNS)
-    if n == 0:
-        return header + "\n"
-    frame = table["frame"].to_numpy().astype(np.int64).astype(str)
-    ts = np.char.mod("%.3f", table["timestamp"].to_numpy(dtype=float))
-    vals = table[list(FRAME_COLUMNS[2:])].to_numpy(dtype=float)
-    text = np.char.mod(f"%.{decimals}f", vals).astype(object)
-    text[vals == -1.0] = "-1"
-    no_face = vals[:, 0] == 0
-    text[no_face, 0] = "0"
-    cols = [frame, ts] + [text[:, j].astype(str) for j in range(text.shape[1])]
-    rows = cols[0].astype(object)
-    for c in cols[1:]:
-        rows = rows + "," + c.astype(object)
-    return header + "\n" + "\n".join(rows) + "\n"
-
-
-def write_features(table: pd.DataFrame, path: str | os.PathLike, *, decimals: int = 2) -> Path:
-    """Write a per-frame table atomically, as CSV (release formatting) or Parquet.
-
-    Parameters
-    ----------
-    table : pandas.DataFrame
-        Columns exactly ``FRAME_COLUMNS`` (as from :func:`extract_features`).
-    path : str or path-like
-        ``.csv`` or ``.parquet``. Written to a temporary file in the same folder and
-        renamed, so a crash never leaves a half-written file under ``path``.
-    decimals : int, default 2
-        Decimals of the values after ``timestamp`` in CSV (Parquet stores them
-        rounded to the same decimals).
-
-    Returns
-    -------
-    pathlib.Path
-        ``path``.
-
-    Raises
-    ------
-    fergi.FergiError
-        Wrong columns or unknown suffix.
-    """
-    path = Path(path)
-    _check_table(table, path)
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".parquet"):
-        raise FergiError(f"{path}: unknown feature file suffix {suffix!r} (use .csv or .parquet)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        if suffix == ".csv":
-            tmp.write_text(format_features_csv(table, decimals=decimals), encoding="utf-8")
-        else:
-            out = pd.DataFrame(
-                {
-                    "frame": table["frame"].astype(np.int64),
-                    "timestamp": table["timestamp"].astype(float).round(3),
-                    **{c: table[c].astype(float).round(decimals) for c in FRAME_COLUMNS[2:]},
-                }
-            )
-            out.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path

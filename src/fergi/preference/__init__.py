@@ -31,14 +31,9 @@ unranked images from a study's reactions.
 from fergi.preference._annotation import (
     BASELINE_K_GRID,
     AnnotationModel,
-    ReactionData,
     check_compatibility,
     check_features_have_aus,
     default_valence,
-    evaluate_lopo,
-    format_evaluation,
-    participant_summary,
-    reaction_data_from_frames,
 )
 from fergi.preference._aucomb import AUcombValence, aucomb_scores
 from fergi.preference._base import PreferenceModel, clone
@@ -46,6 +41,7 @@ from fergi.preference._bootstrap import bootstrap_ratio, bootstrap_selective, pa
 from fergi.preference._coverage import coverage_curve
 from fergi.preference._data import load_reaction_data
 from fergi.preference._ensemble import ENSEMBLE_COLUMNS, EnsembleScore, IntegratedScore
+from fergi.preference._evaluation import evaluate_lopo, format_evaluation, participant_summary
 from fergi.preference._faunet import FAUNet
 from fergi.preference._grids import (
     ENSEMBLE_GRID,
@@ -73,6 +69,7 @@ from fergi.preference._paper import (
     faunet_results,
     reproduce_paper_tables,
 )
+from fergi.preference._reaction_data import ReactionData, reaction_data_from_frames
 from fergi.preference._report import format_paper_tables
 from fergi.preference.export import (
     TIE_READERS,

@@ -10,7 +10,7 @@ import pandas as pd
 from fergi._errors import FergiError
 from fergi.datasets import feature_provenance, load_excluded_images, load_frames, load_images
 from fergi.features import compute_activation_values, image_table, screen_participants
-from fergi.preference._annotation import ReactionData
+from fergi.preference._reaction_data import ReactionData
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ from fergi.datasets import UNKNOWN_PROVENANCE, FeatureProvenance
 from fergi.features import image_table
 from fergi.preference._annotation import (
     AnnotationModel,
-    ReactionData,
     check_compatibility,
     check_features_have_aus,
 )
@@ -28,6 +27,7 @@ from fergi.preference._faunet import FAUNet
 from fergi.preference._linear import Linear12Valence
 from fergi.preference._lopo import check_participants
 from fergi.preference._pairs import KEY_COLUMNS, require_columns
+from fergi.preference._reaction_data import ReactionData
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from fergi.preference._annotation import (
     AnnotationModel,
     check_compatibility,
     default_valence,
-    evaluate_lopo,
 )
+from fergi.preference._evaluation import evaluate_lopo
 from fergi.preference._io import annotate_reactions, load_model
 from fergi.preference._pairs import pair_index
 from fergi.preference.export._columns import ABSTENTIONS, LABEL_COLUMNS, SOURCES
