@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from fergi._errors import FergiError
 from fergi.batch._ray import RayExecutor
-from fergi.scorers import ScoreCache, create_scorer, get_scorer_spec, image_hash, scorers_dir
+from fergi.datasets import sha256_file
+from fergi.scorers import ScoreCache, create_scorer, get_scorer_spec, scorers_dir
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ def score_folder(data, scorers: Sequence[str], *, prompts=None, out=None, weight
     for t, k in present:
         p = t.images[k]
         if p not in hashes:
-            hashes[p] = image_hash(p)
+            hashes[p] = sha256_file(p)
 
     on_ray = executor is not None and executor != "local"
     if on_ray and isinstance(executor, str):

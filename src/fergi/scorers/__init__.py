@@ -14,7 +14,7 @@ folder (``fergi score``), here or on Ray, is :func:`fergi.batch.score_folder`.
 """
 
 from fergi.scorers._base import Scorer
-from fergi.scorers._cache import ScoreCache, image_hash
+from fergi.scorers._cache import ScoreCache
 from fergi.scorers._registry import (
     ScorerSpec,
     create_scorer,
@@ -26,4 +26,4 @@ from fergi.scorers._registry import (
 )
 
 __all__ = ["ScoreCache", "Scorer", "ScorerSpec", "create_scorer", "find_weights",
-           "get_scorer_spec", "image_hash", "list_scorers", "register_scorer", "scorers_dir"]
+           "get_scorer_spec", "list_scorers", "register_scorer", "scorers_dir"]
