@@ -4,7 +4,7 @@ Usage: python benchmarks/bench_export.py [--pairs N [N ...]] [--shard-size S] [-
 
 For each pair count (default 100,000 and 1,000,000) a fresh child process streams that
 many synthetic labelled pairs (10 pairs per session, one chunk of 10,000 pairs per
-participant, as :func:`fergi.preference._export_labels.iter_labels` yields them) through
+participant, as :func:`fergi.preference.export.iter_labels` yields them) through
 the exporter: the decision rule, pseudonyms, ids, JPEG bytes of both images and the
 parquet shards. It prints pairs per second, the process's peak resident memory
 (``resource.ru_maxrss``) and Arrow's peak allocation. Peak memory should stay flat as
@@ -37,7 +37,7 @@ class _PoolImages:
     """An :class:`ImageStore` stand-in mapping every image key onto a pool of real PNGs."""
 
     def __init__(self, folder: Path):
-        from fergi.preference._export_labels import ImageStore
+        from fergi.preference.export import ImageStore
 
         self.store = ImageStore(folder)
 
@@ -83,7 +83,7 @@ def _child(n_pairs: int, shard_size: int, folder: Path) -> dict:
     import pyarrow as pa
     from PIL import Image
 
-    from fergi.preference._export_labels import write_labels
+    from fergi.preference.export import write_labels
 
     images = folder / "images" / "pool" / "session_0"
     images.mkdir(parents=True)

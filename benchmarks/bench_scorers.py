@@ -140,7 +140,7 @@ def main(argv=None) -> dict:
 
         if args.quick:
             # The cache: a second run over the same folder scores nothing.
-            from fergi.scorers._run import score_folder
+            from fergi.batch import score_folder
 
             table = tmp / "prompts.csv"
             table.write_text("image,prompt\n" + "".join(f"{p.name},{q}\n" for p, q in zip(paths, prompts, strict=True)))

@@ -282,9 +282,8 @@ def test_score_on_ray_actors_equals_local_scoring(ray_cluster, tmp_path, monkeyp
     # Through the library, in one Ray session: scores read from the cache, and a
     # corrupt image is one error line naming it, raised from inside an actor.
     from fergi import FergiError
-    from fergi.batch import RayExecutor
+    from fergi.batch import RayExecutor, score_folder
     from fergi.cli.score import parse_weights
-    from fergi.scorers import score_folder
 
     options = {"prompts": tmp_path / "prompts.csv", "weights": parse_weights([f"clip={weights['clip']['weights']}"]),
                "batch_size": 2, "cache": tmp_path / "cache.sqlite"}

@@ -21,7 +21,7 @@ import pytest
 from fergi.cli import main
 from fergi.datasets import load_images
 from fergi.preference import pseudonym, split_name, study_salt
-from fergi.preference._export_labels import PICKAPIC_COLUMNS
+from fergi.preference.export import PICKAPIC_COLUMNS
 
 SMALL = ("001", "005", "006", "007")
 
@@ -248,13 +248,13 @@ def test_tie_export_is_logged(small_study, tmp_path, caplog):
 
     from fergi.preference import export_labels
 
-    with caplog.at_level(logging.WARNING, logger="fergi.preference._export_labels"):
+    with caplog.at_level(logging.WARNING, logger="fergi.preference.export._export"):
         summary = export_labels(small_study, tmp_path / "ties", format="pickapic",
                                 abstentions="tie")
     assert summary.n_ties > 0
     assert f"{summary.n_ties} of {summary.n_rows} rows are 0.5/0.5 ties" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="fergi.preference._export_labels"):
+    with caplog.at_level(logging.WARNING, logger="fergi.preference.export._export"):
         dropped = export_labels(small_study, tmp_path / "drop", format="pickapic")
     assert dropped.n_ties == 0 and "ties" not in caplog.text
     assert "## Ties" not in (tmp_path / "drop" / "README.md").read_text()
@@ -546,7 +546,7 @@ def test_study_exported_by_fergi_export(tmp_path):
 
 # ----------------------------------------------------------------------------- decision rules
 def test_decide_follows_threshold_all_pairs_min_confidence_and_ties():
-    from fergi.preference._export_labels import decide
+    from fergi.preference.export import decide
 
     labels = pd.DataFrame({
         "participant": "001", "session": 1, "image_a": [1, 1, 1, 2, 3],

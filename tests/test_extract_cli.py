@@ -215,10 +215,10 @@ def test_input_folders_with_the_same_name_and_same_stem_videos(tmp_path):
 
 
 def test_a_video_that_cannot_be_mapped_is_reported_not_dropped(tmp_path, monkeypatch, capsys):
-    from fergi.batch import _jobs
+    from fergi.batch import _extract
 
     # Force every disambiguating hash to clash: nothing can separate the two videos.
-    monkeypatch.setattr(_jobs, "_short_hash", lambda path, n=6: "0")
+    monkeypatch.setattr(_extract, "_short_hash", lambda path, n=6: "0")
     a = _gray_clip(tmp_path / "a" / "s1" / "clip.mp4", 3).parent
     b = _gray_clip(tmp_path / "b" / "s1" / "clip.mp4", 4).parent
     out = tmp_path / "out"

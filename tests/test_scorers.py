@@ -418,7 +418,7 @@ def test_hpsv2_is_v2_0_and_never_loads_a_v2_1_file(weights, images, tmp_path, mo
     import shutil
 
     import fergi.scorers._clip as clip_module
-    from fergi.scorers import score_folder
+    from fergi.batch import score_folder
 
     monkeypatch.setenv("HOME", str(tmp_path))
     v20, v21 = weights["hpsv2"]["weights"], weights["hpsv2.1"]["weights"]

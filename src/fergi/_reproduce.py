@@ -24,6 +24,12 @@ from fergi.datasets import (
     load_images,
 )
 from fergi.features import compute_activation_values, image_table, screen_participants
+from fergi.plots import (
+    plot_accuracy_coverage,
+    plot_activation_by_emotion,
+    plot_activation_by_rating,
+)
+from fergi.preference import attach_faunet, faunet_results, reproduce_paper_tables
 from fergi.stats import reaction_statistics
 
 logger = logging.getLogger(__name__)
@@ -175,8 +181,6 @@ def reproduce(
         results["preference_skipped"] = skip
         preference = False
     if preference:
-        from fergi.preference import reproduce_paper_tables
-
         t = time.perf_counter()
         results.update(reproduce_paper_tables(table, excluded=excluded, faunet=False))
         timings["preference tables"] = time.perf_counter() - t
@@ -188,8 +192,6 @@ def reproduce(
         written += _reaction_figures(table, stats, out)
         timings["figures 3-4"] = time.perf_counter() - t
     if preference:
-        from fergi.preference._paper import attach_faunet
-
         t = time.perf_counter()
         attach_faunet(results, _finish_faunet(pending_faunet, table))
         timings["FAU-Net (waited for)"] = time.perf_counter() - t
@@ -198,8 +200,6 @@ def reproduce(
         if figures:
             t = time.perf_counter()
             if preference and "coverage" in results:
-                from fergi.plots import plot_accuracy_coverage
-
                 written += plot_accuracy_coverage(results["coverage"], out / "accuracy_coverage")
             results["figures"] = [p.name for p in written]
             timings["accuracy-coverage figure"] = time.perf_counter() - t
@@ -233,16 +233,12 @@ def _preference_skip_reason(table: pd.DataFrame, excluded: list[str]) -> str | N
 
 
 def _reaction_figures(table: pd.DataFrame, stats: pd.DataFrame, out: Path) -> list[Path]:
-    from fergi.plots import plot_activation_by_emotion, plot_activation_by_rating
-
     written = plot_activation_by_rating(table, stats, out / "fig3_activation_by_rating")
     written += plot_activation_by_emotion(table, out / "fig4_activation_by_emotion", statistics=stats)
     return written
 
 
 def _faunet(table: pd.DataFrame) -> dict:
-    from fergi.preference._paper import faunet_results
-
     return faunet_results(table, sorted(table["participant"].astype(str).unique()))
 
 

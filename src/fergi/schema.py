@@ -54,6 +54,14 @@ KEY_COLUMNS: tuple[str, ...] = ("participant", "session", "image")
 """Keys of one image in the tidy tables."""
 
 CLIP_KINDS: tuple[str, ...] = ("baseline", "reaction")
+"""The two clips of one image presentation: the baseline before it and the reaction to it."""
+
+CLIP_MIN_VALID_SHARE: float = 0.8
+"""A clip is valid when at least this share of its frames is valid (frame validity:
+confident, frontal face): the paper (Sec. 5) drops a clip when more than 20 % of its
+frames are excluded, and the authors' ``config.py``, which made the release, has
+``valid_proportion_threshold = 0.8``. Not the study's ``clip_min_frame_share`` (the share of a clip's window the camera
+actually recorded), whose default is also 0.8."""
 
 
 def activation_column(au: str) -> str:

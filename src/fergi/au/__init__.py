@@ -17,7 +17,12 @@
   ``features_meta.json`` (:func:`fergi.datasets.write_features_meta`).
 """
 
-from fergi.au._extract import STAGES, extract_features, format_features_csv, write_features
+from fergi.au._extract import (
+    STAGES,
+    check_preprocessing,
+    default_preprocessing,
+    extract_features,
+)
 from fergi.au._geometry import (
     BROW_COMPENSATION,
     GAINS,
@@ -25,13 +30,12 @@ from fergi.au._geometry import (
     GeometryAUEstimator,
     least_expressive_frames,
 )
-from fergi.au._import import (
+from fergi.au._import import import_features
+from fergi.au._import_folder import ImportSummary, import_feature_folder
+from fergi.au._import_tools import (
     AU_COLUMNS,
     AU_SCALES,
     SOURCES,
-    ImportSummary,
-    import_feature_folder,
-    import_features,
     ratios_from_head_pose,
     read_tool_output,
 )
@@ -44,6 +48,7 @@ from fergi.au._registry import (
     list_au_estimators,
     register_au_estimator,
 )
+from fergi.au._write import format_features_csv, write_features
 
 __all__ = [
     "AU_COLUMNS",
@@ -63,6 +68,8 @@ __all__ = [
     "GeometryAUEstimator",
     "IR50AUEstimator",
     "build_ir50",
+    "check_preprocessing",
+    "default_preprocessing",
     "create_au_estimator",
     "extract_features",
     "features_provenance",

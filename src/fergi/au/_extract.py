@@ -1,4 +1,4 @@
-"""From a video to the release's per-frame feature table, and writing it exactly."""
+"""From a video to the release's per-frame feature table (written by :mod:`fergi.au._write`)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,20 @@ import numpy as np
 import pandas as pd
 
 from fergi._errors import FergiError
+from fergi.au._registry import create_au_estimator, get_au_estimator_spec
+from fergi.face import (
+    PREPROCESSINGS,
+    AuthorsPreprocessor,
+    FaceAnalyzer,
+    landmark_weights_path,
+    pose_ratios,
+    preprocess_face,
+)
 from fergi.schema import AU_NAMES, FRAME_COLUMNS
+from fergi.video import VideoFrames, iter_frames
 
 logger = logging.getLogger(__name__)
+
 
 #: Timed stages: decoding, the MediaPipe face graph (detection + landmarks), AUs.
 STAGES = ("decode", "face", "au")
@@ -27,8 +38,6 @@ _AUTHORS: dict[str, object] = {}
 
 
 def _authors_preprocessor(landmarks):
-    from fergi.face import AuthorsPreprocessor, landmark_weights_path
-
     key = str(landmark_weights_path(landmarks).resolve())
     if key not in _AUTHORS:
         _AUTHORS[key] = AuthorsPreprocessor(key)
@@ -38,8 +47,6 @@ def _authors_preprocessor(landmarks):
 def default_preprocessing(estimator) -> str:
     """``"authors"`` for appearance estimators (``ir50``), ``"fergi"`` for landmark ones."""
     if isinstance(estimator, str):
-        from fergi.au._registry import get_au_estimator_spec
-
         kind = get_au_estimator_spec(estimator).input_kind
     else:
         kind = getattr(estimator, "input_kind", "landmarks")
@@ -49,14 +56,24 @@ def default_preprocessing(estimator) -> str:
 def check_preprocessing(estimator, preprocessing: str | None) -> str:
     """The preprocessing to use with ``estimator`` (default: :func:`default_preprocessing`).
 
+    Parameters
+    ----------
+    estimator : str or estimator
+        A registry name (:func:`fergi.au.list_au_estimators`) or an estimator object.
+    preprocessing : {"authors", "fergi"} or None
+        The preprocessing asked for; None picks the estimator's default.
+
+    Returns
+    -------
+    str
+        ``"authors"`` or ``"fergi"``.
+
     Raises
     ------
     fergi.FergiError
         Unknown name, or ``"authors"`` with a landmark estimator (``geometry`` reads
         FaceMesh landmarks, not faces).
     """
-    from fergi.face import PREPROCESSINGS
-
     default = default_preprocessing(estimator)
     if preprocessing is None:
         return default
@@ -73,8 +90,6 @@ def check_preprocessing(estimator, preprocessing: str | None) -> str:
 
 
 def _default_analyzer():
-    from fergi.face import FaceAnalyzer
-
     return _ANALYZERS.setdefault("video", FaceAnalyzer())
 
 
@@ -92,8 +107,6 @@ def _timed(frames: Iterator, timings: dict) -> Iterator:
 
 
 def _frames_of(video, fps, start=None, end=None) -> tuple[Iterator, str]:
-    from fergi.video import VideoFrames, iter_frames
-
     if isinstance(video, VideoFrames):
         pairs = zip(video.timestamps, video.frames, strict=True)
         if start is not None or end is not None:
@@ -128,8 +141,6 @@ def _analyse(frames, analyzer, estimator, timings, progress, authors=None) -> _C
     ``authors``: an :class:`fergi.face.AuthorsPreprocessor`; then it alone finds the face,
     its pose ratios and the IR-50 input (no FaceMesh), as the authors' code does.
     """
-    from fergi.face import preprocess_face
-
     clip = _Clip()
     wants_faces = getattr(estimator, "input_kind", "landmarks") == "face"
     batch, batch_idx = [], []
@@ -258,9 +269,6 @@ def extract_features(
     fergi.FergiError
         The video (or baseline) cannot be read, or a bad estimator option.
     """
-    from fergi.au._registry import create_au_estimator
-    from fergi.face import pose_ratios
-
     if baseline_seconds is not None and not (
         np.isfinite(baseline_seconds) and baseline_seconds > 0
     ):
@@ -351,8 +359,6 @@ def _remember_landmarks(video, analyzer, lms: np.ndarray) -> None:
     has just analysed: this spares analysing those frames a second time. Landmarks do
     not depend on the AU estimator, only on the analyser (kept by identity).
     """
-    from fergi.video import VideoFrames
-
     if isinstance(video, VideoFrames):
         video.__dict__["_fergi_landmarks"] = (id(analyzer), lms)
 
@@ -415,86 +421,3 @@ def _neutral_reference(
         return estimator, "absolute", f"{type(estimator).__name__} chooses its own"
     est = copy.deepcopy(estimator).fit_least_expressive(lms)
     return est, "least_expressive", _span(est.reference_frames_, times)
-
-
-def _check_table(table: pd.DataFrame, path: Path) -> None:
-    if tuple(table.columns) != FRAME_COLUMNS:
-        raise FergiError(
-            f"{path}: table columns must be exactly {', '.join(FRAME_COLUMNS)}; got {', '.join(map(str, table.columns))}"
-        )
-
-
-def format_features_csv(table: pd.DataFrame, *, decimals: int = 2) -> str:
-    """The CSV text of a per-frame table, formatted exactly like the release.
-
-    ``frame`` is an integer, ``timestamp`` has 3 decimals, the other values
-    ``decimals`` (2 in the release's baseline clips, 3 in its reaction clips);
-    a row without a face is written ``frame,timestamp,0,-1,-1,...`` and a missing
-    value in a row with a face as ``-1``.
-    """
-    n = len(table)
-    header = ",".join(FRAME_COLUMNS)
-    if n == 0:
-        return header + "\n"
-    frame = table["frame"].to_numpy().astype(np.int64).astype(str)
-    ts = np.char.mod("%.3f", table["timestamp"].to_numpy(dtype=float))
-    vals = table[list(FRAME_COLUMNS[2:])].to_numpy(dtype=float)
-    text = np.char.mod(f"%.{decimals}f", vals).astype(object)
-    text[vals == -1.0] = "-1"
-    no_face = vals[:, 0] == 0
-    text[no_face, 0] = "0"
-    cols = [frame, ts] + [text[:, j].astype(str) for j in range(text.shape[1])]
-    rows = cols[0].astype(object)
-    for c in cols[1:]:
-        rows = rows + "," + c.astype(object)
-    return header + "\n" + "\n".join(rows) + "\n"
-
-
-def write_features(table: pd.DataFrame, path: str | os.PathLike, *, decimals: int = 2) -> Path:
-    """Write a per-frame table atomically, as CSV (release formatting) or Parquet.
-
-    Parameters
-    ----------
-    table : pandas.DataFrame
-        Columns exactly ``FRAME_COLUMNS`` (as from :func:`extract_features`).
-    path : str or path-like
-        ``.csv`` or ``.parquet``. Written to a temporary file in the same folder and
-        renamed, so a crash never leaves a half-written file under ``path``.
-    decimals : int, default 2
-        Decimals of the values after ``timestamp`` in CSV (Parquet stores them
-        rounded to the same decimals).
-
-    Returns
-    -------
-    pathlib.Path
-        ``path``.
-
-    Raises
-    ------
-    fergi.FergiError
-        Wrong columns or unknown suffix.
-    """
-    path = Path(path)
-    _check_table(table, path)
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".parquet"):
-        raise FergiError(f"{path}: unknown feature file suffix {suffix!r} (use .csv or .parquet)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        if suffix == ".csv":
-            tmp.write_text(format_features_csv(table, decimals=decimals), encoding="utf-8")
-        else:
-            out = pd.DataFrame(
-                {
-                    "frame": table["frame"].astype(np.int64),
-                    "timestamp": table["timestamp"].astype(float).round(3),
-                    **{c: table[c].astype(float).round(decimals) for c in FRAME_COLUMNS[2:]},
-                }
-            )
-            out.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 
+from fergi import __version__
 from fergi._errors import FergiError
+from fergi.au._extract import check_preprocessing
+from fergi.au._registry import get_au_estimator_spec
+from fergi.datasets import NEUTRAL_REFERENCES, FeatureProvenance, sha256_file
 
 
 def features_provenance(
@@ -44,11 +48,6 @@ def features_provenance(
     fergi.FergiError
         Unknown estimator or neutral reference, or an unreadable checkpoint.
     """
-    from fergi import __version__
-    from fergi.au._extract import check_preprocessing
-    from fergi.au._registry import get_au_estimator_spec
-    from fergi.datasets._provenance import NEUTRAL_REFERENCES, FeatureProvenance, sha256_file
-
     if isinstance(estimator, str):
         spec = get_au_estimator_spec(estimator)
     else:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from fergi._errors import FergiError
 from fergi._registry import Registry
+from fergi.au._geometry import GeometryAUEstimator
+from fergi.au._ir50 import IR50AUEstimator
 
 
 @dataclass(frozen=True)
@@ -99,8 +101,6 @@ def create_au_estimator(name: str = "geometry", **options):
 
 
 def _make_geometry(checkpoint=None, **options):
-    from fergi.au._geometry import GeometryAUEstimator
-
     if checkpoint is not None:
         raise FergiError(
             "--checkpoint: the geometry estimator has no weights (use --estimator ir50)"
@@ -109,8 +109,6 @@ def _make_geometry(checkpoint=None, **options):
 
 
 def _make_ir50(checkpoint=None, **options):
-    from fergi.au._ir50 import IR50AUEstimator
-
     if checkpoint is None and options.get("backbone") is None:
         raise FergiError(
             "--checkpoint: the ir50 estimator needs weights (a state_dict of IResNet-50 "

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from fergi._errors import FergiError
@@ -46,8 +49,6 @@ class LocalExecutor:
                     on_record(_jobs._process(job, progress=frames.update))
                     videos.update(1)
             return
-
-        from concurrent.futures.process import BrokenProcessPool
 
         with (
             progress_bar(total=len(jobs), unit="video", position=0) as videos,
@@ -98,9 +99,6 @@ def _run_pool(fn, jobs: list, workers: int, on_result, initializer=None, initarg
     exception in ``on_result``), the workers are terminated before it propagates:
     no orphan keeps computing and the command does not wait for running videos.
     """
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
     # spawn: MediaPipe and torch hold threads that do not survive fork.
     pool = ProcessPoolExecutor(
         max_workers=min(workers, len(jobs)),

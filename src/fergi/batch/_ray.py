@@ -11,15 +11,23 @@ them, so an output folder on the driver's disk is all a cluster needs for output
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import re
+import signal
+import tempfile
 import threading
 from pathlib import Path
 
+import numpy as np
+
+from fergi._atomic import publish, temporary_beside
 from fergi._errors import FergiError
+from fergi.au import get_au_estimator_spec
 from fergi.batch import _jobs
 from fergi.batch._jobs import FACE_BATCH, ExtractionJob, OnRecord, failed_record, progress_bar
+from fergi.scorers import create_scorer
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +37,7 @@ _ADDRESS = re.compile(r"^(auto|ray://[^\s:/]+:\d+|[^\s:/]+:\d+)$")
 
 def _import_ray():
     try:
-        import ray
+        import ray  # deferred: ray, an optional heavy dependency
     except ImportError:
         raise FergiError(f"--executor ray needs Ray, which is not installed: {INSTALL_HINT}") from None
     return ray
@@ -56,8 +64,6 @@ def _init_keeping_sigterm(ray, **options) -> None:
     SIGTERM into the Ctrl-C path instead (tasks cancelled, report written, Ray shut
     down by :meth:`RayExecutor.session`).
     """
-    import signal
-
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if main else None
     try:
@@ -184,8 +190,6 @@ class RayExecutor:
         The feature files are written here, by the driver, from the bytes each task
         returns: the same bytes the local executor writes.
         """
-        from fergi.au import get_au_estimator_spec
-
         if not jobs:
             return
         with self.session() as ray:
@@ -275,8 +279,6 @@ class RayExecutor:
 
 def _publish_bytes(payload: bytes, path: Path) -> None:
     """Write a features file atomically (a crash never leaves half a file)."""
-    from fergi._atomic import publish, temporary_beside
-
     fd, tmp = temporary_beside(path, f".{path.name}.", ".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -289,8 +291,6 @@ def _publish_bytes(payload: bytes, path: Path) -> None:
 
 def _extract_task(job: ExtractionJob, estimator: str, checkpoint: str | None, actor):
     """One video in a Ray worker: ``(record, bytes of the features file or None)``."""
-    import tempfile
-
     if actor is not None:
         model = _RemoteFaces(actor)
     else:
@@ -317,8 +317,7 @@ class _RemoteFaces:
         self.actor = actor
 
     def predict(self, faces):
-        import numpy as np
-        import ray
+        import ray  # deferred: ray, an optional heavy dependency
 
         return ray.get(self.actor.predict.remote(np.asarray(faces, dtype=np.float32)))
 
@@ -332,7 +331,7 @@ class _FaceActor:
     """
 
     def __init__(self, estimator: str, checkpoint: str | None):
-        import ray
+        import ray  # deferred: ray, an optional heavy dependency
 
         self.device = "cuda" if ray.get_gpu_ids() else "cpu"
         self.error = None
@@ -361,8 +360,6 @@ class _FaceActor:
         return slot["out"]
 
     def _loop(self) -> None:
-        import numpy as np
-
         while True:
             with self.cond:
                 while not self.waiting:
@@ -393,9 +390,7 @@ class _ScorerActor:
         self.scorer = None
 
     def load(self, name: str, device, batch_size: int, options: dict) -> str:
-        import ray
-
-        from fergi.scorers import create_scorer
+        import ray  # deferred: ray, an optional heavy dependency
 
         self.unload()
         if device is None:
@@ -404,14 +399,12 @@ class _ScorerActor:
         return self.scorer.fingerprint
 
     def unload(self) -> None:
-        import gc
-
         if self.scorer is not None:
             on_cuda = self.scorer.device.type == "cuda"
             self.scorer = None
             gc.collect()
             if on_cuda:
-                import torch
+                import torch  # deferred: torch, heavy (only a CUDA scorer needs it here)
 
                 torch.cuda.empty_cache()
 
@@ -439,7 +432,7 @@ class _RayScorerPool:
         The batches are the ones a local scorer makes (``batch_size`` consecutive
         images), so every score is computed exactly as it is locally.
         """
-        from ray.util import ActorPool
+        from ray.util import ActorPool  # deferred: ray, an optional heavy dependency
 
         images = [str(p) for p in images]
         prompts = list(prompts)

@@ -72,6 +72,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: pandas and pyarrow (the library); `fergi --help` loads none of it
     from fergi.preference import annotate_reactions, load_model, load_reaction_data, write_jsonl
 
     model = load_model(args.model)

@@ -46,6 +46,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    # deferred: fastapi, sqlalchemy and pyarrow (fergi.study); `fergi --help` loads none of it
     from fergi.study import export_study
 
     summary = export_study(args.db, args.media, args.out, overwrite=args.overwrite, include_raw=not args.no_raw)

@@ -107,6 +107,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: pandas and pyarrow (the library); `fergi --help` loads none of it
     from fergi.preference import (
         RAW_MODEL,
         default_model_path,

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from fergi import FergiError
+
 DESCRIPTION = """\
 Compute, for every frame of face videos, the per-frame table of the FERGI release:
 frame, timestamp, face_detection_confidence_score, pitch_indicative_ratio,
@@ -220,16 +222,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _executor(args: argparse.Namespace):
-    from fergi import FergiError
-    from fergi.batch import LocalExecutor
+    # deferred: pandas and pyarrow (the library); `fergi --help` loads none of it
+    from fergi.batch import LocalExecutor, RayExecutor
 
     if args.executor == "local":
         for flag in ("ray_address", "ray_gpus_per_actor", "ray_actors"):
             if getattr(args, flag) is not None:
                 raise FergiError(f"--{flag.replace('_', '-')} is only used with --executor ray")
         return LocalExecutor(args.workers)
-    from fergi.batch import RayExecutor
-
     if args.workers < 1:
         raise FergiError(f"--workers must be at least 1, got {args.workers}")
     return RayExecutor(
@@ -241,6 +241,7 @@ def _executor(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
+    # deferred: pandas and pyarrow (the library); `fergi --help` loads none of it
     from fergi.batch import extract_videos
 
     result = extract_videos(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fergi import FergiError
+
 DESCRIPTION = """\
 Fit a model that predicts which of two images a person preferred from their facial
 reactions, on labelled data in the FERGI release layout (per-frame AU features under
@@ -87,7 +89,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from fergi import FergiError
+    # deferred: pandas and pyarrow (the library); `fergi --help` loads none of it
     from fergi.preference import (
         AnnotationModel,
         default_valence,

@@ -86,6 +86,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: pandas and pyarrow (the library); `fergi --help` loads none of it
     from fergi.au import import_feature_folder
 
     summary = import_feature_folder(

@@ -46,6 +46,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: pandas and pyarrow (the library); `fergi --help` loads none of it
     from fergi._reproduce import format_score_columns, format_statistics, format_summary, reproduce
 
     result = reproduce(
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         print()
         print(f"Tables 1 and 2 skipped: {result.results['preference_skipped']}")
     elif not args.no_preference:
+        # deferred: pandas and pyarrow (the library); `fergi --help` loads none of it
         from fergi.preference import format_paper_tables
 
         print()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from fergi import FergiError
+
 DESCRIPTION = """\
 Compute the pre-trained preference scores the FERGI paper compares reactions with
 (Tables 1-2) and integrates with them (eq. 10): CLIP score, LAION Aesthetic, BLIP
@@ -81,7 +83,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def parse_weights(items: list[str]) -> dict[str, dict]:
     """``["clip=/p/ViT-L-14.pt", ...]`` as ``create_scorer`` options per scorer."""
-    from fergi import FergiError
+    # deferred: numpy and PIL (fergi.scorers); `fergi --help` loads none of it
     from fergi.scorers import get_scorer_spec
 
     options: dict[str, dict] = {}
@@ -97,13 +99,12 @@ def parse_weights(items: list[str]) -> dict[str, dict]:
 
 
 def _executor(args: argparse.Namespace):
-    from fergi import FergiError
-
     if args.executor == "local":
         for flag in ("ray_address", "ray_gpus_per_actor", "ray_actors"):
             if getattr(args, flag) is not None:
                 raise FergiError(f"--{flag.replace('_', '-')} is only used with --executor ray")
         return None
+    # deferred: pandas and pyarrow (the library); `fergi --help` loads none of it
     from fergi.batch import RayExecutor
 
     return RayExecutor(args.ray_address, gpus_per_actor=args.ray_gpus_per_actor, actors=args.ray_actors)
@@ -112,7 +113,9 @@ def _executor(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from fergi.scorers import list_scorers, score_folder
+    # deferred: pandas, pyarrow, numpy and PIL (the library); `fergi --help` loads none of it
+    from fergi.batch import score_folder
+    from fergi.scorers import list_scorers  # deferred: numpy and PIL
 
     names = ([n.strip() for n in args.scorers.split(",") if n.strip()] if args.scorers
              else list_scorers(release=True))

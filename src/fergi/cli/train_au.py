@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fergi import FergiError
+
 DESCRIPTION = """\
 Train the FERGI paper's AU model (IResNet-50 with a 64x6 regression + ordinal head,
 Supp. B) on the DISFA and/or DISFA+ datasets as distributed, and write a model file
@@ -233,7 +235,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     import logging
 
-    from fergi import FergiError
+    # deferred: pandas and pyarrow (the library); `fergi --help` loads none of it
     from fergi.au.train import TrainConfig, train_au
 
     if args.disfa is None and args.disfa_plus is None:

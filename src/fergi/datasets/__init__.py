@@ -8,11 +8,10 @@ from fergi.datasets._fetch import (
     load_manifest,
     verify_release,
 )
-from fergi.datasets._load import (
+from fergi.datasets._load import list_clip_files, load_frames
+from fergi.datasets._load_tables import (
     DEFAULT_MAX_SEEN_BEFORE_S,
-    list_clip_files,
     load_excluded_images,
-    load_frames,
     load_images,
     load_invalid_images,
     load_seen_before,
@@ -21,6 +20,9 @@ from fergi.datasets._load import (
 )
 from fergi.datasets._provenance import (
     META_NAME,
+    NEUTRAL_REFERENCES,
+    RELEASE,
+    UNKNOWN_PROVENANCE,
     FeatureProvenance,
     feature_provenance,
     is_public_release,
@@ -55,6 +57,9 @@ __all__ = [
     "ISSUES",
     "KEY_COLUMNS",
     "META_NAME",
+    "NEUTRAL_REFERENCES",
+    "RELEASE",
+    "UNKNOWN_PROVENANCE",
     "RATINGS",
     "SCORE_COLUMNS",
     "UNTRAINED_IN_RELEASE",

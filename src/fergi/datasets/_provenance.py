@@ -31,8 +31,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fergi import __version__
 from fergi._atomic import publish, temporary_beside
 from fergi._errors import FergiError
+from fergi.datasets._fetch import load_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ NEUTRAL_REFERENCES = (
     "absolute",  # the estimator needs no neutral face (learned appearance models)
     "mixed",  # several of the above within one folder (see the extract report)
 )
+"""The values of :attr:`FeatureProvenance.neutral_reference`: what AU values are measured against."""
 # Files hashed to recognise the public release (spread over participants and clip kinds).
 _RELEASE_SAMPLE = 24
 
@@ -180,7 +183,9 @@ _IMPORT_FIELDS = ("au_scale", "normalization_required", "pose_ratios", "missing_
 
 RELEASE = FeatureProvenance(RELEASE_ESTIMATOR, neutral_reference="absolute",
                             source="public release (checksums)", preprocessing="authors")
+"""The provenance of the public FERGI release's features (the authors' IR-50, recognised by checksums)."""
 UNKNOWN_PROVENANCE = FeatureProvenance(UNKNOWN, source="no features_meta.json")
+"""The provenance of a features folder without ``features_meta.json`` (estimator unknown)."""
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -212,8 +217,6 @@ def write_features_meta(folder: str | os.PathLike, provenance: FeatureProvenance
     -------
     pathlib.Path
     """
-    from fergi import __version__
-
     if isinstance(provenance, dict):
         provenance = FeatureProvenance.from_dict(provenance)
     document = {"format": META_FORMAT, "version": 1, **provenance.to_dict()}
@@ -278,8 +281,6 @@ def is_public_release(root: str | os.PathLike, files: list[Path] | None = None) 
     match the SHA-256 manifest shipped with fergi (so rescaled or re-extracted copies are
     not taken for the release).
     """
-    from fergi.datasets._fetch import load_manifest
-
     root = Path(root)
     files = _feature_files(root) if files is None else files
     if not files:

@@ -46,7 +46,14 @@ from fergi.face._mobilefacenet import (
     models_dir,
     save_synthetic_landmark_weights,
 )
-from fergi.face._pose import face_axes, oriented_pose_ratios, pose_ratios, pose_ratios_68
+from fergi.face._pose import (
+    LEFT_EYE,
+    RIGHT_EYE,
+    face_axes,
+    oriented_pose_ratios,
+    pose_ratios,
+    pose_ratios_68,
+)
 from fergi.face._synthetic import reaction_frames, synthesize_expression, write_reaction_video
 
 __all__ = [
@@ -72,6 +79,8 @@ __all__ = [
     "N_LANDMARKS",
     "FaceAnalyzer",
     "FaceObservation",
+    "LEFT_EYE",
+    "RIGHT_EYE",
     "align_face",
     "crop_box",
     "detect_landmarks",

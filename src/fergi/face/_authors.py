@@ -56,7 +56,19 @@ from pathlib import Path
 
 import numpy as np
 
-from fergi.face._pose import pose_ratios_68
+from fergi.face._landmarks import FaceAnalyzer, _quiet_stderr
+from fergi.face._mobilefacenet import landmark_weights_path, load_mobilefacenet
+from fergi.face._pose import (
+    LM68_CHIN,
+    LM68_EDGE_LEFT,
+    LM68_EDGE_RIGHT,
+    LM68_EYE_LEFT,
+    LM68_EYE_RIGHT,
+    LM68_MOUTH_LEFT,
+    LM68_MOUTH_RIGHT,
+    face_axes,
+    pose_ratios_68,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -225,17 +237,6 @@ def align_authors(image: np.ndarray, landmarks: np.ndarray, output_size: int = A
     """
     import PIL.Image
 
-    from fergi.face._pose import (
-        LM68_CHIN,
-        LM68_EDGE_LEFT,
-        LM68_EDGE_RIGHT,
-        LM68_EYE_LEFT,
-        LM68_EYE_RIGHT,
-        LM68_MOUTH_LEFT,
-        LM68_MOUTH_RIGHT,
-        face_axes,
-    )
-
     # float32 landmarks times an int array: float64 from here on, as in theirs.
     lm = np.asarray(landmarks) * np.array([image.shape[1], image.shape[0]])
     eye_left = np.mean(lm[list(LM68_EYE_LEFT)], axis=0)
@@ -305,8 +306,6 @@ class AuthorsPreprocessor:
 
     def __init__(self, landmarks: str | os.PathLike | None = None, *, device: str = "cpu",
                  landmark_model=None):
-        from fergi.face._mobilefacenet import landmark_weights_path
-
         self.device = device
         self._model = landmark_model
         self.landmarks = (
@@ -330,15 +329,11 @@ class AuthorsPreprocessor:
     @property
     def model(self):
         if self._model is None:
-            from fergi.face._mobilefacenet import load_mobilefacenet
-
             self._model = load_mobilefacenet(self.landmarks, device=self.device)
         return self._model
 
     def _get_detector(self):
         if self._detector is None:
-            from fergi.face._landmarks import _quiet_stderr
-
             with _quiet_stderr():
                 from mediapipe.tasks import python as mp_python
                 from mediapipe.tasks.python import vision
@@ -425,8 +420,6 @@ def compare_detectors(images) -> dict:
         ``(x, y, w, h)``.
     """
     import mediapipe as mp
-
-    from fergi.face._landmarks import FaceAnalyzer, _quiet_stderr
 
     prep = AuthorsPreprocessor.__new__(AuthorsPreprocessor)
     prep._detector = None

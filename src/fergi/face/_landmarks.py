@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fergi._errors import FergiError
+
 logger = logging.getLogger(__name__)
 
 #: Number of FaceMesh landmarks with the refined iris model.
@@ -225,8 +227,6 @@ def detect_landmarks(image: np.ndarray) -> np.ndarray:
     fergi.FergiError
         No face found.
     """
-    from fergi._errors import FergiError
-
     analyzer = _STATIC.setdefault("static", FaceAnalyzer())
     obs = analyzer.process(np.ascontiguousarray(image[..., :3]))
     if obs.landmarks is None:

@@ -31,7 +31,8 @@ INPUT_SIZE = 112
 
 def models_dir() -> Path:
     """fergi's model folder: ``$FERGI_MODELS_DIR``, else ``<fergi cache>/models``."""
-    from fergi.datasets._fetch import default_cache_dir
+    # The face stage needs only the cache folder's name and stays numpy-only on import.
+    from fergi.datasets import default_cache_dir  # deferred: pyarrow and pandas (fergi.datasets)
 
     env = os.environ.get(MODELS_ENV)
     return Path(env) if env else default_cache_dir() / "models"

@@ -41,7 +41,9 @@ from __future__ import annotations
 import numpy as np
 
 LEFT_EYE = (33, 160, 158, 133, 153, 144)
+"""FaceMesh points around the image-left eye (its centre is their mean; iBUG 36-41)."""
 RIGHT_EYE = (362, 385, 387, 263, 373, 380)
+"""FaceMesh points around the image-right eye (its centre is their mean; iBUG 42-47)."""
 LEFT_FACE_EDGE = 234
 RIGHT_FACE_EDGE = 454
 NOSTRILS = (98, 97, 2, 326, 327)

@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from fergi._errors import FergiError
+from fergi.face._landmarks import _STATIC, FaceAnalyzer, detect_landmarks
 from fergi.face._pose import LEFT_EYE, RIGHT_EYE
+from fergi.video import write_video
 
 # Handles in FaceMesh indices, with their displacement at magnitude 1 in inter-ocular
 # units as (outward, upward). "Outward" points away from the face midline.
@@ -187,8 +189,6 @@ def synthesize_expression(
     fergi.FergiError
         No face was found in ``image``.
     """
-    from fergi.face._landmarks import detect_landmarks
-
     image = np.ascontiguousarray(np.asarray(image, dtype=np.uint8)[..., :3])
     if smile == 0 and frown == 0:
         return image.copy()
@@ -208,8 +208,6 @@ def _frame_face(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     width; an image without a face is scaled to fit on mid grey.
     """
     import cv2
-
-    from fergi.face._landmarks import _STATIC, FaceAnalyzer
 
     width, height = size
     h, w = image.shape[:2]
@@ -253,8 +251,6 @@ def reaction_frames(
         raise FergiError("reaction video: neutral_s + expression_s gives no frames")
     lm = None
     if n_expr and (smile or frown):
-        from fergi.face._landmarks import detect_landmarks
-
         lm = detect_landmarks(canvas)
     for _ in range(n_neutral):
         yield canvas
@@ -309,8 +305,6 @@ def write_reaction_video(
     pathlib.Path
         ``path``.
     """
-    from fergi.video import write_video
-
     frames = reaction_frames(
         image,
         neutral_s=neutral_s,

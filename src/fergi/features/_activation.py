@@ -21,7 +21,7 @@ import pandas as pd
 
 from fergi._errors import FergiError
 from fergi._validation import require_columns
-from fergi.schema import AU_NAMES, activation_column
+from fergi.schema import AU_NAMES, CLIP_MIN_VALID_SHARE, activation_column
 
 CLIP_KEYS: tuple[str, ...] = ("participant", "session", "image", "clip")
 
@@ -87,7 +87,7 @@ def compute_activation_values(
     min_confidence: float = 0.9,
     pitch_range: tuple[float, float] = (0.55, 0.85),
     yaw_range: tuple[float, float] = (0.3, 0.7),
-    min_valid_share: float = 0.8,
+    min_valid_share: float = CLIP_MIN_VALID_SHARE,
     window_seconds: float = 0.1,
 ) -> pd.DataFrame:
     """AU activation value of every clip (paper eqs. 1-2).
@@ -103,7 +103,8 @@ def compute_activation_values(
     min_confidence, pitch_range, yaw_range
         Frame validity thresholds, see :func:`frame_validity`.
     min_valid_share : float, default 0.8
-        A clip is valid when at least this share of its frames is valid.
+        A clip is valid when at least this share of its frames is valid
+        (:data:`fergi.schema.CLIP_MIN_VALID_SHARE`).
     window_seconds : float, default 0.1
         Width of the moving mean, converted to frames per clip.
 

@@ -33,6 +33,7 @@ from fergi.schema import AU_NAMES, activation_column
 logger = logging.getLogger(__name__)
 
 NORMALIZATIONS = ("none", "baseline_median", "quantile")
+"""The per-participant normalisations of activation values an annotation model may use."""
 
 
 def baseline_levels(

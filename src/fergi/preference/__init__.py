@@ -31,14 +31,9 @@ unranked images from a study's reactions.
 from fergi.preference._annotation import (
     BASELINE_K_GRID,
     AnnotationModel,
-    ReactionData,
     check_compatibility,
     check_features_have_aus,
     default_valence,
-    evaluate_lopo,
-    format_evaluation,
-    participant_summary,
-    reaction_data_from_frames,
 )
 from fergi.preference._aucomb import AUcombValence, aucomb_scores
 from fergi.preference._base import PreferenceModel, clone
@@ -46,16 +41,7 @@ from fergi.preference._bootstrap import bootstrap_ratio, bootstrap_selective, pa
 from fergi.preference._coverage import coverage_curve
 from fergi.preference._data import load_reaction_data
 from fergi.preference._ensemble import ENSEMBLE_COLUMNS, EnsembleScore, IntegratedScore
-from fergi.preference._export_labels import (
-    TIE_READERS,
-    ExportSummary,
-    export_labels,
-    pseudonym,
-    split_name,
-    study_salt,
-    tie_warning,
-    withdrawn_participants,
-)
+from fergi.preference._evaluation import evaluate_lopo, format_evaluation, participant_summary
 from fergi.preference._faunet import FAUNet
 from fergi.preference._grids import (
     ENSEMBLE_GRID,
@@ -77,8 +63,24 @@ from fergi.preference._io import (
 from fergi.preference._linear import Linear12Valence
 from fergi.preference._lopo import LOPOResult, lopo_evaluate
 from fergi.preference._pairs import make_pairs
-from fergi.preference._paper import DISCREPANCY, reproduce_paper_tables
+from fergi.preference._paper import (
+    DISCREPANCY,
+    attach_faunet,
+    faunet_results,
+    reproduce_paper_tables,
+)
+from fergi.preference._reaction_data import ReactionData, reaction_data_from_frames
 from fergi.preference._report import format_paper_tables
+from fergi.preference.export import (
+    TIE_READERS,
+    ExportSummary,
+    export_labels,
+    pseudonym,
+    split_name,
+    study_salt,
+    tie_warning,
+    withdrawn_participants,
+)
 
 __all__ = [
     "BASELINE_K_GRID",
@@ -103,6 +105,7 @@ __all__ = [
     "PreferenceModel",
     "ReactionData",
     "annotate_pairs",
+    "attach_faunet",
     "annotate_reactions",
     "aucomb_scores",
     "bootstrap_ratio",
@@ -114,6 +117,7 @@ __all__ = [
     "default_model_path",
     "default_valence",
     "evaluate_lopo",
+    "faunet_results",
     "export_labels",
     "format_evaluation",
     "format_paper_tables",

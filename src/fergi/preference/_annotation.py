@@ -4,7 +4,7 @@ An :class:`AnnotationModel` is everything ``fergi annotate`` needs to turn react
 labels that mean the same whatever AU estimator made the features:
 
 * a **normalisation** of the activation values (``none``, ``baseline_median`` or
-  ``quantile``; see :mod:`fergi.features._normalize`), applied per participant from their
+  ``quantile``; see :func:`fergi.features.baseline_normalize` and :class:`fergi.features.QuantileNormalizer`), applied per participant from their
   own data at annotation time;
 * a **valence model** on the normalised image table (AUcomb, linear12 or FAU-Net);
 * optionally an **integration** with the z-scored ImageReward / PickScore / HPS v2
@@ -16,34 +16,55 @@ labels that mean the same whatever AU estimator made the features:
 
 :func:`evaluate_lopo` evaluates one under strict leave-one-participant-out: everything
 fitted (quantile reference, valence parameters, thresholds, ensemble weights, z-scoring,
-integration weight) sees the training participants only.
+integration weight) sees the training participants only (:mod:`fergi.preference._evaluation`).
+
+Why about 500 lines: this module is one class, :class:`AnnotationModel` (fit, annotate,
+its file format), and the compatibility checks it runs on the features it reads; the
+data it reads (``_reaction_data``), its table helpers and its evaluation are modules of
+their own.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
 from fergi._errors import FergiError
-from fergi.datasets._provenance import (
+from fergi.datasets import (
+    AU_NAMES,
     RELEASE,
     UNKNOWN_PROVENANCE,
     FeatureProvenance,
 )
-from fergi.features._normalize import NORMALIZATIONS, QuantileNormalizer, baseline_normalize
+from fergi.features import (
+    NORMALIZATIONS,
+    QuantileNormalizer,
+    baseline_normalize,
+    compute_activation_values,
+    image_table,
+)
 from fergi.preference._aucomb import AUcombValence
 from fergi.preference._base import PreferenceModel, clone
-from fergi.preference._bootstrap import bootstrap_ratio, bootstrap_selective, selective_accuracy
 from fergi.preference._ensemble import ENSEMBLE_COLUMNS, EnsembleScore, IntegratedScore
 from fergi.preference._faunet import FAUNet
 from fergi.preference._grids import K_GRID
 from fergi.preference._linear import QUANTILE_THRESHOLDS, Linear12Valence, fit_threshold
-from fergi.preference._pairs import KEY_COLUMNS, correct_mask, pair_index
+from fergi.preference._pairs import pair_index
+from fergi.preference._reaction_data import ReactionData
+from fergi.preference._table_helpers import (
+    _finite,
+    _has_scores,
+    _pair_diffs,
+    _preprocessing,
+    _threshold,
+    _usable,
+)
 
 logger = logging.getLogger(__name__)
+
 
 #: AUcomb's k grid in baseline units: the paper's grid divided by 10, because a typical
 #: baseline activation is about 0.1 on the release's IR-50 scale (median over the 33
@@ -69,104 +90,6 @@ def default_valence(name: str = "aucomb", normalization: str = "baseline_median"
     raise FergiError(f"--model {name!r}: unknown model (choose from {', '.join(MODEL_NAMES)})")
 
 
-# ----------------------------------------------------------------------------- data
-@dataclass
-class ReactionData:
-    """Reactions of a study in memory: what annotation and evaluation read.
-
-    Attributes
-    ----------
-    clips : DataFrame
-        Raw activation values of every baseline and reaction clip
-        (:func:`fergi.features.compute_activation_values`).
-    images : DataFrame
-        One row per image: ``participant, session, image`` and whatever survey columns
-        exist (``rank_score``, the six scores, ratings); may hold NaN.
-    invalid : set of (participant, session, image)
-        Images to leave out (all-black safety-checker outputs).
-    provenance : FeatureProvenance
-        Which AU estimator made the features.
-    frames : DataFrame, optional
-        The per-frame table (needed by the ``quantile`` normalisation).
-    source : str
-        Where the data came from (for messages).
-    """
-
-    clips: pd.DataFrame
-    images: pd.DataFrame
-    invalid: set = field(default_factory=set)
-    provenance: FeatureProvenance = UNKNOWN_PROVENANCE
-    frames: pd.DataFrame | None = None
-    source: str = "reactions"
-
-    @property
-    def participants(self) -> list[str]:
-        return sorted(self.images["participant"].astype(str).unique())
-
-    def with_transformed_aus(self, transform, *, seed: int = 0) -> ReactionData:
-        """The same reactions with every participant's per-frame AU values transformed.
-
-        For robustness checks: does a model's labelling survive another AU scale?
-
-        Parameters
-        ----------
-        transform : callable
-            ``transform(values, rng) -> values`` gets the ``(n_frames, 12)`` AU values of
-            one participant (``-1`` marks frames without a face) and a NumPy generator.
-        seed : int
-            Seed of the generator, drawn from participant by participant in sorted order.
-
-        Returns
-        -------
-        ReactionData
-            With activation values recomputed and provenance ``unknown``.
-        """
-        from fergi.datasets import AU_NAMES
-
-        if self.frames is None:
-            raise FergiError(f"{self.source}: no per-frame features to transform")
-        rng = np.random.default_rng(seed)
-        frames = self.frames.copy()
-        who = frames["participant"].astype(str).to_numpy()
-        columns = list(AU_NAMES)
-        values = frames[columns].to_numpy(dtype=float, copy=True)
-        for p in np.unique(who):
-            rows = who == p
-            values[rows] = transform(values[rows], rng)
-        frames[columns] = values
-        return reaction_data_from_frames(frames, self.images, invalid=self.invalid,
-                                         source=f"{self.source} (transformed AUs)")
-
-    def subset(self, participants) -> ReactionData:
-        """The same data restricted to ``participants``."""
-        keep = {str(p) for p in participants}
-
-        def pick(df):
-            return None if df is None else df[df["participant"].astype(str).isin(keep)]
-
-        return replace(self, clips=pick(self.clips), images=pick(self.images),
-                       frames=pick(self.frames),
-                       invalid={k for k in self.invalid if str(k[0]) in keep})
-
-
-def reaction_data_from_frames(frames: pd.DataFrame, images: pd.DataFrame | None = None, *,
-                              invalid=(), provenance: FeatureProvenance = UNKNOWN_PROVENANCE,
-                              keep_frames: bool = True, source: str = "reactions") -> ReactionData:
-    """Build :class:`ReactionData` from a per-frame table (``fergi.datasets.load_frames``).
-
-    Without ``images``, every reaction clip is an image (no survey answers).
-    """
-    from fergi.features import compute_activation_values
-
-    clips = compute_activation_values(frames)
-    clips = clips.assign(participant=clips["participant"].astype(str))
-    if images is None:
-        images = clips.loc[clips["clip"] == "reaction", list(KEY_COLUMNS)].reset_index(drop=True)
-    return ReactionData(clips=clips, images=images, invalid=set(invalid), provenance=provenance,
-                        frames=frames if keep_frames else None, source=source)
-
-
-# ----------------------------------------------------------------------------- model
 class AnnotationModel:
     """Normalisation, valence model, integration and fallback: one annotation model.
 
@@ -244,8 +167,6 @@ class AnnotationModel:
         Rows of participants whose values cannot be normalised (too few baseline
         clips) have NaN activations; ``attrs["too_few_baselines"]`` names them.
         """
-        from fergi.features import compute_activation_values, image_table
-
         self._check_params()
         clips = data.clips
         too_few: list[str] = []
@@ -564,8 +485,6 @@ def check_compatibility(model, provenance: FeatureProvenance, *, where: str = "f
 
 def missing_aus(data: ReactionData) -> list[str]:
     """AUs the features lack: empty (NaN) in every frame, or listed by the provenance."""
-    from fergi.datasets import AU_NAMES
-
     missing = set(data.provenance.missing_aus or ())
     if data.frames is not None:
         for au in AU_NAMES:
@@ -600,206 +519,3 @@ def check_features_have_aus(model, data: ReactionData, *, model_name: str = "the
             f"does not estimate {'it' if len(both) == 1 else 'them'}), but {model_name} reads "
             f"{', '.join(needed)}; use a model without {'it' if len(both) == 1 else 'them'} "
             "(e.g. `fergi fit --model aucomb`, which reads AU4 and AU12)")
-
-
-# ----------------------------------------------------------------------------- helpers
-def _preprocessing(provenance: FeatureProvenance) -> str:
-    # Meta files written before the choice existed were made with fergi's preprocessing.
-    return provenance.preprocessing or "fergi"
-
-
-def _finite(table: pd.DataFrame, columns) -> pd.Series:
-    columns = list(columns)
-    if any(c not in table.columns for c in columns):
-        return pd.Series(False, index=table.index)
-    values = table[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-    return pd.Series(np.isfinite(values).all(axis=1), index=table.index)
-
-
-def _usable(table: pd.DataFrame, columns, *, ranked: bool) -> pd.DataFrame:
-    keep = _finite(table, columns)
-    if ranked:
-        if "rank_score" not in table.columns:
-            return table.iloc[0:0]
-        keep &= pd.to_numeric(table["rank_score"], errors="coerce").notna()
-    return table[keep].reset_index(drop=True)
-
-
-def _has_scores(table: pd.DataFrame) -> bool:
-    return bool(len(table)) and bool(_finite(table, ENSEMBLE_COLUMNS).all())
-
-
-def _pair_diffs(scores: np.ndarray, table: pd.DataFrame):
-    pairs = pair_index(table)
-    return scores[pairs.a] - scores[pairs.b], pairs.sign
-
-
-def _threshold(model: PreferenceModel) -> float:
-    threshold = model.abstention_threshold
-    return 0.0 if threshold is None else float(threshold)
-
-
-# ----------------------------------------------------------------------------- evaluation
-COVERAGES = (10.0, 19.4, 30.0)
-
-
-def evaluate_lopo(model: AnnotationModel, data: ReactionData, *, participants=None,
-                  coverages=COVERAGES, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Strict leave-one-participant-out evaluation of an annotation model.
-
-    For every held-out participant, the quantile reference (``quantile``), the valence
-    model, its abstention threshold, the ensemble weights and z-scoring, the integration
-    weight and its threshold are all fitted on the other participants alone; the held-out
-    participant's own baseline clips (``baseline_median``) are theirs, as at annotation
-    time. Accuracy counts within-session pairs of different rank; a zero difference is
-    wrong (the published rule).
-
-    Returns
-    -------
-    dict
-        ``n_participants``, ``n_pairs``; ``selective`` (pairs above each fold's threshold:
-        ``accuracy``, ``ci``, ``coverage``, ``n_selected``), ``independent`` (all pairs),
-        ``integrated`` and ``integrated_selective`` (when scores exist), ``at_coverage``
-        (``{"au": {percent: {accuracy, ci}}, "integrated": ...}``: accuracy on the top
-        x % of pairs by |difference|, pooled), ``per_participant`` (DataFrame) and
-        ``fits`` (per-fold parameters), ``thresholds`` and ``integration_thresholds``
-        (participant -> the abstention thresholds of the fold that held them out; None
-        where no integration was fitted) and ``scores`` (the out-of-fold image table with
-        ``valence_score`` and ``integrated_score``).
-    """
-    model._check_params()
-    everyone = data.participants if participants is None else sorted(str(p) for p in participants)
-    data = data.subset(everyone)
-    template = model._valence_template()
-    needed = template.required_columns
-    quantile = model.normalization == "quantile"
-    if quantile:
-        if data.frames is None:
-            raise FergiError(f"{data.source}: the quantile normalisation needs the per-frame features")
-        qn = QuantileNormalizer(aus=tuple(model._aus()))
-        labels_q, per_q = qn.participant_quantiles(data.frames)
-        ranks = qn.ranks(data.frames)
-        base_table = None
-    else:
-        full = model.image_table(data)
-        few = full.attrs.get("too_few_baselines", [])
-        if few:
-            logger.warning("%s: participant(s) %s have fewer than %d valid baseline clips; left out "
-                           "of the evaluation", data.source, ", ".join(few), model.min_baseline_clips)
-        base_table = _usable(full, needed, ranked=True)
-    folds = []
-    for held in everyone:
-        if quantile:
-            train_q = per_q[[str(p) != held for p in labels_q]]
-            train_q = train_q[~np.isnan(train_q).any(axis=(1, 2))]
-            normalizer = QuantileNormalizer(aus=qn.aus)._set_reference(train_q, len(train_q))
-            table = _usable(model.image_table(data, normalizer=normalizer, ranks=ranks), needed, ranked=True)
-        else:
-            table = base_table
-        is_held = table["participant"].astype(str).to_numpy() == held
-        if not is_held.any():
-            continue
-        fold = AnnotationModel(clone(template), model.normalization, integrate=model.integrate,
-                               penalty=model.penalty, fallback="none")
-        fold._fit_table(table[~is_held].reset_index(drop=True))
-        fold.is_fitted_ = True
-        scored = fold.score_table(table[is_held].reset_index(drop=True), integrate=True)
-        folds.append((held, fold, scored))
-    if not folds:
-        raise FergiError(f"{data.source}: no participant with ranked images to evaluate")
-    scored = pd.concat([s for _, _, s in folds], ignore_index=True)
-    pairs = pair_index(scored)
-    codes = pairs.group
-    n_groups = len(pairs.group_labels)
-    thresholds = {h: _threshold(f.valence_) for h, f, _ in folds}
-    ithresholds = {h: f.integration_threshold_ for h, f, _ in folds}
-    group_label = np.asarray(pairs.group_labels, dtype=object)[codes]
-    valence = scored[VALENCE_COLUMN].to_numpy()
-    diff = valence[pairs.a] - valence[pairs.b]
-    ok = correct_mask(diff, pairs.sign)
-    selected = np.abs(diff) >= np.array([thresholds[g] for g in group_label])
-
-    def per(mask):
-        return np.bincount(codes, weights=mask, minlength=n_groups)
-
-    n_pairs = per(np.ones(len(diff)))
-    table = pd.DataFrame({"participant": pairs.group_labels.astype(str), "n_pairs": n_pairs.astype(int),
-                          "n_selected": per(selected).astype(int),
-                          "n_correct_selected": per(ok & selected).astype(int),
-                          "n_correct_all": per(ok).astype(int)})
-
-    def summary(num, den):
-        total = float(np.sum(den))
-        return {"accuracy": round(100.0 * float(np.sum(num)) / total, 2) if total else float("nan"),
-                "ci": bootstrap_ratio(num, den, n_boot=n_boot, seed=seed),
-                "n": int(total)}
-
-    result = {
-        "model": repr(model),
-        "normalization": model.normalization,
-        "n_participants": n_groups,
-        "n_pairs": len(diff),
-        "selective": {**summary(table["n_correct_selected"], table["n_selected"]),
-                      "coverage": round(100.0 * selected.mean(), 2) if len(diff) else float("nan")},
-        "independent": summary(table["n_correct_all"], table["n_pairs"]),
-        "at_coverage": {"au": {}},
-    }
-    for percent in coverages:
-        result["at_coverage"]["au"][f"{percent:g}"] = {
-            "accuracy": selective_accuracy(diff, pairs.sign, percent),
-            "ci": bootstrap_selective(diff, pairs.sign, codes, percent, n_boot=n_boot, seed=seed)}
-    integrated = scored["integrated_score"].to_numpy()
-    if np.isfinite(integrated).all() and all(t is not None for t in ithresholds.values()):
-        idiff = integrated[pairs.a] - integrated[pairs.b]
-        iok = correct_mask(idiff, pairs.sign)
-        isel = np.abs(idiff) >= np.array([ithresholds[g] for g in group_label])
-        table["n_correct_integrated"] = per(iok).astype(int)
-        table["n_selected_integrated"] = per(isel).astype(int)
-        table["n_correct_integrated_selected"] = per(iok & isel).astype(int)
-        result["integrated"] = summary(table["n_correct_integrated"], table["n_pairs"])
-        result["integrated_selective"] = {
-            **summary(table["n_correct_integrated_selected"], table["n_selected_integrated"]),
-            "coverage": round(100.0 * isel.mean(), 2)}
-        result["at_coverage"]["integrated"] = {
-            f"{p:g}": {"accuracy": selective_accuracy(idiff, pairs.sign, p),
-                       "ci": bootstrap_selective(idiff, pairs.sign, codes, p, n_boot=n_boot, seed=seed)}
-            for p in coverages}
-    result["per_participant"] = table
-    result["fits"] = {h: f.valence_.to_dict() for h, f, _ in folds}
-    # Each held-out participant's labels use the thresholds of the fold fitted without them.
-    result["thresholds"] = thresholds
-    result["integration_thresholds"] = ithresholds
-    result["scores"] = scored
-    return result
-
-
-def format_evaluation(result: dict) -> str:
-    """The strict-LOPO figures of :func:`evaluate_lopo` as terminal text."""
-
-    def line(name, entry, extra=""):
-        lo, hi = entry["ci"]
-        return f"  {name:<34}{entry['accuracy']:>7.2f} %   [{lo:.2f}, {hi:.2f}]{extra}"
-
-    s = result["selective"]
-    lines = [f"Strict leave-one-participant-out: {result['n_participants']} participants, "
-             f"{result['n_pairs']} pairs (95 % participant-bootstrap intervals)",
-             line("selective (own thresholds)", s, f"   coverage {s['coverage']:.2f} %"),
-             line("independent (all pairs)", result["independent"])]
-    if "integrated" in result:
-        si = result["integrated_selective"]
-        lines += [line("integrated with the ensemble", result["integrated"]),
-                  line("integrated, selective", si, f"   coverage {si['coverage']:.2f} %")]
-    for kind, name in (("au", "reactions"), ("integrated", "integrated")):
-        for percent, entry in result["at_coverage"].get(kind, {}).items():
-            lines.append(line(f"{name}, top {percent} % of pairs", entry))
-    return "\n".join(lines)
-
-
-def participant_summary(result: dict) -> pd.DataFrame:
-    """Per-participant accuracies (percent) of an :func:`evaluate_lopo` result."""
-    t = result["per_participant"].copy()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        t["selective_accuracy"] = (100.0 * t["n_correct_selected"] / t["n_selected"]).round(2)
-        t["independent_accuracy"] = (100.0 * t["n_correct_all"] / t["n_pairs"]).round(2)
-    return t
-

@@ -8,6 +8,9 @@ from pathlib import Path
 import pandas as pd
 
 from fergi._errors import FergiError
+from fergi.datasets import feature_provenance, load_excluded_images, load_frames, load_images
+from fergi.features import compute_activation_values, image_table, screen_participants
+from fergi.preference._reaction_data import ReactionData
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +26,6 @@ def load_table(path, *, screen: bool = False, need_rankings: bool = False, skip_
     excluded : list of str
         Screened-out participants (empty unless ``screen``).
     """
-    from fergi.features import image_table
-
     data, excluded = load_reaction_data(path, screen=screen, need_rankings=need_rankings,
                                         skip_single=skip_single, keep_frames=False)
     return image_table(data.images, data.clips, data.invalid), excluded
@@ -62,15 +63,6 @@ def load_reaction_data(path, *, screen: bool = False, need_rankings: bool = Fals
     excluded : list of str
         Screened-out participants (empty unless ``screen``).
     """
-    from fergi.datasets import (
-        feature_provenance,
-        load_excluded_images,
-        load_frames,
-        load_images,
-    )
-    from fergi.features import compute_activation_values, image_table, screen_participants
-    from fergi.preference._annotation import ReactionData
-
     root = Path(path)
     frames = load_frames(root)
     clips = compute_activation_values(frames)

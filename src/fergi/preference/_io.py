@@ -14,18 +14,20 @@ import pandas as pd
 from fergi._atomic import publish as _publish
 from fergi._atomic import temporary_beside as _temporary_beside
 from fergi._errors import FergiError
-from fergi.datasets._provenance import UNKNOWN_PROVENANCE, FeatureProvenance
+from fergi.datasets import UNKNOWN_PROVENANCE, FeatureProvenance
+from fergi.features import image_table
 from fergi.preference._annotation import (
     AnnotationModel,
-    ReactionData,
     check_compatibility,
     check_features_have_aus,
 )
 from fergi.preference._aucomb import AUcombValence
+from fergi.preference._data import load_reaction_data
 from fergi.preference._faunet import FAUNet
 from fergi.preference._linear import Linear12Valence
 from fergi.preference._lopo import check_participants
 from fergi.preference._pairs import KEY_COLUMNS, require_columns
+from fergi.preference._reaction_data import ReactionData
 
 logger = logging.getLogger(__name__)
 
@@ -203,8 +205,6 @@ def annotate_reactions(data, model=None, *, integrate: bool = False,
     fergi.FergiError
         A raw model on features of another AU estimator (one line saying what to do).
     """
-    from fergi.preference._data import load_reaction_data
-
     if not isinstance(data, ReactionData):
         data, _ = load_reaction_data(data)
     model = load_model(None) if model is None else model
@@ -215,8 +215,6 @@ def annotate_reactions(data, model=None, *, integrate: bool = False,
     if integrate:
         raise FergiError("integrated labels need an annotation model with an integration "
                          "(fit one with `fergi fit` on data with scores)")
-    from fergi.features import image_table
-
     table = image_table(data.images, data.clips, data.invalid)
     labels = annotate_pairs(table, model)
     return labels.assign(label_source="reactions", normalization="none")

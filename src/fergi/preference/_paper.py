@@ -302,7 +302,29 @@ def aucomb_tables(table: pd.DataFrame, participants, *, a_grid=INTEGRATION_GRID,
 
 
 def faunet_results(table: pd.DataFrame, participants, *, model=None, a_grid=INTEGRATION_GRID):
-    """FAU-Net LOPO on the given participants: alone, ensemble baseline, ensemble + FAU-Net."""
+    """FAU-Net LOPO on the given participants: alone, ensemble baseline, ensemble + FAU-Net.
+
+    The part of :func:`reproduce_paper_tables` that trains a network, apart so that a
+    caller (``fergi reproduce``) can run it in another process while it does the rest;
+    :func:`attach_faunet` adds its output to the tables' results.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The image table (:func:`fergi.features.image_table`) with the baseline scores.
+    participants : sequence of str
+        The participants evaluated leave-one-participant-out.
+    model : FAUNet, optional
+        The network (default ``FAUNet()``, the authors' settings).
+    a_grid : sequence of float
+        The integration weights searched in each fold (eq. 10).
+
+    Returns
+    -------
+    dict
+        Selective and independent accuracies, pair counts, the accuracy-coverage
+        curves and ``per_participant`` (a DataFrame of fold weights and counts).
+    """
     data = _Data(table, participants)
     model = FAUNet() if model is None else model
     require_columns(data.table, model.required_columns)
@@ -383,7 +405,21 @@ def reproduce_paper_tables(table: pd.DataFrame, *, excluded, faunet=True) -> dic
 
 
 def attach_faunet(results: dict, faunet: dict) -> dict:
-    """Add a :func:`faunet_results` output to :func:`reproduce_paper_tables` results (in place)."""
+    """Add a :func:`faunet_results` output to :func:`reproduce_paper_tables` results (in place).
+
+    Parameters
+    ----------
+    results : dict
+        What :func:`reproduce_paper_tables` returned (with ``faunet=False``).
+    faunet : dict
+        What :func:`faunet_results` returned.
+
+    Returns
+    -------
+    dict
+        ``results``, with ``faunet``, ``coverage["faunet"]`` and
+        ``preference_per_participant["faunet"]`` as plain JSON types.
+    """
     fn = dict(faunet)
     per = fn.pop("per_participant")
     results["preference_per_participant"]["faunet"] = _jsonable(

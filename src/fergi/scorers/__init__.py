@@ -9,7 +9,8 @@ HPS v2.1 (``hpsv2.1``, its own column; ``hpsv2`` is always v2.0, the paper's):
 >>> scorer.score(["a.png", "b.png"], ["a red fox", "a red fox"])  # doctest: +SKIP
 
 Weights are read from a path or the Hugging Face cache and never downloaded. The
-heavy dependencies come with ``pip install 'fergi[scorers]'``.
+heavy dependencies come with ``pip install 'fergi[scorers]'``. Scoring a whole
+folder (``fergi score``), here or on Ray, is :func:`fergi.batch.score_folder`.
 """
 
 from fergi.scorers._base import Scorer
@@ -21,8 +22,8 @@ from fergi.scorers._registry import (
     get_scorer_spec,
     list_scorers,
     register_scorer,
+    scorers_dir,
 )
-from fergi.scorers._run import score_folder
 
 __all__ = ["ScoreCache", "Scorer", "ScorerSpec", "create_scorer", "find_weights",
-           "get_scorer_spec", "list_scorers", "register_scorer", "score_folder"]
+           "get_scorer_spec", "list_scorers", "register_scorer", "scorers_dir"]

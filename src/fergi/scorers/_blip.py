@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fergi._errors import FergiError
 from fergi.scorers._base import Scorer
-from fergi.scorers._clip import read_state_dict
+from fergi.scorers._clip import aesthetic_mlp, read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +84,6 @@ def _build(config: dict, with_head: bool):
     from transformers import BlipTextConfig, BlipVisionConfig
     from transformers.models.blip.modeling_blip import BlipVisionModel
     from transformers.models.blip.modeling_blip_text import BlipTextModel
-
-    from fergi.scorers._clip import aesthetic_mlp
 
     vision_cfg = BlipVisionConfig(**config["vision"])
     # is_decoder only makes transformers create the cross-attention layers that BLIP's

@@ -1,19 +1,13 @@
-"""A persistent cache of scores keyed by (scorer, weights, image content, prompt)."""
+"""A persistent cache of scores keyed by (scorer, weights, image content, prompt).
+
+An image is keyed by the SHA-256 of its file's bytes (:func:`fergi.datasets.sha256_file`),
+so a renamed or copied image keeps its scores.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 from pathlib import Path
-
-
-def image_hash(path) -> str:
-    """SHA-256 of an image file's bytes: a renamed or copied image keeps its scores."""
-    h = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ScoreCache:
@@ -39,7 +33,7 @@ class ScoreCache:
         self._db.commit()
 
     def get(self, scorer: str, weights: str, keys: list[tuple[str, str]]) -> dict[tuple[str, str], float]:
-        """Cached values of ``(image_hash, prompt)`` keys (absent keys are left out)."""
+        """Cached values of ``(SHA-256 of the image file, prompt)`` keys (absent keys are left out)."""
         found = {}
         rows = self._db.execute("SELECT image, prompt, value FROM scores WHERE scorer=? AND weights=?",
                                 (scorer, weights))
@@ -50,7 +44,7 @@ class ScoreCache:
         return found
 
     def put(self, scorer: str, weights: str, items: list[tuple[tuple[str, str], float]]) -> None:
-        """Store ``((image_hash, prompt), value)`` pairs (committed at once: a crash keeps them)."""
+        """Store ``((SHA-256 of the image file, prompt), value)`` pairs (committed at once: a crash keeps them)."""
         self._db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?)",
                              [(scorer, weights, img, prompt, float(v)) for (img, prompt), v in items])
         self._db.commit()

@@ -12,6 +12,14 @@ from pathlib import Path
 
 from fergi._errors import FergiError
 from fergi._registry import Registry
+from fergi.scorers import _clip
+from fergi.scorers._blip import BLIPScorer, load_bert_tokenizer, load_blip
+from fergi.scorers._clip import (
+    CLIPFamilyScorer,
+    load_aesthetic_head,
+    load_clip_model,
+    load_clip_tokenizer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -259,13 +267,6 @@ def _tokenizer_dir(name: str, tokenizer, weights: Path, sources=_CLIP_TOKENIZER_
 
 def _make_clip_family(kind, arch, mode):
     def factory(spec, weights, *, config=None, tokenizer=None, backbone=None, **options):
-        from fergi.scorers._clip import (
-            CLIPFamilyScorer,
-            load_aesthetic_head,
-            load_clip_model,
-            load_clip_tokenizer,
-        )
-
         head = head_path = None
         if kind == "aesthetic":
             head_path = find_weights(spec, weights)
@@ -319,8 +320,6 @@ def _bert_tokenizer_dir(name: str, tokenizer, weights: Path) -> Path:
 
 def _make_blip(kind):
     def factory(spec, weights, *, config=None, tokenizer=None, **options):
-        from fergi.scorers._blip import BLIPScorer, load_bert_tokenizer, load_blip
-
         weights = find_weights(spec, weights)
         model = load_blip(weights, config, spec.name, with_head=kind == "imagereward")
         tok_dir = _bert_tokenizer_dir(spec.name, tokenizer, weights)
@@ -332,8 +331,6 @@ def _make_blip(kind):
 
 
 def _register_all():
-    from fergi.scorers import _clip
-
     register_scorer(ScorerSpec(
         name="clip", column="CLIP_score",
         factory=_make_clip_family("cosine", _clip.VIT_L_14, "crop"),

@@ -13,6 +13,9 @@ import copy
 import json
 from pathlib import Path
 
+from fergi.scorers._blip import _VIS_BLOCK, BLIP_LARGE, _build
+from fergi.scorers._clip import _BLOCK, _TOP, VIT_H_14, VIT_L_14, aesthetic_mlp
+
 #: A tiny CLIP: the same layout, 2 layers a tower, 16-token context, MLPs 4x wide as
 #: published (hpsv2's copy of OpenCLIP cannot build a text tower with another ratio).
 TINY_CLIP = {
@@ -86,8 +89,6 @@ def hf_to_openclip(model) -> dict:
     """The OpenAI / OpenCLIP state dict of a transformers ``CLIPModel`` (for writing test files)."""
     import torch
 
-    from fergi.scorers._clip import _BLOCK, _TOP
-
     sd = model.state_dict()
     out = {src: sd[dst] for src, dst in _TOP.items()}
     out["visual.proj"] = sd["visual_projection.weight"].t().contiguous()
@@ -128,8 +129,6 @@ def make_scorer_weights(folder: Path, size: str = "tiny", seed: int = 0,
         :func:`fergi.scorers.create_scorer` (and the CLI's ``--weights``).
     """
     import torch
-
-    from fergi.scorers._clip import VIT_H_14, VIT_L_14, aesthetic_mlp
 
     folder = Path(folder)
     tok = folder / "tokenizer"
@@ -209,8 +208,6 @@ def write_tiny_bert_vocab(folder: Path) -> None:
 
 def hf_to_blip(parts) -> dict:
     """The salesforce/BLIP state-dict layout of fergi's BLIP parts (inverse of ``blip_to_hf``)."""
-    from fergi.scorers._blip import _VIS_BLOCK
-
     inverse_block = {v: k for k, v in _VIS_BLOCK.items()}
     out = {}
     for key, value in parts.state_dict().items():
@@ -241,8 +238,6 @@ def random_blip(config: dict, seed: int = 0, with_head: bool = True):
     """fergi's BLIP parts of ``config`` with seeded random weights (perturbed LayerNorms)."""
     import torch
 
-    from fergi.scorers._blip import _build
-
     model = _build(config, with_head).to_empty(device="cpu")
     torch.manual_seed(seed)
     with torch.no_grad():
@@ -266,8 +261,6 @@ def make_blip_weights(folder: Path, size: str = "tiny", seed: int = 0) -> dict[s
     The BERT ``vocab.txt`` is written beside them, where the scorers find it.
     """
     import torch
-
-    from fergi.scorers._blip import BLIP_LARGE
 
     folder = Path(folder)
     write_tiny_bert_vocab(folder)

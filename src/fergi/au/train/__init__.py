@@ -11,6 +11,7 @@
 """
 
 from fergi.au.train._cache import FaceCache, build_cache
+from fergi.au.train._config import TrainConfig
 from fergi.au.train._datasets import (
     DISFA_AUS,
     TABLE_COLUMNS,
@@ -28,19 +29,10 @@ from fergi.au.train._loss import (
     mse_weights,
 )
 from fergi.au.train._metrics import au_metrics, format_metrics, icc31
+from fergi.au.train._model_file import make_model, predict, read_training_record, save_model
 from fergi.au.train._run import plot_learning_curve, train_au
 from fergi.au.train._synthetic import write_synthetic_datasets
-from fergi.au.train._train import (
-    TrainConfig,
-    augment,
-    cross_validate,
-    make_model,
-    predict,
-    read_training_record,
-    save_model,
-    subject_folds,
-    train_model,
-)
+from fergi.au.train._train import augment, cross_validate, subject_folds, train_model
 
 __all__ = [
     "TrainConfig",

@@ -25,8 +25,16 @@ import numpy as np
 import pandas as pd
 
 from fergi._errors import FergiError
-from fergi.face import FACE_SIZE
+from fergi.face import (
+    FACE_SIZE,
+    PREPROCESSINGS,
+    AuthorsPreprocessor,
+    FaceAnalyzer,
+    landmark_weights_path,
+    preprocess_face,
+)
 from fergi.schema import AU_NAMES
+from fergi.video import iter_frames
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +126,6 @@ def _units(table: pd.DataFrame) -> list[np.ndarray]:
 
 def _frames_of_unit(paths: list[str], indices: np.ndarray):
     """Yield ``(position, rgb or None)`` for each row of one unit."""
-    from fergi.video import iter_frames
-
     if indices[0] < 0:
         from PIL import Image
 
@@ -158,8 +164,6 @@ def _process_unit(
     preprocessing: str = "fergi", landmarks: str | None = None,
 ):
     """Preprocess one unit's frames into the memmap; returns their status codes."""
-    from fergi.face import AuthorsPreprocessor, FaceAnalyzer, preprocess_face
-
     if preprocessing == "authors":
         key = f"authors:{landmarks}"
         if key not in _ANALYZER:
@@ -240,8 +244,6 @@ def build_cache(
         the landmark weights are missing.
     """
     from tqdm.auto import tqdm
-
-    from fergi.face import PREPROCESSINGS, landmark_weights_path
 
     if preprocessing not in PREPROCESSINGS:
         raise FergiError(

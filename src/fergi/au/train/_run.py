@@ -25,9 +25,11 @@ import pandas as pd
 
 from fergi._errors import FergiError
 from fergi.au.train._cache import FaceCache, build_cache
+from fergi.au.train._config import TrainConfig
 from fergi.au.train._datasets import read_datasets
 from fergi.au.train._metrics import format_metrics
-from fergi.au.train._train import TrainConfig, _distributed, cross_validate, save_model, train_model
+from fergi.au.train._model_file import save_model
+from fergi.au.train._train import _distributed, cross_validate, train_model
 
 logger = logging.getLogger(__name__)
 

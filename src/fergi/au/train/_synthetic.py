@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from fergi.au.train._datasets import DISFA_AUS
+from fergi.face import detect_landmarks, synthesize_expression
+from fergi.video import write_video
 
 _FRAME = 240  # side of the synthetic frames in pixels
 
@@ -43,15 +45,11 @@ def _variants() -> list[np.ndarray]:
 
 class _Subject:
     def __init__(self, image: np.ndarray):
-        from fergi.face import detect_landmarks
-
         self.image = image
         self.landmarks = detect_landmarks(image)
         self._faces: dict = {}
 
     def face(self, au12: int, au4: int) -> np.ndarray:
-        from fergi.face import synthesize_expression
-
         key = (au12, au4)
         if key not in self._faces:
             self._faces[key] = synthesize_expression(
@@ -106,8 +104,6 @@ def write_synthetic_datasets(
         The DISFA and DISFA+ folders.
     """
     from PIL import Image
-
-    from fergi.video import write_video
 
     root = Path(root)
     variants = _variants()

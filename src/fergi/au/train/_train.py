@@ -9,20 +9,20 @@ checkpoints and logs. Batches are drawn from the preprocessing cache
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import os
 import signal
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from fergi._errors import FergiError
-from fergi.au._ir50 import AU_OUTPUT_INDEX, IR50_LAYERS, N_AU_SLOTS, build_ir50, load_matching
+from fergi.au._ir50 import N_AU_SLOTS
+from fergi.au.train._config import TrainConfig
+from fergi.au.train._datasets import subject_groups
 from fergi.au.train._loss import (
     MSE_WEIGHTS,
     au_loss,
@@ -31,106 +31,23 @@ from fergi.au.train._loss import (
     expand_weights,
     mse_weights,
 )
+from fergi.au.train._metrics import au_metrics
+from fergi.au.train._model_file import (
+    _atomic_torch_save,
+    make_model,
+    precision_of,
+    predict,
+    training_record,
+)
+from fergi.face import FACE_SIZE
 from fergi.schema import AU_NAMES
 
 logger = logging.getLogger(__name__)
 
+
 #: Test hook: the process kills itself (SIGKILL) after this many optimiser steps.
 KILL_ENV = "FERGI_TRAIN_AU_KILL_AFTER_STEPS"
 _AU_NUMBERS = tuple(int(n[2:]) for n in AU_NAMES)
-
-
-@dataclass
-class TrainConfig:
-    """Options of a training run; the defaults are the authors' recipe.
-
-    The defaults are what the authors' ``DISFAwithPlus_train_model.py``
-    (ShuangquanFeng/FERGI) ran to make their published model, which agrees with the
-    paper's Supp. B.3 text except in the MSE weights (see ``mse_weights``).
-
-    Attributes
-    ----------
-    epochs : int, default 3
-    batch_size : int, default 64
-        Per process under ``torchrun``.
-    lr_head, lr_backbone : float, default 1e-4, 1e-5
-        Adam learning rates of the last layer and of all other parameters.
-    weight_decay : float, default 5e-4
-    seed : int, default 42
-        Initialisation, sample order and augmentation all derive from it, so a run
-        is reproducible and a resumed run continues exactly where it stopped.
-    flip : bool, default True
-        Random horizontal flip.
-    crop_scale : tuple, default (0.90, 1.0)
-        Random resized crop: share of the face area kept...
-    crop_ratio : tuple, default (19/20, 20/19)
-        ...and its aspect-ratio range; the crop is resized back to 112x112.
-    width : int, default 64
-    layers : tuple, default (3, 4, 14, 3)
-        Model size: IResNet-50 by default; smaller values for tests.
-    backbone : str, optional
-        Face-recognition IResNet-50 state_dict to start from (name/shape matching);
-        None starts from random weights.
-    device : str, optional
-        ``"cuda"`` when available, else ``"cpu"``.
-    mse_weights : {"authors", "paper-eq16"}, default "authors"
-        Normalisation of the MSE intensity weights (:func:`~fergi.au.train.mse_weights`):
-        the authors' ``compute_weights`` (default; it made the published model) or
-        eq. 16 as printed (2x and 4x the authors' weights).
-    amp : bool, default False
-        Mixed precision: autocast to bfloat16 (float16 with loss scaling on GPUs
-        without bfloat16; bfloat16 on the CPU). Off by default, as the authors
-        trained in fp32. In fp32, TF32 tensor-core maths is switched off for the
-        run, as the authors' GPU (a GTX 1080 Ti) has none.
-    channels_last : bool, default True
-        Channels-last memory format (CUDA only).
-    num_workers : int, default 0
-        DataLoader worker processes reading the cache.
-    max_steps : int, optional
-        Stop after this many optimiser steps in total (quick tries).
-    save_every : int, default 0
-        Also write the resumable checkpoint every this many steps (0: each epoch only).
-    """
-
-    epochs: int = 3
-    batch_size: int = 64
-    lr_head: float = 1e-4
-    lr_backbone: float = 1e-5
-    weight_decay: float = 5e-4
-    seed: int = 42
-    flip: bool = True
-    crop_scale: tuple = (0.90, 1.0)
-    crop_ratio: tuple = (19 / 20, 20 / 19)
-    width: int = 64
-    layers: tuple = IR50_LAYERS
-    backbone: str | None = None
-    device: str | None = None
-    mse_weights: str = "authors"
-    amp: bool = False
-    channels_last: bool = True
-    num_workers: int = 0
-    max_steps: int | None = None
-    save_every: int = 0
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["crop_scale"], d["crop_ratio"], d["layers"] = (
-            list(self.crop_scale),
-            list(self.crop_ratio),
-            list(self.layers),
-        )
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        d = dict(d)
-        for k in ("crop_scale", "crop_ratio", "layers"):
-            if k in d:
-                d[k] = tuple(d[k])
-        return cls(**{k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}})
-
-
-# ----------------------------------------------------------------------------- helpers
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -244,8 +161,6 @@ class _CacheDataset:
     def __getitem__(self, i):
         import torch
 
-        from fergi.face import FACE_SIZE
-
         if self._faces is None:
             self._faces = np.memmap(
                 Path(self.folder) / "faces.u8",
@@ -256,182 +171,6 @@ class _CacheDataset:
         return torch.from_numpy(np.array(self._faces[self.rows[i]])), torch.from_numpy(
             self.targets[i]
         )
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    import torch
-
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-#: Key of the training record in a saved model's ``state_dict._metadata[""]``.
-RECORD_KEY = "fergi_training"
-# Options of a run that say nothing about the model it made.
-_NOT_RECORDED = ("device", "num_workers", "save_every", "channels_last")
-
-
-def precision_of(config: TrainConfig, device) -> str:
-    """The arithmetic a run of ``config`` uses on ``device``.
-
-    Returns
-    -------
-    str
-        ``"fp32"`` (the authors'), ``"amp-bf16"`` or ``"amp-fp16"`` (float16 with loss
-        scaling, on GPUs without bfloat16).
-    """
-    import torch
-
-    if not config.amp or device.type not in ("cuda", "cpu"):
-        return "fp32"
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return "amp-fp16"
-    return "amp-bf16"
-
-
-def training_record(config: TrainConfig, *, precision: str, frames: int, world_size: int = 1):
-    """What a model file records of how it was trained (see :func:`save_model`).
-
-    The options of ``config`` that shape the model (as in the run folder's
-    ``config.json``, less the hardware ones), the precision actually used, the
-    number of training frames and processes, and the fergi version. The backbone
-    is recorded by file name only, so a shared model does not carry a local path.
-    """
-    from fergi import __version__
-
-    options = {k: v for k, v in config.to_dict().items() if k not in _NOT_RECORDED}
-    options.pop("amp")
-    if options.get("backbone") is not None:
-        options["backbone"] = Path(options["backbone"]).name
-    return {
-        "trainer": "fergi train-au",
-        "fergi_version": __version__,
-        "mse_weights": config.mse_weights,
-        "precision": precision,
-        "frames": int(frames),
-        "world_size": int(world_size),
-        "config": options,
-    }
-
-
-def save_model(model, path, *, record: dict | None = None) -> Path:
-    """Write the plain fp32 ``state_dict`` that ``create_au_estimator("ir50")`` loads (atomically).
-
-    The file stays a plain ``state_dict`` (the authors' format, which their
-    ``model.load_state_dict(torch.load(path))`` and fergi's loader read unchanged).
-    How the model was trained rides in the ``state_dict``'s own ``_metadata``
-    (where torch keeps each module's version), under ``[""]["fergi_training"]``;
-    :func:`read_training_record` reads it back.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-    path : str or path-like
-    record : dict, optional
-        The training record; default: the one :func:`train_model` attached to
-        ``model`` (none for other models).
-    """
-    import collections
-    import copy
-
-    import torch
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = getattr(model, "module", model)
-    source = model.state_dict()
-    state = collections.OrderedDict(
-        (k, v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu())
-        for k, v in source.items()
-    )
-    record = getattr(model, "fergi_training_", None) if record is None else record
-    meta = copy.deepcopy(getattr(source, "_metadata", collections.OrderedDict()))
-    if record is not None:
-        meta.setdefault("", {})[RECORD_KEY] = record
-    state._metadata = meta
-    _atomic_torch_save(state, path)
-    return path
-
-
-def read_training_record(path) -> dict | None:
-    """How a model file was trained, as :func:`save_model` recorded it.
-
-    Parameters
-    ----------
-    path : str or path-like
-        A model file written by ``fergi train-au`` (or any ``state_dict`` file).
-
-    Returns
-    -------
-    dict or None
-        ``trainer``, ``fergi_version``, ``mse_weights`` (``"authors"`` or
-        ``"paper-eq16"``), ``precision`` (``"fp32"``, ``"amp-bf16"``,
-        ``"amp-fp16"``), ``frames``, ``world_size`` and ``config`` (the options of
-        the run); None for a file without a record (e.g. the authors' checkpoint, or
-        one fergi wrote before it kept records).
-
-    Raises
-    ------
-    fergi.FergiError
-        Missing or unreadable file.
-    """
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise FergiError(f"{path}: model file not found")
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file
-        raise FergiError(f"{path}: not a PyTorch checkpoint ({type(exc).__name__})") from exc
-    meta = getattr(obj, "_metadata", None) or {}
-    record = meta.get("", {}).get(RECORD_KEY) if isinstance(meta.get(""), dict) else None
-    return dict(record) if isinstance(record, dict) else None
-
-
-def make_model(config: TrainConfig):
-    """The model a run starts from: seeded random weights, then the backbone if given."""
-    import torch
-
-    torch.manual_seed(config.seed)
-    model = build_ir50(width=config.width, layers=config.layers)
-    if config.backbone is not None:
-        load_matching(model, config.backbone)
-    return model
-
-
-def predict(model, faces, rows, *, device=None, batch_size: int = 256) -> np.ndarray:
-    """Regression outputs ``(n, 12)`` (AU_NAMES order) of ``model`` on cache rows.
-
-    ``faces`` is the cache's uint8 array; inputs are ``faces / 255`` as in training.
-    """
-    import torch
-
-    model = getattr(model, "module", model)
-    device = next(model.parameters()).device if device is None else torch.device(device)
-    was_training = model.training
-    model.eval()
-    rows = np.asarray(rows)
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(rows), batch_size):
-            chunk = np.sort(rows[i : i + batch_size])
-            order = np.argsort(np.argsort(rows[i : i + batch_size]))
-            x = (
-                torch.from_numpy(np.array(faces[chunk])).to(device).permute(0, 3, 1, 2).float()
-                / 255.0
-            )
-            y = model(x).float()[:, list(AU_OUTPUT_INDEX)].cpu().numpy()
-            out.append(y[order])
-    model.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0, len(AU_NAMES)), np.float32)
-
-
-# ----------------------------------------------------------------------------- training
 
 
 def train_model(
@@ -668,9 +407,6 @@ def cross_validate(
         Cache row, subject, fold, and true and predicted intensity of each AU.
     histories : list of pandas.DataFrame
     """
-    from fergi.au.train._datasets import subject_groups
-    from fergi.au.train._metrics import au_metrics
-
     usable = cache.usable
     groups = subject_groups(cache.table)[usable]
     folds = subject_folds(groups, n_folds, config.seed)

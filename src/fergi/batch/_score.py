@@ -1,4 +1,8 @@
-"""Score a release-layout folder (or any folder of images with a prompts table)."""
+"""Score a release-layout folder (or any folder of images with a prompts table).
+
+Batch work over many images, here or on Ray (:class:`fergi.batch.RayExecutor`), over
+the scorers of :mod:`fergi.scorers` (which never import this package).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from fergi._errors import FergiError
-from fergi.scorers._cache import ScoreCache, image_hash
-from fergi.scorers._registry import create_scorer, get_scorer_spec, scorers_dir
+from fergi.batch._ray import RayExecutor
+from fergi.datasets import sha256_file
+from fergi.scorers import ScoreCache, create_scorer, get_scorer_spec, scorers_dir
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +120,6 @@ def _score_one(spec, scorer, present, hashes, store, summary, progress) -> tuple
 
     Returns each image's cache key and the scores by key.
     """
-    from tqdm.auto import tqdm
-
     keys = [(hashes[t.images[k]], "" if spec.name in PROMPT_FREE else t.prompts[k])
             for t, k in present]
     known = store.get(spec.name, scorer.fingerprint, keys) if store else {}
@@ -198,14 +203,12 @@ def score_folder(data, scorers: Sequence[str], *, prompts=None, out=None, weight
     for t, k in present:
         p = t.images[k]
         if p not in hashes:
-            hashes[p] = image_hash(p)
+            hashes[p] = sha256_file(p)
 
     on_ray = executor is not None and executor != "local"
     if on_ray and isinstance(executor, str):
         if executor != "ray":
             raise FergiError(f"--executor {executor!r}: expected local or ray")
-        from fergi.batch import RayExecutor
-
         executor = RayExecutor()
     store = None
     if cache:

@@ -1,4 +1,8 @@
-"""Regenerate the shipped models: ``python -m fergi.preference._make_default [--data PATH]``.
+"""Regenerate the shipped models: ``python tools/make_default_models.py [--data PATH] [--out DIR]``.
+
+A maintainer's script (not part of the installed package): it writes into
+``src/fergi/preference/models/`` by default, and needs fergi importable (the project's
+venv, or ``PYTHONPATH=src``).
 
 Both are fitted on every pair of the 30 participants of the public release that pass the
 AU4 screening, with the published grids:
@@ -20,15 +24,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fergi.preference._io import DEFAULT_MODEL, RAW_MODEL, default_model_path, save_model
+from fergi.datasets import fetch_fergi
+from fergi.preference import (
+    DEFAULT_MODEL,
+    RAW_MODEL,
+    AnnotationModel,
+    default_model_path,
+    default_valence,
+    evaluate_lopo,
+    load_reaction_data,
+    save_model,
+)
 
 
 def make_models(data, out_dir: Path | None = None, *, evaluate: bool = True) -> list[Path]:
     """Fit the shipped models on the screened participants of ``data`` and save them."""
-    from fergi.datasets import fetch_fergi
-    from fergi.preference._annotation import AnnotationModel, default_valence, evaluate_lopo
-    from fergi.preference._data import load_reaction_data
-
     root = fetch_fergi(data, download=data is None)
     data, excluded = load_reaction_data(root, screen=True, need_rankings=True)
     data = data.subset([p for p in data.participants if p not in excluded])
