@@ -7,6 +7,9 @@ import json
 import os
 from pathlib import Path
 
+from fergi import FergiError
+from fergi.cli.score import parse_weights
+
 DESCRIPTION = """\
 Run the FERGI web study: participants write a prompt, watch generated images while
 their webcam records, rate each image and rank them. The server cuts the baseline and
@@ -117,7 +120,7 @@ def settings_from_args(args, *, keep_admin_token: bool = True):
     ``fergi worker``; a worker keeps no admin token)."""
     from pydantic import ValidationError
 
-    from fergi import FergiError
+    # deferred: fastapi (the CLI starts fast; only this command needs it)
     from fergi.study import StudySettings
 
     overrides = {}
@@ -150,7 +153,6 @@ def settings_from_args(args, *, keep_admin_token: bool = True):
             options[key.strip()] = _option_value(value)
         overrides["generator_options"] = options
     if getattr(args, "scorer_weights", None):
-        from fergi.cli.score import parse_weights
 
         overrides["scorer_weights"] = {k: v["weights"] for k, v in parse_weights(args.scorer_weights).items()
                                        if "weights" in v}
@@ -167,6 +169,7 @@ def settings_from_args(args, *, keep_admin_token: bool = True):
         where = ".".join(str(p) for p in err["loc"])
         raise FergiError(f"setting {where}: {err['msg']}") from None
     if settings.queue == "auto":
+        # deferred: fastapi (the CLI starts fast; only this command needs it)
         from fergi.study.jobs import resolve_queue
 
         settings.queue = resolve_queue(settings)
@@ -179,7 +182,6 @@ def settings_from_args(args, *, keep_admin_token: bool = True):
 def _stored_admin_token(data_dir: Path, fresh: str) -> tuple[str, bool]:
     """The admin token kept in <data-dir>/admin_token (created on first start, mode 600),
     so the admin URL survives restarts; and whether it was created now."""
-    from fergi import FergiError
 
     path = Path(data_dir) / "admin_token"
     try:
@@ -245,7 +247,6 @@ def _check_port(host: str, port: int) -> None:
     """Refuse a busy port with one line before anything is started."""
     import socket
 
-    from fergi import FergiError
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as sock:
@@ -261,8 +262,10 @@ def run(args) -> int:
 
     import uvicorn
 
-    from fergi import FergiError
+    # deferred: fastapi (the CLI starts fast; only this command needs it)
     from fergi.study import create_app, create_generator
+
+    # deferred: fastapi (the CLI starts fast; only this command needs it)
     from fergi.study.store import redacted_url
 
     settings = settings_from_args(args)
@@ -289,6 +292,7 @@ def run(args) -> int:
         raise FergiError(f"--workers {args.workers}: must be at least 1")
     try:
         if args.workers > 1:
+            # deferred: fastapi (the CLI starts fast; only this command needs it)
             from fergi.study.web import SETTINGS_ENV
 
             # The processes build their own app (an app object cannot be shared between them).

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from fergi import FergiError
+from fergi.cli.serve import settings_from_args
+
 DESCRIPTION = """\
 Run study processing (image generation, real-time clip analysis, labels) for a
 `fergi serve` whose database is PostgreSQL. Start any number of workers on any
@@ -55,9 +58,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from fergi import FergiError
-    from fergi.cli.serve import settings_from_args
+    # deferred: fastapi (the CLI starts fast; only this command needs it)
     from fergi.study.jobs import create_worker, is_postgres, prepare_database, run_workers
+
+    # deferred: fastapi (the CLI starts fast; only this command needs it)
     from fergi.study.store import make_sessionmaker, redacted_url, store_from_settings
 
     if args.concurrency < 1:
@@ -72,6 +76,7 @@ def run(args) -> int:
             "(postgresql+psycopg://...); with SQLite, `fergi serve` processes in its own process"
         )
     if settings.generator != "diffusers":
+        # deferred: fastapi (the CLI starts fast; only this command needs it)
         from fergi.study import create_generator
 
         create_generator(settings.generator, **dict(settings.generator_options))

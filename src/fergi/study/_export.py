@@ -51,6 +51,7 @@ from sqlalchemy.engine import make_url
 
 from fergi._atomic import stage_folder, swap_in
 from fergi._errors import FergiError
+from fergi.datasets import META_NAME, write_features_meta
 from fergi.schema import EMOTIONS, IMAGE_COLUMNS, ISSUES, SCORE_COLUMNS
 from fergi.study._settings import StudySettings
 from fergi.study.processing import clip_video, has_recording_fault, session_features_provenance
@@ -267,8 +268,6 @@ def _export_into(
     estimator: str,
     min_frame_share: float = DEFAULT_CLIP_MIN_FRAME_SHARE,
 ) -> dict[str, Any]:
-    # deferred: fergi.datasets loads pandas, which `import fergi.study` does not need
-    from fergi.datasets import META_NAME, write_features_meta
 
     defaults = StudySettings()
 

@@ -10,6 +10,7 @@ from fastapi import Request
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from fergi.scorers import list_scorers
 from fergi.study.protocol import DEFAULT_CLIP_MIN_FRAME_SHARE
 
 #: Issue options of the annotation survey (Fig. S6), keyed by the release's column names.
@@ -206,7 +207,6 @@ class StudySettings(BaseSettings):
     @field_validator("scorers")
     @classmethod
     def _known_scorers(cls, value: str) -> str:
-        from fergi.scorers import list_scorers
 
         names = [n.strip() for n in value.split(",") if n.strip()]
         unknown = [n for n in names if n not in list_scorers()]

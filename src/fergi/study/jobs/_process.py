@@ -11,6 +11,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fergi._errors import FergiError
+from fergi.au import create_au_estimator
+from fergi.datasets import write_features_meta
+from fergi.preference import load_model
+from fergi.scorers import create_scorer
 from fergi.study import processing
 from fergi.study.processing import (
     StageError,
@@ -48,8 +52,6 @@ class ProcessJobs:
     def _annotation_model(self):
         if self.settings.annotation_model is None:
             return None
-        # deferred: the annotation model's module loads scikit-learn, only when configured
-        from fergi.preference import load_model
 
         return load_model(self.settings.annotation_model)
 
@@ -58,8 +60,6 @@ class ProcessJobs:
         """The AU estimator, created once (a learned one loads its weights only once)."""
         with self._estimator_lock:
             if self._estimator is None:
-                # deferred: a learned estimator loads torch
-                from fergi.au import create_au_estimator
 
                 self._estimator = create_au_estimator(self.settings.estimator)
             return self._estimator
@@ -97,7 +97,6 @@ class ProcessJobs:
         import numpy as np
         import pandas as pd
 
-        from fergi.datasets import write_features_meta
 
         sess = db.get(StudySession, job.session_id)
         on_stage = self._stage(db, job)
@@ -248,8 +247,6 @@ class ProcessJobs:
             self._score_with(db, sess, names, images, paths, on_stage)
 
     def _score_with(self, db, sess, names, images, paths, on_stage) -> None:
-        # deferred: the scorers load torch and open_clip
-        from fergi.scorers import create_scorer
 
         loaded = self.__dict__.setdefault("_loaded_scorers", {})
         weights = self.settings.scorer_weights

@@ -7,9 +7,6 @@ clip), and the per-frame tables rounded as the release's CSV files store them.
 The real-time worker (:mod:`fergi.study.processing._realtime`) feeds the decoder chunk by
 chunk; :func:`extract_recording_features` and :func:`fergi.study.process_session_media`
 feed it a whole recording. Same decoder, same frames, same tables.
-
-``fergi.au``, ``fergi.face`` and pandas are imported where used: they load MediaPipe and
-pandas, which the web app's start does not need.
 """
 
 from __future__ import annotations
@@ -24,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from fergi._errors import FergiError
+from fergi.au import create_au_estimator, extract_features, format_features_csv
+from fergi.face import FaceAnalyzer
 from fergi.study.processing._media import ClipWindow, clip_windows
 from fergi.study.protocol import CLIP_KINDS, select_image_events
 from fergi.video import SegmentDecoder, VideoFrames
@@ -52,7 +51,6 @@ def _analyzer():
     # One face analyser per thread: the worker analyses in its clips and process threads
     # at once, and a MediaPipe graph must not be shared between threads.
     if getattr(_local, "analyzer", None) is None:
-        from fergi.face import FaceAnalyzer
 
         _local.analyzer = FaceAnalyzer()
     return _local.analyzer
@@ -60,7 +58,6 @@ def _analyzer():
 
 def _analyse_clip(frames: np.ndarray, baseline: Any, *, estimator, fps: float, source: str):
     """Per-frame features of one clip's decoded frames (``baseline``: its image's baseline)."""
-    from fergi.au import extract_features
 
     video = VideoFrames(
         frames=frames, timestamps=np.arange(len(frames)) / fps, fps=fps, source=source
@@ -96,7 +93,6 @@ def _rounded(table, clip: str):
     """The table as its release CSV file reads back (baseline 2 decimals, reaction 3)."""
     import pandas as pd
 
-    from fergi.au import format_features_csv
 
     return pd.read_csv(io.StringIO(format_features_csv(table, decimals=2 if clip == "baseline" else 3)))
 
@@ -152,8 +148,6 @@ def extract_recording_features(
     dict
         ``{(image, "baseline"|"reaction"): DataFrame}`` (release CSV rounding).
     """
-    # deferred: a learned estimator loads torch
-    from fergi.au import create_au_estimator
 
     events = list(events)
     if isinstance(estimator, str):

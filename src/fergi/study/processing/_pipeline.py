@@ -14,8 +14,6 @@ stages, each reported to a callback so the study's worker can show its status:
 A failing stage raises :class:`StageError` naming the stage; nothing is deleted, so
 the inputs and every earlier stage's outputs stay for a retry.
 
-``fergi.au``, ``fergi.datasets`` and pandas are imported where used (they load pandas,
-which ``import fergi.study`` does not need).
 """
 
 from __future__ import annotations
@@ -28,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from fergi._errors import FergiError
+from fergi.au import create_au_estimator, write_features
+from fergi.datasets import FRAME_COLUMNS
 from fergi.study.processing._analysis import _clip_tables, decode_image_clips
 from fergi.study.processing._media import (
     assemble_chunks,
@@ -148,8 +148,6 @@ def _features_stage(clips, out_dir: Path, *, recording: Path, windows, estimator
     # deferred: pandas, and torch for a learned estimator
     import pandas as pd
 
-    from fergi.au import create_au_estimator, write_features
-    from fergi.datasets import FRAME_COLUMNS
 
     out_dir.mkdir(parents=True, exist_ok=True)
     frames: dict[tuple[int, str], pd.DataFrame] = {}

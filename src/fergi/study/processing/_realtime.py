@@ -21,8 +21,6 @@ retried or restarted after a crash resumes from the last finished image. No clip
 encoded to a video file here: :func:`clip_video` writes one on demand (admin
 playback, the sharing export) and keeps it.
 
-``fergi.au``, ``fergi.features`` and pandas are imported where used: they load pandas,
-which the web app's start (it builds the worker) does not need.
 """
 
 from __future__ import annotations
@@ -35,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from fergi._errors import FergiError
+from fergi.au import write_features
+from fergi.features import compute_activation_values, frame_validity
 from fergi.study.processing._analysis import (
     ImageWindows,
     _clip_tables,
@@ -284,7 +284,6 @@ def clip_validity(
         Validity and a one-line reason (None when valid), e.g.
         ``"9 of 150 frames (6 %): the camera stopped?"`` or ``"no face in 70 % of frames"``.
     """
-    from fergi.features import frame_validity
 
     n = len(frames)
     if expected and n < min_frame_share * expected:
@@ -334,8 +333,6 @@ def _store_image(
     import pandas as pd
     from sqlalchemy import delete
 
-    from fergi.au import write_features
-    from fergi.features import compute_activation_values
 
     tables = _clip_tables(pair, estimator=estimator, fps=fps, source=f"session {sess.id}", image=image)
     folder = store.features_dir(sess.id)

@@ -15,6 +15,7 @@ import logging
 import math
 from typing import Any
 
+from fergi.features import compute_activation_values, frame_validity
 from fergi.study.processing._analysis import image_windows
 from fergi.study.protocol import select_image_events
 
@@ -34,7 +35,6 @@ def _defaults(function) -> dict[str, Any]:
 
 def validity_rules() -> dict[str, Any]:
     """The frame and clip validity thresholds processing applies (those of fergi.features)."""
-    from fergi.features import compute_activation_values, frame_validity
 
     frame = _defaults(frame_validity)
     return {
@@ -165,7 +165,6 @@ def clip_curves(table, aus: list[str], start_s: float) -> dict[str, Any]:
     """
     import numpy as np
 
-    from fergi.features import frame_validity
 
     valid = frame_validity(table).to_numpy()
     # Confidence alone (any pose): tells a missing face from a turned head.

@@ -2,8 +2,8 @@
 activation values, and the pairwise labels (what both the server's processing and
 :func:`fergi.study.process_session_media` compute from the per-frame features).
 
-``fergi.features``, ``fergi.preference``, ``fergi.au`` and pandas are imported where used:
-they load pandas and scikit-learn, which the web app's start does not need.
+It reads the library's public names (``fergi.au``, ``fergi.features``,
+``fergi.preference``) at module level, so the study loads pandas when it loads this room.
 """
 
 from __future__ import annotations
@@ -11,12 +11,21 @@ from __future__ import annotations
 import logging
 
 from fergi._errors import FergiError
+from fergi.au import features_provenance, get_au_estimator_spec
+from fergi.datasets import FeatureProvenance
+from fergi.features import compute_activation_values
+from fergi.preference import (
+    AnnotationModel,
+    ReactionData,
+    annotate_pairs,
+    annotate_reactions,
+    load_model,
+)
 
 logger = logging.getLogger(__name__)
 
 
 def _activations_stage(frames, *, participant: str, session: int):
-    from fergi.features import compute_activation_values
 
     table = _frames_table(frames, participant=participant, session=session)
     if table is None:
@@ -53,15 +62,12 @@ def _frames_table(frames, *, participant: str, session: int):
 def session_provenance(estimator, checkpoint=None):
     """Provenance of a session's features: each reaction clip is measured against its own
     image's baseline clip (``baseline_clip``; ``absolute`` for estimators without one)."""
-    from fergi.au import features_provenance
 
     spec = getattr(estimator, "spec", None)
     if spec is None and isinstance(estimator, str):
-        from fergi.au import get_au_estimator_spec
 
         spec = get_au_estimator_spec(estimator)
     if spec is None:
-        from fergi.datasets import FeatureProvenance
 
         return FeatureProvenance("unknown")
     return features_provenance(
@@ -79,12 +85,6 @@ def _labels_stage(activations, *, model, invalid_images, frames=None, provenance
     """
     import pandas as pd
 
-    try:
-        from fergi.preference import AnnotationModel, ReactionData, annotate_reactions, load_model
-    except ImportError:
-        raise FergiError(
-            "annotation model unavailable (fergi.preference.annotate_pairs is not installed)"
-        ) from None
     if model is None:
         try:
             model = load_model(None)
@@ -99,7 +99,6 @@ def _labels_stage(activations, *, model, invalid_images, frames=None, provenance
     if len(reaction) < 2:
         logger.info("fewer than 2 valid reaction clips: no pairs to label")
         return pd.DataFrame(columns=list(LABEL_COLUMNS))
-    from fergi.datasets import FeatureProvenance
 
     keys = ["participant", "session", "image"]
     clips = activations.assign(participant=activations["participant"].astype(str))
@@ -114,8 +113,6 @@ def _labels_stage(activations, *, model, invalid_images, frames=None, provenance
     )
     if not isinstance(model, AnnotationModel):
         # A bare valence model from an older model file: raw values, as before.
-        from fergi.preference import annotate_pairs
-
         return annotate_pairs(reaction.reset_index(drop=True), model)
     return annotate_reactions(data, model)
 
