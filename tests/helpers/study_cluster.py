@@ -19,6 +19,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.helpers.services import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 #: The `fergi` command, as the installed entry point runs it.
 FERGI = "import sys; from fergi.cli._main import main; sys.exit(main(sys.argv[1:]))"
@@ -44,14 +46,6 @@ ANSWER = {
     "issues": [],
     "emotions": ["amused"],
 }
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_recording(path: Path) -> Path:

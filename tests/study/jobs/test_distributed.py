@@ -14,10 +14,10 @@ from pathlib import Path, PurePath
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.helpers import study_cluster as cluster
 from fergi import FergiError
 from fergi.study import create_app
-from tests.test_study_api import ADMIN, Participant, make_settings
+from tests.helpers import study_cluster as cluster
+from tests.helpers.study import ADMIN, Participant, make_settings
 
 MEDIA_SUFFIXES = {".webm", ".mp4", ".png", ".csv", ".json", ".part"}
 
@@ -108,7 +108,7 @@ def test_unreachable_bucket_is_one_line(s3):
 def test_local_chunks_keep_their_layout(tmp_path):
     app = create_app(make_settings(tmp_path))
     with TestClient(app) as client:
-        from tests.test_study_api import WEBM_HEAD, ready_participant
+        from tests.helpers.study import WEBM_HEAD, ready_participant
 
         p = ready_participant(client, app)
         seg = p.start_segment()
@@ -157,7 +157,7 @@ def test_bad_media_key_is_one_line(tmp_path):
 @pytest.mark.slow
 def test_raw_video_is_encrypted_at_rest_and_still_processed(tmp_path, recording):
     fernet = pytest.importorskip("cryptography.fernet")
-    from tests.test_study_processing import run_session
+    from tests.helpers.study import run_session
 
     key = fernet.Fernet.generate_key().decode()
     settings = make_settings(tmp_path, n_images=2, baseline_s=1.0, present_s=1.0, media_key=key)

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from fergi.datasets import FRAME_COLUMNS, load_invalid_images
 from fergi.study import create_app, export_study
 from fergi.study._db import Chunk, Event, Segment, StudySession
-from tests.test_study_api import ADMIN, ANSWER, WEBM_HEAD, make_settings, ready_participant
+from tests.helpers.study import ADMIN, ANSWER, WEBM_HEAD, make_settings, ready_participant
 
 FPS = 30
 CHUNK_BYTES = 12_000

@@ -17,18 +17,7 @@ from fastapi.testclient import TestClient
 
 from fergi.study import create_app
 from fergi.study._db import StudySession
-from tests.test_study_api import ADMIN, ANSWER, FORM, Participant, make_settings, ready_participant
-
-
-@pytest.fixture
-def app(tmp_path):
-    return create_app(make_settings(tmp_path))
-
-
-@pytest.fixture
-def client(app):
-    with TestClient(app) as test_client:
-        yield test_client
+from tests.helpers.study import ADMIN, ANSWER, FORM, Participant, make_settings, ready_participant
 
 
 def _event(p, segment, image, kind, t, reason=None):

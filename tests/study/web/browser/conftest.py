@@ -1,3 +1,12 @@
-"""Fixtures of the browser end-to-end tests (defined in ``_browser.py``)."""
+"""Fixtures of the browser end-to-end tests (defined in ``tests/helpers/browser.py``)."""
 
-from tests.helpers.browser import chromium, live_server, study_server, webcam_y4m  # noqa: F401
+from tests.helpers.browser import (  # noqa: F401
+    browser,
+    chromium,
+    live_server,
+    new_context,
+    page,
+    playwright,
+    study_server,
+    webcam_y4m,
+)

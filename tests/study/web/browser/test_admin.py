@@ -15,16 +15,14 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.e2e.test_study_browser import _free_port, chromium  # noqa: F401  (a fixture)
 
-from tests.test_study_admin import processed_session  # tests/ is on sys.path (conftest)
-from tests.test_study_api import make_settings
+from tests.helpers.browser import serve
+from tests.helpers.study import make_settings, processed_session
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -59,7 +57,6 @@ def _recording(folder: Path) -> Path:
 @pytest.fixture
 def admin_server(tmp_path):
     """A processed session, then the same app served by uvicorn: ``(url, app, session_id)``."""
-    import uvicorn
     from fastapi.testclient import TestClient
 
     from fergi.study import create_app
@@ -70,18 +67,8 @@ def admin_server(tmp_path):
     app = create_app(settings)
     with TestClient(app) as client:
         p = processed_session(client, app, _recording(tmp_path), PRESENTATIONS, ORDER)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("the study server did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", app, p.id
-    server.should_exit = True
-    thread.join(30)
+    with serve(app) as url:
+        yield url, app, p.id
 
 
 def _first_point(d: str) -> tuple[float, float]:
@@ -120,8 +107,8 @@ def _colour_pixels(path: Path, rgb: tuple[int, int, int], tolerance: int = 24) -
     return int((np.abs(pixels - np.array(rgb)).max(axis=-1) <= tolerance).sum())
 
 
-def test_admin_session_page_shows_au_curves(chromium, admin_server, tmp_path):  # noqa: F811
-    from playwright.sync_api import sync_playwright
+def test_admin_session_page_shows_au_curves(new_context, admin_server, tmp_path):
+    from playwright.sync_api import expect
 
     base, app, session_id = admin_server
     import httpx
@@ -139,127 +126,122 @@ def test_admin_session_page_shows_au_curves(chromium, admin_server, tmp_path):  
     assert max(reaction, key=lambda i: reaction[i]["AU4"] or 0) == 4
 
     console: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
-        context = browser.new_context(viewport={"width": 1360, "height": 900})
-        page = context.new_page()
-        page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
-        page.on("pageerror", lambda exc: console.append(f"pageerror: {exc}"))
-        try:
-            page.goto(f"{base}/admin?token=e2e-admin")  # trades the token for the cookie
-            page.wait_for_selector("#sessions tr")
-            # The sessions list: timestamps and one compact badge per job kind.
-            row = page.locator("#sessions tr").first
-            assert row.locator(".when").count() >= 2
-            kinds = row.locator(".jobs-compact summary .pill")
-            assert sorted(kinds.evaluate_all("els => els.map(e => e.dataset.kind)")) == ["clips", "generate", "process"]
-            assert "process: done" in kinds.all_inner_texts()
+    context = new_context(viewport={"width": 1360, "height": 900})
+    page = context.new_page()
+    page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+    page.on("pageerror", lambda exc: console.append(f"pageerror: {exc}"))
+    page.goto(f"{base}/admin?token=e2e-admin")  # trades the token for the cookie
+    page.wait_for_selector("#sessions tr")
+    # The sessions list: timestamps and one compact badge per job kind.
+    row = page.locator("#sessions tr").first
+    expect(row.locator(".when").nth(1)).to_be_attached()
+    kinds = row.locator(".jobs-compact summary .pill")
+    expect(kinds).to_have_count(3)
+    assert sorted(kinds.evaluate_all("els => els.map(e => e.dataset.kind)")) == ["clips", "generate", "process"]
+    expect(kinds.filter(has_text="process: done")).to_have_count(1)
 
-            page.goto(f"{base}/admin#/session/{session_id}")
-            page.wait_for_selector("body[data-ready=session]")
-            page.wait_for_selector("#au-grid .image-card >> nth=3")
-            for index, image in images.items():
-                chart = page.locator(f"svg.au-chart[data-image='{index}']")
-                onset = chart.locator("line.onset")
-                assert onset.count() == 1
-                onset_x = float(onset.get_attribute("x1"))
-                for au in ("AU4", "AU12"):
-                    for clip in ("baseline", "reaction"):
-                        path = chart.locator(f"path.au-curve[data-au={au}][data-clip={clip}]")
-                        assert path.count() == 1, (index, au, clip)
-                        d = path.get_attribute("d")
-                        curves = image["clips"][clip]["curves"]
-                        # one vertex per frame with a measured value (no-face rows hold -1)
-                        measured = [v is not None and why != "face"
-                                    for v, why in zip(curves["values"][au], curves["invalid_why"], strict=True)]
-                        assert d.count("M") + d.count("L") == sum(measured)
-                    # The reaction curve starts at the onset (its first frame is shown at 0 s).
-                    first_x, _ = _first_point(chart.locator(f"path[data-au={au}][data-clip=reaction]").get_attribute("d"))
-                    assert abs(first_x - onset_x) < 1.0, (index, au, first_x, onset_x)
-                # Invalid frames are shaded, as many as the API says.
-                for clip in ("baseline", "reaction"):
-                    n_invalid = image["clips"][clip]["curves"]["valid"].count(False)
-                    shaded = chart.locator(f"rect.invalid-frames[data-clip={clip}]").evaluate_all(
-                        "els => els.reduce((s, e) => s + Number(e.dataset.frames), 0)"
-                    )
-                    assert shaded == n_invalid, (index, clip, shaded, n_invalid)
-                # Activation values as printed, and the clip's validity.
-                card = page.locator(f".image-card[data-image='{index}']")
-                for au in ("AU4", "AU12"):
-                    cell = card.locator(f"tr[data-clip=reaction] td.activation[data-au={au}]")
-                    value = image["clips"]["reaction"]["activations"][au]
-                    assert cell.inner_text() == ("—" if value is None else f"{value:.3f}")
-            assert page.locator(".image-card[data-image='1'] svg rect.invalid-frames.face").count() >= 1
-            reasons = page.locator(".image-card[data-image='1'] .reasons").inner_text()
-            assert "reaction:" in reasons and "% of frames valid" in reasons
-            assert "invalid" in page.locator(".image-card[data-image='1'] tr[data-clip=reaction]").inner_text()
+    page.goto(f"{base}/admin#/session/{session_id}")
+    page.wait_for_selector("body[data-ready=session]")
+    page.wait_for_selector("#au-grid .image-card >> nth=3")
+    for index, image in images.items():
+        chart = page.locator(f"svg.au-chart[data-image='{index}']")
+        onset = chart.locator("line.onset")
+        expect(onset).to_have_count(1)
+        onset_x = float(onset.get_attribute("x1"))
+        for au in ("AU4", "AU12"):
+            for clip in ("baseline", "reaction"):
+                path = chart.locator(f"path.au-curve[data-au={au}][data-clip={clip}]")
+                expect(path).to_have_count(1)
+                d = path.get_attribute("d")
+                curves = image["clips"][clip]["curves"]
+                # one vertex per frame with a measured value (no-face rows hold -1)
+                measured = [v is not None and why != "face"
+                            for v, why in zip(curves["values"][au], curves["invalid_why"], strict=True)]
+                assert d.count("M") + d.count("L") == sum(measured)
+            # The reaction curve starts at the onset (its first frame is shown at 0 s).
+            first_x, _ = _first_point(chart.locator(f"path[data-au={au}][data-clip=reaction]").get_attribute("d"))
+            assert abs(first_x - onset_x) < 1.0, (index, au, first_x, onset_x)
+        # Invalid frames are shaded, as many as the API says.
+        for clip in ("baseline", "reaction"):
+            n_invalid = image["clips"][clip]["curves"]["valid"].count(False)
+            shaded = chart.locator(f"rect.invalid-frames[data-clip={clip}]").evaluate_all(
+                "els => els.reduce((s, e) => s + Number(e.dataset.frames), 0)"
+            )
+            assert shaded == n_invalid, (index, clip, shaded, n_invalid)
+        # Activation values as printed, and the clip's validity.
+        card = page.locator(f".image-card[data-image='{index}']")
+        for au in ("AU4", "AU12"):
+            cell = card.locator(f"tr[data-clip=reaction] td.activation[data-au={au}]")
+            value = image["clips"]["reaction"]["activations"][au]
+            expect(cell).to_have_text("—" if value is None else f"{value:.3f}", use_inner_text=True)
+    expect(page.locator(".image-card[data-image='1'] svg rect.invalid-frames.face").first).to_be_attached()
+    reasons = page.locator(".image-card[data-image='1'] .reasons")
+    expect(reasons).to_contain_text("reaction:")
+    expect(reasons).to_contain_text("% of frames valid")
+    expect(page.locator(".image-card[data-image='1'] tr[data-clip=reaction]")).to_contain_text("invalid")
 
-            # The pairs table, one row per labelled pair, with the ranking's verdict.
-            pairs = science["pairs"]
-            assert pairs, "processing made no labels"
-            rows = page.locator("#pairs-table tbody tr")
-            assert rows.count() == len(pairs)
-            for i, pair in enumerate(pairs):
-                text = rows.nth(i).inner_text()
-                assert f"{pair['image_a']} vs {pair['image_b']}" in text
-                assert f"{pair['score_difference']:.3f}" in text
-                assert ("agrees" if pair["agrees"] else "disagrees" if pair["agrees"] is False else "—") in text
-            # Answers with their times, below the science.
-            page.wait_for_selector("#detail-card:not([hidden])")
-            assert page.locator("#detail tbody tr").count() == len(images)
-            assert page.locator("#detail tbody .when").count() >= len(images)
-            shot = _save(page, tmp_path, "admin_session.png")
-            _assert_not_blank(shot)
-            # The curves are on the picture: pixels of AU4's and AU12's colours.
-            for au, rgb in (("AU4", (213, 94, 0)), ("AU12", (0, 114, 178))):
-                assert _colour_pixels(shot, rgb) > 300, au
+    # The pairs table, one row per labelled pair, with the ranking's verdict.
+    pairs = science["pairs"]
+    assert pairs, "processing made no labels"
+    rows = page.locator("#pairs-table tbody tr")
+    expect(rows).to_have_count(len(pairs))
+    for i, pair in enumerate(pairs):
+        text = rows.nth(i).inner_text()
+        assert f"{pair['image_a']} vs {pair['image_b']}" in text
+        assert f"{pair['score_difference']:.3f}" in text
+        assert ("agrees" if pair["agrees"] else "disagrees" if pair["agrees"] is False else "—") in text
+    # Answers with their times, below the science.
+    page.wait_for_selector("#detail-card:not([hidden])")
+    expect(page.locator("#detail tbody tr")).to_have_count(len(images))
+    expect(page.locator("#detail tbody .when").nth(len(images) - 1)).to_be_attached()
+    shot = _save(page, tmp_path, "admin_session.png")
+    _assert_not_blank(shot)
+    # The curves are on the picture: pixels of AU4's and AU12's colours.
+    for au, rgb in (("AU4", (213, 94, 0)), ("AU12", (0, 114, 178))):
+        assert _colour_pixels(shot, rgb) > 300, au
 
-            # Any AU: AU4 off, AU25 on.
-            page.click("#au-selector label:has(input[value=AU4])")
-            page.click("#au-selector label:has(input[value=AU25])")
-            assert page.locator("path.au-curve[data-au=AU4]").count() == 0
-            assert page.locator("path.au-curve[data-au=AU25]").count() == 2 * len(images)
-            assert page.locator("path.au-curve[data-au=AU12]").count() == 2 * len(images)
-            page.click("#au-selector label:has(input[value=AU4])")
-            page.click("#au-selector label:has(input[value=AU25])")
+    # Any AU: AU4 off, AU25 on.
+    page.click("#au-selector label:has(input[value=AU4])")
+    page.click("#au-selector label:has(input[value=AU25])")
+    expect(page.locator("path.au-curve[data-au=AU4]")).to_have_count(0)
+    expect(page.locator("path.au-curve[data-au=AU25]")).to_have_count(2 * len(images))
+    expect(page.locator("path.au-curve[data-au=AU12]")).to_have_count(2 * len(images))
+    page.click("#au-selector label:has(input[value=AU4])")
+    page.click("#au-selector label:has(input[value=AU25])")
 
-            # The overview: counts, the valid-clip share and the running agreement chart.
-            page.goto(f"{base}/admin#/overview")
-            page.wait_for_selector("#overview-tiles")
-            tiles = page.locator("#overview-tiles").text_content()
-            assert "Valid reaction clips" in tiles and "3 of 4" in tiles
-            assert page.locator("#running-chart").count() == 1
-            _assert_not_blank(_save(page, tmp_path, "admin_overview.png"))
+    # The overview: counts, the valid-clip share and the running agreement chart.
+    page.goto(f"{base}/admin#/overview")
+    page.wait_for_selector("#overview-tiles")
+    tiles = page.locator("#overview-tiles")
+    expect(tiles).to_contain_text("Valid reaction clips")
+    expect(tiles).to_contain_text("3 of 4")
+    expect(page.locator("#running-chart")).to_have_count(1)
+    _assert_not_blank(_save(page, tmp_path, "admin_overview.png"))
 
-            # A failed stage makes its kind's one badge red; details and Retry on expand.
-            from fergi.study._db import Job
+    # A failed stage makes its kind's one badge red; details and Retry on expand.
+    from fergi.study._db import Job
 
-            with app.state.sessionmaker() as db:
-                failed = Job(session_id=session_id, kind="clips", status="failed", attempts=1,
-                             stages={"image 1": "done", "image 2": "failed"}, error="FergiError: chunk 3 missing")
-                db.add(failed)
-                db.commit()
-                failed_id = failed.id
-            page.goto(f"{base}/admin#/")
-            badge = page.locator("#sessions tr").first.locator(".jobs-compact summary .pill[data-kind=clips]")
-            badge.wait_for()
-            deadline = time.monotonic() + 30
-            while "failed" not in (badge.get_attribute("class") or ""):
-                assert time.monotonic() < deadline, badge.get_attribute("class")
-                time.sleep(0.2)
-            assert badge.inner_text() == "clips: failed"
-            assert page.locator("#sessions tr").first.locator(".jobs-compact summary .pill").count() == 3
-            page.locator("#sessions tr").first.locator(".jobs-compact summary").click()
-            details = page.locator("#sessions tr").first.locator(".job-list")
-            assert "chunk 3 missing" in details.inner_text() and "image 2: failed" in details.inner_text()
-            details.locator("button", has_text="Retry").click()
-            deadline = time.monotonic() + 30
-            while True:
-                with app.state.sessionmaker() as db:
-                    if db.get(Job, failed_id).status == "queued":
-                        break
-                assert time.monotonic() < deadline, "Retry did not requeue the job"
-                time.sleep(0.2)
-        finally:
-            browser.close()
+    with app.state.sessionmaker() as db:
+        failed = Job(session_id=session_id, kind="clips", status="failed", attempts=1,
+                     stages={"image 1": "done", "image 2": "failed"}, error="FergiError: chunk 3 missing")
+        db.add(failed)
+        db.commit()
+        failed_id = failed.id
+    page.goto(f"{base}/admin#/")
+    badge = page.locator("#sessions tr").first.locator(".jobs-compact summary .pill[data-kind=clips]")
+    expect(badge).to_have_class(re.compile(r"\bfailed\b"), timeout=30_000)
+    expect(badge).to_have_text("clips: failed", use_inner_text=True)
+    expect(page.locator("#sessions tr").first.locator(".jobs-compact summary .pill")).to_have_count(3)
+    page.locator("#sessions tr").first.locator(".jobs-compact summary").click()
+    details = page.locator("#sessions tr").first.locator(".job-list")
+    expect(details).to_contain_text("chunk 3 missing")
+    expect(details).to_contain_text("image 2: failed")
+    details.locator("button", has_text="Retry").click()
+    deadline = time.monotonic() + 30
+    while True:
+        with app.state.sessionmaker() as db:
+            if db.get(Job, failed_id).status == "queued":
+                break
+        assert time.monotonic() < deadline, "Retry did not requeue the job"
+        time.sleep(0.2)
     assert not [line for line in console if line.startswith(("pageerror", "error"))], console
