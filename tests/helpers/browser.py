@@ -2,7 +2,7 @@
 
 ``tests/study/web/browser/conftest.py`` makes the fixtures available to the browser
 tests. One Playwright driver and one Chromium (its fake webcam playing ``webcam_y4m``)
-serve the whole test session: each test opens its own browser context (cookies, storage
+serve all of them: each test opens its own browser context (cookies, storage
 and camera of its own) and closes it, so tests stay independent without paying a
 browser start-up each. Tests that need other launch flags (no camera device, a real
 permission prompt) call :func:`launch` on the shared driver.
@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.services import free_port
+from tests.helpers.study import serve
 
 CHROMIUM = os.environ.get("FERGI_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 BASELINE_S = 2.0
@@ -205,28 +203,6 @@ def clip_frames_ok(clip, expected: int, share: float = 0.8) -> bool:
     return bool(clip.clip_valid) and clip.n_frames >= share * expected
 
 
-# ---------------------------------------------------------------- servers
-@contextmanager
-def serve(app):
-    """Serve an ASGI app with uvicorn on a free port in a thread: yields its base URL."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                pytest.fail("the study server did not start within 30 s")
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-
-
 def launch(playwright, chromium: str, webcam_y4m: Path | None = None, *, fake_ui: bool = True):
     """A Chromium of its own, for a test that needs other flags than the shared one.
 
@@ -271,9 +247,11 @@ def webcam_y4m(tmp_path_factory) -> Path:
     return write_reaction_video(path, data.astronaut(), neutral_s=1.0, expression_s=2.0, smile=1.0)
 
 
-@pytest.fixture(scope="session")
+# The driver and the browser live as long as the browser tests' package: the sync API keeps
+# an event loop of its own in this thread, which other tests' asyncio.run() need not meet.
+@pytest.fixture(scope="package")
 def playwright(chromium):
-    """One Playwright driver for the session (the sync API allows one per thread)."""
+    """One Playwright driver for all browser tests (the sync API allows one per thread)."""
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=EXPECT_TIMEOUT_MS)
@@ -281,7 +259,7 @@ def playwright(chromium):
         yield pw
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright, chromium, webcam_y4m):
     """The shared Chromium, its fake webcam playing ``webcam_y4m``."""
     shared = launch(playwright, chromium, webcam_y4m)

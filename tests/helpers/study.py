@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import io
 import os
+import threading
+import time
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
+import pytest
 from fastapi.testclient import TestClient
 
 from fergi.datasets import FRAME_COLUMNS
 from fergi.study import StudySettings
 from fergi.study._db import Clip, StudySession
+from tests.helpers.services import free_port
 
 #: The start of a WebM stream as MediaRecorder writes it: the EBML header (DocType webm)
 #: and the Segment's id with an unknown size.
@@ -130,6 +135,7 @@ class Participant:
 
 
 def ready_participant(client, app, pid="001") -> Participant:
+    """A participant past consent, prompt (images generated) and the camera check."""
     p = Participant(client, pid)
     p.consent(share=True)
     p.write_prompt()
@@ -139,6 +145,7 @@ def ready_participant(client, app, pid="001") -> Participant:
 
 
 def finished_session(client, app, pid="001", share=True, order=(2, 3, 1)) -> Participant:
+    """A session of 3 images answered and ranked through the API (a stub recording, not processed)."""
     p = Participant(client, pid)
     p.consent(share=share)
     p.write_prompt()
@@ -154,6 +161,7 @@ def finished_session(client, app, pid="001", share=True, order=(2, 3, 1)) -> Par
 
 
 def fake_features(n: int, seed: int) -> pd.DataFrame:
+    """``n`` per-frame rows in the release's schema, random values (seeded), a face in every frame."""
     rng = np.random.default_rng(seed)
     table = pd.DataFrame(rng.uniform(0, 1, (n, len(FRAME_COLUMNS))).round(2), columns=FRAME_COLUMNS)
     table["frame"] = np.arange(1, n + 1)
@@ -252,3 +260,24 @@ def processed_session(client, app, recording, presentations=PRESENTATIONS, order
     assert p.call("PUT", "/ranking", json={"order": list(order)}).status_code == 200
     assert app.state.worker.run_pending("process") == 1
     return p
+
+
+@contextmanager
+def serve(app):
+    """Serve an ASGI app with uvicorn on a free port in a thread: yields its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                pytest.fail("the study server did not start within 30 s")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)

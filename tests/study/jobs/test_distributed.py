@@ -22,27 +22,9 @@ from tests.helpers.study import ADMIN, Participant, make_settings
 MEDIA_SUFFIXES = {".webm", ".mp4", ".png", ".csv", ".json", ".part"}
 
 
-@pytest.fixture(scope="module")
-def recording(tmp_path_factory):
-    return cluster.make_recording(tmp_path_factory.mktemp("rec") / "recording.webm")
-
-
 @pytest.fixture
-def s3():
-    pytest.importorskip("moto.server")
-    pytest.importorskip("s3fs")
-    server = cluster.MotoS3()
-    old = {k: os.environ.get(k) for k in server.env}
-    os.environ.update(server.env)
-    try:
-        yield server
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        server.stop()
+def recording(reaction_webm):
+    return reaction_webm
 
 
 def _local_files(folder: Path) -> list[Path]:

@@ -17,15 +17,10 @@ pytestmark = pytest.mark.slow
 FPS = 30
 
 
-@pytest.fixture(scope="module")
-def recording(tmp_path_factory):
-    """A VP9 webm like the browser's: 1 s neutral, then a smile, ~5 s in all."""
-    from skimage import data
-
-    from fergi.face import write_reaction_video
-
-    path = tmp_path_factory.mktemp("rec") / "recording.webm"
-    return write_reaction_video(path, data.astronaut(), neutral_s=2.5, expression_s=2.5, smile=1.0)
+@pytest.fixture
+def recording(reaction_webm):
+    """A VP9 webm like the browser's: 2.5 s neutral, then a smile, 5 s in all."""
+    return reaction_webm
 
 
 def test_processing_cuts_clips_extracts_features_and_labels(tmp_path, recording):

@@ -57,14 +57,6 @@ def segments(tmp_path_factory):
     return out
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request, monkeypatch):
-    """Run a test on SQLite and on the throwaway PostgreSQL (``make_settings`` reads the URL)."""
-    if request.param == "postgresql":
-        monkeypatch.setenv("FERGI_TEST_DB_URL", request.getfixturevalue("postgres_url"))
-    return request.param
-
-
 def settings_for(tmp_path, **overrides):
     return make_settings(tmp_path, baseline_s=1.0, present_s=1.0, **overrides)
 

@@ -18,21 +18,10 @@ from fergi.study import create_app
 from tests.helpers.services import free_port
 from tests.helpers.study import ADMIN, ANSWER, WEBM_HEAD, make_settings, ready_participant
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def any_db(request, monkeypatch):
-    """Run the test on SQLite and on PostgreSQL (make_settings reads FERGI_TEST_DB_URL)."""
-    if request.param == "postgresql":
-        monkeypatch.setenv("FERGI_TEST_DB_URL", request.getfixturevalue("postgres_url"))
-    else:
-        monkeypatch.delenv("FERGI_TEST_DB_URL", raising=False)
-    return request.param
-
-
 # ---------------------------------------------------------------- control characters
 
 
-def test_control_characters_are_refused_with_422_everywhere(tmp_path, any_db):
+def test_control_characters_are_refused_with_422_everywhere(tmp_path, backend):
     app = create_app(make_settings(tmp_path))
     with TestClient(app) as client:
         # Open without login: PostgreSQL refused the NUL with a 500 here.
@@ -80,8 +69,9 @@ def _serve(app, tmp_path, extra_args=()):
     server = uvicorn.Server(uvicorn.Config(app, **{**uvicorn_options(args, app.state.settings), "log_level": "warning"}))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    deadline = time.monotonic() + 30
     while not server.started:
-        assert thread.is_alive(), "uvicorn did not start"
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start within 30 s"
         time.sleep(0.05)
     return server, thread, f"http://127.0.0.1:{port}"
 

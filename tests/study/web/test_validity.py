@@ -2,7 +2,7 @@
 from one source, a client disconnect in one log line, abandoned sessions after 15 min.
 
 The browser side (blanking under a pause, the ID rule, the form at 390x844, uploads on a
-slow uplink) is in ``tests/e2e/test_study_browser_validity.py``.
+slow uplink) is in ``tests/study/web/browser/test_validity.py``.
 """
 
 from __future__ import annotations
