@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from fergi import FergiError
 from fergi.study import create_app
 from tests.helpers import study_cluster as cluster
+from tests.helpers.paths import BENCHMARKS, REPO_ROOT
 from tests.helpers.study import ADMIN, Participant, make_settings
 
 MEDIA_SUFFIXES = {".webm", ".mp4", ".png", ".csv", ".json", ".part"}
@@ -235,7 +236,7 @@ def test_schema_is_created_once_by_processes_starting_together(postgres_url):
 
     db_url = cluster.fresh_database(postgres_url)
     code = "import sys; from fergi.study._queue import prepare_database; prepare_database(sys.argv[1]).dispose()"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
     procs = [subprocess.Popen([sys.executable, "-c", code, db_url], env=env, stderr=subprocess.PIPE)
              for _ in range(3)]
     errors = [p.communicate(timeout=120)[1] for p in procs]
@@ -366,7 +367,7 @@ def test_sessions_survive_a_killed_worker_with_media_on_s3(tmp_path, postgres_ur
 
 @pytest.mark.slow
 def test_scale_figures_quick():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(BENCHMARKS))
     from _scale_study import session_processing_figures
 
     figures = session_processing_figures(quick=True)

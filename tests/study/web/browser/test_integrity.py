@@ -77,10 +77,26 @@ def _segment_duration(store, sess, segment) -> float:
     return float(stamps[-1] - stamps[0])
 
 
-def _check_recording(app, sess, *, shown, hidden, n_images):
-    """Events, segments, the valid reaction clip of every image, and no survey recorded."""
-    assert [(e.segment, e.image_index) for e in sess.events if e.kind == "image_shown"] == shown
-    assert [(e.segment, e.image_index) for e in sess.events if e.kind == "image_hidden"] == hidden
+def _check_recording(app, sess, *, n_images, replayed=()):
+    """Events, segments, the valid reaction clip of every image, and no survey recorded.
+
+    ``replayed``: images the test interrupted, so shown at least twice. The page's own
+    recovery under load (a camera that stalls, a stream start the server refuses) may
+    replay an image once more in a new segment, which shifts the segment numbers: so the
+    checks hold for any number of such replays instead of naming segments. Returns the
+    ``(segment, image)`` pairs of the ``image_shown`` and ``image_hidden`` events.
+    """
+    shown = [(e.segment, e.image_index) for e in sess.events if e.kind == "image_shown"]
+    hidden = [(e.segment, e.image_index) for e in sess.events if e.kind == "image_hidden"]
+    images = [image for _, image in shown]
+    assert images == sorted(images), shown  # in order, replays in place
+    assert sorted(set(images)) == list(range(1, n_images + 1)), shown
+    for image in replayed:
+        assert images.count(image) >= 2, (image, shown)
+    # Every image ends exactly once, in the segment where its last showing began.
+    assert [image for _, image in hidden] == list(range(1, n_images + 1)), hidden
+    for seg, image in hidden:
+        assert max(s for s, i in shown if i == image) == seg, (image, shown, hidden)
     reactions = {c.image_index: c for c in sess.clips if c.clip == "reaction"}
     assert sorted(reactions) == list(range(1, n_images + 1))
     for index, clip in reactions.items():
@@ -93,6 +109,7 @@ def _check_recording(app, sess, *, shown, hidden, n_images):
         assert seg.complete, seg_index
         duration = _segment_duration(app.state.store, sess, seg)
         assert duration <= BASELINE_S + PRESENT_S + 1.0, (seg_index, duration)
+    return shown, hidden
 
 
 def _processed(app):
@@ -167,11 +184,17 @@ def test_camera_stopped_mid_image_is_shown_again(page, study_server):
 
     db, sess = _processed(app)
     with db:
-        _check_recording(app, sess, shown=[(0, 1), (1, 2), (2, 2), (4, 3)], hidden=[(0, 1), (2, 2), (4, 3)], n_images=3)
-        assert [(e.segment, e.image_index) for e in sess.events if e.kind == "baseline_start"][-2:] == [(3, 3), (4, 3)]
+        shown, hidden = _check_recording(app, sess, n_images=3, replayed=(2,))
+        # Image 3's camera muted during its baseline: a baseline without a showing, then
+        # the baseline again in the next segment, where image 3 is shown.
+        baselines = [(e.segment, e.image_index) for e in sess.events if e.kind == "baseline_start"]
+        last = hidden[-1][0]
+        assert (last, 3) in baselines and (last - 1, 3) in baselines and (last - 1, 3) not in shown, baselines
         assert sess.ranking.order == [1, 2, 3] and sess.ranking.method == "untouched"
         # The interrupted take's video was uploaded and its segment completed.
-        assert len(sess.segments) == 5 and sess.segments[1].complete and sess.segments[1].n_chunks > 0
+        interrupted = next(seg for seg, image in shown if image == 2 and (seg, image) not in hidden)
+        take = {s.index: s for s in sess.segments}[interrupted]
+        assert len(sess.segments) >= 5 and take.complete and take.n_chunks > 0, (interrupted, shown)
         assert db.scalar(select(func.count()).select_from(StudySession)) == 1
 
 
@@ -260,10 +283,12 @@ def test_refused_stream_start_and_full_disk(page, study_server):
 
     db, sess = _processed(app)
     with db:
-        _check_recording(app, sess, shown=[(0, 1), (2, 2), (3, 3)], hidden=[(0, 1), (2, 2), (3, 3)], n_images=3)
+        shown, _ = _check_recording(app, sess, n_images=3)
+        # Segment 1 (its chunk 0 refused) shows nothing: the image is shown in a new one.
+        assert 1 not in {seg for seg, _ in shown}, shown
         assert sess.ranking.order == [3, 1, 2] and sess.ranking.method == "tap"
         # The refused segment got nothing; it is left for the server's retention.
-        assert len(sess.segments) == 4 and sess.segments[1].n_chunks == 0
+        assert len(sess.segments) >= 4 and sess.segments[1].n_chunks == 0
 
 
 # A webcam made of a canvas that can freeze: no new frame, though its track stays live and
@@ -335,7 +360,7 @@ def test_frozen_camera_is_noticed(page, study_server):
     assert any("camera lost" in line for line in console), console
     db, sess = _processed(app)
     with db:
-        _check_recording(app, sess, shown=[(0, 1), (1, 1), (2, 2)], hidden=[(1, 1), (2, 2)], n_images=2)
+        _check_recording(app, sess, n_images=2, replayed=(1,))
 
 
 def _touch_drag(cdp, page, source: str, target: str, steps: int = 12) -> None:
