@@ -269,7 +269,7 @@ def _imports_of(package_dir: Path, path: Path, modules: set[str]) -> list[_Impor
                     else:
                         base = child.module or ""
                     bases = [base]
-                    # `from fergi.study import _queue` imports the module fergi.study._queue.
+                    # `from fergi.study import _queue` imports the module fergi.study.jobs._queue.
                     targets = [
                         f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
                         for alias in child.names

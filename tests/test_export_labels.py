@@ -519,8 +519,7 @@ def test_study_exported_by_fergi_export(tmp_path):
     from fastapi.testclient import TestClient
 
     from fergi.study import create_app
-    from tests.test_study_api import make_settings
-    from tests.test_study_worker import add_processed_clips, finished_session
+    from tests.helpers.study import add_processed_clips, finished_session, make_settings
 
     app = create_app(make_settings(tmp_path))
     with TestClient(app) as client:

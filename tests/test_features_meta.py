@@ -124,10 +124,14 @@ def test_features_provenance_in_the_library(weights):
 
 
 def test_study_worker_and_export_carry_the_provenance(tmp_path, monkeypatch):
-    from tests.test_study_api import make_settings
-    from tests.test_study_worker import _fake_pipeline, add_processed_clips, finished_session
+    from tests.helpers.study import (
+        add_processed_clips,
+        fake_pipeline,
+        finished_session,
+        make_settings,
+    )
 
-    _fake_pipeline(monkeypatch)
+    fake_pipeline(monkeypatch)
     app = create_app(make_settings(tmp_path))
     store = app.state.store
     with TestClient(app) as client:

@@ -159,8 +159,8 @@ def astronaut_mesh():
 
 
 def test_libreface_fixture_uses_facemesh_ratios_and_restores_dropped_frames(tmp_path, astronaut_mesh):
-    from tests.helpers.tool_outputs import libreface_table
     from fergi.face import pose_ratios
+    from tests.helpers.tool_outputs import libreface_table
 
     frames = np.array([0, 1, 2, 4, 5])  # LibreFace dropped frame 3 (no face found)
     mesh = np.stack([astronaut_mesh + [k, 0.5 * k] for k in range(5)])

@@ -23,8 +23,7 @@ from fergi.schema import SCORE_COLUMNS
 from fergi.scorers._testing import make_scorer_weights
 from fergi.study import create_app
 from fergi.study.store import Clip, StudySession
-from tests.test_study_api import make_settings
-from tests.test_study_worker import finished_session
+from tests.helpers.study import finished_session, make_settings
 
 PARTICIPANTS = ("001", "002", "004", "005")
 ORDERS = [(2, 3, 1), (1, 2, 3), (3, 1, 2), (2, 1, 3), (1, 3, 2), (3, 2, 1)]
@@ -222,7 +221,7 @@ def test_export_score_reproduce_annotate_chain(study_export, weights_args, tmp_p
 def test_study_worker_score_stage_fills_the_exported_columns(tmp_path):
     """With --scorers set, processing ends with a `score` stage and exports carry the scores."""
     from fergi.scorers import create_scorer
-    from tests.test_study_worker import add_processed_clips
+    from tests.helpers.study import add_processed_clips
 
     w = make_scorer_weights(tmp_path / "w", layout="hf")
     settings = make_settings(tmp_path, scorers="clip, hpsv2",

@@ -1,19 +1,26 @@
 """Fixtures and helpers shared by the browser end-to-end tests.
 
-``conftest.py`` makes the fixtures available to every test here; other test modules
-may import them from this module (or, as before, from ``test_study_browser``).
+``tests/study/web/browser/conftest.py`` makes the fixtures available to the browser
+tests. One Playwright driver and one Chromium (its fake webcam playing ``webcam_y4m``)
+serve all of them: each test opens its own browser context (cookies, storage
+and camera of its own) and closes it, so tests stay independent without paying a
+browser start-up each. Tests that need other launch flags (no camera device, a real
+permission prompt) call :func:`launch` on the shared driver.
+
+Every check of a state the page may still be changing waits for it (Playwright's
+``expect``); ``EXPECT_TIMEOUT_MS`` is their default patience, sized for a busy machine.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.study import serve
 
 CHROMIUM = os.environ.get("FERGI_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 BASELINE_S = 2.0
@@ -32,6 +39,8 @@ CHROMIUM_ARGS = [
     "--disable-background-timer-throttling",
     "--disable-renderer-backgrounding",
 ]
+#: How long an ``expect(...)`` waits by default (Playwright's own 5 s is short under load).
+EXPECT_TIMEOUT_MS = 20_000
 
 
 def wait_for_processing(app, timeout: float = 600):
@@ -56,6 +65,18 @@ def wait_for(page, expression: str, timeout: float = 30.0) -> None:
     while not page.evaluate(expression):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for: {expression}")
+        time.sleep(0.1)
+
+
+RANK_ORDER_JS = "[...document.querySelectorAll('#rank-list li')].map((e) => Number(e.dataset.image))"
+
+
+def wait_for_order(page, order: list[int], timeout: float = 20.0) -> None:
+    """Wait until the ranking list shows ``order`` (images, best first); fail naming the last order seen."""
+    deadline = time.monotonic() + timeout
+    while (seen := page.evaluate(RANK_ORDER_JS)) != list(order):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the ranking shows {seen} after {timeout:g} s, not {list(order)}")
         time.sleep(0.1)
 
 
@@ -89,7 +110,10 @@ def fill_structured_form(page) -> None:
         page.fill("#in-qty", str(quantity))
         page.fill("#in-char", traits)
         page.click("#in-add")
+    from playwright.sync_api import expect
+
     # The sleeping cat has an activity, so only the bird can be entity 1.
+    expect(page.locator("#ir-e1 option", has_text="bird (animate)")).to_have_count(1)
     options = page.locator("#ir-e1 option").all_inner_texts()
     assert not any(o.startswith("cat") for o in options), options
     page.select_option("#ir-e1", label="bird (animate)")
@@ -107,9 +131,13 @@ def fill_structured_form(page) -> None:
 
 def answer_survey(page, index: int, shots, n_images: int = N_IMAGES) -> None:
     """Fill and send the survey of image ``index`` (waits for it to appear)."""
+    from playwright.sync_api import expect
+
     page.wait_for_selector("#page-survey:not([hidden])", timeout=60_000)
-    expect_counter = f"Image {index} of {n_images}"
-    assert page.inner_text("#survey-counter").strip().lower() == expect_counter.lower()
+    # The counter is filled in as the survey opens: wait for it, never read it once.
+    expect(page.locator("#survey-counter")).to_have_text(
+        f"Image {index} of {n_images}", ignore_case=True, use_inner_text=True
+    )
     page.fill("#missing", "warm light" if index % 2 else "")
     for name, stars in (("overall_rating", index), ("alignment_rating", 8 - index), ("fidelity_rating", 4)):
         page.click(f"label[for={name}-{stars}]")
@@ -175,8 +203,22 @@ def clip_frames_ok(clip, expected: int, share: float = 0.8) -> bool:
     return bool(clip.clip_valid) and clip.n_frames >= share * expected
 
 
+def launch(playwright, chromium: str, webcam_y4m: Path | None = None, *, fake_ui: bool = True):
+    """A Chromium of its own, for a test that needs other flags than the shared one.
+
+    ``webcam_y4m=None``: no camera device at all. ``fake_ui=False``: the page's camera
+    request meets a real permission prompt (denied until the test grants it).
+    """
+    args = [a for a in CHROMIUM_ARGS if fake_ui or a != "--use-fake-ui-for-media-stream"]
+    if webcam_y4m is None:
+        args = [a for a in args if a != "--use-fake-device-for-media-stream"]
+    else:
+        args.append(f"--use-file-for-fake-video-capture={webcam_y4m}")
+    return playwright.chromium.launch(executable_path=chromium, headless=True, args=args)
+
+
 # ---------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def chromium() -> str:
     ci = os.environ.get("CI", "").lower() == "true"
     problem = None
@@ -194,7 +236,7 @@ def chromium() -> str:
     return CHROMIUM
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def webcam_y4m(tmp_path_factory) -> Path:
     from skimage import data
 
@@ -205,54 +247,77 @@ def webcam_y4m(tmp_path_factory) -> Path:
     return write_reaction_video(path, data.astronaut(), neutral_s=1.0, expression_s=2.0, smile=1.0)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# The driver and the browser live as long as the browser tests' package: the sync API keeps
+# an event loop of its own in this thread, which other tests' asyncio.run() need not meet.
+@pytest.fixture(scope="package")
+def playwright(chromium):
+    """One Playwright driver for all browser tests (the sync API allows one per thread)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
+    with sync_playwright() as pw:
+        yield pw
+
+
+@pytest.fixture(scope="package")
+def browser(playwright, chromium, webcam_y4m):
+    """The shared Chromium, its fake webcam playing ``webcam_y4m``."""
+    shared = launch(playwright, chromium, webcam_y4m)
+    yield shared
+    shared.close()
+
+
+@pytest.fixture
+def new_context(browser):
+    """``new_context(**options)``: a fresh browser context, closed after the test."""
+    contexts = []
+
+    def make(**options):
+        options.setdefault("viewport", {"width": 1280, "height": 860})
+        context = browser.new_context(**options)
+        contexts.append(context)
+        return context
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
+def page(new_context):
+    """A page in a fresh 1280x860 context of the shared Chromium."""
+    return new_context().new_page()
 
 
 @pytest.fixture
 def study_server(tmp_path):
     """Start the study app with uvicorn on a free port: ``start(**settings) -> (url, app)``."""
-    import uvicorn
+    from contextlib import ExitStack
 
     from fergi.study import StudySettings, create_app
 
-    servers = []
+    with ExitStack() as servers:
 
-    def start(wrap=None, **overrides):
-        """``wrap(app)``: an ASGI app served in front of the study (e.g. a slow network)."""
-        values = {
-            "data_dir": tmp_path / "study",
-            "admin_token": "e2e-admin",
-            "generator": "placeholder",
-            "prompt_llm": "template",
-            "n_images": N_IMAGES,
-            "baseline_s": BASELINE_S,
-            "present_s": PRESENT_S,
-            "chunk_ms": 500,
-            "seed": 0,
-            "worker_poll_s": 0.2,
-        }
-        values.update(overrides)
-        app = create_app(StudySettings(**values))
-        port = _free_port()
-        served = wrap(app) if wrap is not None else app
-        server = uvicorn.Server(uvicorn.Config(served, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                pytest.fail("the study server did not start")
-            time.sleep(0.05)
-        return f"http://127.0.0.1:{port}", app
+        def start(wrap=None, **overrides):
+            """``wrap(app)``: an ASGI app served in front of the study (e.g. a slow network)."""
+            values = {
+                "data_dir": tmp_path / "study",
+                "admin_token": "e2e-admin",
+                "generator": "placeholder",
+                "prompt_llm": "template",
+                "n_images": N_IMAGES,
+                "baseline_s": BASELINE_S,
+                "present_s": PRESENT_S,
+                "chunk_ms": 500,
+                "seed": 0,
+                "worker_poll_s": 0.2,
+            }
+            values.update(overrides)
+            app = create_app(StudySettings(**values))
+            url = servers.enter_context(serve(wrap(app) if wrap is not None else app))
+            return url, app
 
-    yield start
-    for server, thread in servers:
-        server.should_exit = True
-        thread.join(30)
+        yield start
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ real server and workers.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import signal
@@ -18,6 +19,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.helpers.services import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 #: The `fergi` command, as the installed entry point runs it.
@@ -46,14 +49,6 @@ ANSWER = {
 }
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def make_recording(path: Path) -> Path:
     """A ~5 s VP9 WebM of a face: neutral, then a smile (as the browser records it)."""
     from skimage import data
@@ -77,7 +72,11 @@ def fresh_database(server_url: str) -> str:
 
 
 class MotoS3:
-    """moto's S3 server on 127.0.0.1 (threaded, in this process), with one bucket."""
+    """moto's S3 server on 127.0.0.1 (threaded, in this process), with one bucket.
+
+    Start one per test session (``tests/study/jobs/conftest.py``) and give each test
+    :meth:`with_new_bucket`.
+    """
 
     def __init__(self, bucket: str | None = None) -> None:
         from moto.server import ThreadedMotoServer
@@ -94,6 +93,13 @@ class MotoS3:
             "AWS_DEFAULT_REGION": "us-east-1",
         }
         self.fs().mkdir(self.bucket)
+
+    def with_new_bucket(self) -> MotoS3:
+        """The same server with a fresh, empty bucket: tests share a server, never a bucket."""
+        other = copy.copy(self)
+        other.bucket = f"fergi-media-{uuid.uuid4().hex[:8]}"
+        other.fs().mkdir(other.bucket)
+        return other
 
     def fs(self):
         import s3fs

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from fergi.datasets import FRAME_COLUMNS
 from fergi.study import create_app, process_session_media
 from fergi.study.store import Clip
-from tests.test_study_api import ANSWER, Participant, make_settings
+from tests.helpers.study import ANSWER, Participant, make_settings
 
 FPS = 30
 N_IMAGES = 3

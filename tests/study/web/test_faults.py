@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from fergi import FergiError
 from fergi.study import create_app, export_study
-from tests.test_study_api import WEBM_HEAD, make_settings, ready_participant
+from tests.helpers.study import WEBM_HEAD, make_settings, ready_participant
 
 # ---------------------------------------------------------------- media key
 
@@ -149,7 +149,7 @@ def test_a_full_disk_under_the_database_pauses_the_study_and_loses_nothing(tmp_p
 
 
 def test_the_export_is_owner_only_whatever_the_umask(tmp_path):
-    from tests.test_study_worker import add_processed_clips, finished_session
+    from tests.helpers.study import add_processed_clips, finished_session
 
     app = create_app(make_settings(tmp_path))
     with TestClient(app) as client:

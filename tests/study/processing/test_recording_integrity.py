@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from fergi.datasets import FRAME_COLUMNS, load_invalid_images
 from fergi.study import create_app, export_study
 from fergi.study.store import Chunk, Event, Segment, StudySession
-from tests.test_study_api import ADMIN, ANSWER, WEBM_HEAD, make_settings, ready_participant
+from tests.helpers.study import ADMIN, ANSWER, WEBM_HEAD, make_settings, ready_participant
 
 FPS = 30
 CHUNK_BYTES = 12_000
@@ -55,14 +55,6 @@ def segments(tmp_path_factory):
     data_bytes = write_video(folder / "frozen.webm", frames, timestamps=times).read_bytes()
     out["frozen"] = [data_bytes[i : i + CHUNK_BYTES] for i in range(0, len(data_bytes), CHUNK_BYTES)]
     return out
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request, monkeypatch):
-    """Run a test on SQLite and on the throwaway PostgreSQL (``make_settings`` reads the URL)."""
-    if request.param == "postgresql":
-        monkeypatch.setenv("FERGI_TEST_DB_URL", request.getfixturevalue("postgres_url"))
-    return request.param
 
 
 def settings_for(tmp_path, **overrides):

@@ -14,117 +14,112 @@ Set FERGI_E2E_SCREENSHOTS=DIR to keep a screenshot of every step.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.helpers import browser as _browser
-from tests.helpers.browser import BASELINE_S, CHROMIUM_ARGS, FPS, N_IMAGES, PRESENT_S, Shots
+from tests.helpers.browser import BASELINE_S, FPS, N_IMAGES, PRESENT_S, Shots
 from tests.helpers.browser import answer_survey as _answer_survey
 from tests.helpers.browser import fill_structured_form as _fill_structured_form
 from tests.helpers.browser import wait_for as _wait_for
+from tests.helpers.browser import wait_for_order as _wait_for_order
 from tests.helpers.browser import wait_for_processing as _wait_for_processing
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-# Other test modules import these from here, where they were defined before _browser.py.
-chromium = _browser.chromium
-_free_port = _browser._free_port
 
-
-def test_whole_session_in_chromium(chromium, webcam_y4m, live_server, tmp_path):
-    from playwright.sync_api import sync_playwright
+def test_whole_session_in_chromium(new_context, live_server, tmp_path):
+    from playwright.sync_api import expect
     from sqlalchemy import select
 
     from fergi.study.store import StudySession
 
     base, app = live_server
-    args = [*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={webcam_y4m}"]
     console: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=args)
-        context = browser.new_context(viewport={"width": 1280, "height": 860})
-        page = context.new_page()
-        # Leaving mid-session asks for confirmation (beforeunload); the reloads below confirm.
-        dialogs: list[str] = []
-        page.on("dialog", lambda dialog: (dialogs.append(dialog.type), dialog.accept()))
-        page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
-        page.on("pageerror", lambda exc: console.append(f"pageerror: {exc}"))
-        shots = Shots(page)
-        try:
-            page.goto(base + "/")
-            page.wait_for_selector("#page-start:not([hidden])")
-            page.fill("#participant-id", "e2e01")
-            shots("start")
-            page.click("#start-button")
+    context = new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    # Leaving mid-session asks for confirmation (beforeunload); the reloads below confirm.
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.type), dialog.accept()))
+    page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+    page.on("pageerror", lambda exc: console.append(f"pageerror: {exc}"))
+    shots = Shots(page)
+    try:
+        page.goto(base + "/")
+        page.wait_for_selector("#page-start:not([hidden])")
+        page.fill("#participant-id", "e2e01")
+        shots("start")
+        page.click("#start-button")
 
-            page.wait_for_selector("#page-consent:not([hidden])")
-            page.check("#consent-agree")
-            page.check("#consent-share")
-            shots("consent")
-            page.click("#consent-button")
+        page.wait_for_selector("#page-consent:not([hidden])")
+        page.check("#consent-agree")
+        page.check("#consent-share")
+        shots("consent")
+        page.click("#consent-button")
 
-            # The first session of the first participant is a structured one (Figs. S1-S2).
-            page.wait_for_selector("#page-prompt-structured:not([hidden])")
-            _fill_structured_form(page)
-            page.click("#generate-prompt")
-            page.wait_for_selector("#generated-block:not([hidden])")
-            prompt = page.input_value("#structured-prompt")
-            assert "bird looking at a flower" in prompt and "anime cartoon" in prompt, prompt
-            assert "2 attempts left" in page.inner_text("#generate-prompt")
-            shots("structured")
-            page.click("#structured-continue")
+        # The first session of the first participant is a structured one (Figs. S1-S2).
+        page.wait_for_selector("#page-prompt-structured:not([hidden])")
+        _fill_structured_form(page)
+        page.click("#generate-prompt")
+        page.wait_for_selector("#generated-block:not([hidden])")
+        prompt_box = page.locator("#structured-prompt")
+        expect(prompt_box).to_have_value(re.compile("bird looking at a flower"))
+        expect(prompt_box).to_have_value(re.compile("anime cartoon"))
+        prompt = prompt_box.input_value()
+        expect(page.locator("#generate-prompt")).to_contain_text("2 attempts left")
+        shots("structured")
+        page.click("#structured-continue")
 
-            page.wait_for_selector("#page-webcam:not([hidden])")
-            _wait_for(page, "document.getElementById('preview').videoWidth > 0")
-            page.click("#webcam-check")
-            page.wait_for_selector("#webcam-status.ok", timeout=30_000)
-            _wait_for(page, "document.getElementById('generation-status').textContent.includes('All')")
-            shots("webcam")
-            page.click("#webcam-continue")
+        page.wait_for_selector("#page-webcam:not([hidden])")
+        _wait_for(page, "document.getElementById('preview').videoWidth > 0")
+        page.click("#webcam-check")
+        page.wait_for_selector("#webcam-status.ok", timeout=30_000)
+        _wait_for(page, "document.getElementById('generation-status').textContent.includes('All')")
+        shots("webcam")
+        page.click("#webcam-continue")
 
-            for index in range(1, N_IMAGES + 1):
-                if index == 1:
-                    page.wait_for_selector("#stage-baseline:not([hidden])", timeout=30_000)
-                    shots("baseline")
-                    page.wait_for_selector("#stage-image:not([hidden])", timeout=30_000)
-                    shots("present")
-                if index == 3:
-                    # The network drops for 3 s while image 3 is on screen: chunks and events
-                    # wait in the page and are uploaded when it is back.
-                    page.wait_for_selector("#stage-image:not([hidden])", timeout=30_000)
-                    context.set_offline(True)
-                    page.wait_for_timeout(3000)
-                    context.set_offline(False)
-                if index == 4:
-                    # A reload in the middle of a presentation: a new recording segment, image 4 again.
-                    page.wait_for_selector("#stage-image:not([hidden])", timeout=30_000)
-                    page.reload()
-                if index == 2:
-                    # A reload on the survey page resumes on the same survey.
-                    page.wait_for_selector("#page-survey:not([hidden])", timeout=60_000)
-                    _wait_for(page, "document.getElementById('survey-submit').textContent === 'Next image'")
-                    page.wait_for_timeout(1500)
-                    page.reload()
-                _answer_survey(page, index, shots)
+        for index in range(1, N_IMAGES + 1):
+            if index == 1:
+                page.wait_for_selector("#stage-baseline:not([hidden])", timeout=30_000)
+                shots("baseline")
+                page.wait_for_selector("#stage-image:not([hidden])", timeout=30_000)
+                shots("present")
+            if index == 3:
+                # The network drops for 3 s while image 3 is on screen: chunks and events
+                # wait in the page and are uploaded when it is back.
+                page.wait_for_selector("#stage-image:not([hidden])", timeout=30_000)
+                context.set_offline(True)
+                page.wait_for_timeout(3000)
+                context.set_offline(False)
+            if index == 4:
+                # A reload in the middle of a presentation: a new recording segment, image 4 again.
+                page.wait_for_selector("#stage-image:not([hidden])", timeout=30_000)
+                page.reload()
+            if index == 2:
+                # A reload on the survey page resumes on the same survey.
+                page.wait_for_selector("#page-survey:not([hidden])", timeout=60_000)
+                _wait_for(page, "document.getElementById('survey-submit').textContent === 'Next image'")
+                page.wait_for_timeout(1500)
+                page.reload()
+            _answer_survey(page, index, shots)
 
-            page.wait_for_selector("#page-ranking:not([hidden])", timeout=30_000)
-            _wait_for(page, "[...document.querySelectorAll('#rank-list img')].every(i => i.complete && i.naturalWidth > 0)")
-            # Drag image 1 after image 3, then move image 5 one step to the left with the keyboard.
-            page.drag_and_drop("#rank-list li[data-image='1']", "#rank-list li[data-image='3']")
-            page.focus("#rank-list li[data-image='5']")
-            page.keyboard.press("ArrowLeft")
-            order = [int(x) for x in page.eval_on_selector_all("#rank-list li", "els => els.map(e => e.dataset.image)")]
-            assert order == [2, 3, 1, 5, 4], order
-            shots("ranking")
-            page.click("#rank-finish")
-            page.wait_for_selector("#page-done:not([hidden])", timeout=30_000)
-            shots("done")
-        finally:
-            if os.environ.get("FERGI_E2E_SCREENSHOTS"):
-                Path(os.environ["FERGI_E2E_SCREENSHOTS"], "console.txt").write_text("\n".join(console))
-            browser.close()
+        page.wait_for_selector("#page-ranking:not([hidden])", timeout=30_000)
+        _wait_for(page, "[...document.querySelectorAll('#rank-list img')].every(i => i.complete && i.naturalWidth > 0)")
+        # Drag image 1 after image 3, then move image 5 one step to the left with the keyboard.
+        page.drag_and_drop("#rank-list li[data-image='1']", "#rank-list li[data-image='3']")
+        page.focus("#rank-list li[data-image='5']")
+        page.keyboard.press("ArrowLeft")
+        order = [2, 3, 1, 5, 4]
+        _wait_for_order(page, order)
+        shots("ranking")
+        page.click("#rank-finish")
+        page.wait_for_selector("#page-done:not([hidden])", timeout=30_000)
+        shots("done")
+    finally:
+        if os.environ.get("FERGI_E2E_SCREENSHOTS"):
+            Path(os.environ["FERGI_E2E_SCREENSHOTS"], "console.txt").write_text("\n".join(console))
 
     factory = app.state.sessionmaker
     job = _wait_for_processing(app)
@@ -219,7 +214,7 @@ def _corner_is_white(path) -> np.ndarray:
     return frames[:, 8:88, 8:88].mean(axis=(1, 2, 3)) > 128
 
 
-def test_event_times_match_the_recorded_video(chromium, study_server, tmp_path):
+def test_event_times_match_the_recorded_video(page, study_server, tmp_path):
     """The reaction clip starts at the frame where the image appears, the baseline ends there.
 
     The fake camera draws, in the corner of every frame, whether the image is on screen,
@@ -229,7 +224,6 @@ def test_event_times_match_the_recorded_video(chromium, study_server, tmp_path):
     import io
 
     from PIL import Image
-    from playwright.sync_api import sync_playwright
     from skimage import data
     from sqlalchemy import select
 
@@ -239,35 +233,31 @@ def test_event_times_match_the_recorded_video(chromium, study_server, tmp_path):
     buffer = io.BytesIO()
     Image.fromarray(data.astronaut()[0:260, 100:360]).save(buffer, format="PNG")
     face_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 860})
-            page.add_init_script(SYNC_CAMERA.replace("__FACE__", face_url))
-            page.on("console", lambda msg: print("console:", msg.text))
-            page.goto(base + "/")
-            page.fill("#participant-id", "sync01")
-            page.click("#start-button")
-            page.check("#consent-agree")
-            page.click("#consent-button")
-            page.wait_for_selector("#page-prompt-structured:not([hidden])")
-            page.fill("#an-name", "cat")
-            page.click("#an-add")
-            page.click("#generate-prompt")
-            page.wait_for_selector("#generated-block:not([hidden])")
-            page.click("#structured-continue")
-            page.wait_for_selector("#page-webcam:not([hidden])")
-            _wait_for(page, "document.getElementById('preview').videoWidth > 0")
-            page.click("#webcam-check")
-            page.wait_for_selector("#webcam-status.ok", timeout=30_000)
-            page.click("#webcam-continue")
-            for index in (1, 2):
-                _answer_survey(page, index, Shots(page), n_images=2)
-            page.wait_for_selector("#page-ranking:not([hidden])", timeout=30_000)
-            page.click("#rank-finish")
-            page.wait_for_selector("#page-done:not([hidden])", timeout=30_000)
-        finally:
-            browser.close()
+    # The page's camera is the canvas above (getUserMedia replaced): the shared browser's
+    # fake device is never opened.
+    page.add_init_script(SYNC_CAMERA.replace("__FACE__", face_url))
+    page.on("console", lambda msg: print("console:", msg.text))
+    page.goto(base + "/")
+    page.fill("#participant-id", "sync01")
+    page.click("#start-button")
+    page.check("#consent-agree")
+    page.click("#consent-button")
+    page.wait_for_selector("#page-prompt-structured:not([hidden])")
+    page.fill("#an-name", "cat")
+    page.click("#an-add")
+    page.click("#generate-prompt")
+    page.wait_for_selector("#generated-block:not([hidden])")
+    page.click("#structured-continue")
+    page.wait_for_selector("#page-webcam:not([hidden])")
+    _wait_for(page, "document.getElementById('preview').videoWidth > 0")
+    page.click("#webcam-check")
+    page.wait_for_selector("#webcam-status.ok", timeout=30_000)
+    page.click("#webcam-continue")
+    for index in (1, 2):
+        _answer_survey(page, index, Shots(page), n_images=2)
+    page.wait_for_selector("#page-ranking:not([hidden])", timeout=30_000)
+    page.click("#rank-finish")
+    page.wait_for_selector("#page-done:not([hidden])", timeout=30_000)
 
     job = _wait_for_processing(app)
     assert job is not None and job.status == "done", f"processing failed: {job and job.error}"

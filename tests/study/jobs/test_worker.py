@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 
-import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
@@ -13,70 +12,18 @@ from fastapi.testclient import TestClient
 from fergi import FergiError
 from fergi.datasets import FRAME_COLUMNS, load_images, load_invalid_images, load_valid_sessions
 from fergi.study import create_app, create_generator, export_study
-from fergi.study.store import Clip, Job, StudySession
-from tests.test_study_api import (
+from fergi.study.store import Job, StudySession
+from tests.helpers.study import (
     ADMIN,
     ANSWER,
     WEBM_HEAD,
     Participant,
+    add_processed_clips,
+    fake_pipeline,
+    finished_session,
     make_settings,
     ready_participant,
 )
-
-
-def finished_session(client, app, pid="001", share=True, order=(2, 3, 1)) -> Participant:
-    p = Participant(client, pid)
-    p.consent(share=share)
-    p.write_prompt()
-    app.state.worker.run_pending("generate")
-    p.pass_webcam()
-    seg = p.start_segment()
-    assert p.chunk(seg, 0, WEBM_HEAD + b"a" * 10).status_code == 200
-    for image in (1, 2, 3):
-        p.present(seg, image, 12.0 * (image - 1))
-        assert p.call("PUT", f"/images/{image}/answer", json={**ANSWER, "overall_rating": image + 2}).status_code == 200
-    assert p.call("PUT", "/ranking", json={"order": list(order)}).status_code == 200
-    return p
-
-
-def fake_features(n: int, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    table = pd.DataFrame(rng.uniform(0, 1, (n, len(FRAME_COLUMNS))).round(2), columns=FRAME_COLUMNS)
-    table["frame"] = np.arange(1, n + 1)
-    table["timestamp"] = (np.arange(n) / 30).round(3)
-    table["face_detection_confidence_score"] = 0.95
-    return table
-
-
-def add_processed_clips(app, session_id: int) -> None:
-    """What a finished processing job leaves: clip rows and feature files."""
-    store = app.state.store
-    with app.state.sessionmaker() as db:
-        sess = db.get(StudySession, session_id)
-        for image in range(1, sess.n_images + 1):
-            for clip in ("baseline", "reaction"):
-                path = store.features_dir(sess.id) / f"{clip}_clip_{image}_features.csv"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fake_features(150, image).to_csv(path, index=False)
-                video = store.clips_dir(sess.id) / f"{clip}_clip_{image}.mp4"
-                video.parent.mkdir(parents=True, exist_ok=True)
-                video.write_bytes(b"not really a video")
-                db.add(
-                    Clip(session_id=sess.id, image_index=image, clip=clip, n_frames=150,
-                         features_file=store.relative(path), video_file=store.relative(video))
-                )
-        db.commit()
-
-
-@pytest.fixture
-def app(tmp_path):
-    return create_app(make_settings(tmp_path))
-
-
-@pytest.fixture
-def client(app):
-    with TestClient(app) as test_client:
-        yield test_client
 
 
 def test_export_writes_the_release_layout(client, app, tmp_path):
@@ -203,32 +150,11 @@ def test_background_worker_generates_while_requests_are_served(tmp_path):
             time.sleep(0.05)
 
 
-def _fake_pipeline(monkeypatch):
-    """Processing without video decoding: every presented image gets both clips."""
-    from fergi.study import processing
-
-    def fake(db, sess, store, settings, live, **kwargs):
-        presented = {e.image_index for e in sess.events if e.kind == "image_hidden"}
-        for image in sorted(presented - {c.image_index for c in sess.clips}):
-            for clip in ("baseline", "reaction"):
-                path = store.features_dir(sess.id) / f"{clip}_clip_{image}_features.csv"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fake_features(30, image).to_csv(path, index=False)
-                db.add(Clip(session_id=sess.id, image_index=image, clip=clip, n_frames=30,
-                            features_file=store.relative(path)))
-        db.commit()
-        db.refresh(sess)
-        return dict.fromkeys(presented, "done")
-
-    monkeypatch.setattr(processing, "process_ready_clips", fake)
-    monkeypatch.setattr(processing, "check_segment", lambda paths, source: None)
-
-
 def test_retention_never_deletes_video_of_a_session_still_recording(tmp_path, monkeypatch):
     from fergi.study.jobs import enqueue
     from fergi.study.protocol import retention_blocker
 
-    _fake_pipeline(monkeypatch)
+    fake_pipeline(monkeypatch)
     app = create_app(make_settings(tmp_path, retention="delete_after_features"))
     store = app.state.store
     with TestClient(app) as client:

@@ -19,6 +19,7 @@ from fergi.study.content import (
     format_validation_error,
     parse_structured_input,
 )
+from tests.helpers.services import free_port
 
 # The example of the paper's Figs. S1-S2
 PAPER_FORM = {
@@ -323,11 +324,7 @@ def test_openai_composer_falls_back_to_template(fake_endpoint, caplog, mode, rea
 
 def test_openai_composer_unreachable_falls_back(caplog):
     # a port nobody listens on: connection refused
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     composer = create_prompt_composer("openai", base_url=f"http://127.0.0.1:{port}/v1", timeout=2)
     with caplog.at_level(logging.WARNING):
         assert composer.compose(PAPER_FORM) == compose_prompt_template(PAPER_FORM)

@@ -3,144 +3,22 @@
 from __future__ import annotations
 
 import io
-import os
 import re
 
 import numpy as np
-import pytest
 from fastapi.testclient import TestClient
 
-from fergi.study import StudySettings, create_app, get_settings
-
-#: The start of a WebM stream as MediaRecorder writes it: the EBML header (DocType webm)
-#: and the Segment's id with an unknown size.
-WEBM_HEAD = bytes.fromhex(
-    "1a45dfa39f4286810142f7810142f2810442f381084282847765626d4287810242858102" "1853806701ffffffffffffff"
+from fergi.study import create_app, get_settings
+from tests.helpers.services import free_port
+from tests.helpers.study import (
+    ADMIN,
+    ANSWER,
+    FORM,
+    WEBM_HEAD,
+    Participant,
+    make_settings,
+    ready_participant,
 )
-ADMIN = {"Authorization": "Bearer test-admin"}
-FORM = {
-    "animate_objects": [
-        {"name": "cat", "quantity": 1, "activity": "sleep", "characteristics": "furry"},
-        {"name": "bird", "quantity": 1, "activity": "", "characteristics": ["red"]},
-    ],
-    "inanimate_objects": [{"name": "flower", "quantity": 1}],
-    "interactional_relations": [{"entity1": "animate:1", "entity2": "inanimate:0", "relation": "looking at"}],
-    "positional_relations": [],
-    "location": "a garden",
-    "style": "watercolor",
-    "keywords": "soft light",
-}
-ANSWER = {
-    "missing_elements": "bird",
-    "overall_rating": 5,
-    "alignment_rating": 4,
-    "fidelity_rating": 6,
-    "issues": ["blurry"],
-    "emotions": ["amused", "surprised"],
-}
-
-
-def make_settings(tmp_path, **overrides) -> StudySettings:
-    """Test settings; FERGI_TEST_DB_URL (e.g. a PostgreSQL URL) replaces the SQLite file.
-
-    With FERGI_TEST_DB_URL every call starts from empty tables.
-    """
-    db_url = os.environ.get("FERGI_TEST_DB_URL")
-    if db_url:
-        from fergi.study.store import Base, make_engine
-
-        engine = make_engine(db_url)
-        Base.metadata.drop_all(engine)
-        engine.dispose()
-    values = {
-        "db_url": db_url or None,
-        "data_dir": tmp_path / "study",
-        "admin_token": "test-admin",
-        "worker": False,
-        "seed": 0,
-        "n_images": 3,
-    }
-    values.update(overrides)
-    return StudySettings(**values)
-
-
-@pytest.fixture
-def app(tmp_path):
-    return create_app(make_settings(tmp_path))
-
-
-@pytest.fixture
-def client(app):
-    with TestClient(app) as test_client:
-        yield test_client
-
-
-class Participant:
-    """A scripted participant talking to the API."""
-
-    def __init__(self, client: TestClient, participant_id: str = "001"):
-        self.client = client
-        response = client.post("/api/sessions", json={"participant_id": participant_id})
-        assert response.status_code == 201, response.text
-        body = response.json()
-        self.id = body["session_id"]
-        self.token = body["token"]
-        self.state = body["state"]
-        self.headers = {"X-Session-Token": self.token}
-
-    def call(self, method: str, suffix: str, **kwargs):
-        headers = {**self.headers, **kwargs.pop("headers", {})}
-        return self.client.request(method, f"/api/sessions/{self.id}{suffix}", headers=headers, **kwargs)
-
-    def consent(self, share: bool = False):
-        response = self.call("POST", "/consent", json={"agree": True, "consent_version": "1", "share_video": share})
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def write_prompt(self):
-        if self.state["session_type"] == "structured":
-            response = self.call("POST", "/prompt/generate", json={"form": FORM})
-            assert response.status_code == 200, response.text
-            prompt = response.json()["prompt"] + " (edited)"
-        else:
-            prompt = "A painting of a dog in the style of Van Gogh"
-        response = self.call("PUT", "/prompt", json={"prompt": prompt})
-        assert response.status_code == 200, response.text
-        self.state = response.json()
-        return prompt
-
-    def pass_webcam(self):
-        from PIL import Image
-        from skimage import data
-
-        buffer = io.BytesIO()
-        Image.fromarray(data.astronaut()).save(buffer, format="JPEG")
-        response = self.call("POST", "/webcam-check", content=buffer.getvalue(), headers={"Content-Type": "image/jpeg"})
-        assert response.status_code == 200, response.text
-        assert response.json()["face"] is True
-        return response.json()
-
-    def start_segment(self):
-        response = self.call("POST", "/recording/segments", json={"mime_type": "video/webm;codecs=vp9", "width": 640, "height": 480})
-        assert response.status_code == 201, response.text
-        return response.json()["segment"]
-
-    def chunk(self, segment: int, seq: int, data: bytes, content_type: str = "video/webm"):
-        return self.call("PUT", f"/recording/{segment}/chunks/{seq}", content=data, headers={"Content-Type": content_type})
-
-    def present(self, segment: int, image: int, t0: float):
-        for kind, dt in (("baseline_start", 0.0), ("image_shown", 5.0), ("image_hidden", 10.0)):
-            response = self.call("POST", "/events", json={"segment": segment, "image_index": image, "kind": kind, "video_time": t0 + dt})
-            assert response.status_code == 200, response.text
-
-
-def ready_participant(client, app, pid="001") -> Participant:
-    p = Participant(client, pid)
-    p.consent(share=True)
-    p.write_prompt()
-    app.state.worker.run_pending("generate")
-    p.pass_webcam()
-    return p
 
 
 def test_whole_session_through_the_api(client, app):
@@ -478,11 +356,7 @@ def test_pages_and_security_headers(client):
 
 
 def test_llm_prompt_composer_falls_back_to_the_template(tmp_path):
-    import socket
-
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     settings = make_settings(tmp_path, prompt_llm="openai", llm_base_url=f"http://127.0.0.1:{port}/v1", llm_timeout=2.0)
     with TestClient(create_app(settings)) as client:
         p = Participant(client)

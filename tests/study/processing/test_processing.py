@@ -10,52 +10,17 @@ from fastapi.testclient import TestClient
 
 from fergi.datasets import AU_NAMES
 from fergi.study import create_app, export_study
-from tests.test_study_api import ADMIN, ANSWER, Participant, make_settings
+from tests.helpers.study import ADMIN, make_settings, run_session
 
 pytestmark = pytest.mark.slow
 
 FPS = 30
 
 
-@pytest.fixture(scope="module")
-def recording(tmp_path_factory):
-    """A VP9 webm like the browser's: 1 s neutral, then a smile, ~5 s in all."""
-    from skimage import data
-
-    from fergi.face import write_reaction_video
-
-    path = tmp_path_factory.mktemp("rec") / "recording.webm"
-    return write_reaction_video(path, data.astronaut(), neutral_s=2.5, expression_s=2.5, smile=1.0)
-
-
-def upload_recording(client, app, recording, chunk_size=48_000):
-    """A participant ready to record, whose one segment holds ``recording`` (uploaded in
-    chunks and completed): returns the participant and the segment."""
-    p = Participant(client)
-    p.consent(share=True)
-    p.write_prompt()
-    app.state.worker.run_pending("generate")
-    p.pass_webcam()
-    seg = p.start_segment()
-    data = recording.read_bytes()
-    chunks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
-    for seq, chunk in enumerate(chunks):
-        assert p.chunk(seg, seq, chunk).status_code == 200
-    assert p.call("POST", f"/recording/{seg}/complete", json={"n_chunks": len(chunks)}).status_code == 200
-    return p, seg
-
-
-def run_session(client, app, recording, chunk_size=48_000):
-    p, seg = upload_recording(client, app, recording, chunk_size)
-    # Two images, 1 s baseline and 1 s presentation each.
-    for image, start in ((1, 0.2), (2, 2.6)):
-        for kind, offset in (("baseline_start", 0.0), ("image_shown", 1.0), ("image_hidden", 2.0)):
-            response = p.call("POST", "/events", json={"segment": seg, "image_index": image, "kind": kind, "video_time": start + offset})
-            assert response.status_code == 200
-        assert p.call("PUT", f"/images/{image}/answer", json=ANSWER).status_code == 200
-    assert p.call("PUT", "/ranking", json={"order": [2, 1]}).status_code == 200
-    assert app.state.worker.run_pending("process") == 1
-    return p, seg
+@pytest.fixture
+def recording(reaction_webm):
+    """A VP9 webm like the browser's: 2.5 s neutral, then a smile, 5 s in all."""
+    return reaction_webm
 
 
 def test_processing_cuts_clips_extracts_features_and_labels(tmp_path, recording):

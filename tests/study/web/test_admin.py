@@ -17,24 +17,20 @@ from fergi.features import compute_activation_values, frame_validity
 from fergi.study import create_app
 from fergi.study.processing import binomial_ci, clip_reasons, clip_valid, validity_rules
 from fergi.study.store import Clip, Label, StudySession
-from tests.test_study_api import (
+from tests.helpers.study import (
     ADMIN,
     ANSWER,
+    PRESENTATIONS,
     WEBM_HEAD,
     Participant,
+    fake_features,
+    finished_session,
     make_settings,
+    processed_session,
     ready_participant,
 )
-from tests.test_study_processing import upload_recording
-from tests.test_study_worker import fake_features, finished_session
 
 FPS = 30
-#: (image, baseline_start) of each presentation: 1 s baseline, 1 s image. The recording is
-#: neutral for 3 s, then smiles: image 2's reaction starts with the smile, and image 3's
-#: reaction clip runs past the end of the recording (5.5 s), so it is short.
-PRESENTATIONS = ((1, 0.0), (2, 2.0), (3, 4.0))
-
-
 def make_recording(folder):
     """A VP9 webm like the browser's: 3 s neutral, then a smile, 5.5 s in all."""
     from skimage import data
@@ -42,21 +38,6 @@ def make_recording(folder):
     from fergi.face import write_reaction_video
 
     return write_reaction_video(folder / "recording.webm", data.astronaut(), neutral_s=3.0, expression_s=2.5, smile=1.0)
-
-
-def processed_session(client, app, recording, presentations=PRESENTATIONS, order=(2, 1, 3), chunk_size=48_000):
-    """A session recorded, answered, ranked and processed (geometry estimator) through the API."""
-    p, seg = upload_recording(client, app, recording, chunk_size)
-    for image, start in presentations:
-        for kind, offset in (("baseline_start", 0.0), ("image_shown", 1.0), ("image_hidden", 2.0)):
-            response = p.call(
-                "POST", "/events", json={"segment": seg, "image_index": image, "kind": kind, "video_time": start + offset}
-            )
-            assert response.status_code == 200, response.text
-        assert p.call("PUT", f"/images/{image}/answer", json=ANSWER).status_code == 200
-    assert p.call("PUT", "/ranking", json={"order": list(order)}).status_code == 200
-    assert app.state.worker.run_pending("process") == 1
-    return p
 
 
 def processed_settings(tmp_path, **overrides):
@@ -190,17 +171,6 @@ def _wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return centre - half, centre + half
-
-
-@pytest.fixture
-def app(tmp_path):
-    return create_app(make_settings(tmp_path))
-
-
-@pytest.fixture
-def client(app):
-    with TestClient(app) as test_client:
-        yield test_client
 
 
 def test_overview_agreement_matches_a_hand_count(client, app):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -15,19 +14,13 @@ from fastapi.testclient import TestClient
 
 from fergi.cli._main import main
 from fergi.study import create_app
-from tests.test_study_api import make_settings
-from tests.test_study_worker import add_processed_clips, finished_session
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.helpers.services import free_port
+from tests.helpers.study import add_processed_clips, finished_session, make_settings
 
 
 @pytest.mark.slow
 def test_serve_starts_with_zero_configuration(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERGI_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "fergi", "serve", "--port", str(port)],

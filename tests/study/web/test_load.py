@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import threading
 import time
 from pathlib import Path
@@ -16,7 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fergi.study import create_app
-from tests.test_study_api import WEBM_HEAD, make_settings, ready_participant
+from tests.helpers.services import free_port
+from tests.helpers.study import WEBM_HEAD, make_settings, ready_participant, serve
 
 
 def _upload_settings(tmp_path, **overrides):
@@ -120,25 +120,11 @@ def test_pool_is_sized_for_the_threads(tmp_path):
         assert app.state.engine.pool.timeout() == settings.db_pool_timeout == 5.0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def test_many_session_creations_at_once_never_fail(tmp_path):
     """64 participants starting at the same moment: each gets a session (or a 503 to
     retry, as the page does), never a 500; with the defaults, all of them get one."""
-    import uvicorn
-
     app = create_app(_upload_settings(tmp_path))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive()
-        time.sleep(0.05)
 
     async def start(client, pid):
         # As the page does: a 503 (busy past the pool timeout) is sent again after Retry-After.
@@ -151,14 +137,11 @@ def test_many_session_creations_at_once_never_fail(tmp_path):
 
     async def burst():
         limits = httpx.Limits(max_connections=100)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=120) as client:
+        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=120) as client:
             return await asyncio.gather(*(start(client, f"c{i:03d}") for i in range(64)))
 
-    try:
+    with serve(app) as base:
         responses = asyncio.run(burst())
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
     codes = sorted(r.status_code for r in responses)
     assert codes == [201] * 64, [r.text for r in responses if r.status_code != 201][:3]
     with app.state.sessionmaker() as db:
@@ -197,7 +180,7 @@ def test_serve_with_several_processes(tmp_path):
     import subprocess
     import sys
 
-    port = _free_port()
+    port = free_port()
     import fergi
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERGI_")}
@@ -225,7 +208,7 @@ def test_serve_with_several_processes(tmp_path):
             api, headers = f"/api/sessions/{body['session_id']}", {"X-Session-Token": body["token"]}
             client.post(f"{api}/consent", json={"agree": True, "consent_version": "1"}, headers=headers).raise_for_status()
             if body["state"]["session_type"] == "structured":
-                from tests.test_study_api import FORM
+                from tests.helpers.study import FORM
 
                 client.post(f"{api}/prompt/generate", json={"form": FORM}, headers=headers).raise_for_status()
             client.put(f"{api}/prompt", json={"prompt": "a dog"}, headers=headers).raise_for_status()

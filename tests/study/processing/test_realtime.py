@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from fergi.datasets import FRAME_COLUMNS
 from fergi.study import create_app
 from fergi.study.store import Clip, Job, Label, StudySession
-from tests.test_study_api import ADMIN, ANSWER, Participant, make_settings
+from tests.helpers.study import ADMIN, ANSWER, Participant, make_settings
 
 FPS = 30
 N_IMAGES = 5

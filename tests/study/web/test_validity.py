@@ -2,7 +2,7 @@
 from one source, a client disconnect in one log line, abandoned sessions after 15 min.
 
 The browser side (blanking under a pause, the ID rule, the form at 390x844, uploads on a
-slow uplink) is in ``tests/e2e/test_study_browser_validity.py``.
+slow uplink) is in ``tests/study/web/browser/test_validity.py``.
 """
 
 from __future__ import annotations
@@ -17,18 +17,7 @@ from fastapi.testclient import TestClient
 
 from fergi.study import create_app
 from fergi.study.store import StudySession
-from tests.test_study_api import ADMIN, ANSWER, FORM, Participant, make_settings, ready_participant
-
-
-@pytest.fixture
-def app(tmp_path):
-    return create_app(make_settings(tmp_path))
-
-
-@pytest.fixture
-def client(app):
-    with TestClient(app) as test_client:
-        yield test_client
+from tests.helpers.study import ADMIN, ANSWER, FORM, Participant, make_settings, ready_participant
 
 
 def _event(p, segment, image, kind, t, reason=None):

@@ -17,32 +17,15 @@ from fastapi.testclient import TestClient
 from fergi import FergiError
 from fergi.study import create_app
 from tests.helpers import study_cluster as cluster
-from tests.test_study_api import ADMIN, Participant, make_settings
+from tests.helpers.paths import BENCHMARKS, REPO_ROOT
+from tests.helpers.study import ADMIN, Participant, make_settings
 
 MEDIA_SUFFIXES = {".webm", ".mp4", ".png", ".csv", ".json", ".part"}
 
 
-@pytest.fixture(scope="module")
-def recording(tmp_path_factory):
-    return cluster.make_recording(tmp_path_factory.mktemp("rec") / "recording.webm")
-
-
 @pytest.fixture
-def s3():
-    pytest.importorskip("moto.server")
-    pytest.importorskip("s3fs")
-    server = cluster.MotoS3()
-    old = {k: os.environ.get(k) for k in server.env}
-    os.environ.update(server.env)
-    try:
-        yield server
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        server.stop()
+def recording(reaction_webm):
+    return reaction_webm
 
 
 def _local_files(folder: Path) -> list[Path]:
@@ -108,7 +91,7 @@ def test_unreachable_bucket_is_one_line(s3):
 def test_local_chunks_keep_their_layout(tmp_path):
     app = create_app(make_settings(tmp_path))
     with TestClient(app) as client:
-        from tests.test_study_api import WEBM_HEAD, ready_participant
+        from tests.helpers.study import WEBM_HEAD, ready_participant
 
         p = ready_participant(client, app)
         seg = p.start_segment()
@@ -157,7 +140,7 @@ def test_bad_media_key_is_one_line(tmp_path):
 @pytest.mark.slow
 def test_raw_video_is_encrypted_at_rest_and_still_processed(tmp_path, recording):
     fernet = pytest.importorskip("cryptography.fernet")
-    from tests.test_study_processing import run_session
+    from tests.helpers.study import run_session
 
     key = fernet.Fernet.generate_key().decode()
     settings = make_settings(tmp_path, n_images=2, baseline_s=1.0, present_s=1.0, media_key=key)
@@ -252,7 +235,7 @@ def test_schema_is_created_once_by_processes_starting_together(postgres_url):
 
     db_url = cluster.fresh_database(postgres_url)
     code = "import sys; from fergi.study.jobs import prepare_database; prepare_database(sys.argv[1]).dispose()"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
     procs = [subprocess.Popen([sys.executable, "-c", code, db_url], env=env, stderr=subprocess.PIPE)
              for _ in range(3)]
     errors = [p.communicate(timeout=120)[1] for p in procs]
@@ -383,7 +366,7 @@ def test_sessions_survive_a_killed_worker_with_media_on_s3(tmp_path, postgres_ur
 
 @pytest.mark.slow
 def test_scale_figures_quick():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(BENCHMARKS))
     from _scale_study import session_processing_figures
 
     figures = session_processing_figures(quick=True)

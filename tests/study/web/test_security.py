@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import stat
 import threading
 import time
@@ -16,23 +15,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fergi.study import create_app
-from tests.test_study_api import ADMIN, ANSWER, WEBM_HEAD, make_settings, ready_participant
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def any_db(request, monkeypatch):
-    """Run the test on SQLite and on PostgreSQL (make_settings reads FERGI_TEST_DB_URL)."""
-    if request.param == "postgresql":
-        monkeypatch.setenv("FERGI_TEST_DB_URL", request.getfixturevalue("postgres_url"))
-    else:
-        monkeypatch.delenv("FERGI_TEST_DB_URL", raising=False)
-    return request.param
-
+from tests.helpers.services import free_port
+from tests.helpers.study import ADMIN, ANSWER, WEBM_HEAD, make_settings, ready_participant
 
 # ---------------------------------------------------------------- control characters
 
 
-def test_control_characters_are_refused_with_422_everywhere(tmp_path, any_db):
+def test_control_characters_are_refused_with_422_everywhere(tmp_path, backend):
     app = create_app(make_settings(tmp_path))
     with TestClient(app) as client:
         # Open without login: PostgreSQL refused the NUL with a 500 here.
@@ -67,11 +56,6 @@ def test_control_characters_are_refused_with_422_everywhere(tmp_path, any_db):
 # ---------------------------------------------------------------- proxies
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def _serve(app, tmp_path, extra_args=()):
     """The app in a real uvicorn, configured as `fergi serve` configures it."""
@@ -80,13 +64,14 @@ def _serve(app, tmp_path, extra_args=()):
     from fergi.cli._main import build_parser
     from fergi.cli.serve import uvicorn_options
 
-    port = _free_port()
+    port = free_port()
     args = build_parser().parse_args(["serve", "--port", str(port), "--data-dir", str(tmp_path), *extra_args])
     server = uvicorn.Server(uvicorn.Config(app, **{**uvicorn_options(args, app.state.settings), "log_level": "warning"}))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    deadline = time.monotonic() + 30
     while not server.started:
-        assert thread.is_alive(), "uvicorn did not start"
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start within 30 s"
         time.sleep(0.05)
     return server, thread, f"http://127.0.0.1:{port}"
 
@@ -325,7 +310,7 @@ def test_admin_token_is_printed_once(tmp_path, monkeypatch, capsys):
     runs = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: runs.append(kwargs))
     data = tmp_path / "d"
-    argv = ["serve", "--data-dir", str(data), "--port", str(_free_port())]
+    argv = ["serve", "--data-dir", str(data), "--port", str(free_port())]
     assert main(argv) == 0
     first = capsys.readouterr().out
     token = (data / "admin_token").read_text().strip()
