@@ -1,7 +1,7 @@
 """Session-processing throughput of the study with 1 and 2 ``fergi worker`` processes.
 
 Used by ``benchmarks/bench_scale.py`` (not a benchmark on its own). A throwaway
-PostgreSQL (``tests/_services.py``), one ``fergi serve --no-worker`` and the workers run
+PostgreSQL (``tests/helpers/services.py``), one ``fergi serve --no-worker`` and the workers run
 as separate OS processes on 127.0.0.1 with a shared local media folder. For each
 worker count a batch of simulated sessions (real WebM recordings over HTTP) is
 finished first, with nothing processing; then the workers start and take every job
@@ -12,7 +12,7 @@ is not counted, and reported as ratios to the one-worker figure.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import sys
 import tempfile
 import time
@@ -22,12 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load(name: str):
-    """Import ``tests/<name>.py`` by path (``tests/`` is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(name, module)
-    spec.loader.exec_module(module)
-    return module
+    """``tests.helpers.<name>`` (the test suite's throwaway services), from the checkout."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return importlib.import_module(f"tests.helpers.{name}")
 
 
 def _run_batch(study, cluster, recording: bytes, n_workers: int, n_sessions: int, first_pid: int) -> dict:
@@ -107,8 +105,8 @@ def session_processing_figures(quick: bool = False) -> dict:
     RuntimeError
         PostgreSQL binaries missing (the reason says which), or a job failed.
     """
-    services = _load("_services")
-    cluster = _load("_study_cluster")
+    services = _load("services")
+    cluster = _load("study_cluster")
     reason = services.postgres_missing()
     if reason:
         raise RuntimeError(f"session-processing figures need PostgreSQL: {reason}")

@@ -68,3 +68,12 @@ def postgres_url():
         pytest.skip(reason)
     with throwaway_postgres() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory):
+    """Two smile clips and a face-less room video in a study-like folder (``fergi extract``'s
+    input in the CLI and Ray tests). Read-only: tests copy it before writing next to it."""
+    from tests.helpers.videos import write_study_videos
+
+    return write_study_videos(tmp_path_factory.mktemp("study"))

@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,6 @@ from fergi import FergiError
 from fergi.au import import_feature_folder, import_features, ratios_from_head_pose, read_tool_output
 from fergi.cli import main
 from fergi.datasets import AU_NAMES, FRAME_COLUMNS, feature_provenance, load_frames
-
-sys.path.insert(0, str(Path(__file__).parent))
 from tests.helpers.tool_outputs import (
     FERGI_TO_NUMBER,
     openface_columns,
@@ -159,8 +156,8 @@ def astronaut_mesh():
 
 
 def test_libreface_fixture_uses_facemesh_ratios_and_restores_dropped_frames(tmp_path, astronaut_mesh):
-    from tests.helpers.tool_outputs import libreface_table
     from fergi.face import pose_ratios
+    from tests.helpers.tool_outputs import libreface_table
 
     frames = np.array([0, 1, 2, 4, 5])  # LibreFace dropped frame 3 (no face found)
     mesh = np.stack([astronaut_mesh + [k, 0.5 * k] for k in range(5)])

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.helpers.release import make_release
 from fergi import FergiError
 from fergi.datasets import (
     AU_NAMES,
@@ -19,6 +18,7 @@ from fergi.datasets import (
     load_invalid_images,
     load_valid_sessions,
 )
+from tests.helpers.release import make_release
 
 
 def _frames(n=30, fps=30.0, conf=0.97):

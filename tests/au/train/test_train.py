@@ -36,8 +36,9 @@ from fergi.au.train import (
     write_synthetic_datasets,
 )
 from fergi.datasets import AU_NAMES
+from tests.helpers.paths import BENCHMARKS, SRC
+from tests.helpers.services import free_port
 
-REPO = Path(__file__).resolve().parents[1]
 # Small, fast model and the learning rate it needs to learn in a few dozen steps.
 TINY = dict(
     width=4, layers=(1, 1, 1, 1), batch_size=16, lr_head=3e-3, lr_backbone=3e-3, device="cpu"
@@ -759,21 +760,13 @@ def test_cross_validation_prints_the_table_and_fills_the_run_folder(synthetic, t
 def _run_cli(args, env_extra=None):
     env = {
         **os.environ,
-        "PYTHONPATH": str(REPO / "src"),
+        "PYTHONPATH": str(SRC),
         "OMP_NUM_THREADS": "2",
         **(env_extra or {}),
     }
     return subprocess.run(
         [sys.executable, "-m", "fergi", *args], env=env, capture_output=True, text=True, timeout=600
     )
-
-
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -811,7 +804,7 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_ddp_run(synthetic,
         "WORLD_SIZE": "1",
         "LOCAL_RANK": "0",
         "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(_free_port()),
+        "MASTER_PORT": str(free_port()),
     }
     whole = _run_cli(_cli(synthetic, ref, "--epochs", "2"), env)
     assert whole.returncode == 0, whole.stderr[-2000:]
@@ -827,12 +820,12 @@ def test_benchmark_quick_mode_prints_figures():
     result = subprocess.run(
         [
             sys.executable,
-            str(REPO / "benchmarks" / "bench_train_au.py"),
+            str(BENCHMARKS / "bench_train_au.py"),
             "--quick",
             "--threads",
             "2",
         ],
-        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        env={**os.environ, "PYTHONPATH": str(SRC)},
         capture_output=True,
         text=True,
         timeout=600,
