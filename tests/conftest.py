@@ -71,6 +71,19 @@ def postgres_url():
 
 
 @pytest.fixture(scope="session")
+def analyzer():
+    """One face analyser (BlazeFace and FaceMesh graphs) for the session.
+
+    Making the MediaPipe graphs is the costly part; with tracking off (the default) the
+    analyser keeps nothing from one frame to the next, so the tests can share it.
+    """
+    from fergi.face import FaceAnalyzer
+
+    with FaceAnalyzer() as shared:
+        yield shared
+
+
+@pytest.fixture(scope="session")
 def videos(tmp_path_factory):
     """Two smile clips and a face-less room video in a study-like folder (``fergi extract``'s
     input in the CLI and Ray tests). Read-only: tests copy it before writing next to it."""
