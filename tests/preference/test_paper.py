@@ -27,13 +27,11 @@ EQ5_AUCOMB = {"AUcomb": 58.55, "ImageReward": 64.23, "PickScore": 67.57, "HPSv2"
 
 
 @pytest.fixture(scope="module")
-def release(fergi_public):
-    from fergi.datasets import load_frames, load_images, load_invalid_images
-    from fergi.features import compute_activation_values, image_table, screen_participants
+def release(release_table, release_clips):
+    """The per-image table and the screened-out participants (from the session's release)."""
+    from fergi.features import screen_participants
 
-    clips = compute_activation_values(load_frames(fergi_public))
-    table = image_table(load_images(fergi_public), clips, load_invalid_images(fergi_public))
-    return table, screen_participants(clips)
+    return release_table, screen_participants(release_clips)
 
 
 @pytest.fixture(scope="module")
