@@ -51,6 +51,22 @@ def release_table(fergi_public, release_clips):
 
 
 @pytest.fixture(scope="session")
+def release_screened_out(release_clips):
+    """The participants the paper screens out (baseline AU4): 002, 004 and 039."""
+    from fergi.features import screen_participants
+
+    return screen_participants(release_clips)
+
+
+@pytest.fixture(scope="session")
+def paper_tables(release_table, release_screened_out):
+    """Tables 1 and 2 of the paper reproduced from the release, without FAU-Net."""
+    from fergi.preference import reproduce_paper_tables
+
+    return reproduce_paper_tables(release_table, excluded=release_screened_out, faunet=False)
+
+
+@pytest.fixture(scope="session")
 def postgres_url():
     """A throwaway PostgreSQL (initdb + pg_ctl on 127.0.0.1) for the test session.
 
