@@ -769,30 +769,44 @@ def _run_cli(args, env_extra=None):
     )
 
 
+@pytest.fixture(scope="module")
+def synthetic_small(tmp_path_factory):
+    """A smaller synthetic DISFA (2 subjects x 2 cameras x 16 frames) and DISFA+ (1 x 16),
+    cached: 80 frames, 5 steps of 16 an epoch, for the runs in subprocesses (a step of the
+    tiny model costs about a CPU-second; the resume rules do not need more of them)."""
+    root = tmp_path_factory.mktemp("synthetic_au_small")
+    disfa, plus = write_synthetic_datasets(
+        root, disfa_subjects=2, plus_subjects=1, frames=16, seed=0
+    )
+    build_cache(read_datasets(disfa, plus), root / "cache", progress=False, preprocessing="fergi")
+    return {"root": root, "disfa": disfa, "plus": plus}
+
+
 @pytest.mark.slow
-def test_killed_training_resumes_and_matches_an_uninterrupted_ddp_run(synthetic, tmp_path):
+def test_killed_training_resumes_and_matches_an_uninterrupted_ddp_run(synthetic_small, tmp_path):
     import torch
 
     from fergi.au.train._train import KILL_ENV
 
-    steps_per_epoch = 25  # 400 frames, batch 16
+    synthetic = synthetic_small
+    steps_per_epoch = 5  # 80 frames, batch 16
     out = tmp_path / "a" / "model.pth"
-    # Checkpoints at each epoch's end and every 4 steps; killed at step 3 of epoch 2.
-    args = _cli(synthetic, out, "--epochs", "2", "--save-every", "4")
-    killed = _run_cli(args, {KILL_ENV: str(steps_per_epoch + 3)})
+    # Checkpoints at each epoch's end and every 2 steps; killed at step 1 of epoch 2.
+    args = _cli(synthetic, out, "--epochs", "2", "--save-every", "2")
+    killed = _run_cli(args, {KILL_ENV: str(steps_per_epoch + 1)})
     assert killed.returncode == -9, killed.stderr[-2000:]
     state = torch.load(out.parent / "model_run" / "final" / "state.pt", weights_only=True)
     assert (state["epoch"], state["step"], len(state["history"])) == (1, 0, steps_per_epoch)
     assert not out.exists()
-    # Killed again mid-epoch, after the step-8 checkpoint of epoch 2.
-    killed = _run_cli(args, {KILL_ENV: str(steps_per_epoch + 10)})
+    # Killed again mid-epoch, after the step-2 checkpoint of epoch 2.
+    killed = _run_cli(args, {KILL_ENV: str(steps_per_epoch + 3)})
     assert killed.returncode == -9 and "resuming at epoch 2, step 0" in killed.stderr
     state = torch.load(out.parent / "model_run" / "final" / "state.pt", weights_only=True)
-    assert (state["epoch"], state["step"], len(state["history"])) == (1, 8, steps_per_epoch + 8)
+    assert (state["epoch"], state["step"], len(state["history"])) == (1, 2, steps_per_epoch + 2)
 
     resumed = _run_cli(args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming at epoch 2, step 8" in resumed.stderr
+    assert "resuming at epoch 2, step 2" in resumed.stderr
     losses = pd.read_csv(out.parent / "model_run" / "losses.csv")
     assert losses["step"].tolist() == list(range(1, 2 * steps_per_epoch + 1))
 
