@@ -11,7 +11,7 @@
    weights, which a benchmark cannot assume) on a
    synthetic DISFA/DISFA+ tree (MJPEG .avi videos and jpg folders).
 3. With ``--amp-icc``: what mixed precision costs in accuracy. The small model of
-   the synthetic learning test (tests/test_train_au.py) is trained twice on the same
+   the synthetic learning test (tests/au/train/test_train.py) is trained twice on the same
    synthetic subjects, in fp32 and with ``--amp``, and the held-out subjects' ICC(3,1)
    of AU12 and AU4 is printed for each (on the GPU when present, else the CPU, where
    mixed precision is bfloat16 autocast).
@@ -106,7 +106,7 @@ def train_speed(
 def amp_icc(folder: Path, device: str) -> dict:
     """Held-out ICC(3,1) of AU12 and AU4 after training in fp32 and with ``amp``.
 
-    The data, model and schedule of tests/test_train_au.py's learning test: 4 DISFA
+    The data, model and schedule of tests/au/train/test_train.py's learning test: 4 DISFA
     and 2 DISFA+ synthetic subjects of 40 frames (seed 0); SN002 and SN006 held
     out; width 4, one block a stage, batch 16, learning rate 3e-3, 6 epochs.
     """

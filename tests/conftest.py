@@ -51,6 +51,22 @@ def release_table(fergi_public, release_clips):
 
 
 @pytest.fixture(scope="session")
+def release_screened_out(release_clips):
+    """The participants the paper screens out (baseline AU4): 002, 004 and 039."""
+    from fergi.features import screen_participants
+
+    return screen_participants(release_clips)
+
+
+@pytest.fixture(scope="session")
+def paper_tables(release_table, release_screened_out):
+    """Tables 1 and 2 of the paper reproduced from the release, without FAU-Net."""
+    from fergi.preference import reproduce_paper_tables
+
+    return reproduce_paper_tables(release_table, excluded=release_screened_out, faunet=False)
+
+
+@pytest.fixture(scope="session")
 def postgres_url():
     """A throwaway PostgreSQL (initdb + pg_ctl on 127.0.0.1) for the test session.
 
@@ -68,3 +84,25 @@ def postgres_url():
         pytest.skip(reason)
     with throwaway_postgres() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def analyzer():
+    """One face analyser (BlazeFace and FaceMesh graphs) for the session.
+
+    Making the MediaPipe graphs is the costly part; with tracking off (the default) the
+    analyser keeps nothing from one frame to the next, so the tests can share it.
+    """
+    from fergi.face import FaceAnalyzer
+
+    with FaceAnalyzer() as shared:
+        yield shared
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory):
+    """Two smile clips and a face-less room video in a study-like folder (``fergi extract``'s
+    input in the CLI and Ray tests). Read-only: tests copy it before writing next to it."""
+    from tests.helpers.videos import write_study_videos
+
+    return write_study_videos(tmp_path_factory.mktemp("study"))

@@ -4,7 +4,7 @@ The equality with the authors' own code is checked by
 ``tools/check_au_preprocessing_against_authors.py`` (which needs a copy of their
 repository): on these and other frames it found 0 difference in the crops, ratios and
 IR-50 outputs. The pinned crops below (``tests/data/authors_crops.npz``, made by fergi's
-path after that check; regenerate with ``python tests/test_authors_preprocessing.py``)
+path after that check; regenerate with ``python -m tests.face.test_authors_preprocessing``)
 catch any later change to the path without the authors' code. The landmark weights are
 synthetic in the authors' format: every output is the mean face
 (``fergi.face.mean_face_68``), the same bits on every machine, so the alignment is a
@@ -34,8 +34,9 @@ from fergi.face import (
     pose_ratios_68,
     save_synthetic_landmark_weights,
 )
+from tests.helpers.paths import TEST_DATA
 
-PINNED = Path(__file__).parent / "data" / "authors_crops.npz"
+PINNED = TEST_DATA / "authors_crops.npz"
 
 
 def _hopper() -> np.ndarray:

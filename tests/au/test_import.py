@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,6 @@ from fergi import FergiError
 from fergi.au import import_feature_folder, import_features, ratios_from_head_pose, read_tool_output
 from fergi.cli import main
 from fergi.datasets import AU_NAMES, FRAME_COLUMNS, feature_provenance, load_frames
-
-sys.path.insert(0, str(Path(__file__).parent))
 from tests.helpers.tool_outputs import (
     FERGI_TO_NUMBER,
     openface_columns,

@@ -16,7 +16,8 @@ from skimage import data
 
 from fergi.au import GeometryAUEstimator, extract_features, least_expressive_frames
 from fergi.datasets import AU_NAMES
-from fergi.face import FaceAnalyzer, reaction_frames, write_reaction_video
+from fergi.face import reaction_frames, write_reaction_video
+from tests.helpers.paths import BENCHMARKS
 
 pytestmark = pytest.mark.slow  # a few synthetic videos, 10-20 s in all
 
@@ -25,12 +26,6 @@ FPS = 30
 NEUTRAL_S, EXPRESSION_S = 0.4, 1.6  # 12 of 60 frames neutral
 N_NEUTRAL = round(NEUTRAL_S * FPS)
 HELD = slice(N_NEUTRAL + 8, None)  # after the 0.2 s onset
-
-
-@pytest.fixture(scope="module")
-def analyzer():
-    with FaceAnalyzer() as a:
-        yield a
 
 
 def _clip(folder, kind, amount):
@@ -158,9 +153,8 @@ def test_a_neutral_clip_uses_all_its_frames(analyzer):
 
 def test_crosstalk_benchmark_quick_mode(capsys):
     import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_geometry_crosstalk.py"
+    path = BENCHMARKS / "bench_geometry_crosstalk.py"
     spec = importlib.util.spec_from_file_location("bench_geometry_crosstalk", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -36,8 +36,9 @@ from fergi.au.train import (
     write_synthetic_datasets,
 )
 from fergi.datasets import AU_NAMES
+from tests.helpers.paths import BENCHMARKS, SRC
+from tests.helpers.services import free_port
 
-REPO = Path(__file__).resolve().parents[1]
 # Small, fast model and the learning rate it needs to learn in a few dozen steps.
 TINY = dict(
     width=4, layers=(1, 1, 1, 1), batch_size=16, lr_head=3e-3, lr_backbone=3e-3, device="cpu"
@@ -759,7 +760,7 @@ def test_cross_validation_prints_the_table_and_fills_the_run_folder(synthetic, t
 def _run_cli(args, env_extra=None):
     env = {
         **os.environ,
-        "PYTHONPATH": str(REPO / "src"),
+        "PYTHONPATH": str(SRC),
         "OMP_NUM_THREADS": "2",
         **(env_extra or {}),
     }
@@ -768,38 +769,44 @@ def _run_cli(args, env_extra=None):
     )
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="module")
+def synthetic_small(tmp_path_factory):
+    """A smaller synthetic DISFA (2 subjects x 2 cameras x 16 frames) and DISFA+ (1 x 16),
+    cached: 80 frames, 5 steps of 16 an epoch, for the runs in subprocesses (a step of the
+    tiny model costs about a CPU-second; the resume rules do not need more of them)."""
+    root = tmp_path_factory.mktemp("synthetic_au_small")
+    disfa, plus = write_synthetic_datasets(
+        root, disfa_subjects=2, plus_subjects=1, frames=16, seed=0
+    )
+    build_cache(read_datasets(disfa, plus), root / "cache", progress=False, preprocessing="fergi")
+    return {"root": root, "disfa": disfa, "plus": plus}
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_and_matches_an_uninterrupted_ddp_run(synthetic, tmp_path):
+def test_killed_training_resumes_and_matches_an_uninterrupted_ddp_run(synthetic_small, tmp_path):
     import torch
 
     from fergi.au.train._train import KILL_ENV
 
-    steps_per_epoch = 25  # 400 frames, batch 16
+    synthetic = synthetic_small
+    steps_per_epoch = 5  # 80 frames, batch 16
     out = tmp_path / "a" / "model.pth"
-    # Checkpoints at each epoch's end and every 4 steps; killed at step 3 of epoch 2.
-    args = _cli(synthetic, out, "--epochs", "2", "--save-every", "4")
-    killed = _run_cli(args, {KILL_ENV: str(steps_per_epoch + 3)})
+    # Checkpoints at each epoch's end and every 2 steps; killed at step 1 of epoch 2.
+    args = _cli(synthetic, out, "--epochs", "2", "--save-every", "2")
+    killed = _run_cli(args, {KILL_ENV: str(steps_per_epoch + 1)})
     assert killed.returncode == -9, killed.stderr[-2000:]
     state = torch.load(out.parent / "model_run" / "final" / "state.pt", weights_only=True)
     assert (state["epoch"], state["step"], len(state["history"])) == (1, 0, steps_per_epoch)
     assert not out.exists()
-    # Killed again mid-epoch, after the step-8 checkpoint of epoch 2.
-    killed = _run_cli(args, {KILL_ENV: str(steps_per_epoch + 10)})
+    # Killed again mid-epoch, after the step-2 checkpoint of epoch 2.
+    killed = _run_cli(args, {KILL_ENV: str(steps_per_epoch + 3)})
     assert killed.returncode == -9 and "resuming at epoch 2, step 0" in killed.stderr
     state = torch.load(out.parent / "model_run" / "final" / "state.pt", weights_only=True)
-    assert (state["epoch"], state["step"], len(state["history"])) == (1, 8, steps_per_epoch + 8)
+    assert (state["epoch"], state["step"], len(state["history"])) == (1, 2, steps_per_epoch + 2)
 
     resumed = _run_cli(args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming at epoch 2, step 8" in resumed.stderr
+    assert "resuming at epoch 2, step 2" in resumed.stderr
     losses = pd.read_csv(out.parent / "model_run" / "losses.csv")
     assert losses["step"].tolist() == list(range(1, 2 * steps_per_epoch + 1))
 
@@ -811,7 +818,7 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_ddp_run(synthetic,
         "WORLD_SIZE": "1",
         "LOCAL_RANK": "0",
         "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(_free_port()),
+        "MASTER_PORT": str(free_port()),
     }
     whole = _run_cli(_cli(synthetic, ref, "--epochs", "2"), env)
     assert whole.returncode == 0, whole.stderr[-2000:]
@@ -827,12 +834,12 @@ def test_benchmark_quick_mode_prints_figures():
     result = subprocess.run(
         [
             sys.executable,
-            str(REPO / "benchmarks" / "bench_train_au.py"),
+            str(BENCHMARKS / "bench_train_au.py"),
             "--quick",
             "--threads",
             "2",
         ],
-        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        env={**os.environ, "PYTHONPATH": str(SRC)},
         capture_output=True,
         text=True,
         timeout=600,

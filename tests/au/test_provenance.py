@@ -26,15 +26,9 @@ def video(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """Tiny-effort IR-50 weights of the published shape (random, created here)."""
-    torch = pytest.importorskip("torch")
-    from fergi.au import build_ir50
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "au_model.pth"
-    torch.save(build_ir50().state_dict(), path)
-    return path
+def weights(checkpoint):
+    """IR-50 weights of the published shape (random, created by tests/au/conftest.py)."""
+    return checkpoint
 
 
 def _meta(folder):

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
-from skimage import data
 
 from fergi.cli._main import main
 from fergi.datasets import FRAME_COLUMNS
-from fergi.face import reaction_frames
 from fergi.features import compute_activation_values
-from fergi.video import write_video
-
-
-@pytest.fixture(scope="module")
-def videos(tmp_path_factory):
-    root = tmp_path_factory.mktemp("study")
-    frames = list(reaction_frames(data.astronaut(), neutral_s=0.4, expression_s=0.4, smile=0.8))
-    (root / "p1" / "session_1").mkdir(parents=True)
-    write_video(root / "p1" / "session_1" / "reaction_clip_1.mp4", frames)
-    write_video(root / "p1" / "session_1" / "reaction_clip_2.webm", frames[::-1])
-    write_video(root / "p1" / "room.y4m", [np.full((120, 160, 3), 70, np.uint8)] * 5)
-    return root
+from tests.helpers.videos import gray_clip
 
 
 def test_batch_resume_and_report(videos, tmp_path, capsys):
@@ -143,13 +129,6 @@ def test_decimals_follow_the_release_per_clip_kind(videos, tmp_path):
     assert all(len(v.split(".")[1]) == 2 for v in forced[2:])
 
 
-def _gray_clip(path, n_frames, level=70):
-    """A small face-less clip: quick to extract, its row count tells it apart."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_video(path, [np.full((64, 96, 3), level, np.uint8)] * n_frames)
-    return path
-
-
 def _outputs(out):
     """{output path relative to OUT: number of rows}."""
     return {
@@ -160,7 +139,7 @@ def _outputs(out):
 def test_same_named_videos_in_several_folders_get_their_own_outputs(tmp_path, capsys):
     inp = tmp_path / "in"
     for i, folder in enumerate(("s1", "s2", "s3")):
-        _gray_clip(inp / folder / "reaction_clip_1.mp4", 3 + i)
+        gray_clip(inp / folder / "reaction_clip_1.mp4", 3 + i)
     s1, s2, s3 = (str(inp / f) for f in ("s1", "s2", "s3"))
     expected = {f"s{i + 1}/reaction_clip_1_features.csv": 3 + i for i in range(3)}
 
@@ -188,8 +167,8 @@ def test_same_named_videos_in_several_folders_get_their_own_outputs(tmp_path, ca
 
 
 def test_a_video_given_twice_is_extracted_once(tmp_path, capsys):
-    video = _gray_clip(tmp_path / "in" / "s1" / "clip.mp4", 3)
-    _gray_clip(tmp_path / "in" / "s2" / "clip.mp4", 4)
+    video = gray_clip(tmp_path / "in" / "s1" / "clip.mp4", 3)
+    gray_clip(tmp_path / "in" / "s2" / "clip.mp4", 4)
     out = tmp_path / "out"
     args = [str(video), str(tmp_path / "in" / "s1"), str(tmp_path / "in" / "s2"), str(video)]
     assert main(["extract", *args, "--out", str(out)]) == 0
@@ -199,9 +178,9 @@ def test_a_video_given_twice_is_extracted_once(tmp_path, capsys):
 
 
 def test_input_folders_with_the_same_name_and_same_stem_videos(tmp_path):
-    a = _gray_clip(tmp_path / "a" / "s1" / "clip.mp4", 3).parent
-    b = _gray_clip(tmp_path / "b" / "s1" / "clip.mp4", 4).parent
-    _gray_clip(a / "clip.webm", 5)
+    a = gray_clip(tmp_path / "a" / "s1" / "clip.mp4", 3).parent
+    b = gray_clip(tmp_path / "b" / "s1" / "clip.mp4", 4).parent
+    gray_clip(a / "clip.webm", 5)
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(["extract", str(a), str(b), "--out", str(one)]) == 0
     assert main(["extract", str(b), str(a), "--out", str(two)]) == 0
@@ -219,8 +198,8 @@ def test_a_video_that_cannot_be_mapped_is_reported_not_dropped(tmp_path, monkeyp
 
     # Force every disambiguating hash to clash: nothing can separate the two videos.
     monkeypatch.setattr(_extract, "_short_hash", lambda path, n=6: "0")
-    a = _gray_clip(tmp_path / "a" / "s1" / "clip.mp4", 3).parent
-    b = _gray_clip(tmp_path / "b" / "s1" / "clip.mp4", 4).parent
+    a = gray_clip(tmp_path / "a" / "s1" / "clip.mp4", 3).parent
+    b = gray_clip(tmp_path / "b" / "s1" / "clip.mp4", 4).parent
     out = tmp_path / "out"
     assert main(["extract", str(a), str(b), "--out", str(out)]) == 1
     assert "clip.mp4" in capsys.readouterr().err
@@ -231,15 +210,15 @@ def test_a_video_that_cannot_be_mapped_is_reported_not_dropped(tmp_path, monkeyp
 
 def test_single_input_with_two_extensions_of_one_name(tmp_path):
     folder = tmp_path / "in"
-    _gray_clip(folder / "x.mp4", 3)
-    _gray_clip(folder / "x.webm", 4)
+    gray_clip(folder / "x.mp4", 3)
+    gray_clip(folder / "x.webm", 4)
     out = tmp_path / "out"
     assert main(["extract", str(folder), "--out", str(out)]) == 0
     assert _outputs(out) == {"x_mp4_features.csv": 3, "x_webm_features.csv": 4}
 
 
 def test_bad_out_is_a_one_line_error(tmp_path, capsys):
-    video = _gray_clip(tmp_path / "clip.mp4", 3)
+    video = gray_clip(tmp_path / "clip.mp4", 3)
     a_file = tmp_path / "taken.txt"
     a_file.write_text("not a folder")
     for out in (a_file, a_file / "sub"):
@@ -261,7 +240,7 @@ def test_interrupt_leaves_a_report_of_finished_videos(tmp_path, monkeypatch, cap
     from fergi.batch import _jobs
 
     for i in range(3):
-        _gray_clip(tmp_path / "in" / f"clip_{i}.mp4", 3 + i)
+        gray_clip(tmp_path / "in" / f"clip_{i}.mp4", 3 + i)
     real = _jobs._process
     calls = []
 
@@ -331,7 +310,7 @@ def test_library_rejects_a_baseline_of_no_seconds(tmp_path):
     from fergi import FergiError
     from fergi.au import extract_features
 
-    video = _gray_clip(tmp_path / "clip.mp4", 3)
+    video = gray_clip(tmp_path / "clip.mp4", 3)
     for bad in (0, -1.0, float("nan")):
         with pytest.raises(FergiError, match="baseline_seconds"):
             extract_features(video, baseline_seconds=bad)

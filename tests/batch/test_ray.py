@@ -19,7 +19,7 @@ import pytest
 
 import fergi
 from fergi.cli._main import main
-from tests.test_extract_cli import _gray_clip, videos  # noqa: F401  (a fixture)
+from tests.helpers.videos import gray_clip
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def _report(out: Path) -> pd.DataFrame:
 
 @pytest.mark.slow
 def test_ray_writes_the_local_files_and_reports_a_corrupt_video(
-    ray_cluster, videos, tmp_path, capsys  # noqa: F811
+    ray_cluster, videos, tmp_path, capsys
 ):
     src = tmp_path / "in"
     shutil.copytree(videos, src)
@@ -101,7 +101,7 @@ def test_ray_resumes_after_an_interruption(ray_cluster, tmp_path, monkeypatch, c
     from fergi.batch import _ray
 
     for i in range(4):
-        _gray_clip(tmp_path / "in" / f"clip_{i}.mp4", 3 + i)
+        gray_clip(tmp_path / "in" / f"clip_{i}.mp4", 3 + i)
     local, on_ray = tmp_path / "local", tmp_path / "ray"
     assert main(["extract", str(tmp_path / "in"), "--out", str(local)]) == 0
 
@@ -169,7 +169,7 @@ def tiny_ir50(tmp_path_factory):
 
 @pytest.mark.slow
 def test_ir50_actors_batch_faces_across_videos_and_give_the_local_files(
-    ray_cluster, videos, tiny_ir50, tmp_path, capsys  # noqa: F811
+    ray_cluster, videos, tiny_ir50, tmp_path, capsys
 ):
     """No GPU here: the model actor runs on CPU, fed by two video tasks at once."""
     folder = videos / "p1" / "session_1"
@@ -305,7 +305,7 @@ def test_score_on_ray_actors_equals_local_scoring(ray_cluster, tmp_path, monkeyp
 
 
 def test_missing_ray_is_a_one_line_error(tmp_path, monkeypatch, capsys):
-    video = _gray_clip(tmp_path / "clip.mp4", 3)
+    video = gray_clip(tmp_path / "clip.mp4", 3)
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     assert main(["extract", str(video), "--out", str(tmp_path / "o"), "--executor", "ray"]) == 2
     err = capsys.readouterr().err
@@ -314,7 +314,7 @@ def test_missing_ray_is_a_one_line_error(tmp_path, monkeypatch, capsys):
 
 
 def test_ray_options_are_checked(tmp_path, capsys):
-    video = _gray_clip(tmp_path / "clip.mp4", 3)
+    video = gray_clip(tmp_path / "clip.mp4", 3)
     base = ["extract", str(video), "--out", str(tmp_path / "o")]
     for extra, message in (
         (["--executor", "ray", "--ray-address", "head-node"], "--ray-address 'head-node'"),

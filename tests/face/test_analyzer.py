@@ -8,7 +8,6 @@ from skimage import data
 
 from fergi import FergiError
 from fergi.face import (
-    FaceAnalyzer,
     align_face,
     crop_box,
     detect_landmarks,
@@ -21,13 +20,7 @@ from fergi.face import (
 from fergi.video import read_video
 
 
-# MediaPipe graphs are costly to start: one analyser for the whole module.
-@pytest.fixture(scope="module")
-def analyzer():
-    with FaceAnalyzer(tracking=False) as a:
-        yield a
-
-
+# `analyzer`: one shared analyser for the session (tests/conftest.py).
 @pytest.fixture(scope="module")
 def face():
     return data.astronaut()

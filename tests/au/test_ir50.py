@@ -26,24 +26,6 @@ from fergi.video import write_video
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A state_dict of the published shape with a recognisable head."""
-    torch.manual_seed(0)
-    model = build_ir50()
-    with torch.no_grad():
-        model.fc.weight.mul_(0.01)
-        model.fc.bias.copy_(torch.arange(384, dtype=torch.float32))
-        # Non-trivial running statistics, so eval-mode BatchNorm matters.
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    path = tmp_path_factory.mktemp("weights") / "fergi_ir50.pth"
-    torch.save(model.state_dict(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def estimator(checkpoint):
     return create_au_estimator("ir50", checkpoint=checkpoint, device="cpu")
 

@@ -22,6 +22,7 @@ from fergi.cli import main
 from fergi.datasets import load_images
 from fergi.preference import pseudonym, split_name, study_salt
 from fergi.preference.export import PICKAPIC_COLUMNS
+from tests.helpers.paths import BENCHMARKS
 
 SMALL = ("001", "005", "006", "007")
 
@@ -500,7 +501,7 @@ def test_export_labels_library_matches_the_cli(small_study, tmp_path):
 def test_export_benchmark_quick_mode(capsys):
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_export.py"
+    path = BENCHMARKS / "bench_export.py"
     spec = importlib.util.spec_from_file_location("bench_export", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

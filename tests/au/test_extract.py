@@ -27,13 +27,6 @@ NO_FACE_ROW = re.compile(r"^\d+,\d+\.\d{3},0(,-1){14}$")
 
 
 @pytest.fixture(scope="module")
-def analyzer():
-    # One MediaPipe graph pair for the module (start-up is the costly part).
-    with FaceAnalyzer() as a:
-        yield a
-
-
-@pytest.fixture(scope="module")
 def canvas():
     """The astronaut framed in 640x480 like a webcam sees a face."""
     return next(reaction_frames(data.astronaut(), neutral_s=1 / 30, expression_s=0))

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from tests.helpers.paths import BENCHMARKS
+
 # Benchmarks whose --quick mode is tested elsewhere.
 TESTED_ELSEWHERE = {
-    "bench_geometry_crosstalk",  # tests/test_geometry_reference.py
-    "bench_train_au",  # tests/test_train_au.py
-    "bench_export",  # tests/test_export_labels.py
+    "bench_geometry_crosstalk",  # tests/au/test_geometry_reference.py
+    "bench_train_au",  # tests/au/train/test_train.py
+    "bench_export",  # tests/preference/test_export_labels.py
 }
 
 
