@@ -55,6 +55,25 @@ def find_control_char(value, where: str = "") -> tuple[str, str] | None:
     return None
 
 
+async def receive_body(receive, limit: int | None = None) -> bytearray | None:
+    """A request's body read from ASGI ``receive``; None when the client went away.
+
+    With ``limit``, reading stops as soon as the body is longer than it: the caller sees
+    ``len(body) > limit`` and refuses without reading the rest.
+    """
+    body = bytearray()
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body.extend(message.get("body", b""))
+        more = message.get("more_body", False)
+        if limit is not None and len(body) > limit:
+            break
+    return body
+
+
 def _is_json_type(content_type: str) -> bool:
     mime = content_type.split(";")[0].strip().lower()
     return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
@@ -101,19 +120,14 @@ class JsonBodyLimit:
         if length.isdigit() and int(length) > self.limit:
             await self._refuse(send, 413, f"request body is {length} bytes; JSON requests are limited to {self.limit}")
             return
-        body = bytearray()
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body.extend(message.get("body", b""))
-            more = message.get("more_body", False)
-            if len(body) > self.limit:
-                await self._refuse(
-                    send, 413, f"request body is over {self.limit} bytes; JSON requests are limited to {self.limit}"
-                )
-                return
+        body = await receive_body(receive, self.limit)
+        if body is None:
+            return
+        if len(body) > self.limit:
+            await self._refuse(
+                send, 413, f"request body is over {self.limit} bytes; JSON requests are limited to {self.limit}"
+            )
+            return
         if body and ctype and not _is_json_type(ctype):
             await self._refuse(send, 415, f"request body must be application/json, not {ctype.split(';')[0].strip()!r}")
             return

@@ -87,6 +87,7 @@ from fergi.study.web._deps import (
     get_study_session,
     read_upload,
 )
+from fergi.study.web._middleware import receive_body
 from fergi.study.web._responses import is_storage_full, overloaded_response, storage_full_response
 
 
@@ -395,14 +396,9 @@ class ChunkFastPath:
         ):
             await self.app(scope, receive, send)
             return
-        body = bytearray()
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body.extend(message.get("body", b""))
-            more = message.get("more_body", False)
+        body = await receive_body(receive)
+        if body is None:
+            return
         data = bytes(body)
         request = Request(scope, receive)
         try:
