@@ -210,6 +210,41 @@ def fake_pipeline(monkeypatch):
     monkeypatch.setattr(processing, "check_segment", lambda paths, source: None)
 
 
+def browser_like_recording(path, expressions, *, per_image_s, tail_s, seed, chunk_bytes, fps=30):
+    """A variable-frame-rate VP9 webm like the browser's, one image after another.
+
+    ``expressions`` maps each image to its (smile, frown): 1 s neutral baseline, 1 s of
+    that expression, then neutral until ``per_image_s``; ``tail_s`` of neutral end it.
+    MediaRecorder drops frames under load and stamps them in milliseconds, so about one
+    frame in ten is dropped and the stamps jitter by up to 4 ms.
+
+    Returns
+    -------
+    chunks : list of bytes
+        The file cut into ``chunk_bytes`` pieces, as the page uploads it.
+    starts : dict
+        Each image's baseline start, in video seconds.
+    """
+    from skimage import data
+
+    from fergi.face._synthetic import reaction_frames
+    from fergi.video import write_video
+
+    face = data.astronaut()
+    frames, starts = [], {}
+    for image, (smile, frown) in expressions.items():
+        starts[image] = len(frames) / fps + 0.01
+        frames += reaction_frames(face, neutral_s=1, expression_s=1, smile=smile, frown=frown)
+        frames += reaction_frames(face, neutral_s=per_image_s - 2, expression_s=0)
+    frames += reaction_frames(face, neutral_s=tail_s, expression_s=0)
+    rng = np.random.default_rng(seed)
+    keep = [i for i in range(len(frames)) if i == 0 or rng.random() > 0.1]
+    times = [0.0] + [i / fps + rng.uniform(0, 0.004) for i in keep[1:]]
+    write_video(path, (frames[i] for i in keep), timestamps=times)
+    data_bytes = path.read_bytes()
+    return [data_bytes[i : i + chunk_bytes] for i in range(0, len(data_bytes), chunk_bytes)], starts
+
+
 def upload_recording(client, app, recording, chunk_size=48_000):
     """A participant ready to record, whose one segment holds ``recording`` (uploaded in
     chunks and completed): returns the participant and the segment."""

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from fergi.datasets import FRAME_COLUMNS
 from fergi.study import create_app, process_session_media
 from fergi.study.store import Clip
-from tests.helpers.study import ANSWER, Participant, make_settings
+from tests.helpers.study import ANSWER, Participant, browser_like_recording, make_settings
 
 FPS = 30
 N_IMAGES = 3
@@ -24,25 +24,11 @@ CHUNK_BYTES = 12_000
 def recording(tmp_path_factory):
     """A variable-frame-rate VP9 webm like the browser's (dropped frames, millisecond
     stamps), with a smile, a frown and a neutral face, and its events in video time."""
-    from skimage import data
-
-    from fergi.face._synthetic import reaction_frames
-    from fergi.video import write_video
-
-    face = data.astronaut()
-    frames, starts = [], {}
-    for image, (smile, frown) in {1: (1, 0), 2: (0, 1), 3: (0, 0)}.items():
-        starts[image] = len(frames) / FPS + 0.01
-        frames += reaction_frames(face, neutral_s=1, expression_s=1, smile=smile, frown=frown)
-        frames += reaction_frames(face, neutral_s=PER_IMAGE_S - 2, expression_s=0)
-    frames += reaction_frames(face, neutral_s=1, expression_s=0)
-    rng = np.random.default_rng(1)
-    keep = [i for i in range(len(frames)) if i == 0 or rng.random() > 0.1]
-    times = [0.0] + [i / FPS + rng.uniform(0, 0.004) for i in keep[1:]]
     path = tmp_path_factory.mktemp("rec") / "recording.webm"
-    write_video(path, (frames[i] for i in keep), timestamps=times)
-    data_bytes = path.read_bytes()
-    chunks = [data_bytes[i : i + CHUNK_BYTES] for i in range(0, len(data_bytes), CHUNK_BYTES)]
+    chunks, starts = browser_like_recording(
+        path, {1: (1, 0), 2: (0, 1), 3: (0, 0)},
+        per_image_s=PER_IMAGE_S, tail_s=1, seed=1, chunk_bytes=CHUNK_BYTES, fps=FPS,
+    )
     events = [
         {"image_index": image, "kind": kind, "video_time": round(starts[image] + dt, 3)}
         for image in range(1, N_IMAGES + 1)

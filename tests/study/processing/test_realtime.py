@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from fergi.datasets import FRAME_COLUMNS
 from fergi.study import create_app
 from fergi.study.store import Clip, Job, Label, StudySession
-from tests.helpers.study import ADMIN, ANSWER, Participant, make_settings
+from tests.helpers.study import ADMIN, ANSWER, Participant, browser_like_recording, make_settings
 
 FPS = 30
 N_IMAGES = 5
@@ -22,26 +22,11 @@ CHUNK_BYTES = 12_000
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory):
     """A variable-frame-rate VP9 webm like the browser's, and its events (video time)."""
-    from skimage import data
-
-    from fergi.face._synthetic import reaction_frames
-    from fergi.video import write_video
-
-    face = data.astronaut()
-    frames, starts = [], {}
-    for image, (smile, frown) in {1: (1, 0), 2: (0, 1), 3: (0, 0), 4: (0.6, 0), 5: (0, 0.6)}.items():
-        starts[image] = len(frames) / FPS + 0.01
-        frames += reaction_frames(face, neutral_s=1, expression_s=1, smile=smile, frown=frown)
-        frames += reaction_frames(face, neutral_s=PER_IMAGE_S - 2, expression_s=0)
-    frames += reaction_frames(face, neutral_s=2, expression_s=0)
-    rng = np.random.default_rng(0)
-    # MediaRecorder drops frames under load and stamps them in milliseconds.
-    keep = [i for i in range(len(frames)) if i == 0 or rng.random() > 0.1]
-    times = [0.0] + [i / FPS + rng.uniform(0, 0.004) for i in keep[1:]]
     path = tmp_path_factory.mktemp("rec") / "recording.webm"
-    write_video(path, (frames[i] for i in keep), timestamps=times)
-    data_bytes = path.read_bytes()
-    chunks = [data_bytes[i : i + CHUNK_BYTES] for i in range(0, len(data_bytes), CHUNK_BYTES)]
+    chunks, starts = browser_like_recording(
+        path, {1: (1, 0), 2: (0, 1), 3: (0, 0), 4: (0.6, 0), 5: (0, 0.6)},
+        per_image_s=PER_IMAGE_S, tail_s=2, seed=0, chunk_bytes=CHUNK_BYTES, fps=FPS,
+    )
     return path, chunks, starts
 
 
