@@ -153,7 +153,6 @@ def settings_from_args(args, *, keep_admin_token: bool = True):
             options[key.strip()] = _option_value(value)
         overrides["generator_options"] = options
     if getattr(args, "scorer_weights", None):
-
         overrides["scorer_weights"] = {k: v["weights"] for k, v in parse_weights(args.scorer_weights).items()
                                        if "weights" in v}
     if getattr(args, "no_worker", False):
@@ -246,7 +245,6 @@ def uvicorn_options(args, settings) -> dict:
 def _check_port(host: str, port: int) -> None:
     """Refuse a busy port with one line before anything is started."""
     import socket
-
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as sock:

@@ -226,7 +226,6 @@ def export_study(
         engine.dispose()
         raise
     if estimator is None or clip_min_frame_share is None:
-
         defaults = StudySettings()
         estimator = defaults.estimator if estimator is None else estimator
         if clip_min_frame_share is None:

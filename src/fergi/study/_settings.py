@@ -207,7 +207,6 @@ class StudySettings(BaseSettings):
     @field_validator("scorers")
     @classmethod
     def _known_scorers(cls, value: str) -> str:
-
         names = [n.strip() for n in value.split(",") if n.strip()]
         unknown = [n for n in names if n not in list_scorers()]
         if unknown:

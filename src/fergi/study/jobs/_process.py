@@ -60,7 +60,6 @@ class ProcessJobs:
         """The AU estimator, created once (a learned one loads its weights only once)."""
         with self._estimator_lock:
             if self._estimator is None:
-
                 self._estimator = create_au_estimator(self.settings.estimator)
             return self._estimator
 
@@ -96,7 +95,6 @@ class ProcessJobs:
         # (which builds this worker) does not need them
         import numpy as np
         import pandas as pd
-
 
         sess = db.get(StudySession, job.session_id)
         on_stage = self._stage(db, job)
@@ -247,7 +245,6 @@ class ProcessJobs:
             self._score_with(db, sess, names, images, paths, on_stage)
 
     def _score_with(self, db, sess, names, images, paths, on_stage) -> None:
-
         loaded = self.__dict__.setdefault("_loaded_scorers", {})
         weights = self.settings.scorer_weights
         try:

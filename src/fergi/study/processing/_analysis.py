@@ -51,7 +51,6 @@ def _analyzer():
     # One face analyser per thread: the worker analyses in its clips and process threads
     # at once, and a MediaPipe graph must not be shared between threads.
     if getattr(_local, "analyzer", None) is None:
-
         _local.analyzer = FaceAnalyzer()
     return _local.analyzer
 
@@ -92,7 +91,6 @@ def _clip_tables(pair: Mapping[str, np.ndarray], *, estimator, fps: float, sourc
 def _rounded(table, clip: str):
     """The table as its release CSV file reads back (baseline 2 decimals, reaction 3)."""
     import pandas as pd
-
 
     return pd.read_csv(io.StringIO(format_features_csv(table, decimals=2 if clip == "baseline" else 3)))
 

@@ -148,7 +148,6 @@ def _features_stage(clips, out_dir: Path, *, recording: Path, windows, estimator
     # deferred: pandas, and torch for a learned estimator
     import pandas as pd
 
-
     out_dir.mkdir(parents=True, exist_ok=True)
     frames: dict[tuple[int, str], pd.DataFrame] = {}
     files: dict[tuple[int, str], Path] = {}

@@ -333,7 +333,6 @@ def _store_image(
     import pandas as pd
     from sqlalchemy import delete
 
-
     tables = _clip_tables(pair, estimator=estimator, fps=fps, source=f"session {sess.id}", image=image)
     folder = store.features_dir(sess.id)
     folder.mkdir(parents=True, exist_ok=True)

@@ -165,7 +165,6 @@ def clip_curves(table, aus: list[str], start_s: float) -> dict[str, Any]:
     """
     import numpy as np
 
-
     valid = frame_validity(table).to_numpy()
     # Confidence alone (any pose): tells a missing face from a turned head.
     face = frame_validity(table, pitch_range=(-np.inf, np.inf), yaw_range=(-np.inf, np.inf)).to_numpy()

@@ -26,7 +26,6 @@ logger = logging.getLogger(__name__)
 
 
 def _activations_stage(frames, *, participant: str, session: int):
-
     table = _frames_table(frames, participant=participant, session=session)
     if table is None:
         raise FergiError("no clips to summarise")
@@ -65,10 +64,8 @@ def session_provenance(estimator, checkpoint=None):
 
     spec = getattr(estimator, "spec", None)
     if spec is None and isinstance(estimator, str):
-
         spec = get_au_estimator_spec(estimator)
     if spec is None:
-
         return FeatureProvenance("unknown")
     return features_provenance(
         estimator, checkpoint,
