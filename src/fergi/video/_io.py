@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from fergi._errors import FergiError
-from fergi.video._ticks import FrameTimes, TickClock, av_reason, upright_rgb
+from fergi.video._ticks import FrameTimes, TickClock, av_reason, open_container, upright_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -47,22 +47,13 @@ class VideoFrames:
 
 
 def _open(path: Path):
-    import av
-
     if not path.exists():
         raise FergiError(f"{path}: no such file")
     if path.is_dir():
         raise FergiError(f"{path}: is a folder, not a video file")
     if path.stat().st_size == 0:
         raise FergiError(f"{path}: empty file, not a video")
-    try:
-        container = av.open(str(path), mode="r")
-    except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise FergiError(f"{path}: not a readable video ({av_reason(exc)})") from exc
-    if not container.streams.video:
-        container.close()
-        raise FergiError(f"{path}: contains no video stream")
-    return container
+    return open_container(str(path), path)
 
 
 def _native_frames(path: Path) -> Iterator[tuple[float, np.ndarray]]:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from fergi._errors import FergiError
-from fergi.video._ticks import FrameTimes, TickClock, av_reason, upright_rgb
+from fergi.video._ticks import FrameTimes, TickClock, av_reason, open_container, upright_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -145,19 +145,10 @@ class SegmentDecoder:
         self.n_frames += 1
 
     def _open(self, data):
-        import av
-
         # bytes, or a seekable file (a store's ChunkStream: never the whole video in memory)
         source = io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else data
         source.seek(0)
-        try:
-            container = av.open(source, mode="r")
-        except (av.error.FFmpegError, OSError, ValueError) as exc:
-            raise FergiError(f"{self.source}: not a readable video ({av_reason(exc)})") from None
-        if not container.streams.video:
-            container.close()
-            raise FergiError(f"{self.source}: contains no video stream")
-        return container
+        return open_container(source, self.source)
 
     def check_opens(self, data) -> None:
         """Raise :class:`~fergi.FergiError` (one line naming ``source``) when ``data``
@@ -227,29 +218,25 @@ class SegmentDecoder:
         finally:
             container.close()
 
-    def _feed(self, packet) -> None:
+    def _decode(self, packet):
+        """The frames of ``packet`` (None flushes the decoder)."""
         import av
 
         try:
-            frames = self._ctx.decode(packet)
+            return self._ctx.decode(packet)
         except av.error.FFmpegError as exc:
             raise FergiError(
                 f"{self.source}: corrupt video data after {self.n_frames} frames ({av_reason(exc)})"
             ) from None
+
+    def _feed(self, packet) -> None:
+        frames = self._decode(packet)
         self.n_fed += 1
         for frame in frames:
             self._on_frame(frame)
 
     def _flush(self) -> None:
-        import av
-
-        try:
-            frames = self._ctx.decode(None)
-        except av.error.FFmpegError as exc:
-            raise FergiError(
-                f"{self.source}: corrupt video data after {self.n_frames} frames ({av_reason(exc)})"
-            ) from None
-        for frame in frames:
+        for frame in self._decode(None):
             self._on_frame(frame)
         if self._prev is not None:
             # duration is unknown for MediaRecorder files, so nothing is invented after it

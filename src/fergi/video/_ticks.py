@@ -14,6 +14,8 @@ import re
 
 import numpy as np
 
+from fergi._errors import FergiError
+
 # Tolerance when comparing frame times with 1/fps ticks: container time bases are
 # milliseconds (webm) or 1/90000 s, so a frame stamped 0.033 belongs to tick 1/30.
 TICK_EPS = 2e-3
@@ -97,6 +99,24 @@ def av_reason(exc: BaseException) -> str:
     # PyAV messages repeat the path and an errno; the caller already names the file.
     text = re.sub(r"^\[Errno -?\d+\]\s*", "", text)
     return text.split(": '")[0][:160]
+
+
+def open_container(source, name):
+    """Open a video with PyAV: ``source`` is a path string or a seekable file.
+
+    Raises :class:`~fergi.FergiError` naming ``name`` when it is not a readable video
+    or holds no video stream.
+    """
+    import av
+
+    try:
+        container = av.open(source, mode="r")
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise FergiError(f"{name}: not a readable video ({av_reason(exc)})") from None
+    if not container.streams.video:
+        container.close()
+        raise FergiError(f"{name}: contains no video stream")
+    return container
 
 
 def upright_rgb(frame) -> np.ndarray:
