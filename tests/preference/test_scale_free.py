@@ -338,7 +338,6 @@ def test_malformed_annotation_model_files_are_refused(tmp_path):
         load_model(path)
 
 
-
 def test_meta_files_in_session_folders_load_quietly(fergi_public, tmp_path, caplog):
     from fergi.datasets import load_frames
 

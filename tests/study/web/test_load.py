@@ -120,7 +120,6 @@ def test_pool_is_sized_for_the_threads(tmp_path):
         assert app.state.engine.pool.timeout() == settings.db_pool_timeout == 5.0
 
 
-
 def test_many_session_creations_at_once_never_fail(tmp_path):
     """64 participants starting at the same moment: each gets a session (or a 503 to
     retry, as the page does), never a 500; with the defaults, all of them get one."""

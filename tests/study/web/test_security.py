@@ -56,7 +56,6 @@ def test_control_characters_are_refused_with_422_everywhere(tmp_path, backend):
 # ---------------------------------------------------------------- proxies
 
 
-
 def _serve(app, tmp_path, extra_args=()):
     """The app in a real uvicorn, configured as `fergi serve` configures it."""
     import uvicorn

@@ -74,6 +74,29 @@ def test_a_page_left_mid_image_is_reported_then_named_by_the_next_load(client, a
     assert [(a["end_reason"], a["visible_s"]) for a in attempts] == [("reload", 1.0)]
 
 
+def test_a_leave_names_a_recording_failure_reported_in_the_same_moment(client, app):
+    """A reload breaks the page's uploads: the "recording" end they cause may reach the
+    server before pagehide's "left". The leave, then the reload, name the end."""
+    p = ready_participant(client, app)
+    seg = p.start_segment()
+    _event(p, seg, 1, "baseline_start", 0.0)
+    _event(p, seg, 1, "image_shown", 5.0)
+    assert _event(p, seg, 1, "image_interrupted", 6.2, reason="recording").status_code == 200
+    assert _event(p, seg, 1, "image_interrupted", 6.4, reason="left").json()["duplicate"] is True
+    _event(p, seg, 1, "image_interrupted", 6.4, reason="reload")
+    attempts = client.get(f"/api/admin/sessions/{p.id}", headers=ADMIN).json()["presentations"]
+    # the reason is the leave's; the time stays the first report's (the image was blanked then)
+    assert [(a["end_reason"], a["visible_s"]) for a in attempts] == [("reload", pytest.approx(1.2))]
+    # A camera loss is its own cause: a later leave does not rename it.
+    seg2 = p.start_segment()
+    _event(p, seg2, 1, "baseline_start", 0.0)
+    _event(p, seg2, 1, "image_shown", 1.0)
+    _event(p, seg2, 1, "image_interrupted", 1.5, reason="camera")
+    _event(p, seg2, 1, "image_interrupted", 1.6, reason="left")
+    attempts = client.get(f"/api/admin/sessions/{p.id}", headers=ADMIN).json()["presentations"]
+    assert [a["end_reason"] for a in attempts] == ["reload", "camera"]
+
+
 def test_an_attempt_without_an_end_is_estimated_from_its_video_never_as_unseen():
     from types import SimpleNamespace as NS
 

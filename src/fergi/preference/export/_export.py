@@ -313,8 +313,6 @@ def export_labels(data, out, *, format: str = "pickapic", source="reactions", mo
     return summary
 
 
-
-
 def _survey(root: Path, reactions) -> tuple[pd.DataFrame, set]:
     """The rankings of every surveyed image and the invalid images of a study folder."""
     if (root / "preparation" / "preprocessed_image_data").is_dir():

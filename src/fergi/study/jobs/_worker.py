@@ -354,18 +354,3 @@ class Worker(GenerateJobs, ProcessJobs):
         return on_stage
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

@@ -40,7 +40,6 @@ def _read_chunks(chunk_paths: Iterable[Path]) -> bytes:
     return b"".join(parts)
 
 
-
 # --------------------------------------------------------------------------- analysis
 
 

@@ -114,8 +114,6 @@ def _labels_stage(activations, *, model, invalid_images, frames=None, provenance
     return annotate_reactions(data, model)
 
 
-
-
 def session_features_provenance(estimator: str = "geometry"):
     """The provenance of a processed study session's feature files.
 

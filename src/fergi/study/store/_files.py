@@ -119,7 +119,6 @@ class RemotePath:
 StorePath = Path | RemotePath
 
 
-
 class ChunkStream(io.RawIOBase):
     """A read-only, seekable file over a segment's chunks, as if they were one file.
 
@@ -194,7 +193,6 @@ class ChunkStream(io.RawIOBase):
         return n
 
 
-
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -210,9 +208,16 @@ def _fsync_dir(folder: Path) -> None:
 
 def write_atomic(path: Path, data: bytes) -> str:
     """Write ``data`` durably (temp file, fsync, rename) and return its sha256."""
+    write_durably(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` durably (temp file, fsync, rename), without hashing it: for the
+    chunk route, whose caller has hashed the bytes already."""
     if isinstance(path, RemotePath):
         path.write_bytes(data)
-        return hashlib.sha256(data).hexdigest()
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
@@ -224,4 +229,3 @@ def write_atomic(path: Path, data: bytes) -> str:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return hashlib.sha256(data).hexdigest()

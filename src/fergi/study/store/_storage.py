@@ -37,13 +37,11 @@ from fergi.study.store._files import (
     _fsync_dir,
     is_url,
     write_atomic,
+    write_durably,
 )
 from fergi.study.store._keys import _FERNET_PREFIX, _Cipher, check_media_key
 
 logger = logging.getLogger(__name__)
-
-
-
 
 
 class MediaStore:
@@ -236,7 +234,7 @@ class MediaStore:
         """
         staged = self.staged_chunk_path(session_id, segment, seq, sha256)
         stored = self._cipher.encrypt(data) if self._cipher else data
-        self.write_bytes(staged, stored)
+        write_durably(staged, stored)  # (hashed once, by the caller)
         return staged
 
     def commit_chunk(self, staged: StorePath, session_id: int, segment: int, seq: int) -> None:
@@ -320,7 +318,6 @@ class MediaStore:
         return ChunkStream(parts)
 
 
-
 def open_store(
     location: str | os.PathLike, *, key: str | None = None, options: dict[str, Any] | None = None
 ) -> MediaStore:
@@ -399,9 +396,5 @@ def store_from_settings(settings) -> MediaStore:
     if store.key_notice:
         logger.warning("%s", store.key_notice)
     return store
-
-
-
-
 
 

@@ -51,7 +51,6 @@ def _private_dir(path: Path) -> None:
         folder.chmod(0o700)  # mkdir's mode is reduced by the umask, never widened
 
 
-
 #: Environment variable that hands the settings to the processes of ``fergi serve --workers N``.
 SETTINGS_ENV = "FERGI_SERVE_SETTINGS"
 
@@ -82,7 +81,6 @@ def app_from_environment() -> FastAPI:
     app = create_app(settings)
     app.state.shared_worker = True
     return app
-
 
 
 def create_app(settings: StudySettings | None = None) -> FastAPI:

@@ -173,8 +173,6 @@ class JsonBodyLimit:
         await send({"type": "http.response.body", "body": payload})
 
 
-#: The study's umask while it is served: files 0600, folders 0700.
-
 class ResponseHeaders:
     """ASGI middleware: the security headers on every response, ``no-store`` on the API,
     HSTS over HTTPS; and the worker woken when a prompt or ranking queued a job.

@@ -66,7 +66,6 @@ def storage_full_response(request: Request, exc: BaseException) -> JSONResponse:
     )
 
 
-
 def file_response(path: StorePath, media_type: str, headers: dict[str, str] | None = None):
     """A FastAPI response with a stored file (images, clip videos: a few MB at most)."""
     if isinstance(path, RemotePath):

@@ -57,16 +57,8 @@ DEFAULT_AUS = ("AU4", "AU12")
 DEFAULT_ABANDONED_AFTER_MIN = 15.0
 
 
-
-
-
-
-
-
 def _iso(value: dt.datetime | None) -> str | None:
     return None if value is None else value.isoformat() + "Z"
-
-
 
 
 def parse_aus(aus: str | None) -> list[str]:
@@ -83,20 +75,6 @@ def parse_aus(aus: str | None) -> list[str]:
 
 
 # --------------------------------------------------------------------------- clips
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 @router.get("/sessions/{session_id}/science")
@@ -231,8 +209,6 @@ def last_activity(db) -> dict[int, dt.datetime]:
         )
     )
     return latest
-
-
 
 
 AbandonedAfter = Annotated[

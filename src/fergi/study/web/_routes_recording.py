@@ -109,9 +109,6 @@ class _CodedRoute(APIRoute):
 router = APIRouter(prefix="/api/sessions/{session_id}", tags=["recording"], route_class=_CodedRoute)
 
 
-
-
-
 #: Chunks stored at once. More threads only queue on SQLite's write lock and the GIL;
 #: a chunk waiting for one waits on the event loop, holding nothing.
 CHUNK_THREADS = 8
@@ -125,14 +122,6 @@ class SegmentRequest(BaseModel):
     mime_type: str = Field(max_length=100)
     width: int | None = Field(default=None, ge=1, le=8192)
     height: int | None = Field(default=None, ge=1, le=8192)
-
-
-
-
-
-
-
-
 
 
 @router.post("/recording/segments", status_code=201)
@@ -255,14 +244,6 @@ def _put_chunk_in_thread(data, request, settings, store, session_id, segment, se
         return store_chunk(request, sess, db, settings, store, segment, seq, data)
 
 
-
-
-
-
-
-
-
-
 class CompleteRequest(BaseModel):
     n_chunks: int = Field(ge=0, le=MAX_DB_INT)
 
@@ -297,6 +278,21 @@ class EventRequest(BaseModel):
     reason: Literal["camera", "hidden", "reload", "back", "network", "recording", "left"] | None = None
 
 
+# A page being left breaks its uploads: a "recording" or "network" end reported for the
+# same showing as a leave is the leave's symptom, whichever request reached us first.
+_LEFT = ("left", "reload", "back")
+_SYMPTOMS = ("recording", "network")
+
+
+def _names_the_end_better(stored: str | None, new: str | None) -> bool:
+    """Whether ``new`` says better than ``stored`` why one showing ended: the page, back
+    again, names how it was left ("left" → "reload"/"back"), and a leave names the cause of
+    a recording or network failure reported in the same moment."""
+    if new not in _LEFT or new == stored:
+        return False
+    return stored == "left" or stored in _SYMPTOMS
+
+
 @router.post("/events")
 def post_event(body: EventRequest, request: Request, sess: CurrentSession, db: DB) -> dict[str, Any]:
     """Record when the baseline started / the image appeared / disappeared, in seconds of
@@ -315,8 +311,7 @@ def post_event(body: EventRequest, request: Request, sess: CurrentSession, db: D
     mine = [e for e in sess.events if (e.segment, e.image_index) == (body.segment, body.image_index)]
     same = [e for e in mine if e.kind == body.kind]
     if same:  # retried request: keep the first measurement
-        if interrupted and same[0].reason == "left" and body.reason != "left":
-            # The page, back again, says how it was left (a reload, Back).
+        if interrupted and _names_the_end_better(same[0].reason, body.reason):
             same[0].reason = body.reason
             db.commit()
         return {"id": same[0].id, "duplicate": True}

@@ -43,8 +43,6 @@ def public_config(settings: StudySettings) -> dict[str, Any]:
     }
 
 
-
-
 def choose_session_type(db, participant: Participant) -> str:
     """Alternate structured and free-form sessions so both counts stay balanced (Supp. A.2)."""
     types = [s.session_type for s in participant.sessions]

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers.browser import BASELINE_S, FPS, N_IMAGES, PRESENT_S, Shots
+from tests.helpers.browser import BASELINE_S, FPS, LATE_PAINT_S, N_IMAGES, PRESENT_S, Shots
 from tests.helpers.browser import answer_survey as _answer_survey
 from tests.helpers.browser import fill_structured_form as _fill_structured_form
 from tests.helpers.browser import wait_for as _wait_for
@@ -150,13 +150,16 @@ def test_whole_session_in_chromium(new_context, live_server, tmp_path):
         complete = {s.index: s.complete for s in sess.segments}
         assert all(complete[seg] for seg, _ in hidden), (hidden, complete)
         assert any(image == 4 for _, image in set(shown) - set(hidden)), shown
-        # The page keeps the study's durations on the video clock (a few frames of slack under load).
+        # The page keeps the study's durations on the video clock: never shorter than set
+        # (less than a frame early), and longer only by the frames a busy machine paints
+        # late (each change is recorded at the frame that shows it, so what is stored is
+        # what was on screen).
         times = {(e.segment, e.image_index, e.kind): e.video_time for e in sess.events}
         for seg, image in hidden:
             baseline = times[(seg, image, "image_shown")] - times[(seg, image, "baseline_start")]
             present = times[(seg, image, "image_hidden")] - times[(seg, image, "image_shown")]
-            assert baseline == pytest.approx(BASELINE_S, abs=0.15), (image, baseline)
-            assert present == pytest.approx(PRESENT_S, abs=0.15), (image, present)
+            for name, got, want in (("baseline", baseline, BASELINE_S), ("present", present, PRESENT_S)):
+                assert want - 1 / FPS <= got <= want + LATE_PAINT_S, (image, name, got)
         clips = {(c.image_index, c.clip): c for c in sess.clips}
         assert all(clips[(image, "reaction")].segment == seg for seg, image in hidden), hidden
         assert sorted(i for i, kind in clips if kind == "reaction") == [1, 2, 3, 4, 5]

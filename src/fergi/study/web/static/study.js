@@ -1194,8 +1194,10 @@ async function presentOnce(index) {
     }
     if (!(err instanceof Interrupted) && cameraLost) err = new Interrupted("camera", lossText(cameraLost));
     if (err instanceof RecordingFailed && !err.fatal) err = new Interrupted("recording", err.message);
-    if (take.shown) {
+    if (take.shown && !pageLeaving) {
       // The image was on screen: its replay will be a later exposure, with these seconds seen.
+      // (A page being left has reported it already, from pagehide: its uploads failing now
+      // are the leave's symptom, not a recording fault.)
       rec.event(index, "image_interrupted", take.blankedAt || performance.now(), interruptReason(err));
     }
     // A refused segment is given up; an interrupted one keeps what it recorded.
