@@ -4,7 +4,7 @@
                                      [--chunk-kb 80] [--db postgresql+psycopg://...] [--quick]
 
 For each N of the sweep, a fresh ``fergi serve`` is started as a subprocess, as the
-README recommends (``--workers 2``, its worker on, SQLite in the data folder unless
+deployment guide (docs/study.md) recommends (``--workers 2``, its worker on, SQLite in the data folder unless
 ``--db``; no TLS proxy in front). N simulated participants (asyncio + httpx, one
 process) arrive over ``--ramp-s`` seconds; each goes through the API as the browser does (session, consent,
 prompt, webcam check with a face photograph, a recording segment), then uploads one
@@ -85,7 +85,7 @@ def face_jpeg() -> bytes:
 
 
 def start_server(data_dir: Path, db: str | None, workers: int = 1) -> tuple[subprocess.Popen, str, Path]:
-    """``fergi serve`` as the README recommends, on a free local port."""
+    """``fergi serve`` as docs/study.md recommends, on a free local port."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERGI_")}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), env.get("PYTHONPATH", "")])
@@ -370,7 +370,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--db", help="database URL for the server (default: SQLite in its data folder); "
                         "emptied before each sweep point")
     parser.add_argument("--server-workers", type=int, default=2,
-                        help="fergi serve --workers (default 2, the README's deployment on 2 cores)")
+                        help="fergi serve --workers (default 2, the deployment of docs/study.md on 2 cores)")
     parser.add_argument("--keep", help="keep each run's data folder and server log under this folder")
     parser.add_argument("--data", help="unused (the study benchmark makes its own data); accepted for `make bench`")
     parser.add_argument("--quick", action="store_true", help="3 participants x 3 chunks, 0.5 s ramp (for tests)")

@@ -9,6 +9,13 @@ import pytest
 
 from tests.helpers.paths import PUBLIC_RELEASE, REPO_ROOT  # noqa: F401  (REPO_ROOT: imported by tests)
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under `make test` each pytest-xdist worker has a core: a second OpenMP/BLAS thread
+    # per worker only spins against the other worker (tests of torch training took twice
+    # as long with two). Set before torch or NumPy are imported; subprocesses inherit it.
+    for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, "1")
+
 
 @pytest.fixture(scope="session")
 def fergi_public() -> Path:

@@ -6,7 +6,7 @@ per-AU factor), so the per-frame output of any reasonable AU estimator can drive
 the release's per-frame schema (``fergi.datasets.FRAME_COLUMNS``) with the paper's
 frame-validity inputs computed the paper's way. This module does that turn.
 
-Mapping (also the README's table):
+Mapping (also the table of docs/extraction.md):
 
 =================  ==============================  ==============================  ==============================
 fergi column       OpenFace 2.x FeatureExtraction  py-feat ``Fex`` CSV (0.6+/2.x)  LibreFace CSV (video)

@@ -1,4 +1,8 @@
 // The participant's side of the fergi study (paper Sec. 3, Supp. A). Plain JavaScript, no build step.
+// One file of about 1,600 lines, on purpose: its 14 sections (the "// ----" lines) share the
+// page's state (the session, the camera, the image on screen, the recordings still uploading),
+// which classic scripts split in several files would share as implicit globals. The split
+// worth making is into ES modules, one per section (docs/layout.md, "The participant's page").
 "use strict";
 
 const $ = (id) => document.getElementById(id);
