@@ -152,8 +152,9 @@ def answer_survey(page, index: int, shots, n_images: int = N_IMAGES) -> None:
     page.wait_for_selector("#page-survey", state="hidden", timeout=60_000)
 
 
-def begin_study(page, base: str, participant: str, shots=None) -> None:
-    """From the start page to the first image: a short structured prompt, the camera check."""
+def start_and_consent(page, base: str, participant: str, shots=None, *, share: bool = False) -> None:
+    """From the start page through the consent (sharing the video too with ``share``):
+    a prompt page comes next."""
     shots = shots or (lambda name: None)
     page.goto(base + "/")
     page.wait_for_selector("#page-start:not([hidden])")
@@ -162,8 +163,16 @@ def begin_study(page, base: str, participant: str, shots=None) -> None:
     page.click("#start-button")
     page.wait_for_selector("#page-consent:not([hidden])")
     page.check("#consent-agree")
+    if share:
+        page.check("#consent-share")
     shots("consent")
     page.click("#consent-button")
+
+
+def begin_study(page, base: str, participant: str, shots=None) -> None:
+    """From the start page to the first image: a short structured prompt, the camera check."""
+    shots = shots or (lambda name: None)
+    start_and_consent(page, base, participant, shots)
     page.wait_for_selector("#page-prompt-structured:not([hidden])")
     page.fill("#an-name", "cat")
     page.click("#an-add")

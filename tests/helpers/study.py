@@ -253,13 +253,19 @@ def upload_recording(client, app, recording, chunk_size=48_000):
     p.write_prompt()
     app.state.worker.run_pending("generate")
     p.pass_webcam()
+    return p, upload_segment(p, recording, chunk_size)
+
+
+def upload_segment(p, recording, chunk_size=48_000) -> int:
+    """A new segment of participant ``p`` holding ``recording`` (uploaded in chunks and
+    completed): returns its index."""
     seg = p.start_segment()
     data = recording.read_bytes()
     chunks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
     for seq, chunk in enumerate(chunks):
         assert p.chunk(seg, seq, chunk).status_code == 200
     assert p.call("POST", f"/recording/{seg}/complete", json={"n_chunks": len(chunks)}).status_code == 200
-    return p, seg
+    return seg
 
 
 def run_session(client, app, recording, chunk_size=48_000):

@@ -17,7 +17,15 @@ from fastapi.testclient import TestClient
 
 from fergi.study import create_app
 from fergi.study.store import StudySession
-from tests.helpers.study import ADMIN, ANSWER, FORM, Participant, make_settings, ready_participant
+from tests.helpers.study import (
+    ADMIN,
+    ANSWER,
+    FORM,
+    Participant,
+    make_settings,
+    ready_participant,
+    upload_segment,
+)
 
 
 def _event(p, segment, image, kind, t, reason=None):
@@ -214,16 +222,6 @@ def recording(tmp_path_factory):
     return write_reaction_video(path, data.astronaut(), neutral_s=2.0, expression_s=2.0, smile=1.0)
 
 
-def _upload(p, recording, chunk_size=48_000):
-    seg = p.start_segment()
-    data = recording.read_bytes()
-    chunks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
-    for seq, chunk in enumerate(chunks):
-        assert p.chunk(seg, seq, chunk).status_code == 200
-    assert p.call("POST", f"/recording/{seg}/complete", json={"n_chunks": len(chunks)}).status_code == 200
-    return seg
-
-
 @pytest.mark.slow
 def test_a_replay_is_stored_as_exposure_2_exported_and_left_out_of_labels(tmp_path, recording, caplog):
     """Image 1 is interrupted 0.7 s in and replayed: its clips say exposure 2, seen 0.7 s
@@ -234,11 +232,11 @@ def test_a_replay_is_stored_as_exposure_2_exported_and_left_out_of_labels(tmp_pa
     app = create_app(make_settings(tmp_path, n_images=3, baseline_s=0.5, present_s=0.5))
     with TestClient(app) as client:
         p = ready_participant(client, app)
-        first = _upload(p, recording)
+        first = upload_segment(p, recording)
         assert _event(p, first, 1, "baseline_start", 0.1).status_code == 200
         assert _event(p, first, 1, "image_shown", 0.6).status_code == 200
         assert _event(p, first, 1, "image_interrupted", 1.3, reason="hidden").status_code == 200
-        replay = _upload(p, recording)
+        replay = upload_segment(p, recording)
         for image, t in ((1, 0.1), (2, 1.3), (3, 2.5)):
             for kind, offset in (("baseline_start", 0.0), ("image_shown", 0.5), ("image_hidden", 1.0)):
                 assert _event(p, replay, image, kind, t + offset).status_code == 200

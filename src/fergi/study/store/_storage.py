@@ -16,7 +16,6 @@ chunks are stored encrypted and decrypted only in memory when processing reads t
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -131,9 +130,6 @@ class MediaStore:
     def write_bytes(self, path: StorePath, data: bytes) -> str:
         """Store ``data`` durably at ``path`` (local: temp file, fsync, rename; an object
         store's PUT is atomic) and return its sha256."""
-        if isinstance(path, RemotePath):
-            path.write_bytes(data)
-            return hashlib.sha256(data).hexdigest()
         return write_atomic(path, data)
 
     def open_read(self, path: StorePath):

@@ -38,6 +38,7 @@ from tests.helpers.browser import (
     clip_frames_ok,
     fill_structured_form,
     launch,
+    start_and_consent,
     wait_for,
     wait_for_order,
     wait_for_processing,
@@ -483,11 +484,7 @@ def test_camera_problems_in_plain_words_and_the_prompt_limit(playwright, chromiu
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 860})
         _watch(page, console, dialogs)
-        page.goto(base + "/")
-        page.fill("#participant-id", "p1")
-        page.click("#start-button")
-        page.check("#consent-agree")
-        page.click("#consent-button")
+        start_and_consent(page, base, "p1")
         page.wait_for_selector("#page-prompt-free:not([hidden])")
         # The limit is visible: a counter, and a prompt over it is refused, not cut.
         page.fill("#free-prompt", "a" * 1005)
@@ -526,11 +523,7 @@ def test_camera_problems_in_plain_words_and_the_prompt_limit(playwright, chromiu
         context = browser.new_context(viewport={"width": 1280, "height": 860})
         page = context.new_page()
         _watch(page, console, dialogs)
-        page.goto(base + "/")
-        page.fill("#participant-id", "p2")
-        page.click("#start-button")
-        page.check("#consent-agree")
-        page.click("#consent-button")
+        start_and_consent(page, base, "p2")
         page.wait_for_selector("#page-prompt-structured:not([hidden]), #page-prompt-free:not([hidden])")
         if page.is_visible("#page-prompt-free"):
             page.fill("#free-prompt", "a red cat")

@@ -23,6 +23,7 @@ import pytest
 from tests.helpers.browser import BASELINE_S, FPS, LATE_PAINT_S, N_IMAGES, PRESENT_S, Shots
 from tests.helpers.browser import answer_survey as _answer_survey
 from tests.helpers.browser import fill_structured_form as _fill_structured_form
+from tests.helpers.browser import start_and_consent as _start_and_consent
 from tests.helpers.browser import wait_for as _wait_for
 from tests.helpers.browser import wait_for_order as _wait_for_order
 from tests.helpers.browser import wait_for_processing as _wait_for_processing
@@ -47,17 +48,7 @@ def test_whole_session_in_chromium(new_context, live_server, tmp_path):
     page.on("pageerror", lambda exc: console.append(f"pageerror: {exc}"))
     shots = Shots(page)
     try:
-        page.goto(base + "/")
-        page.wait_for_selector("#page-start:not([hidden])")
-        page.fill("#participant-id", "e2e01")
-        shots("start")
-        page.click("#start-button")
-
-        page.wait_for_selector("#page-consent:not([hidden])")
-        page.check("#consent-agree")
-        page.check("#consent-share")
-        shots("consent")
-        page.click("#consent-button")
+        _start_and_consent(page, base, "e2e01", shots, share=True)
 
         # The first session of the first participant is a structured one (Figs. S1-S2).
         page.wait_for_selector("#page-prompt-structured:not([hidden])")
@@ -240,11 +231,7 @@ def test_event_times_match_the_recorded_video(page, study_server, tmp_path):
     # fake device is never opened.
     page.add_init_script(SYNC_CAMERA.replace("__FACE__", face_url))
     page.on("console", lambda msg: print("console:", msg.text))
-    page.goto(base + "/")
-    page.fill("#participant-id", "sync01")
-    page.click("#start-button")
-    page.check("#consent-agree")
-    page.click("#consent-button")
+    _start_and_consent(page, base, "sync01")
     page.wait_for_selector("#page-prompt-structured:not([hidden])")
     page.fill("#an-name", "cat")
     page.click("#an-add")
