@@ -221,18 +221,15 @@ def test_export_score_reproduce_annotate_chain(study_export, weights_args, tmp_p
 def test_study_worker_score_stage_fills_the_exported_columns(tmp_path):
     """With --scorers set, processing ends with a `score` stage and exports carry the scores."""
     from fergi.scorers import create_scorer
-    from tests.helpers.study import add_processed_clips
+    from tests.helpers.study import processed_study
 
     w = make_scorer_weights(tmp_path / "w", layout="hf")
     settings = make_settings(tmp_path, scorers="clip, hpsv2",
                              scorer_weights={"clip": str(w["clip"]["weights"]), "hpsv2": str(w["hpsv2"]["weights"])})
-    app = create_app(settings)
-    with TestClient(app) as client:
-        p = finished_session(client, app, "001")
-        add_processed_clips(app, p.id)
+    app, session_id = processed_study(settings, pid="001")
     stages: dict = {}
     with app.state.sessionmaker() as db:
-        sess = db.get(StudySession, p.id)
+        sess = db.get(StudySession, session_id)
         app.state.worker._score_images(db, sess, stages.__setitem__)
         prompt = sess.prompt
         paths = [app.state.store.image_path(sess.id, i) for i in (1, 2, 3)]

@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fergi.datasets import FRAME_COLUMNS
-from fergi.study import StudySettings, processing
+from fergi.study import StudySettings, create_app, processing
 from fergi.study.store import Clip, StudySession
 from tests.helpers.services import free_port
 
@@ -168,6 +168,16 @@ def fake_features(n: int, seed: int) -> pd.DataFrame:
     table["timestamp"] = (np.arange(n) / 30).round(3)
     table["face_detection_confidence_score"] = 0.95
     return table
+
+
+def processed_study(settings: StudySettings, **session):
+    """A study app with one finished session (``finished_session``'s options) that its
+    processing has left clips and feature files for: ``(app, session_id)``."""
+    app = create_app(settings)
+    with TestClient(app) as client:
+        p = finished_session(client, app, **session)
+        add_processed_clips(app, p.id)
+    return app, p.id
 
 
 def add_processed_clips(app, session_id: int) -> None:

@@ -517,15 +517,10 @@ def test_export_benchmark_quick_mode(capsys):
 def test_study_exported_by_fergi_export(tmp_path):
     """`fergi serve` -> `fergi export` -> `fergi export-labels`: the study's own files."""
     import pyarrow.parquet as pq
-    from fastapi.testclient import TestClient
 
-    from fergi.study import create_app
-    from tests.helpers.study import add_processed_clips, finished_session, make_settings
+    from tests.helpers.study import make_settings, processed_study
 
-    app = create_app(make_settings(tmp_path))
-    with TestClient(app) as client:
-        p = finished_session(client, app, order=(2, 3, 1))
-        add_processed_clips(app, p.id)
+    app, _ = processed_study(make_settings(tmp_path), order=(2, 3, 1))
     settings = app.state.settings
     study = tmp_path / "exported"
     assert main(["export", "--db", settings.resolved_db_url, "--media",

@@ -10,12 +10,10 @@ import time
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 
 from fergi.cli._main import main
-from fergi.study import create_app
 from tests.helpers.services import free_port
-from tests.helpers.study import add_processed_clips, finished_session, make_settings
+from tests.helpers.study import make_settings, processed_study
 
 
 @pytest.mark.slow
@@ -98,10 +96,7 @@ def test_serve_refuses_bad_options_with_one_line(capsys, tmp_path):
 
 
 def test_export_command(tmp_path, capsys):
-    app = create_app(make_settings(tmp_path))
-    with TestClient(app) as client:
-        p = finished_session(client, app)
-        add_processed_clips(app, p.id)
+    app, _ = processed_study(make_settings(tmp_path))
     settings = app.state.settings
     out = tmp_path / "out"
     code = main(["export", "--db", settings.resolved_db_url, "--media", str(settings.resolved_media_dir), "--out", str(out), "--no-raw"])
@@ -114,10 +109,7 @@ def test_export_command(tmp_path, capsys):
 
 
 def test_export_never_overwrites_the_study_data(tmp_path, capsys):
-    app = create_app(make_settings(tmp_path))
-    with TestClient(app) as client:
-        p = finished_session(client, app)
-        add_processed_clips(app, p.id)
+    app, _ = processed_study(make_settings(tmp_path))
     settings = app.state.settings
     data = tmp_path / "study"
     db_file = data / "study.sqlite3"
@@ -136,10 +128,7 @@ def test_export_never_overwrites_the_study_data(tmp_path, capsys):
 def test_failed_export_keeps_the_previous_one(tmp_path, capsys, monkeypatch):
     from fergi.study import _export
 
-    app = create_app(make_settings(tmp_path))
-    with TestClient(app) as client:
-        p = finished_session(client, app)
-        add_processed_clips(app, p.id)
+    app, _ = processed_study(make_settings(tmp_path))
     settings = app.state.settings
     out = tmp_path / "out"
     args = ["export", "--db", settings.resolved_db_url, "--media", str(settings.resolved_media_dir),

@@ -149,12 +149,9 @@ def test_a_full_disk_under_the_database_pauses_the_study_and_loses_nothing(tmp_p
 
 
 def test_the_export_is_owner_only_whatever_the_umask(tmp_path):
-    from tests.helpers.study import add_processed_clips, finished_session
+    from tests.helpers.study import processed_study
 
-    app = create_app(make_settings(tmp_path))
-    with TestClient(app) as client:
-        p = finished_session(client, app, share=True)
-        add_processed_clips(app, p.id)
+    app, _ = processed_study(make_settings(tmp_path), share=True)
     settings = app.state.settings
     out = tmp_path / "export"
     previous = os.umask(0o022)
