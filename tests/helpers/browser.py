@@ -169,17 +169,22 @@ def start_and_consent(page, base: str, participant: str, shots=None, *, share: b
     page.click("#consent-button")
 
 
+def short_structured_prompt(page, shots=None) -> None:
+    """On the structured prompt page: one cat, the prompt generated, then Continue."""
+    page.fill("#an-name", "cat")
+    page.click("#an-add")
+    page.click("#generate-prompt")
+    page.wait_for_selector("#generated-block:not([hidden])")
+    (shots or (lambda name: None))("structured")
+    page.click("#structured-continue")
+
+
 def begin_study(page, base: str, participant: str, shots=None) -> None:
     """From the start page to the first image: a short structured prompt, the camera check."""
     shots = shots or (lambda name: None)
     start_and_consent(page, base, participant, shots)
     page.wait_for_selector("#page-prompt-structured:not([hidden])")
-    page.fill("#an-name", "cat")
-    page.click("#an-add")
-    page.click("#generate-prompt")
-    page.wait_for_selector("#generated-block:not([hidden])")
-    shots("structured")
-    page.click("#structured-continue")
+    short_structured_prompt(page, shots)
     page.wait_for_selector("#page-webcam:not([hidden])")
     wait_for(page, "document.getElementById('preview').videoWidth > 0")
     page.click("#webcam-check")

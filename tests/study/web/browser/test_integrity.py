@@ -38,6 +38,7 @@ from tests.helpers.browser import (
     clip_frames_ok,
     fill_structured_form,
     launch,
+    short_structured_prompt,
     start_and_consent,
     wait_for,
     wait_for_order,
@@ -529,11 +530,7 @@ def test_camera_problems_in_plain_words_and_the_prompt_limit(playwright, chromiu
             page.fill("#free-prompt", "a red cat")
             page.click("#free-continue")
         else:
-            page.fill("#an-name", "cat")
-            page.click("#an-add")
-            page.click("#generate-prompt")
-            page.wait_for_selector("#generated-block:not([hidden])")
-            page.click("#structured-continue")
+            short_structured_prompt(page)
         page.wait_for_selector("#page-webcam:not([hidden])")
         page.wait_for_selector("#webcam-retry:not([hidden])", timeout=15_000)
         expect(page.locator("#webcam-status")).to_contain_text("Camera access is blocked")

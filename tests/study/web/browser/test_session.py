@@ -23,6 +23,7 @@ import pytest
 from tests.helpers.browser import BASELINE_S, FPS, LATE_PAINT_S, N_IMAGES, PRESENT_S, Shots
 from tests.helpers.browser import answer_survey as _answer_survey
 from tests.helpers.browser import fill_structured_form as _fill_structured_form
+from tests.helpers.browser import short_structured_prompt as _short_structured_prompt
 from tests.helpers.browser import start_and_consent as _start_and_consent
 from tests.helpers.browser import wait_for as _wait_for
 from tests.helpers.browser import wait_for_order as _wait_for_order
@@ -233,11 +234,7 @@ def test_event_times_match_the_recorded_video(page, study_server, tmp_path):
     page.on("console", lambda msg: print("console:", msg.text))
     _start_and_consent(page, base, "sync01")
     page.wait_for_selector("#page-prompt-structured:not([hidden])")
-    page.fill("#an-name", "cat")
-    page.click("#an-add")
-    page.click("#generate-prompt")
-    page.wait_for_selector("#generated-block:not([hidden])")
-    page.click("#structured-continue")
+    _short_structured_prompt(page)
     page.wait_for_selector("#page-webcam:not([hidden])")
     _wait_for(page, "document.getElementById('preview').videoWidth > 0")
     page.click("#webcam-check")
